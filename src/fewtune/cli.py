@@ -1,0 +1,151 @@
+"""The ``fewtune`` command line: one typed function per command (after litgpt's ``__main__``).
+
+Heavy libraries (torch, transformers) load only inside the commands, so ``fewtune --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from fewtune.errors import ConfigError, FewtuneError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=False,
+    pretty_exceptions_enable=False,
+    help="Measure few-shot prompting against LoRA fine-tuning on your labelled examples.",
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _ints(value: str | None, option: str) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(
+            f"{option} takes comma-separated whole numbers, e.g. 0,4,8; got {value!r}"
+        ) from None
+
+
+def _names(value: str | None) -> list[str] | None:
+    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+
+
+@app.command()
+def run(
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Pool of labelled examples (JSONL, chat JSONL or CSV). Default: built-in."),
+    ] = None,
+    test: Annotated[
+        Path | None, typer.Option(help="Held-out test file. Default: a stratified split of --data.")
+    ] = None,
+    input_field: Annotated[str | None, typer.Option(help="Input field/column name. [default: text]")] = None,
+    label_field: Annotated[str | None, typer.Option(help="Label field/column name. [default: label]")] = None,
+    max_test: Annotated[
+        int | None, typer.Option(help="Score a seeded stratified sample of N test rows.")
+    ] = None,
+    test_fraction: Annotated[
+        float | None, typer.Option(help="Held-out share without --test. [default: 0.2]")
+    ] = None,
+    methods: Annotated[
+        str | None, typer.Option(help="Comma list of zero-shot,few-shot,lora,lora+few-shot. [default: all]")
+    ] = None,
+    shots: Annotated[str | None, typer.Option(help="Demos per prompt, comma list. [default: 0,5]")] = None,
+    demo_selection: Annotated[
+        str | None, typer.Option(help="balanced or random. [default: balanced]")
+    ] = None,
+    task: Annotated[str | None, typer.Option(help="Task line that opens every prompt.")] = None,
+    train_sizes: Annotated[
+        str | None, typer.Option(help="LoRA training examples, comma list. [default: 200]")
+    ] = None,
+    lora_r: Annotated[int | None, typer.Option(help="LoRA rank. [default: 8]")] = None,
+    lora_alpha: Annotated[int | None, typer.Option(help="LoRA alpha. [default: 16]")] = None,
+    lora_dropout: Annotated[float | None, typer.Option(help="LoRA dropout. [default: 0.05]")] = None,
+    epochs: Annotated[int | None, typer.Option(help="LoRA epochs. [default: 2]")] = None,
+    lr: Annotated[float | None, typer.Option(help="LoRA peak learning rate. [default: 5e-4]")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="LoRA training batch size. [default: 8]")] = None,
+    eval_batch_size: Annotated[
+        int | None, typer.Option(help="Test rows per scoring pass. [default: 8]")
+    ] = None,
+    latency_requests: Annotated[
+        int | None, typer.Option(help="Single requests timed for p50/p95. [default: 20]")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="gemma-3-270m (built in), a local HF model folder, or a .gguf file.")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Run folder. [default: runs/<timestamp>]")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for splits, demos, training. [default: 0]")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML settings (a run's config.yaml works); flags override it.")
+    ] = None,
+) -> None:
+    """Run zero-shot, k-shot, LoRA and LoRA+k-shot on the same test rows and write a run folder."""
+    from fewtune.config import build_config, load_config_file
+    from fewtune.runner import run as run_all
+
+    overrides: dict[str, dict[str, Any]] = {
+        "run": {"model": model, "out": str(out) if out else None, "seed": seed},
+        "data": {
+            "data": str(data) if data else None,
+            "test": str(test) if test else None,
+            "input_field": input_field,
+            "label_field": label_field,
+            "max_test": max_test,
+            "test_fraction": test_fraction,
+        },
+        "prompt": {"shots": _ints(shots, "--shots"), "demo_selection": demo_selection, "task": task},
+        "lora": {
+            "train_sizes": _ints(train_sizes, "--train-sizes"),
+            "r": lora_r,
+            "alpha": lora_alpha,
+            "dropout": lora_dropout,
+            "epochs": epochs,
+            "lr": lr,
+            "batch_size": batch_size,
+        },
+        "eval": {
+            "methods": _names(methods),
+            "batch_size": eval_batch_size,
+            "latency_requests": latency_requests,
+        },
+    }
+    cfg = build_config(load_config_file(config) if config else None, overrides)
+    run_all(cfg, console)
+
+
+@app.command()
+def prepare_model(
+    model: Annotated[
+        str, typer.Argument(help="gemma-3-270m, a model folder or a .gguf file.")
+    ] = "gemma-3-270m",
+) -> None:
+    """Convert and cache a model ahead of time (the first `fewtune run` does this too)."""
+    from fewtune.backends.models import resolve_model
+
+    with console.status(f"Preparing {model}..."):
+        folder = resolve_model(model)
+    console.print(f"{model}: ready at {folder}")
+
+
+def main() -> None:
+    try:
+        app()
+    except FewtuneError as err:
+        err_console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted:[/] finished methods are saved in the run folder")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""Run settings as documented dataclasses, validated once (after peft's LoraConfig and litgpt's args).
+
+Precedence: command line > ``--config FILE`` (YAML, same shape as a run's ``config.yaml``) > these defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fewtune.backends.models import DEFAULT_MODEL
+from fewtune.errors import ConfigError
+from fewtune.prompts.demos import DEMO_SELECTIONS
+from fewtune.prompts.template import DEFAULT_TASK
+
+METHODS = ("zero-shot", "few-shot", "lora", "lora+few-shot")
+
+
+@dataclass
+class DataArgs:
+    data: str | None = None
+    """Pool file (JSONL, chat JSONL or CSV) for demos and training rows; None = the built-in dataset."""
+    test: str | None = None
+    """Held-out test file; without it a seeded stratified split of ``data`` is held out."""
+    input_field: str = "text"
+    """Field (JSONL) or column (CSV) holding the input text."""
+    label_field: str = "label"
+    """Field or column holding the label."""
+    max_test: int | None = None
+    """Score a seeded stratified sample of this many test rows."""
+    test_fraction: float = 0.2
+    """Share of ``data`` held out when no ``test`` file is given."""
+
+    def __post_init__(self) -> None:
+        if self.max_test is not None and self.max_test < 1:
+            raise ConfigError(f"--max-test must be at least 1, got {self.max_test}")
+        if not 0 < self.test_fraction < 1:
+            raise ConfigError(f"--test-fraction must be between 0 and 1, got {self.test_fraction}")
+
+
+@dataclass
+class PromptArgs:
+    shots: list[int] = field(default_factory=lambda: [0, 5])
+    """Demos per prompt; 0 is zero-shot. The guides say to try at least 5 before fine-tuning."""
+    demo_selection: str = "balanced"
+    """How demos are drawn from the pool: balanced (round-robin over labels) or random."""
+    task: str = DEFAULT_TASK
+    """The task line that opens every prompt."""
+
+    def __post_init__(self) -> None:
+        if any(k < 0 for k in self.shots):
+            raise ConfigError(f"--shots must be 0 or more, got {self.shots}")
+        self.shots = sorted(set(self.shots))
+        if self.demo_selection not in DEMO_SELECTIONS:
+            raise ConfigError(
+                f"--demo-selection must be one of {', '.join(DEMO_SELECTIONS)}, got {self.demo_selection!r}"
+            )
+
+
+@dataclass
+class LoraArgs:
+    train_sizes: list[int] = field(default_factory=lambda: [200])
+    """Training examples per adapter (a seeded stratified sample of the pool), one adapter each."""
+    r: int = 8
+    """LoRA rank."""
+    alpha: int = 16
+    """LoRA scaling numerator (scale = alpha / r)."""
+    dropout: float = 0.05
+    """Dropout on the LoRA input."""
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    """Linear layers that get adapters (attention projections; vLLM serves these)."""
+    epochs: int = 2
+    """Passes over the training examples."""
+    lr: float = 5e-4
+    """Peak AdamW learning rate (linear warm-up over 10% of steps, then linear decay)."""
+    batch_size: int = 8
+    """Training examples per optimizer step."""
+
+    def __post_init__(self) -> None:
+        if any(n < 1 for n in self.train_sizes):
+            raise ConfigError(f"--train-sizes must be positive, got {self.train_sizes}")
+        self.train_sizes = sorted(set(self.train_sizes))
+        for name, value in (
+            ("--lora-r", self.r),
+            ("--epochs", self.epochs),
+            ("--batch-size", self.batch_size),
+        ):
+            if value < 1:
+                raise ConfigError(f"{name} must be at least 1, got {value}")
+        if not 0 < self.lr < 1:
+            raise ConfigError(f"--lr must be between 0 and 1, got {self.lr}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"--lora-dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class EvalArgs:
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    """Which of zero-shot, few-shot, lora, lora+few-shot to run."""
+    batch_size: int = 8
+    """Test rows per forward pass when scoring."""
+    latency_requests: int = 20
+    """Requests timed one at a time (after 2 warm-up requests) for p50/p95 latency."""
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or not self.methods:
+            raise ConfigError(
+                f"--methods takes {', '.join(METHODS)}; got {', '.join(self.methods) or 'none'}"
+            )
+        self.methods = [m for m in METHODS if m in self.methods]
+        if self.batch_size < 1 or self.latency_requests < 0:
+            raise ConfigError("--eval-batch-size must be at least 1 and --latency-requests 0 or more")
+
+
+@dataclass
+class RunConfig:
+    model: str = DEFAULT_MODEL
+    """'gemma-3-270m' (built in), a local Hugging Face model folder, or a .gguf file."""
+    out: str | None = None
+    """Run folder; default runs/<timestamp>."""
+    seed: int = 0
+    """Seed for splits, demos, training-row samples, LoRA init and bootstrap."""
+    data: DataArgs = field(default_factory=DataArgs)
+    prompt: PromptArgs = field(default_factory=PromptArgs)
+    lora: LoraArgs = field(default_factory=LoraArgs)
+    eval: EvalArgs = field(default_factory=EvalArgs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, path: Path) -> None:
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+_SECTIONS = {"data": DataArgs, "prompt": PromptArgs, "lora": LoraArgs, "eval": EvalArgs}
+
+
+def build_config(file_values: dict[str, Any] | None, overrides: dict[str, dict[str, Any]]) -> RunConfig:
+    """Merge a config file's values and command-line overrides (None = not given) over the defaults."""
+    file_values = dict(file_values or {})
+    known = {f.name for f in fields(RunConfig)}
+    unknown = sorted(set(file_values) - known)
+    if unknown:
+        raise ConfigError(f"unknown config keys: {', '.join(unknown)}")
+    sections = {}
+    for name, cls in _SECTIONS.items():
+        values = dict(file_values.pop(name, None) or {})
+        allowed = {f.name for f in fields(cls)}
+        bad = sorted(set(values) - allowed)
+        if bad:
+            raise ConfigError(f"unknown keys in config section '{name}': {', '.join(bad)}")
+        values.update({k: v for k, v in overrides.get(name, {}).items() if v is not None})
+        sections[name] = cls(**values)
+    top = {k: v for k, v in file_values.items()}
+    top.update({k: v for k, v in overrides.get("run", {}).items() if v is not None})
+    return RunConfig(**top, **sections)
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        values = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{line}: invalid YAML ({getattr(err, 'problem', err)})") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings")
+    return values

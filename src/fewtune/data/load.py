@@ -1,0 +1,138 @@
+"""Read labelled examples from JSONL, CSV or chat-format JSONL, with one-line errors naming file and line.
+
+Formats:
+- JSONL: one object per line with an input field (default ``text``) and a label field (default ``label``).
+- Chat JSONL: one object per line with ``messages``: a list of ``{"role", "content"}``. The last assistant
+  message is the label; the last user message before it is the input (system messages are ignored).
+- CSV: a header row naming the input and label columns.
+Blank lines are skipped. Labels that are numbers (``0``/``1``) are read as their text.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fewtune.errors import DataError
+
+
+@dataclass(frozen=True)
+class Example:
+    """One labelled example; ``line`` is its 1-based line in ``path`` (for error messages)."""
+
+    text: str
+    label: str
+    path: str = ""
+    line: int = 0
+
+
+def _decode(path: Path, raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise DataError(
+            path, line, f"not valid UTF-8 (byte 0x{raw[err.start]:02x}); save the file as UTF-8"
+        ) from None
+
+
+def _as_text(value: Any, field: str, path: Path, line: int) -> str:
+    if isinstance(value, bool) or value is None or isinstance(value, (dict, list)):
+        raise DataError(path, line, f"field '{field}' must be a string, got {type(value).__name__}")
+    text = str(value).strip()
+    if not text:
+        raise DataError(path, line, f"field '{field}' is empty")
+    return text
+
+
+def _from_chat(record: dict[str, Any], path: Path, line: int) -> tuple[str, str]:
+    messages = record["messages"]
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        raise DataError(path, line, "'messages' must be a list of {role, content} objects")
+    last_assistant = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=None)
+    if last_assistant is None:
+        raise DataError(path, line, "chat example has no assistant message to use as the label")
+    user = [m for m in messages[:last_assistant] if m.get("role") == "user"]
+    if not user:
+        raise DataError(path, line, "chat example has no user message before the last assistant message")
+    text = _as_text(user[-1].get("content"), "messages[].content (user)", path, line)
+    label = _as_text(messages[last_assistant].get("content"), "messages[].content (assistant)", path, line)
+    return text, label
+
+
+def _read_jsonl(path: Path, content: str, input_field: str, label_field: str) -> list[Example]:
+    examples = []
+    for line_no, line in enumerate(content.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(path, line_no, f"malformed JSON ({err.msg} at column {err.colno})") from None
+        if not isinstance(record, dict):
+            raise DataError(path, line_no, f"expected a JSON object, got {type(record).__name__}")
+        if "messages" in record and input_field not in record:
+            text, label = _from_chat(record, path, line_no)
+        else:
+            for field in (input_field, label_field):
+                if field not in record:
+                    fields = ", ".join(sorted(record)) or "none"
+                    raise DataError(
+                        path,
+                        line_no,
+                        f"missing field '{field}' (fields here: {fields}; set --input-field/--label-field)",
+                    )
+            text = _as_text(record[input_field], input_field, path, line_no)
+            label = _as_text(record[label_field], label_field, path, line_no)
+        examples.append(Example(text=text, label=label, path=str(path), line=line_no))
+    return examples
+
+
+def _read_csv(path: Path, content: str, input_field: str, label_field: str) -> list[Example]:
+    reader = csv.DictReader(io.StringIO(content, newline=""))
+    header = reader.fieldnames or []
+    for field in (input_field, label_field):
+        if field not in header:
+            raise DataError(
+                path, 1, f"missing column '{field}' in the header ({', '.join(header) or 'empty'})"
+            )
+    examples = []
+    start = 2
+    for row in reader:
+        line_no = start  # the row's first physical line
+        start = reader.line_num + 1
+        if None in row:
+            raise DataError(path, line_no, f"row has more cells than the header's {len(header)}")
+        if all(not (v or "").strip() for v in row.values()):
+            continue
+        values = {k: row.get(k) for k in (input_field, label_field)}
+        for field, value in values.items():
+            if value is None:
+                raise DataError(path, line_no, f"row has no cell for column '{field}'")
+        text = _as_text(values[input_field], input_field, path, line_no)
+        label = _as_text(values[label_field], label_field, path, line_no)
+        examples.append(Example(text=text, label=label, path=str(path), line=line_no))
+    return examples
+
+
+def load_examples(path: str | Path, input_field: str = "text", label_field: str = "label") -> list[Example]:
+    """Read every example in ``path``; raise :class:`DataError` (file and line) on the first bad one."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(path, None, "file not found")
+    if path.is_dir():
+        raise DataError(path, None, "is a folder; pass a .jsonl or .csv file")
+    content = _decode(path, path.read_bytes())
+    if not content.strip():
+        raise DataError(path, None, "file is empty; expected labelled examples")
+    if path.suffix.lower() == ".csv":
+        examples = _read_csv(path, content, input_field, label_field)
+    else:
+        examples = _read_jsonl(path, content, input_field, label_field)
+    if not examples:
+        raise DataError(path, None, "no examples found (only blank rows)")
+    return examples

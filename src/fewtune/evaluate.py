@@ -1,0 +1,89 @@
+"""Score one predictor on the test rows: accuracy and friends, latency, tokens, throughput."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from fewtune.backends.base import ProgressFn
+from fewtune.data.load import Example
+from fewtune.metrics import classification_metrics
+from fewtune.strategies.base import Predictor
+
+# Requests run and discarded before timing, so one-off costs (allocations, kernel selection) don't count.
+LATENCY_WARMUP_REQUESTS = 2
+
+
+def measure_latency(predictor: Predictor, texts: Sequence[str], requests: int) -> dict[str, Any]:
+    """Milliseconds per request, one request at a time, as a deployment serving single calls sees them."""
+    if requests <= 0 or not texts:
+        return {"p50": None, "p95": None, "mean": None, "requests": 0}
+    sample = [texts[i % len(texts)] for i in range(requests + LATENCY_WARMUP_REQUESTS)]
+    timings = []
+    for i, text in enumerate(sample):
+        start = time.perf_counter()
+        predictor.score([text], batch_size=1)
+        if i >= LATENCY_WARMUP_REQUESTS:
+            timings.append((time.perf_counter() - start) * 1000)
+    p50, p95 = np.percentile(timings, [50, 95])
+    return {"p50": float(p50), "p95": float(p95), "mean": float(np.mean(timings)), "requests": len(timings)}
+
+
+def evaluate(
+    predictor: Predictor,
+    test: Sequence[Example],
+    *,
+    batch_size: int = 8,
+    latency_requests: int = 20,
+    seed: int = 0,
+    progress: ProgressFn | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Return the method's results row and its per-test-row predictions."""
+    texts = [ex.text for ex in test]
+    labels = list(predictor.template.labels)
+    start = time.perf_counter()
+    scores = predictor.score(texts, batch_size=batch_size, progress=progress)
+    scoring_seconds = time.perf_counter() - start
+    predicted = [labels[i] for i in scores.argmax(axis=1)]
+    gold = [ex.label for ex in test]
+    backend = predictor.backend
+    prompt_tokens = [backend.count_tokens(predictor.prompt(t)) for t in texts]
+    label_tokens = {
+        label: backend.count_tokens(predictor.template.continuation(label)) - 1 for label in labels
+    }
+    row: dict[str, Any] = {
+        "method": predictor.method,
+        "name": predictor.name,
+        "shots": predictor.shots,
+        "train_examples": predictor.train_examples,
+        "demo_selection": predictor.demo_selection,
+        **classification_metrics(gold, predicted, labels, seed=seed),
+        "latency_ms": measure_latency(predictor, texts, latency_requests),
+        "prompt_tokens_mean": float(np.mean(prompt_tokens)),
+        "output_tokens_mean": float(np.mean([label_tokens[p] for p in predicted])),
+        "throughput_rows_per_second": len(texts) / scoring_seconds if scoring_seconds else None,
+        "scoring_seconds": scoring_seconds,
+        "train_seconds": predictor.info.get("train_seconds"),
+        **{k: v for k, v in predictor.info.items() if k != "train_seconds"},
+        "demos": [{"text": d.text, "label": d.label} for d in predictor.demos],
+    }
+    predictions = [
+        {
+            "method": predictor.method,
+            "name": predictor.name,
+            "shots": predictor.shots,
+            "train_examples": predictor.train_examples,
+            "row": i,
+            "text": ex.text,
+            "gold": ex.label,
+            "predicted": pred,
+            "correct": pred == ex.label,
+            "score": float(scores[i].max()),
+            "scores": {label: float(s) for label, s in zip(labels, scores[i], strict=True)},
+        }
+        for i, (ex, pred) in enumerate(zip(test, predicted, strict=True))
+    ]
+    return row, predictions

@@ -1,0 +1,1 @@
+"""Rendering results: the terminal table (and, later, Markdown and HTML reports)."""

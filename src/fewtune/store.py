@@ -1,0 +1,58 @@
+"""Where runs live: a folder whose files are always readable, even after a crash or Ctrl-C.
+
+``results.json`` is rewritten atomically after every finished method; ``predictions.jsonl`` is appended
+per method. ``config.yaml`` holds the resolved settings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+
+def default_run_dir(root: str | Path = "runs") -> Path:
+    return Path(root) / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(payload, handle, indent=2, ensure_ascii=False)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+class RunStore:
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def results_path(self) -> Path:
+        return self.folder / "results.json"
+
+    @property
+    def predictions_path(self) -> Path:
+        return self.folder / "predictions.jsonl"
+
+    def adapter_dir(self, name: str) -> Path:
+        return self.folder / "adapters" / name
+
+    def write_results(self, results: dict[str, Any]) -> None:
+        write_json_atomic(self.results_path, results)
+
+    def append_predictions(self, rows: Iterable[dict[str, Any]]) -> None:
+        with self.predictions_path.open("a", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def read_results(folder: str | Path) -> dict[str, Any]:
+    return json.loads((Path(folder) / "results.json").read_text())

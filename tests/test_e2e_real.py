@@ -1,0 +1,49 @@
+"""`fewtune run` on the real default model (Gemma 3 270M), small sizes. Slow: minutes on 2 CPU cores."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.mark.slow
+def test_fewtune_run_on_the_default_model(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fewtune.cli",
+            "run",
+            "--max-test",
+            "40",
+            "--shots",
+            "0,5",
+            "--train-sizes",
+            "60",
+            "--epochs",
+            "2",
+            "--latency-requests",
+            "5",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "fewtune: methods on the same test rows" in proc.stdout
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "complete" and results["model"] == "gemma-3-270m"
+    rows = {m["method"]: m for m in results["methods"]}
+    assert set(rows) == {"zero-shot", "few-shot", "lora", "lora+few-shot"}
+    # Floors far below what the model reaches on the built-in data, but above chance (5 labels: 0.2).
+    assert rows["few-shot"]["accuracy"] >= 0.4
+    assert rows["lora"]["accuracy"] >= 0.4
+    assert rows["lora"]["prompt_tokens_mean"] < rows["few-shot"]["prompt_tokens_mean"]
+    assert (out / "adapters" / "lora-n60" / "adapter_config.json").exists()

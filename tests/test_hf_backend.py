@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from tiny import tiny_model, tiny_tokenizer
+
+from fewtune.backends.hf import HFBackend
+
+PROMPTS = [
+    "Input: the film is great fun\nOutput:",
+    "Classify the input into exactly one label.\nLabels: negative, positive\n" * 3
+    + "Input: a dull story\nOutput:",
+    "Input: x",
+]
+CHOICES = [" positive", " negative", " cancellation inquiry", " praise"]
+
+
+@pytest.fixture(scope="module")
+def backend() -> HFBackend:
+    tokenizer = tiny_tokenizer()
+    return HFBackend(tiny_model(tokenizer, sliding_window=16), tokenizer)
+
+
+def naive_scores(backend: HFBackend) -> np.ndarray:
+    """Reference: one full forward pass per (prompt, choice), full-vocabulary log-softmax everywhere."""
+    out = np.zeros((len(PROMPTS), len(CHOICES)))
+    for i, prompt in enumerate(PROMPTS):
+        for j, choice in enumerate(CHOICES):
+            p, c = backend.encode_prompt(prompt), backend.encode_continuation(choice)
+            with torch.no_grad():
+                logits = backend.model(torch.tensor([p + c])).logits[0].float()
+            lp = torch.log_softmax(logits, -1)
+            out[i, j] = sum(lp[len(p) - 1 + t, c[t]].item() for t in range(len(c)))
+    return out
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 8])
+def test_cached_batched_scores_equal_full_forward(backend: HFBackend, batch_size: int) -> None:
+    # The second prompt is longer than the sliding window (16), so this also covers windowed layers.
+    assert len(backend.encode_prompt(PROMPTS[1])) > 16
+    assert max(len(backend.encode_continuation(c)) for c in CHOICES) > 1
+    scores = backend.score_choices(PROMPTS, CHOICES, batch_size=batch_size)
+    np.testing.assert_allclose(scores, naive_scores(backend), atol=1e-4)
+
+
+def test_progress_counts_every_prompt(backend: HFBackend) -> None:
+    seen: list[int] = []
+    backend.score_choices(PROMPTS, CHOICES, batch_size=2, progress=seen.append)
+    assert sum(seen) == len(PROMPTS)
+
+
+def test_generate_is_greedy_and_deterministic(backend: HFBackend) -> None:
+    first = backend.generate(PROMPTS[:2], max_new_tokens=3)
+    assert first == backend.generate(PROMPTS[:2], max_new_tokens=3)
+    assert len(first) == 2 and all(isinstance(t, str) for t in first)
+
+
+def test_count_tokens_includes_bos(backend: HFBackend) -> None:
+    assert (
+        backend.count_tokens("Input: x")
+        == len(backend.tokenizer("Input: x", add_special_tokens=False).input_ids) + 1
+    )

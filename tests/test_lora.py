@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tiny import tiny_model, tiny_tokenizer
+
+from fewtune.backends.hf import HFBackend
+from fewtune.config import LoraArgs
+from fewtune.data.load import Example
+from fewtune.prompts.template import PromptTemplate
+from fewtune.strategies.lora import Lora, _collate
+
+TRAIN = [Example(f"the film is {w} number {i}", w) for i in range(12) for w in ("positive", "negative")]
+TEMPLATE = PromptTemplate(("negative", "positive"))
+
+
+def fit(tmp_path: Path, seed: int = 0, **args: object) -> tuple[HFBackend, object]:
+    tokenizer = tiny_tokenizer()
+    backend = HFBackend(tiny_model(tokenizer), tokenizer, source="tiny")
+    lora_args = LoraArgs(**{"epochs": 2, "batch_size": 4, "lr": 5e-3, **args})  # type: ignore[arg-type]
+    return backend, Lora(backend, TEMPLATE, lora_args, tmp_path / "adapter", seed=seed).fit(TRAIN)
+
+
+def test_loss_covers_answer_tokens_only() -> None:
+    ids, mask, predict_at, targets = _collate([([2, 10, 11], [20, 21]), ([2, 12], [22])], pad_id=0)
+    assert ids.tolist() == [[2, 10, 11, 20, 21], [2, 12, 22, 0, 0]]
+    assert mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
+    # Position p predicts token p+1: the last prompt token predicts the first answer token.
+    assert predict_at.tolist() == [[False, False, True, True, False], [False, True, False, False, False]]
+    assert targets.tolist() == [20, 21, 22]
+
+
+def test_training_saves_a_peft_adapter_that_reloads(tmp_path: Path) -> None:
+    from peft import PeftModel
+
+    backend, predictor = fit(tmp_path)
+    info = predictor.info  # type: ignore[attr-defined]
+    assert info["train_seconds"] > 0 and info["adapter_bytes"] > 0 and info["peak_memory_bytes"] > 0
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["r"] == 8 and config["peft_type"] == "LORA" and config["base_model_name_or_path"] == "tiny"
+    assert set(config["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj"}
+    # The base backend is untouched: fitting works on a copy.
+    assert not any("lora" in name for name, _ in backend.model.named_parameters())
+    reloaded = PeftModel.from_pretrained(
+        tiny_model(backend.tokenizer), tmp_path / "adapter"
+    ).merge_and_unload()
+    prompt = "Input: the film is positive number 3\nOutput:"
+    merged = HFBackend(reloaded, backend.tokenizer).score_choices([prompt], [" negative", " positive"])
+    ours = predictor.backend.score_choices([prompt], [" negative", " positive"])  # type: ignore[attr-defined]
+    assert merged == pytest.approx(ours, abs=1e-4)
+
+
+def test_training_moves_scores_toward_the_labels(tmp_path: Path) -> None:
+    backend, predictor = fit(tmp_path, epochs=4)
+    texts = [ex.text for ex in TRAIN]
+    before = HFBackend(backend.model, backend.tokenizer).score_choices(
+        [TEMPLATE.render(t) for t in texts], [" negative", " positive"]
+    )
+    after = predictor.score(texts)  # type: ignore[attr-defined]
+    gold = torch.tensor([TEMPLATE.labels.index(ex.label) for ex in TRAIN])
+
+    def margin(s):
+        return float(
+            (torch.tensor(s).gather(1, gold[:, None]) - torch.tensor(s).mean(1, keepdim=True)).mean()
+        )
+
+    assert margin(after) > margin(before) + 0.1
+
+
+def test_same_seed_same_adapter(tmp_path: Path) -> None:
+    fit(tmp_path / "a", seed=1)
+    fit(tmp_path / "b", seed=1)
+    fit(tmp_path / "c", seed=2)
+    a, b, c = (load_file(tmp_path / x / "adapter" / "adapter_model.safetensors") for x in "abc")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)

@@ -1,0 +1,152 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import write_jsonl
+from rich.console import Console
+
+from fewtune.backends.base import Backend
+from fewtune.backends.fake import FakeBackend
+from fewtune.config import RunConfig, build_config
+from fewtune.errors import ConfigError
+from fewtune.runner import run
+
+CONTRACT_METHOD_FIELDS = {
+    "method",
+    "shots",
+    "train_examples",
+    "accuracy",
+    "accuracy_ci95",
+    "macro_f1",
+    "latency_ms",
+    "prompt_tokens_mean",
+    "train_seconds",
+}
+
+
+def keyword_data(tmp_path: Path) -> tuple[Path, Path]:
+    words = {"good": "good", "bad": "bad", "meh": "meh"}
+    rows = [
+        {"text": f"this is {w} number {i}", "label": label} for i in range(20) for w, label in words.items()
+    ]
+    rows.append(dict(rows[0]))  # one exact duplicate
+    test = [{"text": f"quite {w} indeed {i}", "label": label} for i in range(5) for w, label in words.items()]
+    test.append({"text": rows[1]["text"], "label": rows[1]["label"]})  # leaks into the pool
+    return write_jsonl(tmp_path / "pool.jsonl", rows), write_jsonl(tmp_path / "test.jsonl", test)
+
+
+def config(tmp_path: Path, **overrides: dict) -> RunConfig:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    pool, test = keyword_data(tmp_path)
+    base = {
+        "run": {"out": str(tmp_path / "run")},
+        "data": {"data": str(pool), "test": str(test)},
+        "eval": {"methods": ["zero-shot", "few-shot"], "latency_requests": 3},
+        "prompt": {"shots": [0, 3]},
+    }
+    for section, values in overrides.items():
+        base.setdefault(section, {}).update(values)
+    return build_config(None, base)
+
+
+def fake_factory(backend: Backend):  # type: ignore[no-untyped-def]
+    return lambda cfg, console: backend
+
+
+def test_fake_run_writes_the_results_contract(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    folder = run(cfg, Console(quiet=True), fake_factory(FakeBackend()))
+    results = json.loads((folder / "results.json").read_text())
+    assert results["status"] == "complete"
+    dataset = results["dataset"]
+    assert (dataset["duplicates_removed"], dataset["leaks_removed"]) == (1, 1)
+    assert dataset["pool_size"] == 59 and dataset["test_size"] == 16
+    assert dataset["label_counts"]["test"] == {"bad": 6, "good": 5, "meh": 5}
+    methods = results["methods"]
+    assert [(m["method"], m["shots"]) for m in methods] == [("zero-shot", 0), ("few-shot", 3)]
+    for row in methods:
+        assert set(row) >= CONTRACT_METHOD_FIELDS
+        assert 0 <= row["accuracy_ci95"][0] <= row["accuracy"] <= row["accuracy_ci95"][1] <= 1
+        assert row["train_seconds"] is None and row["latency_ms"]["requests"] == 3
+    # The fake model reads the label off the input's words, so it is right on every row.
+    assert methods[0]["accuracy"] == 1.0
+    predictions = [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 2 * 16
+    assert {"text", "gold", "predicted", "score"} <= set(predictions[0])
+    saved = yaml.safe_load((folder / "config.yaml").read_text())
+    assert saved["prompt"]["shots"] == [0, 3] and saved["out"] == str(folder)
+
+
+def test_same_seed_same_numbers(tmp_path: Path) -> None:
+    first = run(config(tmp_path / "a"), Console(quiet=True), fake_factory(FakeBackend()))
+    second = run(config(tmp_path / "b"), Console(quiet=True), fake_factory(FakeBackend()))
+    strip = lambda p: [  # noqa: E731
+        {
+            k: v
+            for k, v in m.items()
+            if k not in ("latency_ms", "scoring_seconds", "throughput_rows_per_second")
+        }
+        for m in json.loads((p / "results.json").read_text())["methods"]
+    ]
+    assert strip(first) == strip(second)
+
+
+class InterruptAfterFirstMethod(FakeBackend):
+    def score_choices(self, prompts, choices, batch_size=8, progress=None):  # type: ignore[no-untyped-def]
+        if self.calls > 40:  # zero-shot scoring + its latency requests are done; stop during few-shot
+            raise KeyboardInterrupt
+        return super().score_choices(prompts, choices, batch_size, progress)
+
+
+def test_interrupted_run_keeps_finished_methods_readable(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, Console(quiet=True), fake_factory(InterruptAfterFirstMethod()))
+    results = json.loads((Path(cfg.out or "") / "results.json").read_text())
+    assert results["status"] == "interrupted"
+    assert [m["method"] for m in results["methods"]] == ["zero-shot"]
+    assert len((Path(cfg.out or "") / "predictions.jsonl").read_text().splitlines()) == 16
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"prompt": {"shots": [0]}}, "few-shot needs a shot count above 0"),
+        ({"prompt": {"shots": [0, 500]}}, "--shots 500 is more than"),
+        ({"eval": {"methods": ["lora"]}, "lora": {"train_sizes": [1000]}}, "--train-sizes 1000 is more than"),
+    ],
+)
+def test_impossible_plans_are_refused_before_any_work(tmp_path: Path, overrides: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        run(config(tmp_path, **overrides), Console(quiet=True), fake_factory(FakeBackend()))
+
+
+@pytest.mark.parametrize(
+    ("section", "values", "message"),
+    [
+        ("eval", {"methods": ["zero-shot", "rag"]}, "--methods takes"),
+        ("prompt", {"shots": [-1]}, "--shots must be 0 or more"),
+        ("lora", {"lr": 5.0}, "--lr must be between 0 and 1"),
+        ("data", {"max_test": 0}, "--max-test must be at least 1"),
+    ],
+)
+def test_invalid_settings_fail_with_a_sentence(section: str, values: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_config(None, {section: values})
+
+
+def test_command_line_beats_config_file_beats_defaults() -> None:
+    cfg = build_config(
+        {"seed": 3, "prompt": {"shots": [0, 4]}, "lora": {"r": 4}},
+        {"prompt": {"shots": [8], "task": None}, "run": {"seed": None}},
+    )
+    assert cfg.prompt.shots == [8] and cfg.lora.r == 4 and cfg.seed == 3 and cfg.lora.epochs == 2
+
+
+def test_lora_on_fake_backend_is_a_clear_error(tmp_path: Path) -> None:
+    cfg = config(tmp_path, eval={"methods": ["lora"]}, lora={"train_sizes": [10]})
+    with pytest.raises(ConfigError, match="LoRA needs a local Hugging Face model"):
+        run(cfg, Console(quiet=True), fake_factory(FakeBackend()))
