@@ -44,6 +44,33 @@ def test_cached_batched_scores_equal_full_forward(backend: HFBackend, batch_size
     np.testing.assert_allclose(scores, naive_scores(backend), atol=1e-4)
 
 
+PREFIX = "Classify the input into exactly one label.\nLabels: negative, positive\n---\n" * 2
+
+
+@pytest.mark.parametrize("prefix_caching", [True, False])
+def test_prefix_cache_gives_the_same_scores(backend: HFBackend, prefix_caching: bool) -> None:
+    prompts = [PREFIX + p for p in PROMPTS]
+    assert len(backend.encode_prompt(PREFIX)) > 16  # the cached prefix alone overflows the sliding window
+    backend.prefix_caching = prefix_caching
+    try:
+        cached = backend.score_choices(prompts, CHOICES, batch_size=2, prefix=PREFIX)
+        single = np.vstack([backend.score_choices([p], CHOICES, prefix=PREFIX) for p in prompts])
+    finally:
+        backend.prefix_caching = True
+    plain = backend.score_choices(prompts, CHOICES)
+    np.testing.assert_allclose(cached, plain, atol=1e-4)
+    np.testing.assert_allclose(single, plain, atol=1e-4)
+
+
+def test_prompts_not_starting_with_the_prefix_are_scored_whole(backend: HFBackend) -> None:
+    prompts = [PREFIX + PROMPTS[0], PROMPTS[1]]
+    np.testing.assert_allclose(
+        backend.score_choices(prompts, CHOICES, prefix=PREFIX),
+        backend.score_choices(prompts, CHOICES),
+        atol=1e-4,
+    )
+
+
 def test_progress_counts_every_prompt(backend: HFBackend) -> None:
     seen: list[int] = []
     backend.score_choices(PROMPTS, CHOICES, batch_size=2, progress=seen.append)

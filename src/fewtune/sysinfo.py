@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import resource
+import time
 from pathlib import Path
 from typing import Any
 
@@ -44,3 +45,48 @@ class PeakMemory:
             self.bytes = int(torch.cuda.max_memory_allocated())
         else:
             self.bytes = _rss_high_water() or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+# Square matmul size for the peak measurement: large enough to reach the BLAS library's top speed.
+PEAK_MATMUL_SIZE = 2048
+_peak_cache: dict[tuple[str, str], float] = {}
+
+
+def matmul_peak_flops(device: Any = "cpu", dtype: torch.dtype = torch.float32) -> float:
+    """Best measured dense matmul FLOP/s on ``device`` in ``dtype`` (the MFU denominator).
+
+    nanoGPT's ``estimate_mfu`` divides by a datasheet peak (A100: 312 TFLOPS bf16); CPUs have no single
+    datasheet figure for PyTorch's kernels, so this measures what a large matmul reaches here.
+    """
+    key = (str(device), str(dtype))
+    if key not in _peak_cache:
+        a = torch.randn(PEAK_MATMUL_SIZE, PEAK_MATMUL_SIZE, device=device, dtype=dtype)
+        b = torch.randn(PEAK_MATMUL_SIZE, PEAK_MATMUL_SIZE, device=device, dtype=dtype)
+        best = float("inf")
+        for _ in range(5):
+            if torch.device(device).type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            a @ b
+            if torch.device(device).type == "cuda":
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - start)
+        _peak_cache[key] = 2 * PEAK_MATMUL_SIZE**3 / best
+    return _peak_cache[key]
+
+
+def lora_train_flops_per_token(model: Any, seq_len: float, answer_share: float) -> float:
+    """Training FLOPs per token for LoRA on a frozen decoder.
+
+    From the PaLM paper's appendix B count that nanoGPT's ``estimate_mfu`` uses, ``6N + 12*L*H*Q*T`` per
+    token, adapted to frozen base weights: the backward pass computes activation gradients (2N) but no
+    weight gradients, so weights cost 4N; attention scores keep 12*L*H*Q*T. The vocabulary projection runs
+    only at answer positions: 4*V*d for each of those (forward and input gradient), spread over all tokens.
+    """
+    config = model.config
+    embed = config.vocab_size * config.hidden_size
+    params = sum(p.numel() for p in model.parameters())
+    non_embedding = params - embed  # Gemma ties the output layer to the input embeddings
+    head_dim = getattr(config, "head_dim", config.hidden_size // config.num_attention_heads)
+    attention = 12 * config.num_hidden_layers * config.num_attention_heads * head_dim * seq_len
+    return 4 * non_embedding + attention + answer_share * 4 * embed

@@ -27,6 +27,7 @@ class Backend(abc.ABC):
         choices: Sequence[str],
         batch_size: int = 8,
         progress: ProgressFn | None = None,
+        prefix: str = "",
     ) -> np.ndarray:
         """Log-likelihood of each choice as the continuation of each prompt.
 
@@ -35,6 +36,8 @@ class Backend(abc.ABC):
             choices: ``m`` continuations (e.g. ``" positive"``), the same for every prompt.
             batch_size: prompts per forward pass.
             progress: called with the number of prompts finished after each batch.
+            prefix: text every prompt starts with (the demo block); a backend may compute it once and reuse
+                it. Scores are the same with or without it.
 
         Returns:
             float array of shape ``[n, m]``: ``sum_t log p(choice_t | prompt, choice_<t)``.

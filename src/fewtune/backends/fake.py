@@ -26,6 +26,7 @@ class FakeBackend(Backend):
         choices: Sequence[str],
         batch_size: int = 8,
         progress: ProgressFn | None = None,
+        prefix: str = "",
     ) -> np.ndarray:
         scores = np.zeros((len(prompts), len(choices)))
         for i, prompt in enumerate(prompts):

@@ -1,13 +1,16 @@
 """Local Hugging Face causal LM backend: batched label log-likelihood and greedy generation.
 
-Scoring a row costs one pass over its prompt: the prompt is run once with a KV cache, the first token of
-every label is read from the last position, and the remaining label tokens of all labels run as a batch
-against copies of that cache. Logits are computed only at the positions that predict label tokens; a
+Scoring a row costs one pass over the part of its prompt that differs from the others: the shared prefix
+(task line and demos) is run once and its KV cache reused for every row (prefix caching, as vLLM and SGLang
+do); the first token of every label is read from the row's last position, and the remaining label tokens
+of all labels run as a batch against copies of the row's cache. Rows are grouped by exact suffix length so
+no batch needs padding. Logits are computed only at the positions that predict label tokens; a
 full-vocabulary projection at every prompt position would cost more than the rest of a 270M model.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,6 +37,9 @@ class HFBackend(Backend):
         self.device = next(model.parameters()).device
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.softcap = getattr(model.config, "final_logit_softcapping", None)
+        self.prefix_caching = True
+        """Reuse the KV cache of a prefix shared by every prompt (the demo block); off = score each whole."""
+        self._cached_prefix: tuple[tuple[int, ...], Any] | None = None
 
     # -- tokens ---------------------------------------------------------------------------------------
     def encode_prompt(self, text: str) -> list[int]:
@@ -64,27 +70,34 @@ class HFBackend(Backend):
             out[chunk] = self.log_probs(hidden[chunk]).gather(-1, targets[chunk, None]).squeeze(-1)
         return out
 
-    def _left_pad(self, sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(len(s) for s in sequences)
-        ids = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(sequences), width), dtype=torch.long)
-        for i, seq in enumerate(sequences):
-            ids[i, width - len(seq) :] = torch.tensor(seq)
-            mask[i, width - len(seq) :] = 1
-        return ids.to(self.device), mask.to(self.device)
+    def _prefix_cache(self, prefix_ids: list[int]) -> Any:
+        """KV cache of the shared prefix, computed once per distinct prefix (kept for the last one)."""
+        key = tuple(prefix_ids)
+        if self._cached_prefix is None or self._cached_prefix[0] != key:
+            ids = torch.tensor([prefix_ids], device=self.device)
+            cache = self._decoder()(input_ids=ids, use_cache=True).past_key_values
+            self._cached_prefix = (key, cache)
+        return self._cached_prefix[1]
 
-    # -- scoring --------------------------------------------------------------------------------------
     @torch.inference_mode()
-    def _score_batch(self, prompts: Sequence[list[int]], choices: Sequence[list[int]]) -> np.ndarray:
-        rows, labels = len(prompts), len(choices)
-        ids, mask = self._left_pad(prompts)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self._decoder()(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    def _score_batch(
+        self, prefix_cache: Any, prefix_len: int, suffixes: Sequence[list[int]], choices: Sequence[list[int]]
+    ) -> np.ndarray:
+        """Score rows whose suffixes all have the same length, so no row needs padding or a mask."""
+        rows, labels, width = len(suffixes), len(choices), len(suffixes[0])
+        cache = None
+        if prefix_cache is not None:
+            cache = copy.deepcopy(prefix_cache)
+            cache.batch_repeat_interleave(rows)
+        ids = torch.tensor(suffixes, device=self.device)
+        positions = (prefix_len + torch.arange(width, device=self.device)).expand(rows, width)
+        out = self._decoder()(input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True)
         first = torch.tensor([c[0] for c in choices], device=self.device)
         scores = self.log_probs(out.last_hidden_state[:, -1])[:, first]  # [rows, labels]
         longest = max(len(c) for c in choices)
         if longest > 1:
-            # Feed choice tokens [:-1] for every (row, label) pair against the row's cached prompt.
+            # Feed choice tokens [:-1] for every (row, label) pair against the row's cache. Shorter
+            # choices are padded at the end, which a causal model never looks back at.
             cache = out.past_key_values
             cache.batch_repeat_interleave(labels)
             steps = longest - 1
@@ -96,41 +109,48 @@ class HFBackend(Backend):
                 targets[j, : len(choice) - 1] = torch.tensor(choice[1:])
                 valid[j, : len(choice) - 1] = True
             cont, targets, valid = (t.repeat(rows, 1).to(self.device) for t in (cont, targets, valid))
-            cont_mask = torch.cat([mask.repeat_interleave(labels, 0), valid.long()], dim=1)
-            lengths = mask.sum(-1).repeat_interleave(labels)
-            cont_pos = lengths[:, None] + torch.arange(steps, device=self.device)[None]
+            start = prefix_len + width
+            cont_pos = (start + torch.arange(steps, device=self.device)).expand(rows * labels, steps)
             hidden = self._decoder()(
-                input_ids=cont,
-                attention_mask=cont_mask,
-                position_ids=cont_pos,
-                past_key_values=cache,
-                use_cache=True,
+                input_ids=cont, position_ids=cont_pos, past_key_values=cache, use_cache=True
             ).last_hidden_state
             token_lp = torch.zeros((rows * labels, steps), device=self.device)
             token_lp[valid] = self._token_log_probs(hidden[valid], targets[valid])
             scores = scores + token_lp.sum(-1).view(rows, labels)
         return scores.double().cpu().numpy()
 
+    @torch.inference_mode()
     def score_choices(
         self,
         prompts: Sequence[str],
         choices: Sequence[str],
         batch_size: int = 8,
         progress: ProgressFn | None = None,
+        prefix: str = "",
     ) -> np.ndarray:
         choice_ids = [self.encode_continuation(c) for c in choices]
         if any(not c for c in choice_ids):
             raise ValueError("every choice must have at least one token")
         prompt_ids = [self.encode_prompt(p) for p in prompts]
+        prefix_ids = self.encode_prompt(prefix) if prefix and self.prefix_caching else []
+        # Bucket rows by (uses the cached prefix, suffix length): equal lengths batch without padding.
+        groups: dict[tuple[bool, int], list[int]] = {}
+        for i, ids in enumerate(prompt_ids):
+            # A prompt whose tokens merge across the prefix boundary is scored whole.
+            shared = bool(prefix_ids) and len(ids) > len(prefix_ids) and ids[: len(prefix_ids)] == prefix_ids
+            groups.setdefault((shared, len(ids) - len(prefix_ids) * shared), []).append(i)
         rows_per_batch = max(1, min(batch_size, MAX_CONTINUATION_SEQUENCES // len(choices)))
-        # Length bucketing: batch prompts of similar length so padding stays small.
-        order = sorted(range(len(prompts)), key=lambda i: len(prompt_ids[i]))
         scores = np.empty((len(prompts), len(choices)))
-        for start in range(0, len(order), rows_per_batch):
-            batch = order[start : start + rows_per_batch]
-            scores[batch] = self._score_batch([prompt_ids[i] for i in batch], choice_ids)
-            if progress:
-                progress(len(batch))
+        for (shared, _), members in sorted(groups.items()):
+            cache = self._prefix_cache(prefix_ids) if shared else None
+            cut = len(prefix_ids) if shared else 0
+            for start in range(0, len(members), rows_per_batch):
+                batch = members[start : start + rows_per_batch]
+                scores[batch] = self._score_batch(
+                    cache, cut, [prompt_ids[i][cut:] for i in batch], choice_ids
+                )
+                if progress:
+                    progress(len(batch))
         return scores
 
     @torch.inference_mode()

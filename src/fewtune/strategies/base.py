@@ -54,7 +54,11 @@ class Predictor:
     ) -> np.ndarray:
         """Label log-likelihoods, ``[len(texts), len(labels)]``."""
         return self.backend.score_choices(
-            [self.prompt(t) for t in texts], self.choices(), batch_size=batch_size, progress=progress
+            [self.prompt(t) for t in texts],
+            self.choices(),
+            batch_size=batch_size,
+            progress=progress,
+            prefix=self.template.prefix(self.demos),
         )
 
     def predict(self, texts: Sequence[str], batch_size: int = 8) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import random
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from fewtune.config import LoraArgs
 from fewtune.data.load import Example
 from fewtune.prompts.template import PromptTemplate
 from fewtune.strategies.base import Predictor, Strategy
-from fewtune.sysinfo import PeakMemory
+from fewtune.sysinfo import PeakMemory, lora_train_flops_per_token, matmul_peak_flops
 
 # Length grouping: shuffle, cut into windows of this many batches, sort each window by length.
 LENGTH_GROUP_BATCHES = 32
@@ -79,16 +80,18 @@ class Lora(Strategy):
         rng = random.Random(self.seed)
         base = self.backend
         model = copy.deepcopy(base.model)  # the base backend stays untouched for the prompting rows
-        model = get_peft_model(
-            model,
-            LoraConfig(
-                r=self.args.r,
-                lora_alpha=self.args.alpha,
-                lora_dropout=self.args.dropout,
-                target_modules=list(self.args.target_modules),
-                task_type="CAUSAL_LM",
-            ),
-        )
+        with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5; not ours to fix
+            warnings.simplefilter("ignore", FutureWarning)
+            model = get_peft_model(
+                model,
+                LoraConfig(
+                    r=self.args.r,
+                    lora_alpha=self.args.alpha,
+                    lora_dropout=self.args.dropout,
+                    target_modules=list(self.args.target_modules),
+                    task_type="CAUSAL_LM",
+                ),
+            )
         features = [
             (
                 base.encode_prompt(self.template.render(ex.text)),
@@ -104,7 +107,7 @@ class Lora(Strategy):
         scheduler = get_linear_schedule_with_warmup(optimizer, int(WARMUP_RATIO * total_steps), total_steps)
         decoder: Any = model.get_base_model().get_decoder()  # type: ignore[operator]
         model.train()
-        step, tokens = 0, 0
+        step, tokens, answer_tokens = 0, 0, 0
         with PeakMemory(base.device) as peak:
             start = time.perf_counter()
             for _ in range(self.args.epochs):
@@ -121,6 +124,7 @@ class Lora(Strategy):
                     optimizer.zero_grad(set_to_none=True)
                     step += 1
                     tokens += int(mask.sum())
+                    answer_tokens += len(targets)
                     if self.progress:
                         self.progress(step, total_steps, loss.item())
             train_seconds = time.perf_counter() - start
@@ -130,9 +134,17 @@ class Lora(Strategy):
         model.save_pretrained(str(self.save_dir))
         adapter_bytes = sum(f.stat().st_size for f in self.save_dir.glob("adapter_model.*"))
         merged = model.merge_and_unload()
+        tokens_per_second = tokens / train_seconds
+        flops_per_token = lora_train_flops_per_token(
+            merged, seq_len=sum(lengths) / len(lengths), answer_share=answer_tokens / tokens
+        )
+        dtype = next(merged.parameters()).dtype
         info: dict[str, Any] = {
             "train_seconds": train_seconds,
-            "train_tokens_per_second": tokens / train_seconds if train_seconds else None,
+            "train_tokens_per_second": tokens_per_second,
+            "train_flops_per_token": flops_per_token,
+            # Model FLOPs utilisation against this machine's measured matmul peak (see sysinfo).
+            "train_mfu": tokens_per_second * flops_per_token / matmul_peak_flops(base.device, dtype),
             "train_steps": total_steps,
             "adapter_path": str(self.save_dir),
             "adapter_bytes": adapter_bytes,
