@@ -87,7 +87,7 @@ def test_same_seed_same_numbers(tmp_path: Path) -> None:
         {
             k: v
             for k, v in m.items()
-            if k not in ("latency_ms", "scoring_seconds", "throughput_rows_per_second")
+            if k not in ("latency_ms", "scoring_seconds", "throughput_rows_per_second", "costs")
         }
         for m in json.loads((p / "results.json").read_text())["methods"]
     ]
@@ -95,10 +95,10 @@ def test_same_seed_same_numbers(tmp_path: Path) -> None:
 
 
 class InterruptAfterFirstMethod(FakeBackend):
-    def score_choices(self, prompts, choices, batch_size=8, progress=None):  # type: ignore[no-untyped-def]
+    def score_choices(self, prompts, choices, batch_size=8, progress=None, prefix=""):  # type: ignore[no-untyped-def]
         if self.calls > 40:  # zero-shot scoring + its latency requests are done; stop during few-shot
             raise KeyboardInterrupt
-        return super().score_choices(prompts, choices, batch_size, progress)
+        return super().score_choices(prompts, choices, batch_size, progress, prefix)
 
 
 def test_interrupted_run_keeps_finished_methods_readable(tmp_path: Path) -> None:

@@ -39,6 +39,21 @@ def _names(value: str | None) -> list[str] | None:
     return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
 
 
+# Cost and recommendation options, shared by `run` and `report`.
+VolumeOption = Annotated[
+    int | None,
+    typer.Option(help="Expected requests per day, for costs and the recommendation. [default: 10000]"),
+]
+HorizonOption = Annotated[int | None, typer.Option(help="Days to total costs over. [default: 365]")]
+CostsOption = Annotated[
+    str | None,
+    typer.Option(help="Price table: auto, self-hosted-cpu, self-hosted-gpu, hosted-api, or a YAML file."),
+]
+GapOption = Annotated[
+    str | None, typer.Option(help="What the model lacks, if known: knowledge (-> retrieval) or behaviour.")
+]
+
+
 @app.command()
 def run(
     data: Annotated[
@@ -87,6 +102,10 @@ def run(
     config: Annotated[
         Path | None, typer.Option(help="YAML settings (a run's config.yaml works); flags override it.")
     ] = None,
+    volume_per_day: VolumeOption = None,
+    horizon_days: HorizonOption = None,
+    costs: CostsOption = None,
+    gap: GapOption = None,
 ) -> None:
     """Run zero-shot, k-shot, LoRA and LoRA+k-shot on the same test rows and write a run folder."""
     from fewtune.config import build_config, load_config_file
@@ -117,9 +136,33 @@ def run(
             "batch_size": eval_batch_size,
             "latency_requests": latency_requests,
         },
+        "cost": {"volume_per_day": volume_per_day, "horizon_days": horizon_days, "costs": costs, "gap": gap},
     }
     cfg = build_config(load_config_file(config) if config else None, overrides)
     run_all(cfg, console)
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by `fewtune run`.")],
+    volume_per_day: VolumeOption = None,
+    horizon_days: HorizonOption = None,
+    costs: CostsOption = None,
+    gap: GapOption = None,
+) -> None:
+    """Write report.md and report.html (costs, break-even, recommendation) for a run folder.
+
+    Settings not given here come from the run's config.yaml, then the defaults.
+    """
+    from fewtune.report.build import cost_args_for, print_summary, write_reports
+
+    args = cost_args_for(
+        run_dir,
+        {"volume_per_day": volume_per_day, "horizon_days": horizon_days, "costs": costs, "gap": gap},
+    )
+    with console.status("Writing the report..."):
+        built, _ = write_reports(run_dir, args)
+    print_summary(console, built)
 
 
 @app.command()

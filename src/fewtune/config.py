@@ -117,6 +117,26 @@ class EvalArgs:
 
 
 @dataclass
+class CostArgs:
+    volume_per_day: int | None = None
+    """Expected requests per day; None = not given (the report assumes 10,000 and says so)."""
+    horizon_days: int = 365
+    """Days that setup and per-request costs are totalled over."""
+    costs: str | None = None
+    """Price table: a preset (auto, self-hosted-cpu, self-hosted-gpu, hosted-api) or a YAML file."""
+    gap: str | None = None
+    """What the model lacks, if you know: knowledge (facts -> retrieval) or behaviour (format -> tuning)."""
+
+    def __post_init__(self) -> None:
+        if self.volume_per_day is not None and self.volume_per_day < 1:
+            raise ConfigError(f"--volume-per-day must be at least 1, got {self.volume_per_day}")
+        if self.horizon_days < 1:
+            raise ConfigError(f"--horizon-days must be at least 1, got {self.horizon_days}")
+        if self.gap not in (None, "knowledge", "behaviour"):
+            raise ConfigError(f"--gap must be knowledge or behaviour, got {self.gap!r}")
+
+
+@dataclass
 class RunConfig:
     model: str = DEFAULT_MODEL
     """'gemma-3-270m' (built in), a local Hugging Face model folder, or a .gguf file."""
@@ -128,6 +148,7 @@ class RunConfig:
     prompt: PromptArgs = field(default_factory=PromptArgs)
     lora: LoraArgs = field(default_factory=LoraArgs)
     eval: EvalArgs = field(default_factory=EvalArgs)
+    cost: CostArgs = field(default_factory=CostArgs)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -136,7 +157,7 @@ class RunConfig:
         path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
-_SECTIONS = {"data": DataArgs, "prompt": PromptArgs, "lora": LoraArgs, "eval": EvalArgs}
+_SECTIONS = {"data": DataArgs, "prompt": PromptArgs, "lora": LoraArgs, "eval": EvalArgs, "cost": CostArgs}
 
 
 def build_config(file_values: dict[str, Any] | None, overrides: dict[str, dict[str, Any]]) -> RunConfig:

@@ -75,3 +75,29 @@ def paired_bootstrap_diff(
     means = diff[rng.integers(0, diff.size, size=(resamples, diff.size))].mean(axis=1)
     low, high = np.percentile(means, [2.5, 97.5])
     return [float(low), float(high)]
+
+
+# Conventional error rates for planning a comparison: 5% false positives, 80% power (Cohen 1988).
+PLANNING_ALPHA = 0.05
+PLANNING_POWER = 0.80
+
+
+def mcnemar_sample_size(
+    discordant_share: float, difference: float, alpha: float = PLANNING_ALPHA, power: float = PLANNING_POWER
+) -> int | None:
+    """Test rows needed for a two-sided McNemar test to detect an accuracy ``difference`` between two methods.
+
+    Connor (1987), "Sample size for testing differences in proportions for the paired-sample design",
+    Biometrics 43(1):207-211: ``n = (z_{1-a/2} sqrt(psi) + z_{1-b} sqrt(psi - delta^2))^2 / delta^2`` with
+    ``psi`` the share of discordant rows (one method right, the other wrong) and ``delta`` the accuracy
+    difference. None when ``difference`` is 0 (no finite sample shows a zero difference).
+    """
+    from scipy.stats import norm
+
+    delta = abs(difference)
+    if delta == 0:
+        return None
+    psi = min(1.0, max(discordant_share, delta))
+    z_alpha, z_power = norm.ppf(1 - alpha / 2), norm.ppf(power)
+    rows = (z_alpha * np.sqrt(psi) + z_power * np.sqrt(max(psi - delta**2, 0.0))) ** 2 / delta**2
+    return int(np.ceil(rows))

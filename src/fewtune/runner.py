@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from fewtune import __version__
 from fewtune.backends.base import Backend
 from fewtune.config import RunConfig
+from fewtune.cost import load_price_table
 from fewtune.data.split import PreparedData, prepare_data, stratified_sample
 from fewtune.errors import ConfigError
 from fewtune.evaluate import evaluate
@@ -97,6 +98,7 @@ def run(
     console = console or Console()
     data = load_data(cfg)
     _check_plan(cfg, data)
+    load_price_table(cfg.cost.costs)  # a bad --costs file fails now, not after training
     store = RunStore(cfg.out or default_run_dir())
     cfg.out = str(store.folder)
     cfg.save(store.folder / "config.yaml")
@@ -138,6 +140,11 @@ def run(
         store.write_results(results)
     console.print(method_table(results["methods"]))
     console.print(f"Results: {store.results_path}")
+    from fewtune.report.build import print_summary, write_reports
+
+    with console.status("Writing the report..."):
+        built, _ = write_reports(store.folder, cfg.cost)
+    print_summary(console, built)
     return store.folder
 
 

@@ -1,0 +1,348 @@
+"""``fewtune report RUN_DIR``: costs, break-even and a recommendation from a run folder, written as
+report.md and a self-contained report.html, and added to results.json.
+
+Works on any run folder with a results.json, including ones written before costs existed: every cost is
+recomputed from the measured fields (tokens, throughput, train seconds).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+
+from fewtune.config import CostArgs
+from fewtune.cost import (
+    DEFAULT_VOLUME_PER_DAY,
+    BreakEven,
+    MethodCost,
+    PriceTable,
+    break_even,
+    format_count,
+    format_usd,
+    is_fine_tuned,
+    load_price_table,
+    method_cost,
+)
+from fewtune.errors import ConfigError, FewtuneError
+from fewtune.recommend import LOW_ACCURACY_SHARE, MethodEvidence, Recommendation, Situation, recommend
+from fewtune.report.rollout import Rollout, rollout_plan
+from fewtune.report.tables import confusion_matrix
+from fewtune.store import write_json_atomic
+
+REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
+PLOT_FILES = {
+    "accuracy": "report-accuracy.png",
+    "cost": "report-cost.png",
+    "latency": "report-latency.png",
+    "confusion": "report-confusion.png",
+}
+
+
+@dataclass
+class Report:
+    """Everything the renderers show, computed once from a run folder."""
+
+    folder: Path
+    results: dict[str, Any]
+    """results.json, with the cost and recommendation fields added."""
+    methods: list[dict[str, Any]]
+    """results.json method rows, in run order."""
+    labels: list[str]
+    prices: PriceTable
+    costs: dict[str, MethodCost]
+    """Cost of each method, by method name."""
+    volume_per_day: float
+    volume_given: bool
+    horizon_days: int
+    chance: float
+    """max(1/labels, most common test label's share)."""
+    floor: float
+    """Accuracy below which every method counts as low (recommend.LOW_ACCURACY_SHARE)."""
+    recommendation: Recommendation
+    focus: dict[str, Any]
+    """The recommended method's row, or the most accurate one when none is recommended."""
+    confusion: list[list[int]]
+    """Confusion matrix of the focus method (gold rows, predicted columns)."""
+    rollout: Rollout
+    break_even_pair: tuple[str, str] | None
+    """(best prompt, best fine-tuned) names that break_even compares."""
+    break_even: BreakEven | None
+
+    @property
+    def horizon_requests(self) -> float:
+        return self.volume_per_day * self.horizon_days
+
+    @property
+    def horizon_label(self) -> str:
+        return f"{self.horizon_days:,} days at {self.volume_per_day:,.0f}/day"
+
+
+def read_run(folder: str | Path) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    """results.json and predictions.jsonl (grouped by method name, in row order) of a run folder."""
+    folder = Path(folder)
+    path = folder / "results.json"
+    if not path.is_file():
+        raise FewtuneError(f"{folder}: no results.json here; give a run folder written by `fewtune run`")
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise FewtuneError(f"{path}:{err.lineno}: malformed JSON ({err.msg})") from None
+    if not isinstance(results, dict) or not results.get("methods"):
+        raise FewtuneError(f"{path}: no finished methods to report yet")
+    for row in results["methods"]:
+        row.setdefault("name", row["method"])
+    predictions: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    pred_path = folder / "predictions.jsonl"
+    if pred_path.is_file():
+        with pred_path.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise FewtuneError(f"{pred_path}:{number}: malformed JSON ({err.msg})") from None
+                predictions[row.get("name") or row["method"]].append(row)
+    for rows in predictions.values():
+        rows.sort(key=lambda r: r["row"])
+    return results, dict(predictions)
+
+
+def cost_args_for(folder: str | Path, overrides: dict[str, Any] | None = None) -> CostArgs:
+    """The run's saved ``cost`` settings (config.yaml), with non-None ``overrides`` on top."""
+    values: dict[str, Any] = {}
+    config = Path(folder) / "config.yaml"
+    if config.is_file():
+        try:
+            saved = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError:
+            raise ConfigError(f"{config}: invalid YAML") from None
+        values.update((saved.get("cost") or {}) if isinstance(saved, dict) else {})
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return CostArgs(**values)
+    except TypeError as err:
+        raise ConfigError(f"{config}: bad cost section ({err})") from None
+
+
+def _chance(labels: list[str], dataset: dict[str, Any]) -> float:
+    test = (dataset.get("label_counts") or {}).get("test") or {}
+    majority = max(test.values()) / sum(test.values()) if test else 0.0
+    return max(1 / max(len(labels), 1), majority)
+
+
+def _cost_caveats(
+    results: dict[str, Any], prices: PriceTable, costs: dict[str, MethodCost], volume: float
+) -> list[str]:
+    hardware = results.get("hardware") or {}
+    device = hardware.get("device", "cpu")
+    model = results.get("model", "the run's model")
+    caveats = []
+    if prices.pricing == "self-hosted":
+        busiest = max(
+            (
+                1 / m["throughput_rows_per_second"]
+                for m in results["methods"]
+                if m.get("throughput_rows_per_second")
+            ),
+            default=0.0,
+        )
+        hours = volume * busiest / 3600
+        caveats.append(
+            f"per-request costs use the batch throughput measured on this run's machine ({device}, "
+            f"{hardware.get('cpu_count', '?')} CPUs) priced as {prices.serving_hardware}; serving elsewhere "
+            "changes them. They assume you pay only for busy time "
+            f"(utilization {prices.serving_utilization:g}): "
+            f"at {volume:,.0f} calls/day the slowest method keeps one machine busy {hours:.1f} h/day, and a "
+            f"machine kept on around the clock costs {format_usd(prices.serving_dollars_per_hour * 24)}/day "
+            "whichever method it serves"
+        )
+    else:
+        caveats.append(
+            f"hosted-API costs apply API prices to the token counts of {model}'s tokenizer and assume the "
+            f"hosted model is as accurate as {model} was here; measure it on the hosted model before relying "
+            "on them"
+        )
+    if results.get("status") != "complete":
+        caveats.append(f"the run's status is {results.get('status')}: only its finished methods are compared")
+    return caveats
+
+
+def analyse(folder: str | Path, args: CostArgs) -> Report:
+    """Costs, break-even, recommendation and rollout for a run folder (nothing is written)."""
+    folder = Path(folder)
+    results, predictions = read_run(folder)
+    methods = results["methods"]
+    labels = list(results.get("labels") or sorted({p["gold"] for rows in predictions.values() for p in rows}))
+    device = (results.get("hardware") or {}).get("device")
+    prices = load_price_table(args.costs, device)
+    volume = float(args.volume_per_day or DEFAULT_VOLUME_PER_DAY)
+    costs = {row["name"]: method_cost(row, prices) for row in methods}
+    evidence = tuple(
+        MethodEvidence(
+            name=row["name"],
+            accuracy=row["accuracy"],
+            cost=costs[row["name"]],
+            fine_tuned=is_fine_tuned(row),
+            shots=int(row.get("shots") or 0),
+            correct=tuple(bool(p["correct"]) for p in predictions[row["name"]])
+            if row["name"] in predictions
+            else None,
+        )
+        for row in methods
+    )
+    caveats = _cost_caveats(results, prices, costs, volume)
+    if not predictions:
+        caveats.append("predictions.jsonl is missing: no paired test between methods was possible")
+    chance = _chance(labels, results.get("dataset") or {})
+    situation = Situation(
+        methods=evidence,
+        chance=chance,
+        volume_per_day=volume,
+        horizon_days=args.horizon_days,
+        volume_given=args.volume_per_day is not None,
+        gap=args.gap,
+        extra_caveats=tuple(caveats),
+        seed=int(results.get("seed") or 0),
+    )
+    rec = recommend(situation)
+    by_name = {row["name"]: row for row in methods}
+    focus = by_name[rec.method] if rec.method else max(methods, key=lambda r: r["accuracy"])
+    pair = (rec.comparison.prompt, rec.comparison.fine_tuned) if rec.comparison else _pair(evidence)
+    be = rec.break_even
+    if be is None and pair:
+        be = break_even(costs[pair[0]], costs[pair[1]])
+    test_rows = int(
+        (results.get("dataset") or {}).get("test_size") or len(predictions.get(focus["name"], []))
+    )
+    shown = dict(focus)
+    adapter = focus.get("adapter_path")
+    if adapter and Path(adapter).is_relative_to(folder.resolve()):
+        shown["adapter_path"] = os.path.relpath(adapter, folder.resolve())
+    report = Report(
+        folder=folder,
+        results=results,
+        methods=methods,
+        labels=labels,
+        prices=prices,
+        costs=costs,
+        volume_per_day=volume,
+        volume_given=args.volume_per_day is not None,
+        horizon_days=args.horizon_days,
+        chance=chance,
+        floor=chance + LOW_ACCURACY_SHARE * (1 - chance),
+        recommendation=rec,
+        focus=focus,
+        confusion=confusion_matrix(labels, predictions.get(focus["name"], [])),
+        rollout=rollout_plan(shown, costs[focus["name"]], test_rows, chosen=rec.method is not None),
+        break_even_pair=pair,
+        break_even=be,
+    )
+    _add_to_results(report, args)
+    return report
+
+
+def _pair(evidence: tuple[MethodEvidence, ...]) -> tuple[str, str] | None:
+    prompts = [m for m in evidence if not m.fine_tuned]
+    tuned = [m for m in evidence if m.fine_tuned]
+    if not prompts or not tuned:
+        return None
+    best = max(prompts, key=lambda m: (m.accuracy, -m.cost.per_request))
+    best_tuned = max(tuned, key=lambda m: (m.accuracy, -m.cost.per_request))
+    return best.name, best_tuned.name
+
+
+def _add_to_results(report: Report, args: CostArgs) -> None:
+    """The results.json fields: per-method costs, break-even, the resolved price table, the recommendation."""
+    results = report.results
+    for row in report.methods:
+        cost = report.costs[row["name"]]
+        row["costs"] = {
+            "setup": cost.setup,
+            "per_request": cost.per_request,
+            "total_at_horizon": cost.total(report.horizon_requests),
+            "setup_breakdown": cost.setup_breakdown,
+            "per_request_basis": cost.basis,
+        }
+    be = report.break_even
+    results["break_even_requests"] = be.requests if be else None
+    results["break_even"] = {
+        "prompting": report.break_even_pair[0] if report.break_even_pair else None,
+        "fine_tuned": report.break_even_pair[1] if report.break_even_pair else None,
+        "requests": be.requests if be else None,
+        "days_at_volume": be.requests / report.volume_per_day if be and be.requests is not None else None,
+        "reason": be.reason if be else "needs one prompting and one fine-tuned method",
+    }
+    results["cost_assumptions"] = {
+        "preset": report.prices.preset,
+        "file": report.prices.file,
+        "volume_per_day": report.volume_per_day,
+        "volume_given": report.volume_given,
+        "horizon_days": report.horizon_days,
+        "requests_at_horizon": report.horizon_requests,
+        "gap": args.gap,
+        "prices": report.prices.to_dict(),
+    }
+    results["recommendation"] = report.recommendation.to_dict()
+
+
+def draw_plots(report: Report) -> dict[str, bytes]:
+    """PNG bytes of every figure, keyed like PLOT_FILES."""
+    from fewtune.report import plots
+
+    chosen = report.recommendation.method
+    return {
+        "accuracy": plots.accuracy_plot(report.methods, report.chance, report.floor, chosen),
+        "cost": plots.cost_plot(
+            report.methods,
+            report.costs,
+            report.horizon_requests,
+            report.horizon_label,
+            report.break_even_pair,
+            report.break_even,
+        ),
+        "latency": plots.latency_plot(report.methods),
+        "confusion": plots.confusion_plot(
+            report.labels, report.confusion, f"{report.focus['name']}: gold vs predicted"
+        ),
+    }
+
+
+def write_reports(folder: str | Path, args: CostArgs) -> tuple[Report, list[Path]]:
+    """Compute, update results.json, and write report.md (+ PNGs next to it) and report.html."""
+    from fewtune.report.html import render_html
+    from fewtune.report.markdown import render_markdown
+
+    report = analyse(folder, args)
+    folder = report.folder
+    write_json_atomic(folder / "results.json", report.results)
+    images = draw_plots(report)
+    written = []
+    for key, data in images.items():
+        path = folder / PLOT_FILES[key]
+        path.write_bytes(data)
+        written.append(path)
+    (folder / REPORT_MD).write_text(render_markdown(report, PLOT_FILES), encoding="utf-8")
+    (folder / REPORT_HTML).write_text(render_html(report, images), encoding="utf-8")
+    return report, [folder / REPORT_MD, folder / REPORT_HTML, *written]
+
+
+def print_summary(console: Console, report: Report) -> None:
+    """The recommendation and where the reports are, for the terminal."""
+    rec = report.recommendation
+    console.print(f"[bold]Recommendation:[/] {rec.headline}")
+    for reason in rec.reasons:
+        console.print(f"  - {reason}", highlight=False)
+    be = report.break_even
+    if be is not None and report.break_even_pair:
+        where = "never" if be.requests is None else f"{format_count(be.requests)} requests"
+        console.print(f"Break-even ({' vs '.join(report.break_even_pair)}): {where}", highlight=False)
+    console.print(f"Report: {report.folder / REPORT_HTML} and {report.folder / REPORT_MD}")

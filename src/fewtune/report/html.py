@@ -1,0 +1,151 @@
+"""report.html: one self-contained file (inline CSS, images as base64 PNG, no scripts, no network)."""
+
+from __future__ import annotations
+
+import base64
+from html import escape
+from typing import TYPE_CHECKING
+
+from fewtune.report import tables
+from fewtune.report.markdown import break_even_sentence, run_line
+
+if TYPE_CHECKING:
+    from fewtune.report.build import Report
+
+CHOICE_COLOURS = {
+    "prompt": "#2b6cb0",
+    "fine-tune": "#c05621",
+    "depends": "#6b46c1",
+    "retrieval": "#2c7a7b",
+    "measure-prompting-first": "#4a5568",
+}
+
+CSS = """
+body { font: 15px/1.5 -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif; color: #1a202c;
+       margin: 0; background: #f7fafc; }
+main { max-width: 1080px; margin: 0 auto; padding: 24px 28px 48px; background: #fff; }
+h1 { font-size: 24px; margin: 0 0 4px; }
+h2 { font-size: 19px; margin: 32px 0 10px; border-bottom: 1px solid #e2e8f0; padding-bottom: 4px; }
+.meta { color: #4a5568; font-size: 13px; margin: 0 0 18px; }
+.rec { border-left: 6px solid var(--c); background: #f8fafc; padding: 14px 20px; border-radius: 4px; }
+.rec .choice { display: inline-block; background: var(--c); color: #fff; font-size: 12px; font-weight: 600;
+               text-transform: uppercase; letter-spacing: .04em; padding: 2px 8px; border-radius: 3px; }
+.rec h2 { border: 0; margin: 8px 0 6px; font-size: 21px; }
+.rec h3 { font-size: 14px; margin: 12px 0 4px; color: #2d3748; }
+.rec ul { margin: 0; padding-left: 20px; }
+.rec .caveats li { color: #4a5568; font-size: 14px; }
+table { border-collapse: collapse; margin: 8px 0 14px; font-size: 13px; }
+th, td { border: 1px solid #e2e8f0; padding: 4px 8px; text-align: right; vertical-align: top; }
+th { background: #edf2f7; }
+td:first-child, th:first-child { text-align: left; }
+table.text td, table.text th { text-align: left; }
+table:not(.text) td { white-space: nowrap; }
+.wide { overflow-x: auto; }
+tr.focus td { background: #fffbea; font-weight: 600; }
+img { max-width: 100%; height: auto; display: block; margin: 6px 0 4px; }
+.note { color: #4a5568; font-size: 13px; }
+.grid { display: flex; gap: 24px; flex-wrap: wrap; align-items: flex-start; }
+ol li { margin-bottom: 4px; }
+"""
+
+
+def _table(table: tables.Table, css_class: str = "", focus: str | None = None) -> str:
+    headers, rows = table
+    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    marked = '<tr class="focus">'
+    body = "".join(
+        (marked if focus is not None and row[0] == focus else "<tr>")
+        + "".join(f"<td>{escape(c)}</td>" for c in row)
+        + "</tr>"
+        for row in rows
+    )
+    klass = f' class="{css_class}"' if css_class else ""
+    return f"<table{klass}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _image(data: bytes, alt: str) -> str:
+    encoded = base64.b64encode(data).decode("ascii")
+    return f'<img alt="{escape(alt)}" src="data:image/png;base64,{encoded}">'
+
+
+def _list(items: list[str], ordered: bool = False) -> str:
+    tag = "ol" if ordered else "ul"
+    return f"<{tag}>" + "".join(f"<li>{escape(item)}</li>" for item in items) + f"</{tag}>"
+
+
+def render_html(report: Report, images: dict[str, bytes]) -> str:
+    rec = report.recommendation
+    rollout = report.rollout
+    focus = report.focus["name"]
+    colour = CHOICE_COLOURS.get(rec.choice, "#4a5568")
+    dataset = report.results.get("dataset") or {}
+    caveats = f'<h3>Caveats</h3><div class="caveats">{_list(rec.caveats)}</div>' if rec.caveats else ""
+    not_chosen = (
+        ""
+        if rollout.chosen
+        else '<p class="note">No method is recommended to ship yet; these are the baselines any deployment '
+        "should meet.</p>"
+    )
+    price_source = f"preset <code>{escape(report.prices.preset)}</code>" + (
+        f", overrides from <code>{escape(report.prices.file)}</code>" if report.prices.file else ""
+    )
+    which = "The recommended method" if rec.method else "The most accurate method (none is recommended yet)"
+    volume = f"{report.volume_per_day:,.0f} calls/day" + ("" if report.volume_given else " (default)")
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        '<link rel="icon" href="data:,">',
+        f"<title>fewtune report: {escape(report.folder.name)}</title>",
+        f"<style>{CSS}</style></head><body><main>",
+        f"<h1>fewtune report: {escape(report.folder.name)}</h1>",
+        f'<p class="meta">{escape(run_line(report))}</p>',
+        f'<section class="rec" id="recommendation" style="--c: {colour}">',
+        f'<span class="choice">{escape(rec.choice)}</span>',
+        f"<h2>{escape(rec.headline)}</h2>",
+        f"<h3>Why</h3>{_list(rec.reasons)}{caveats}",
+        "</section>",
+        '<section id="methods"><h2>Methods</h2>',
+        '<p class="note">Every method was scored on the same test rows. Costs use the assumptions at the '
+        "end.</p>",
+        '<div class="wide">',
+        _table(tables.method_table(report.methods, report.costs, report.horizon_label), focus=focus),
+        "</div>",
+        '<p class="note">Setup cost, and how each per-request cost was computed:</p>',
+        _table(tables.setup_table(report.methods, report.costs), "text"),
+        "</section>",
+        '<section id="accuracy"><h2>Accuracy</h2>',
+        _image(images["accuracy"], "accuracy per method with 95% intervals"),
+        f'<p class="note">Chance is {report.chance:.3f} (the larger of 1/labels and the most common test '
+        f"label's share); below {report.floor:.3f} a method counts as low.</p></section>",
+        '<section id="cost"><h2>Cost vs requests</h2>',
+        _image(images["cost"], "total cost vs requests served"),
+        f"<p>{escape(break_even_sentence(report))}</p></section>",
+        '<section id="latency"><h2>Latency</h2>',
+        _image(images["latency"], "latency per request"),
+        '<p class="note">One request at a time after warm-up, on the run\'s hardware; the run keeps p50, p95 '
+        "and the mean.</p></section>",
+        f'<section id="per-class"><h2>Per class: {escape(focus)}</h2>',
+        f'<p class="note">{which}.</p>',
+        '<div class="grid"><div>',
+        _table(tables.per_class_table(report.focus)),
+        _table(tables.confusion_table(report.labels, report.confusion)),
+        "</div><div>",
+        _image(images["confusion"], f"confusion matrix of {focus}"),
+        "</div></div></section>",
+        '<section id="data"><h2>Data checks</h2><div class="grid">',
+        _table(tables.data_check_table(dataset), "text"),
+        _table(tables.class_balance_table(dataset)),
+        "</div></section>",
+        f'<section id="rollout"><h2>Rollout: {escape(rollout.method)}</h2>{not_chosen}',
+        f"<h3>Before deploying</h3>{_list(rollout.checks, ordered=True)}",
+        "<h3>Roll back when</h3>",
+        _table(tables.trigger_table(rollout), "text"),
+        "</section>",
+        '<section id="assumptions"><h2>Cost assumptions</h2>',
+        f'<p class="note">Price table: {price_source} (defaults and sources: <code>costs.yaml</code> in the '
+        "fewtune package). The prices are examples; replace them with yours.</p>",
+        _table(tables.assumption_table(report.prices, volume, f"{report.horizon_days:,} days"), "text"),
+        "</section></main></body></html>",
+    ]
+    return "\n".join(parts) + "\n"

@@ -1,0 +1,105 @@
+"""Rollout plan for the chosen method: pre-deploy checks and rollback triggers, with measured baselines.
+
+The trigger factors are fewtune's defaults, not an industry standard: replace them with your service's
+SLOs. The canary step follows the practice in Google's SRE Workbook, chapter 16 ("Canarying Releases").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fewtune.cost import MethodCost, format_usd, is_fine_tuned
+
+# Roll back when live p95 latency exceeds the measured p95 by 50%: beyond the 10-20% run-to-run spread of
+# p95 over 20 timed requests (fewtune default).
+ROLLBACK_P95_FACTOR = 1.5
+# Roll back when more than 1% of requests fail (timeouts, errors, answers that are not a label): a common
+# 99% availability objective (fewtune default).
+ROLLBACK_ERROR_RATE = 0.01
+# Roll back when the billed cost per request exceeds the estimate by 20% (fewtune default).
+ROLLBACK_COST_FACTOR = 1.2
+# Share of traffic on the new method before full rollout, and for how long (fewtune default).
+CANARY_TRAFFIC_SHARE = 0.05
+CANARY_HOURS = 24
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """One rollback trigger: the metric, its measured baseline and the threshold that rolls back."""
+
+    metric: str
+    baseline: str
+    rollback_when: str
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """The rollout plan for one method."""
+
+    method: str
+    """The method the plan is for."""
+    chosen: bool
+    """False when no method is recommended yet and the plan uses the most accurate one as the baseline."""
+    checks: list[str]
+    """Pre-deploy checks, in order."""
+    triggers: list[Trigger]
+    """Rollback triggers."""
+
+
+def rollout_plan(row: dict[str, Any], cost: MethodCost, test_rows: int, chosen: bool) -> Rollout:
+    """Checks and triggers for the method in results.json ``row``, filled with its measured figures."""
+    name = row.get("name") or row["method"]
+    accuracy = row["accuracy"]
+    low, high = row["accuracy_ci95"]
+    p95 = (row.get("latency_ms") or {}).get("p95")
+    if is_fine_tuned(row):
+        adapter = row.get("adapter_path") or "the adapter folder"
+        size = row.get("adapter_bytes")
+        freeze = f"Freeze the adapter ({adapter}" + (f", {size / 1e6:.1f} MB" if size else "") + ")"
+        if row.get("shots"):
+            freeze += f" and the {row['shots']} demos"
+        freeze += "; load it in the serving stack (peft or vLLM's LoRA support) with the same base model."
+    else:
+        freeze = (
+            f"Freeze the prompt: task line, label list and the {row.get('shots', 0)} demos in results.json."
+        )
+    checks = [
+        freeze,
+        f"Re-score the frozen method on the same {test_rows} test rows through the serving path: accuracy "
+        f"at least {low:.3f} (measured {accuracy:.3f}, 95% CI {low:.3f}-{high:.3f}).",
+        (
+            f"Load-test at the expected peak: p95 latency at most {p95 * ROLLBACK_P95_FACTOR:.0f} ms "
+            f"(measured p95 {p95:.0f} ms, one request at a time, on the run's hardware)."
+            if p95
+            else "Load-test at the expected peak and record p95 latency (not measured in this run)."
+        ),
+        f"Check the cost per request on the first day's bill or token logs: at most "
+        f"{format_usd(cost.per_request * ROLLBACK_COST_FACTOR)} (estimated {format_usd(cost.per_request)}).",
+        f"Canary: send {CANARY_TRAFFIC_SHARE:.0%} of traffic for {CANARY_HOURS} h and compare against the "
+        "triggers below before full rollout; keep the current method deployable as the rollback path.",
+        f"Label a fresh sample of live requests (at least {test_rows}) each month and re-score it.",
+    ]
+    triggers = [
+        Trigger(
+            "p95 latency",
+            f"{p95:.0f} ms" if p95 else "not measured",
+            f"> {p95 * ROLLBACK_P95_FACTOR:.0f} ms ({ROLLBACK_P95_FACTOR:g}x baseline)" if p95 else "set one",
+        ),
+        Trigger(
+            "error rate",
+            f"0 of {test_rows} scored rows failed",
+            f"> {ROLLBACK_ERROR_RATE:.0%} of requests",
+        ),
+        Trigger(
+            "cost per request",
+            format_usd(cost.per_request),
+            f"> {format_usd(cost.per_request * ROLLBACK_COST_FACTOR)} ({ROLLBACK_COST_FACTOR:g}x estimate)",
+        ),
+        Trigger(
+            "accuracy floor",
+            f"{accuracy:.3f} (95% CI {low:.3f}-{high:.3f}, n={test_rows})",
+            f"< {low:.3f} on a labelled live sample of at least {test_rows} rows",
+        ),
+    ]
+    return Rollout(name, chosen, checks, triggers)

@@ -1,0 +1,140 @@
+"""The report's tables as plain strings (headers, rows), shared by the Markdown and HTML renderers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from fewtune.cost import MethodCost, PriceTable, format_usd
+from fewtune.report.rollout import Rollout
+
+Table = tuple[list[str], list[list[str]]]
+
+
+def _num(value: Any, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def method_table(
+    methods: Sequence[dict[str, Any]], costs: dict[str, MethodCost], horizon_label: str
+) -> Table:
+    headers = [
+        "method",
+        "shots",
+        "train ex.",
+        "accuracy (95% CI)",
+        "macro-F1",
+        "p50 ms",
+        "p95 ms",
+        "prompt tokens",
+        "train s",
+        "setup",
+        "per request",
+        f"total, {horizon_label}",
+    ]
+    rows = []
+    for row in methods:
+        cost = costs[row["name"]]
+        low, high = row["accuracy_ci95"]
+        latency = row.get("latency_ms") or {}
+        rows.append(
+            [
+                row["name"],
+                str(row.get("shots", 0)),
+                str(row.get("train_examples") or "-"),
+                f"{row['accuracy']:.3f} ({low:.3f}-{high:.3f})",
+                f"{row['macro_f1']:.3f}",
+                _num(latency.get("p50"), ".0f"),
+                _num(latency.get("p95"), ".0f"),
+                _num(row.get("prompt_tokens_mean"), ".0f"),
+                _num(row.get("train_seconds"), ".0f"),
+                format_usd(cost.setup),
+                format_usd(cost.per_request),
+                format_usd(row["costs"]["total_at_horizon"]),
+            ]
+        )
+    return headers, rows
+
+
+def setup_table(methods: Sequence[dict[str, Any]], costs: dict[str, MethodCost]) -> Table:
+    headers = ["method", "engineering", "labelling", "training compute", "per request from"]
+    rows = [
+        [
+            row["name"],
+            format_usd(costs[row["name"]].setup_breakdown.get("engineering", 0.0)),
+            format_usd(costs[row["name"]].setup_breakdown.get("labelling", 0.0)),
+            format_usd(costs[row["name"]].setup_breakdown.get("training_compute", 0.0)),
+            costs[row["name"]].basis,
+        ]
+        for row in methods
+    ]
+    return headers, rows
+
+
+def per_class_table(row: dict[str, Any]) -> Table:
+    headers = ["label", "precision", "recall", "F1", "support"]
+    rows = [
+        [label, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"])]
+        for label, m in row["per_class"].items()
+    ]
+    return headers, rows
+
+
+def confusion_matrix(labels: Sequence[str], predictions: Sequence[dict[str, Any]]) -> list[list[int]]:
+    """Counts with gold labels as rows and predicted labels as columns, in ``labels`` order."""
+    index = {label: i for i, label in enumerate(labels)}
+    matrix = [[0] * len(labels) for _ in labels]
+    for p in predictions:
+        if p["gold"] in index and p["predicted"] in index:
+            matrix[index[p["gold"]]][index[p["predicted"]]] += 1
+    return matrix
+
+
+def confusion_table(labels: Sequence[str], matrix: Sequence[Sequence[int]]) -> Table:
+    headers = ["gold \\ predicted", *labels]
+    return headers, [[label, *(str(n) for n in counts)] for label, counts in zip(labels, matrix, strict=True)]
+
+
+def data_check_table(dataset: dict[str, Any]) -> Table:
+    rows = [
+        ["pool rows (after checks)", str(dataset.get("pool_size", "-"))],
+        ["test rows", str(dataset.get("test_size", "-"))],
+        ["exact duplicates removed", str(dataset.get("duplicates_removed", "-"))],
+        ["duplicates with conflicting labels", str(dataset.get("conflicting_labels", "-"))],
+        ["pool rows removed as test leaks", str(dataset.get("leaks_removed", "-"))],
+        ["test rows from", str(dataset.get("test_source", "-"))],
+    ]
+    rows += [["warning", w] for w in dataset.get("warnings") or []]
+    return ["check", "value"], rows
+
+
+def class_balance_table(dataset: dict[str, Any]) -> Table:
+    counts = dataset.get("label_counts") or {}
+    pool, test = counts.get("pool") or {}, counts.get("test") or {}
+    pool_total, test_total = sum(pool.values()) or 1, sum(test.values()) or 1
+    labels = sorted(set(pool) | set(test))
+    rows = [
+        [
+            label,
+            f"{pool.get(label, 0)} ({pool.get(label, 0) / pool_total:.0%})",
+            f"{test.get(label, 0)} ({test.get(label, 0) / test_total:.0%})",
+        ]
+        for label in labels
+    ]
+    return ["label", "pool", "test"], rows
+
+
+def assumption_table(prices: PriceTable, volume: str, horizon: str) -> Table:
+    rows = [["volume", volume, "--volume-per-day"], ["horizon", horizon, "--horizon-days"]]
+    for key, entry in prices.to_dict().items():
+        value = entry["value"]
+        shown = "-" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+        rows.append([key, shown, entry["source"]])
+    return ["assumption", "value", "source"], rows
+
+
+def trigger_table(rollout: Rollout) -> Table:
+    return (
+        ["metric", "measured baseline", "roll back when"],
+        [[t.metric, t.baseline, t.rollback_when] for t in rollout.triggers],
+    )
