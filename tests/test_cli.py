@@ -59,7 +59,9 @@ def test_end_to_end_on_a_tiny_model(
         ("lora+few-shot", 5, 20),
     ]
     lora = results["methods"][2]
-    assert lora["train_seconds"] > 0 and lora["adapter_bytes"] > 0
+    assert lora["train_seconds"] > 0 and lora["adapter_bytes"] > 0 and 0 < lora["train_mfu"] < 1
+    few = results["methods"][1]
+    assert few["latency_ms"]["requests"] == few["latency_ms_no_prefix_cache"]["requests"] == 2
     assert (out / "adapters" / "lora-n20" / "adapter_model.safetensors").exists()
     assert len((out / "predictions.jsonl").read_text().splitlines()) == 4 * 12
     assert (out / "config.yaml").exists()

@@ -32,6 +32,23 @@ def measure_latency(predictor: Predictor, texts: Sequence[str], requests: int) -
     return {"p50": float(p50), "p95": float(p95), "mean": float(np.mean(timings)), "requests": len(timings)}
 
 
+def _latencies(predictor: Predictor, texts: Sequence[str], requests: int) -> dict[str, Any]:
+    """``latency_ms`` as served with prefix caching (vLLM and SGLang do it by default) and, where the backend
+    can switch it off, ``latency_ms_no_prefix_cache`` for a server that recomputes the demos every time."""
+    backend = predictor.backend
+    if not hasattr(backend, "prefix_caching"):
+        return {"latency_ms": measure_latency(predictor, texts, requests)}
+    original = backend.prefix_caching
+    try:
+        backend.prefix_caching = False
+        uncached = measure_latency(predictor, texts, requests)
+        backend.prefix_caching = True
+        cached = measure_latency(predictor, texts, requests)
+    finally:
+        backend.prefix_caching = original
+    return {"latency_ms": cached, "latency_ms_no_prefix_cache": uncached}
+
+
 def evaluate(
     predictor: Predictor,
     test: Sequence[Example],
@@ -61,7 +78,7 @@ def evaluate(
         "train_examples": predictor.train_examples,
         "demo_selection": predictor.demo_selection,
         **classification_metrics(gold, predicted, labels, seed=seed),
-        "latency_ms": measure_latency(predictor, texts, latency_requests),
+        **_latencies(predictor, texts, latency_requests),
         "prompt_tokens_mean": float(np.mean(prompt_tokens)),
         "output_tokens_mean": float(np.mean([label_tokens[p] for p in predicted])),
         "throughput_rows_per_second": len(texts) / scoring_seconds if scoring_seconds else None,
