@@ -52,18 +52,26 @@ def test_end_to_end_on_a_tiny_model(
     )
     results = json.loads((out / "results.json").read_text())
     assert results["status"] == "complete"
-    assert [(m["method"], m["shots"], m["train_examples"]) for m in results["methods"]] == [
-        ("zero-shot", 0, 0),
-        ("few-shot", 5, 0),
-        ("lora", 0, 20),
-        ("lora+few-shot", 5, 20),
+    # Every method by default; the reference (real all-MiniLM-L6-v2 embeddings) runs before LoRA.
+    assert [(m["method"], m["name"], m["shots"], m["train_examples"]) for m in results["methods"]] == [
+        ("zero-shot", "zero-shot", 0, 0),
+        ("few-shot", "few-shot k=5 balanced", 5, 0),
+        ("reference", "reference n=20", 0, 20),
+        ("lora", "lora n=20", 0, 20),
+        ("lora+few-shot", "lora+few-shot n=20 k=5 balanced", 5, 20),
     ]
-    lora = results["methods"][2]
+    lora = results["methods"][3]
     assert lora["train_seconds"] > 0 and lora["adapter_bytes"] > 0 and 0 < lora["train_mfu"] < 1
     few = results["methods"][1]
     assert few["latency_ms"]["requests"] == few["latency_ms_no_prefix_cache"]["requests"] == 2
+    assert few["demo_selection"] == "balanced" and few["accuracy_mean"] == few["accuracy"]
+    reference = results["methods"][2]
+    assert reference["embedding_model"] == "all-MiniLM-L6-v2" and reference["latency_ms"]["requests"] == 2
+    curves = results["curves"]
+    assert [(p["strategy"], p["k"]) for p in curves["shots"]] == [("balanced", 0), ("balanced", 5)]
+    assert [p["n"] for p in curves["train_examples"]] == [20] and curves["crossover"]["method"] == "lora"
     assert (out / "adapters" / "lora-n20" / "adapter_model.safetensors").exists()
-    assert len((out / "predictions.jsonl").read_text().splitlines()) == 4 * 12
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 5 * 12
     assert (out / "config.yaml").exists()
 
 
@@ -87,3 +95,39 @@ def test_broken_gguf_is_one_line_error(
         run_cli(monkeypatch, "run", "--model", str(broken), "--out", str(tmp_path / "r"))
     err = capsys.readouterr().err
     assert "could not load GGUF model" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("DESC=description, NUM=number", {"DESC": "description", "NUM": "number"}),
+        ("auto", "auto"),
+        (None, None),
+        ("0=very negative", {"0": "very negative"}),
+    ],
+)
+def test_label_names_option_parses_code_name_pairs(value: str | None, expected: object) -> None:
+    assert cli._label_names(value) == expected
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--label-names", "DESC"], "--label-names takes CODE=name pairs"),
+        (["--label-names", "NOPE=nope"], "NOPE is not a label of the data"),
+        (["--demo-selection", "random,best"], "--demo-selection takes one or more of"),
+        (["--demo-seeds", "0"], "--demo-seeds must be at least 1"),
+    ],
+)
+def test_prompt_option_errors_are_one_line(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    flags: list[str],
+    message: str,
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(monkeypatch, "run", *flags, "--out", str(tmp_path / "r"))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

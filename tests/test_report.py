@@ -132,7 +132,9 @@ def run_cli(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
 
 def test_report_adds_costs_and_recommendation_to_an_old_results_json(legacy_run: Path) -> None:
     report, written = write_reports(legacy_run, CostArgs(volume_per_day=50_000))
-    assert {p.name for p in written} == {REPORT_MD, REPORT_HTML, *PLOT_FILES.values()}
+    # Two shot counts make a shot curve; one LoRA size is no training curve, so report-train.png is not drawn.
+    drawn = [file for key, file in PLOT_FILES.items() if key != "train"]
+    assert {p.name for p in written} == {REPORT_MD, REPORT_HTML, *drawn}
     results = json.loads((legacy_run / "results.json").read_text())
     for row in results["methods"]:
         assert set(row["costs"]) >= {"setup", "per_request", "total_at_horizon"}
@@ -170,7 +172,7 @@ def test_report_html_is_self_contained(legacy_run: Path) -> None:
     html = (legacy_run / REPORT_HTML).read_text()
     assert "<script" not in html
     assert not re.findall(r'(?:src|href)="(?!data:)', html), "every src/href must be inline data"
-    assert html.count('src="data:image/png;base64,') == len(PLOT_FILES)
+    assert html.count('src="data:image/png;base64,') == len(PLOT_FILES) - 1  # no training curve
     assert html.index('id="recommendation"') < html.index('id="methods"')
 
 
@@ -320,3 +322,31 @@ def test_report_html_in_headless_chromium(legacy_run: Path, tmp_path: Path) -> N
     assert images_ok, "an inline image did not decode"
     assert screenshot.stat().st_size > 10_000
     shutil.copy(legacy_run / REPORT_HTML, ARTIFACTS / "report.html")
+
+
+@pytest.mark.parametrize(
+    "selection, method, train, fragment",
+    [
+        ("balanced", "few-shot", 0, "label list and the 8 demos in results.json"),
+        ("nearest", "few-shot", 0, "the demo pool and the sentence embedding model"),
+        ("nearest", "lora+few-shot", 100, "and the demo pool and embedding model;"),
+    ],
+)
+def test_rollout_says_what_to_freeze_for_each_demo_selection(
+    selection: str, method: str, train: int, fragment: str
+) -> None:
+    from fewtune.cost import MethodCost
+    from fewtune.report.rollout import rollout_plan
+
+    row = {
+        "method": method,
+        "name": "m",
+        "shots": 8,
+        "train_examples": train,
+        "demo_selection": selection,
+        "accuracy": 0.9,
+        "accuracy_ci95": [0.85, 0.95],
+        "latency_ms": {"p95": 100.0},
+    }
+    plan = rollout_plan(row, MethodCost(1.0, 0.001), 300, chosen=True)
+    assert fragment in plan.checks[0]

@@ -39,6 +39,22 @@ def _names(value: str | None) -> list[str] | None:
     return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _label_names(value: str | None) -> dict[str, str] | str | None:
+    """``"DESC=description,NUM=number"`` -> ``{"DESC": "description", "NUM": "number"}``; ``auto`` as is."""
+    if value is None or value.strip() == "auto":
+        return None if value is None else "auto"
+    names = {}
+    for pair in (p for p in value.split(",") if p.strip()):
+        code, sep, name = pair.partition("=")
+        if not sep or not code.strip() or not name.strip():
+            raise ConfigError(
+                f"--label-names takes CODE=name pairs, e.g. DESC=description,NUM=number (or auto); "
+                f"got {pair.strip()!r}"
+            )
+        names[code.strip()] = name.strip()
+    return names
+
+
 # Cost and recommendation options, shared by `run` and `report`.
 VolumeOption = Annotated[
     int | None,
@@ -72,15 +88,35 @@ def run(
         float | None, typer.Option(help="Held-out share without --test. [default: 0.2]")
     ] = None,
     methods: Annotated[
-        str | None, typer.Option(help="Comma list of zero-shot,few-shot,lora,lora+few-shot. [default: all]")
+        str | None,
+        typer.Option(help="Comma list of zero-shot,few-shot,lora,lora+few-shot,reference. [default: all]"),
     ] = None,
-    shots: Annotated[str | None, typer.Option(help="Demos per prompt, comma list. [default: 0,5]")] = None,
+    shots: Annotated[
+        str | None, typer.Option(help="Demos per prompt, comma list, e.g. 0,1,2,4,8,16. [default: 0,5]")
+    ] = None,
     demo_selection: Annotated[
-        str | None, typer.Option(help="balanced or random. [default: balanced]")
+        str | None,
+        typer.Option(help="Comma list of balanced, random, nearest (by embedding). [default: balanced]"),
+    ] = None,
+    demo_seeds: Annotated[
+        int | None,
+        typer.Option(help="Demo sets drawn for random/balanced (seeds seed..seed+N-1). [default: 1]"),
+    ] = None,
+    label_names: Annotated[
+        str | None,
+        typer.Option(help="Readable label names for prompts, CODE=name,... or auto (underscores to spaces)."),
+    ] = None,
+    calibrate: Annotated[
+        bool | None,
+        typer.Option(
+            "--calibrate/--no-calibrate",
+            help="Add contextually calibrated rows (Zhao et al. 2021) for fixed demo sets. [default: off]",
+        ),
     ] = None,
     task: Annotated[str | None, typer.Option(help="Task line that opens every prompt.")] = None,
     train_sizes: Annotated[
-        str | None, typer.Option(help="LoRA training examples, comma list. [default: 200]")
+        str | None,
+        typer.Option(help="Training examples per LoRA adapter (and reference), comma list. [default: 200]"),
     ] = None,
     lora_r: Annotated[int | None, typer.Option(help="LoRA rank. [default: 8]")] = None,
     lora_alpha: Annotated[int | None, typer.Option(help="LoRA alpha. [default: 16]")] = None,
@@ -107,7 +143,7 @@ def run(
     costs: CostsOption = None,
     gap: GapOption = None,
 ) -> None:
-    """Run zero-shot, k-shot, LoRA and LoRA+k-shot on the same test rows and write a run folder."""
+    """Run zero-shot, k-shot, LoRA, LoRA+k-shot and the embedding reference on the same test rows."""
     from fewtune.config import build_config, load_config_file
     from fewtune.runner import run as run_all
 
@@ -121,7 +157,14 @@ def run(
             "max_test": max_test,
             "test_fraction": test_fraction,
         },
-        "prompt": {"shots": _ints(shots, "--shots"), "demo_selection": demo_selection, "task": task},
+        "prompt": {
+            "shots": _ints(shots, "--shots"),
+            "demo_selection": _names(demo_selection),
+            "demo_seeds": demo_seeds,
+            "label_names": _label_names(label_names),
+            "calibrate": calibrate,
+            "task": task,
+        },
         "lora": {
             "train_sizes": _ints(train_sizes, "--train-sizes"),
             "r": lora_r,

@@ -14,9 +14,11 @@ import yaml
 from fewtune.backends.models import DEFAULT_MODEL
 from fewtune.errors import ConfigError
 from fewtune.prompts.demos import DEMO_SELECTIONS
-from fewtune.prompts.template import DEFAULT_TASK
+from fewtune.prompts.template import AUTO_LABEL_NAMES, DEFAULT_TASK
 
-METHODS = ("zero-shot", "few-shot", "lora", "lora+few-shot")
+METHODS = ("zero-shot", "few-shot", "lora", "lora+few-shot", "reference")
+# The reference is no LLM method: sentence embeddings + logistic regression on the LoRA training examples.
+REFERENCE_METHOD = "reference"
 
 
 @dataclass
@@ -45,8 +47,16 @@ class DataArgs:
 class PromptArgs:
     shots: list[int] = field(default_factory=lambda: [0, 5])
     """Demos per prompt; 0 is zero-shot. The guides say to try at least 5 before fine-tuning."""
-    demo_selection: str = "balanced"
-    """How demos are drawn from the pool: balanced (round-robin over labels) or random."""
+    demo_selection: list[str] = field(default_factory=lambda: ["balanced"])
+    """How demos are drawn from the pool, one or more of: balanced (round-robin over labels), random,
+    nearest (the most similar pool examples to each input, by sentence embedding)."""
+    demo_seeds: int = 1
+    """Demo sets drawn (seeds seed..seed+N-1) for random and balanced, reported as mean and std."""
+    label_names: dict[str, str] | str | None = None
+    """Readable names the model sees instead of the label codes ({code: name}, or "auto": underscores and
+    hyphens to spaces); results keep the codes."""
+    calibrate: bool = False
+    """Also report each fixed-demo prompt with contextual calibration (Zhao et al. 2021) as its own row."""
     task: str = DEFAULT_TASK
     """The task line that opens every prompt."""
 
@@ -54,16 +64,34 @@ class PromptArgs:
         if any(k < 0 for k in self.shots):
             raise ConfigError(f"--shots must be 0 or more, got {self.shots}")
         self.shots = sorted(set(self.shots))
-        if self.demo_selection not in DEMO_SELECTIONS:
+        if isinstance(self.demo_selection, str):  # config files written before selections were a list
+            self.demo_selection = [s.strip() for s in self.demo_selection.split(",") if s.strip()]
+        unknown = [s for s in self.demo_selection if s not in DEMO_SELECTIONS]
+        if unknown or not self.demo_selection:
             raise ConfigError(
-                f"--demo-selection must be one of {', '.join(DEMO_SELECTIONS)}, got {self.demo_selection!r}"
+                f"--demo-selection takes one or more of {', '.join(DEMO_SELECTIONS)}, "
+                f"got {', '.join(self.demo_selection) or 'none'}"
             )
+        self.demo_selection = list(dict.fromkeys(self.demo_selection))
+        if self.demo_seeds < 1:
+            raise ConfigError(f"--demo-seeds must be at least 1, got {self.demo_seeds}")
+        names = self.label_names
+        if isinstance(names, str) and names != AUTO_LABEL_NAMES:
+            raise ConfigError(f"--label-names takes CODE=name pairs or {AUTO_LABEL_NAMES!r}, got {names!r}")
+        if isinstance(names, dict):
+            # YAML reads a label like 0 as a number; labels are always text.
+            self.label_names = {str(k): "" if v is None else str(v).strip() for k, v in names.items()}
+            if not all(self.label_names.values()):
+                raise ConfigError("--label-names needs a non-empty name for every label code it lists")
+        elif names is not None and not isinstance(names, str):
+            raise ConfigError(f"label_names must be a mapping of label to name, got {names!r}")
 
 
 @dataclass
 class LoraArgs:
     train_sizes: list[int] = field(default_factory=lambda: [200])
-    """Training examples per adapter (a seeded stratified sample of the pool), one adapter each."""
+    """Training examples per adapter (a seeded stratified sample of the pool), one adapter each; several
+    sizes give the learning curve (and the reference its training sets)."""
     r: int = 8
     """LoRA rank."""
     alpha: int = 16
@@ -99,7 +127,8 @@ class LoraArgs:
 @dataclass
 class EvalArgs:
     methods: list[str] = field(default_factory=lambda: list(METHODS))
-    """Which of zero-shot, few-shot, lora, lora+few-shot to run."""
+    """Which of zero-shot, few-shot, lora, lora+few-shot, reference (embeddings + logistic regression) to
+    run."""
     batch_size: int = 8
     """Test rows per forward pass when scoring."""
     latency_requests: int = 20

@@ -15,6 +15,7 @@ from fewtune.strategies.base import Predictor
 
 # Requests run and discarded before timing, so one-off costs (allocations, kernel selection) don't count.
 LATENCY_WARMUP_REQUESTS = 2
+LATENCY_FIELDS = ("latency_ms", "latency_ms_no_prefix_cache")
 
 
 def measure_latency(predictor: Predictor, texts: Sequence[str], requests: int) -> dict[str, Any]:
@@ -49,6 +50,15 @@ def _latencies(predictor: Predictor, texts: Sequence[str], requests: int) -> dic
     return {"latency_ms": cached, "latency_ms_no_prefix_cache": uncached}
 
 
+def score_test(
+    predictor: Predictor, texts: Sequence[str], batch_size: int = 8, progress: ProgressFn | None = None
+) -> tuple[np.ndarray, float]:
+    """Raw label log-likelihoods for ``texts`` (before any calibration) and the seconds they took."""
+    start = time.perf_counter()
+    raw = predictor.raw_scores(texts, batch_size=batch_size, progress=progress)
+    return raw, time.perf_counter() - start
+
+
 def evaluate(
     predictor: Predictor,
     test: Sequence[Example],
@@ -57,29 +67,39 @@ def evaluate(
     latency_requests: int = 20,
     seed: int = 0,
     progress: ProgressFn | None = None,
+    scored: tuple[np.ndarray, float] | None = None,
+    latency: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Return the method's results row and its per-test-row predictions."""
+    """Return the method's results row and its per-test-row predictions.
+
+    ``scored`` reuses raw scores from :func:`score_test` (a calibrated row shares its uncalibrated twin's);
+    ``latency`` reuses another row's latency fields instead of timing requests again.
+    """
     texts = [ex.text for ex in test]
     labels = list(predictor.template.labels)
-    start = time.perf_counter()
-    scores = predictor.score(texts, batch_size=batch_size, progress=progress)
-    scoring_seconds = time.perf_counter() - start
+    raw, scoring_seconds = scored or score_test(predictor, texts, batch_size, progress)
+    scores = predictor.adjust(raw)
     predicted = [labels[i] for i in scores.argmax(axis=1)]
     gold = [ex.label for ex in test]
     backend = predictor.backend
-    prompt_tokens = [backend.count_tokens(predictor.prompt(t)) for t in texts]
+    prompt_tokens = [backend.count_tokens(p) for p in predictor.prompts(texts)]
     label_tokens = {
         label: backend.count_tokens(predictor.template.continuation(label)) - 1 for label in labels
     }
+    if latency is None:
+        latency = _latencies(predictor, texts, latency_requests)
     row: dict[str, Any] = {
         "method": predictor.method,
         "name": predictor.name,
         "shots": predictor.shots,
         "train_examples": predictor.train_examples,
         "demo_selection": predictor.demo_selection,
+        "calibrated": predictor.calibrated,
+        "demo_seed": predictor.demo_seed,
         **classification_metrics(gold, predicted, labels, seed=seed),
-        **_latencies(predictor, texts, latency_requests),
+        **latency,
         "prompt_tokens_mean": float(np.mean(prompt_tokens)),
+        "prompt_tokens_max": int(max(prompt_tokens)),
         "output_tokens_mean": float(np.mean([label_tokens[p] for p in predicted])),
         "throughput_rows_per_second": len(texts) / scoring_seconds if scoring_seconds else None,
         "scoring_seconds": scoring_seconds,
@@ -87,6 +107,10 @@ def evaluate(
         **{k: v for k, v in predictor.info.items() if k != "train_seconds"},
         "demos": [{"text": d.text, "label": d.label} for d in predictor.demos],
     }
+    if predictor.label_bias is not None:
+        row["label_bias"] = dict(zip(labels, predictor.label_bias, strict=True))
+    if predictor.template.names:
+        row["label_names"] = dict(predictor.template.names)
     predictions = [
         {
             "method": predictor.method,
@@ -104,3 +128,17 @@ def evaluate(
         for i, (ex, pred) in enumerate(zip(test, predicted, strict=True))
     ]
     return row, predictions
+
+
+def combine_draws(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One results row for several demo draws of the same method: the first draw's full metrics (the demo
+    set drawn with ``--seed``, whose predictions keep the row's name) plus accuracy mean and std over draws.
+    """
+    first = dict(rows[0])
+    accuracies = [row["accuracy"] for row in rows]
+    first["demo_seeds"] = [row.get("demo_seed") for row in rows]
+    first["accuracy_draws"] = accuracies
+    first["accuracy_mean"] = float(np.mean(accuracies))
+    # Sample standard deviation across draws; undefined for one draw.
+    first["accuracy_std"] = float(np.std(accuracies, ddof=1)) if len(rows) > 1 else None
+    return first

@@ -15,17 +15,20 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fewtune import __version__
-from fewtune.backends.base import Backend
-from fewtune.config import RunConfig
+from fewtune.backends.base import Backend, ProgressFn
+from fewtune.config import REFERENCE_METHOD, RunConfig
 from fewtune.cost import load_price_table
+from fewtune.curves import build_curves
 from fewtune.data.split import PreparedData, prepare_data, stratified_sample
+from fewtune.embeddings import Embedder
 from fewtune.errors import ConfigError
 from fewtune.evaluate import evaluate
-from fewtune.prompts.template import PromptTemplate
+from fewtune.prompts.demos import NEAREST, DemoIndex
+from fewtune.prompts.template import PromptTemplate, resolve_label_names
 from fewtune.report.terminal import method_table
 from fewtune.store import RunStore, default_run_dir
 from fewtune.strategies.base import Predictor
-from fewtune.strategies.fewshot import FewShot
+from fewtune.sweep import check_context, few_shot_draws, prompt_sets, run_prompt_set
 
 BUILTIN_DATASET = "support"
 
@@ -59,7 +62,7 @@ def _check_plan(cfg: RunConfig, data: PreparedData) -> None:
     pool = data.report.pool_size
     if shots and max(shots) > pool:
         raise ConfigError(f"--shots {max(shots)} is more than the {pool} examples in the pool")
-    if {"lora", "lora+few-shot"} & set(methods):
+    if {"lora", "lora+few-shot", REFERENCE_METHOD} & set(methods):
         too_big = [n for n in cfg.lora.train_sizes if n > pool]
         if too_big:
             raise ConfigError(
@@ -93,11 +96,17 @@ def run(
     cfg: RunConfig,
     console: Console | None = None,
     backend_factory: Callable[[RunConfig, Console], Backend] = _load_backend,
+    embedder_factory: Callable[[RunConfig, Console], Embedder] | None = None,
 ) -> Path:
-    """Run every requested method on the same test rows; return the run folder."""
+    """Run every requested method on the same test rows; return the run folder.
+
+    ``embedder_factory`` loads the sentence embedder (nearest-neighbour demos, the reference); default
+    all-MiniLM-L6-v2 from its PyPI package.
+    """
     console = console or Console()
     data = load_data(cfg)
     _check_plan(cfg, data)
+    resolve_label_names(data.labels, cfg.prompt.label_names)  # a bad --label-names fails before any work
     load_price_table(cfg.cost.costs)  # a bad --costs file fails now, not after training
     store = RunStore(cfg.out or default_run_dir())
     cfg.out = str(store.folder)
@@ -126,7 +135,7 @@ def run(
     try:
         backend = backend_factory(cfg, console)
         results["hardware"].update(_describe_backend(backend))
-        _run_methods(cfg, data, backend, store, results, console)
+        _run_methods(cfg, data, backend, store, results, console, embedder_factory or _load_embedder)
         results["status"] = "complete"
     except KeyboardInterrupt:
         results["status"] = "interrupted"
@@ -159,6 +168,47 @@ def _progress(console: Console) -> Progress:
     )
 
 
+def _load_embedder(cfg: RunConfig, console: Console) -> Embedder:
+    from fewtune.embeddings import EMBEDDING_MODEL, SentenceEmbedder
+
+    with console.status(f"Loading the sentence embedder {EMBEDDING_MODEL}..."):
+        return SentenceEmbedder()
+
+
+def _needs_index(cfg: RunConfig) -> bool:
+    """Nearest-neighbour demos are asked for and some method shows demos."""
+    prompted = {"few-shot", "lora+few-shot"} & set(cfg.eval.methods) and any(k > 0 for k in cfg.prompt.shots)
+    return bool(prompted) and NEAREST in cfg.prompt.demo_selection
+
+
+class _Recorder:
+    """Appends finished rows to results.json (with the curves recomputed) and their predictions."""
+
+    def __init__(self, store: RunStore, results: dict[str, Any], console: Console) -> None:
+        self.store, self.results, self.console = store, results, console
+
+    def __call__(self, row: dict[str, Any], predictions: list[dict[str, Any]]) -> None:
+        self.results["methods"].append(row)
+        self.results["curves"] = build_curves(self.results["methods"])
+        self.store.append_predictions(predictions)
+        self.store.write_results(self.results)
+
+    def describe(self, row: dict[str, Any]) -> None:
+        low, high = row["accuracy_ci95"]
+        spread = ""
+        if row.get("accuracy_std") is not None:
+            draws = len(row.get("accuracy_draws") or [])
+            spread = f"; over {draws} demo draws {row['accuracy_mean']:.3f} ± {row['accuracy_std']:.3f}"
+        self.console.print(
+            f"  {row['name']}: accuracy {row['accuracy']:.3f} [{low:.3f}, {high:.3f}], "
+            f"macro-F1 {row['macro_f1']:.3f}{spread}"
+        )
+
+    def warn(self, message: str) -> None:
+        self.results.setdefault("warnings", []).append(message)
+        self.console.print(f"[yellow]warning:[/] {message}", highlight=False)
+
+
 def _run_methods(
     cfg: RunConfig,
     data: PreparedData,
@@ -166,43 +216,47 @@ def _run_methods(
     store: RunStore,
     results: dict[str, Any],
     console: Console,
+    embedder_factory: Callable[[RunConfig, Console], Embedder] = _load_embedder,
 ) -> None:
-    template = PromptTemplate(tuple(data.labels), cfg.prompt.task)
+    names = resolve_label_names(data.labels, cfg.prompt.label_names)
+    template = PromptTemplate(tuple(data.labels), cfg.prompt.task, names)
+    if names:
+        results["label_names"] = names
     methods = cfg.eval.methods
     shots = [k for k in cfg.prompt.shots if k > 0]
-    demos_for = {
-        k: FewShot(backend, template, k, cfg.prompt.demo_selection, cfg.seed).fit(data.pool).demos
-        for k in shots
-    }
+    texts = [ex.text for ex in data.test]
+    record = _Recorder(store, results, console)
 
-    def score(predictor: Predictor) -> None:
+    def with_progress(title: str, work: Callable[[ProgressFn | None], Any], total: int | None = None) -> Any:
         with _progress(console) as progress:
-            task = progress.add_task(f"Scoring {predictor.name}", total=len(data.test), extra="")
-            row, predictions = evaluate(
-                predictor,
-                data.test,
-                batch_size=cfg.eval.batch_size,
-                latency_requests=cfg.eval.latency_requests,
-                seed=cfg.seed,
-                progress=lambda n: progress.advance(task, n),
-            )
-        results["methods"].append(row)
-        store.append_predictions(predictions)
-        store.write_results(results)
-        console.print(
-            f"  {predictor.name}: accuracy {row['accuracy']:.3f} "
-            f"[{row['accuracy_ci95'][0]:.3f}, {row['accuracy_ci95'][1]:.3f}], macro-F1 {row['macro_f1']:.3f}"
-        )
+            task = progress.add_task(title, total=len(texts) if total is None else total, extra="")
+            return work(lambda n: progress.advance(task, n))
 
-    if "zero-shot" in methods:
-        score(FewShot(backend, template, 0).fit(data.pool))
-    if "few-shot" in methods:
-        for k in shots:
-            score(
-                Predictor(
-                    "few-shot", backend, template, demos_for[k], demo_selection=cfg.prompt.demo_selection
-                )
-            )
+    needs_embedder = _needs_index(cfg) or REFERENCE_METHOD in methods
+    embedder = embedder_factory(cfg, console) if needs_embedder else None
+    index = None
+    if embedder is not None and _needs_index(cfg):
+        index = with_progress(
+            f"Embedding the {len(data.pool)} pool examples",
+            lambda progress: DemoIndex.build(data.pool, embedder, progress),
+            total=len(data.pool),
+        )
+    sets = prompt_sets(cfg, data.pool, backend, template, index)
+    # lora+few-shot prompts with the first selection's first demo draw.
+    first_selection = cfg.prompt.demo_selection[0]
+    lead = {
+        k: few_shot_draws(backend, template, data.pool, k, first_selection, cfg.seed, 1, index)[0]
+        for k in (shots if "lora+few-shot" in methods else [])
+    }
+    checked = [p for s in sets for p in s.draws] + list(lead.values())
+    with console.status("Checking prompt lengths against the model's context..."):
+        warnings = check_context(checked, texts, backend)
+    for warning in warnings:
+        record.warn(warning)
+    for pset in sets:
+        run_prompt_set(pset, data.test, cfg, record, with_progress, record.describe)
+    if REFERENCE_METHOD in methods and embedder is not None:
+        _run_reference(cfg, data, embedder, record, console)
     if not {"lora", "lora+few-shot"} & set(methods):
         return
     from fewtune.backends.hf import HFBackend
@@ -212,6 +266,22 @@ def _run_methods(
         raise ConfigError(
             f"LoRA needs a local Hugging Face model; backend '{backend.name}' cannot be trained"
         )
+
+    def score(predictor: Predictor) -> None:
+        row, predictions = with_progress(
+            f"Scoring {predictor.name}",
+            lambda progress: evaluate(
+                predictor,
+                data.test,
+                batch_size=cfg.eval.batch_size,
+                latency_requests=cfg.eval.latency_requests,
+                seed=cfg.seed,
+                progress=progress,
+            ),
+        )
+        record(row, predictions)
+        record.describe(row)
+
     for n in cfg.lora.train_sizes:
         train, _ = stratified_sample(data.pool, n, cfg.seed)
         with _progress(console) as progress:
@@ -234,4 +304,33 @@ def _run_methods(
             score(adapter)
         if "lora+few-shot" in methods:
             for k in shots:
-                score(adapter.with_demos(demos_for[k], "lora+few-shot", cfg.prompt.demo_selection))
+                demos = lead[k]
+                score(
+                    adapter.with_demos(
+                        demos.demos,
+                        "lora+few-shot",
+                        demos.demo_selection,
+                        per_row_demos=demos.per_row_demos,
+                        demo_seed=demos.demo_seed,
+                    )
+                )
+
+
+def _run_reference(
+    cfg: RunConfig, data: PreparedData, embedder: Embedder, record: _Recorder, console: Console
+) -> None:
+    """Embeddings + logistic regression on the same training examples as each LoRA adapter."""
+    from fewtune.strategies.reference import EmbeddingReference, evaluate_reference
+
+    for n in cfg.lora.train_sizes:
+        train, _ = stratified_sample(data.pool, n, cfg.seed)
+        if len({ex.label for ex in train}) < 2:
+            record.warn(f"reference n={n} skipped: its {n} training examples have only one label")
+            continue
+        with console.status(f"Fitting reference n={n} (sentence embeddings + logistic regression)..."):
+            model = EmbeddingReference(embedder, tuple(data.labels), cfg.seed).fit(train)
+            row, predictions = evaluate_reference(
+                model, data.test, latency_requests=cfg.eval.latency_requests, seed=cfg.seed
+            )
+        record(row, predictions)
+        record.describe(row)

@@ -1,20 +1,35 @@
-"""Choosing the k demos shown in a few-shot prompt, from the pool only."""
+"""Choosing the k demos shown in a few-shot prompt, from the pool only.
+
+- ``balanced``: labels round-robin, one fixed demo set for every test input;
+- ``random``: a plain seeded sample, one fixed demo set for every test input;
+- ``nearest``: for each test input, the k pool examples whose sentence embeddings are most similar to it
+  (Liu et al. 2022, "What Makes Good In-Context Examples for GPT-3?"), the most similar last, next to the
+  input. The demos differ per input, so no demo block is shared between rows.
+"""
 
 from __future__ import annotations
 
 import random
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
+import numpy as np
+
+from fewtune.backends.base import ProgressFn
 from fewtune.data.load import Example
+from fewtune.embeddings import Embedder
 
-DEMO_SELECTIONS = ("balanced", "random")
+DEMO_SELECTIONS = ("balanced", "random", "nearest")
+# Selections that draw one demo set for all rows (and so can be redrawn with other seeds).
+FIXED_SELECTIONS = ("balanced", "random")
+NEAREST = "nearest"
 
 
 def select_demos(
     pool: Sequence[Example], shots: int, selection: str = "balanced", seed: int = 0
 ) -> list[Example]:
-    """Pick ``shots`` demos from ``pool``, seeded.
+    """Pick ``shots`` demos from ``pool``, seeded, for a fixed selection (balanced or random).
 
     ``balanced`` takes labels round-robin (each label's rows shuffled, labels in a shuffled order), so the
     counts differ by at most one and no label's demos all sit at the end of the prompt, where recency
@@ -22,8 +37,8 @@ def select_demos(
     """
     if shots <= 0:
         return []
-    if selection not in DEMO_SELECTIONS:
-        raise ValueError(f"unknown demo selection {selection!r}; choose from {', '.join(DEMO_SELECTIONS)}")
+    if selection not in FIXED_SELECTIONS:
+        raise ValueError(f"unknown demo selection {selection!r}; choose from {', '.join(FIXED_SELECTIONS)}")
     rng = random.Random(seed)
     if selection == "random":
         return rng.sample(list(pool), min(shots, len(pool)))
@@ -42,3 +57,43 @@ def select_demos(
                 demos.append(by_label[label][round_])
         round_ += 1
     return demos
+
+
+@dataclass
+class DemoIndex:
+    """The pool's sentence embeddings, computed once and shared by every shot count."""
+
+    pool: Sequence[Example]
+    embedder: Embedder
+    vectors: np.ndarray = field(repr=False)
+    """``[len(pool), dim]``, unit length."""
+
+    @classmethod
+    def build(
+        cls, pool: Sequence[Example], embedder: Embedder, progress: ProgressFn | None = None
+    ) -> DemoIndex:
+        return cls(list(pool), embedder, embedder.embed([ex.text for ex in pool], progress=progress))
+
+    def nearest(self, texts: Sequence[str], shots: int) -> list[tuple[Example, ...]]:
+        """For each text, the ``shots`` most similar pool examples, least similar first (most similar last).
+
+        The query texts are embedded on every call, as a deployment embeds each request.
+        """
+        if shots <= 0 or not texts:
+            return [() for _ in texts]
+        shots = min(shots, len(self.pool))
+        similarity = self.embedder.embed(texts) @ self.vectors.T
+        # Ties break towards the earlier pool row, so the choice is deterministic.
+        top = np.argsort(-similarity, axis=1, kind="stable")[:, :shots]
+        return [tuple(self.pool[j] for j in row[::-1]) for row in top]
+
+
+@dataclass(frozen=True)
+class NearestDemos:
+    """Per-input demos: the ``shots`` nearest pool examples of each input."""
+
+    index: DemoIndex
+    shots: int
+
+    def for_texts(self, texts: Sequence[str]) -> list[tuple[Example, ...]]:
+        return self.index.nearest(texts, self.shots)

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from rich.console import Console
 
-from fewtune.config import CostArgs
+from fewtune.config import REFERENCE_METHOD, CostArgs
 from fewtune.cost import (
     DEFAULT_VOLUME_PER_DAY,
     BreakEven,
@@ -30,6 +30,7 @@ from fewtune.cost import (
     load_price_table,
     method_cost,
 )
+from fewtune.curves import best_prompt, build_curves, has_shot_curve, has_train_curve, mean_accuracy
 from fewtune.errors import ConfigError, FewtuneError
 from fewtune.recommend import LOW_ACCURACY_SHARE, MethodEvidence, Recommendation, Situation, recommend
 from fewtune.report.rollout import Rollout, rollout_plan
@@ -43,7 +44,13 @@ PLOT_FILES = {
     "cost": "report-cost.png",
     "latency": "report-latency.png",
     "confusion": "report-confusion.png",
+    "shots": "report-shots.png",
+    "train": "report-train.png",
 }
+# Drawn only when the run has a curve to show: shots needs two shot counts, train two training sizes.
+CURVE_PLOTS = ("shots", "train")
+# The cost plot keeps one line per method up to this many; beyond it only the compared and chosen ones.
+COST_PLOT_MAX_LINES = 6
 
 
 @dataclass
@@ -75,6 +82,10 @@ class Report:
     break_even_pair: tuple[str, str] | None
     """(best prompt, best fine-tuned) names that break_even compares."""
     break_even: BreakEven | None
+    curves: dict[str, Any]
+    """results.json's ``curves``: shots, train_examples, reference, crossover (see fewtune.curves)."""
+    best_prompt: dict[str, Any] | None
+    """``{name, accuracy, draws}`` of the best prompt (accuracy averaged over its demo draws)."""
 
     @property
     def horizon_requests(self) -> float:
@@ -185,7 +196,10 @@ def analyse(folder: str | Path, args: CostArgs) -> Report:
     device = (results.get("hardware") or {}).get("device")
     prices = load_price_table(args.costs, device)
     volume = float(args.volume_per_day or DEFAULT_VOLUME_PER_DAY)
-    costs = {row["name"]: method_cost(row, prices) for row in methods}
+    # The reference runs no LLM, so it has no tokens to price on an API: it is priced as self-hosted.
+    local_prices = prices if prices.pricing == "self-hosted" else load_price_table(None, device)
+    costs = {row["name"]: method_cost(row, local_prices if _is_reference(row) else prices) for row in methods}
+    llm_methods = [row for row in methods if not _is_reference(row)] or methods
     evidence = tuple(
         MethodEvidence(
             name=row["name"],
@@ -197,9 +211,10 @@ def analyse(folder: str | Path, args: CostArgs) -> Report:
             if row["name"] in predictions
             else None,
         )
-        for row in methods
+        for row in llm_methods
     )
     caveats = _cost_caveats(results, prices, costs, volume)
+    caveats += _reference_caveats(methods)
     if not predictions:
         caveats.append("predictions.jsonl is missing: no paired test between methods was possible")
     chance = _chance(labels, results.get("dataset") or {})
@@ -215,7 +230,7 @@ def analyse(folder: str | Path, args: CostArgs) -> Report:
     )
     rec = recommend(situation)
     by_name = {row["name"]: row for row in methods}
-    focus = by_name[rec.method] if rec.method else max(methods, key=lambda r: r["accuracy"])
+    focus = by_name[rec.method] if rec.method else max(llm_methods, key=lambda r: r["accuracy"])
     pair = (rec.comparison.prompt, rec.comparison.fine_tuned) if rec.comparison else _pair(evidence)
     be = rec.break_even
     if be is None and pair:
@@ -245,9 +260,41 @@ def analyse(folder: str | Path, args: CostArgs) -> Report:
         rollout=rollout_plan(shown, costs[focus["name"]], test_rows, chosen=rec.method is not None),
         break_even_pair=pair,
         break_even=be,
+        curves=build_curves(methods),
+        best_prompt=_best_prompt(methods),
     )
     _add_to_results(report, args)
     return report
+
+
+def _is_reference(row: dict[str, Any]) -> bool:
+    return row.get("method") == REFERENCE_METHOD
+
+
+def _best_prompt(methods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    best = best_prompt(methods)
+    if best is None:
+        return None
+    draws = len(best.get("accuracy_draws") or [best["accuracy"]])
+    return {"name": best["name"], "accuracy": mean_accuracy(best), "draws": draws}
+
+
+def _reference_caveats(methods: list[dict[str, Any]]) -> list[str]:
+    """What the no-LLM reference says about needing an LLM at all (it is not a candidate to ship here)."""
+    references = [row for row in methods if _is_reference(row)]
+    llm = [row for row in methods if not _is_reference(row)]
+    if not references or not llm:
+        return []
+    ref = max(references, key=lambda r: (r["accuracy"], -r["train_examples"]))
+    best = max(llm, key=lambda r: r["accuracy"])
+    gap = (best["accuracy"] - ref["accuracy"]) * 100
+    text = (
+        f"the no-LLM reference, {ref['name']} (sentence embeddings + logistic regression on the same "
+        f"training examples), reaches {ref['accuracy']:.3f} against {best['accuracy']:.3f} for {best['name']}"
+    )
+    if gap <= 0:
+        return [text + ": a small classifier matches the LLM here, so you may not need an LLM at all"]
+    return [text + f" ({gap:.1f} points behind); it is a yardstick, left out of the comparison above"]
 
 
 def _pair(evidence: tuple[MethodEvidence, ...]) -> tuple[str, str] | None:
@@ -292,6 +339,7 @@ def _add_to_results(report: Report, args: CostArgs) -> None:
         "prices": report.prices.to_dict(),
     }
     results["recommendation"] = report.recommendation.to_dict()
+    results["curves"] = report.curves
 
 
 def draw_plots(report: Report) -> dict[str, bytes]:
@@ -299,10 +347,10 @@ def draw_plots(report: Report) -> dict[str, bytes]:
     from fewtune.report import plots
 
     chosen = report.recommendation.method
-    return {
+    images = {
         "accuracy": plots.accuracy_plot(report.methods, report.chance, report.floor, chosen),
         "cost": plots.cost_plot(
-            report.methods,
+            _cost_plot_methods(report),
             report.costs,
             report.horizon_requests,
             report.horizon_label,
@@ -314,6 +362,26 @@ def draw_plots(report: Report) -> dict[str, bytes]:
             report.labels, report.confusion, f"{report.focus['name']}: gold vs predicted"
         ),
     }
+    curves = report.curves
+    if has_shot_curve(curves):
+        images["shots"] = plots.shots_plot(curves["shots"], report.chance)
+    if has_train_curve(curves):
+        images["train"] = plots.train_plot(
+            curves["train_examples"],
+            curves["reference"],
+            report.best_prompt,
+            curves["crossover"],
+            report.chance,
+        )
+    return images
+
+
+def _cost_plot_methods(report: Report) -> list[dict[str, Any]]:
+    """Every method when few; otherwise the break-even pair and the recommended method."""
+    if len(report.methods) <= COST_PLOT_MAX_LINES:
+        return report.methods
+    keep = set(report.break_even_pair or ()) | {report.recommendation.method, report.focus["name"]}
+    return [row for row in report.methods if row["name"] in keep]
 
 
 def write_reports(folder: str | Path, args: CostArgs) -> tuple[Report, list[Path]]:
@@ -330,6 +398,9 @@ def write_reports(folder: str | Path, args: CostArgs) -> tuple[Report, list[Path
         path = folder / PLOT_FILES[key]
         path.write_bytes(data)
         written.append(path)
+    for key in CURVE_PLOTS:
+        if key not in images:  # a curve an earlier report drew but this one has no data for
+            (folder / PLOT_FILES[key]).unlink(missing_ok=True)
     (folder / REPORT_MD).write_text(render_markdown(report, PLOT_FILES), encoding="utf-8")
     (folder / REPORT_HTML).write_text(render_html(report, images), encoding="utf-8")
     return report, [folder / REPORT_MD, folder / REPORT_HTML, *written]

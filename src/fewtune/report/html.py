@@ -6,8 +6,16 @@ import base64
 from html import escape
 from typing import TYPE_CHECKING
 
+from fewtune.curves import has_shot_curve, has_train_curve
 from fewtune.report import tables
-from fewtune.report.markdown import break_even_sentence, run_line
+from fewtune.report.markdown import (
+    break_even_sentence,
+    crossover_sentence,
+    has_curves,
+    run_line,
+    shots_note,
+    train_note,
+)
 
 if TYPE_CHECKING:
     from fewtune.report.build import Report
@@ -73,6 +81,29 @@ def _list(items: list[str], ordered: bool = False) -> str:
     return f"<{tag}>" + "".join(f"<li>{escape(item)}</li>" for item in items) + f"</{tag}>"
 
 
+def _curve_section(report: Report, images: dict[str, bytes]) -> str:
+    if not has_curves(report):
+        return ""
+    curves = report.curves
+    parts = ['<section id="curves"><h2>Learning curves</h2>']
+    if curves.get("shots"):
+        parts.append(f'<p class="note">{escape(shots_note(report))}</p>')
+        if has_shot_curve(curves) and "shots" in images:
+            parts.append(_image(images["shots"], "accuracy vs shots per demo selection"))
+        parts.append(f'<div class="wide">{_table(tables.shots_table(curves["shots"]))}</div>')
+    if curves.get("train_examples") or curves.get("reference"):
+        parts.append(f'<p class="note">{escape(train_note(report))}</p>')
+        if has_train_curve(curves) and "train" in images:
+            parts.append(_image(images["train"], "accuracy vs training examples"))
+        parts.append(_table(tables.train_table(curves["train_examples"], curves["reference"])))
+    parts.append(f'<p id="crossover">{escape(crossover_sentence(report))}</p>')
+    warnings = report.results.get("warnings") or []
+    if warnings:
+        parts.append(f'<h3>Run warnings</h3><div class="caveats">{_list(warnings)}</div>')
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
 def render_html(report: Report, images: dict[str, bytes]) -> str:
     rec = report.recommendation
     rollout = report.rollout
@@ -118,6 +149,7 @@ def render_html(report: Report, images: dict[str, bytes]) -> str:
         _image(images["accuracy"], "accuracy per method with 95% intervals"),
         f'<p class="note">Chance is {report.chance:.3f} (the larger of 1/labels and the most common test '
         f"label's share); below {report.floor:.3f} a method counts as low.</p></section>",
+        _curve_section(report, images),
         '<section id="cost"><h2>Cost vs requests</h2>',
         _image(images["cost"], "total cost vs requests served"),
         f"<p>{escape(break_even_sentence(report))}</p></section>",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from fewtune.cost import format_count, format_days
+from fewtune.curves import has_shot_curve, has_train_curve
 from fewtune.report import tables
 
 if TYPE_CHECKING:
@@ -37,13 +38,72 @@ def break_even_sentence(report: Report) -> str:
     )
 
 
+def shots_note(report: Report) -> str:
+    draws = max((r["draws"] for r in report.curves.get("shots") or []), default=1)
+    spread = (
+        f": mean over {draws} demo draws, error bars ±1 std"
+        if draws > 1
+        else ", one demo draw each (--demo-seeds N draws N demo sets and adds error bars)"
+    )
+    return f"Accuracy as demos grow, per demo selection{spread}; k=0 is zero-shot."
+
+
+def train_note(report: Report) -> str:
+    parts = []
+    if report.curves.get("train_examples"):
+        parts.append("LoRA with its 95% bootstrap interval")
+    if report.curves.get("reference"):
+        parts.append("the no-LLM reference (sentence embeddings + logistic regression) on the same examples")
+    return f"Accuracy as labelled training examples grow: {' and '.join(parts)}."
+
+
+def crossover_sentence(report: Report) -> str:
+    cross = report.curves.get("crossover")
+    if cross is None:
+        return "No crossover: it needs a prompting method and at least one LoRA training size."
+    return "Crossover: " + cross["statement"] + "."
+
+
+def has_curves(report: Report) -> bool:
+    curves = report.curves
+    return bool(curves.get("shots") or curves.get("train_examples") or curves.get("reference"))
+
+
+def curve_section(report: Report, plot_files: dict[str, str]) -> list[str]:
+    if not has_curves(report):
+        return []
+    curves = report.curves
+    out = ["## Learning curves", ""]
+    if curves.get("shots"):
+        out += [shots_note(report), ""]
+        if has_shot_curve(curves):
+            out += [f"![accuracy vs shots per demo selection]({plot_files['shots']})", ""]
+        out += [_table(tables.shots_table(curves["shots"])), ""]
+    if curves.get("train_examples") or curves.get("reference"):
+        out += [train_note(report), ""]
+        if has_train_curve(curves):
+            out += [f"![accuracy vs training examples]({plot_files['train']})", ""]
+        out += [_table(tables.train_table(curves["train_examples"], curves["reference"])), ""]
+    out += [crossover_sentence(report), ""]
+    warnings = report.results.get("warnings") or []
+    if warnings:
+        out += ["Run warnings:", "", *[f"- {w}" for w in warnings], ""]
+    return out
+
+
 def run_line(report: Report) -> str:
     results = report.results
     dataset = results.get("dataset") or {}
+    names = results.get("label_names") or {}
+    shown = (
+        " Label names the model saw: " + ", ".join(f"{code} = {name}" for code, name in names.items()) + "."
+        if names
+        else ""
+    )
     return (
         f"Model {results.get('model', '?')}, {dataset.get('test_size', '?')} test rows, "
         f"{len(report.labels)} labels ({', '.join(report.labels)}); run status {results.get('status', '?')}, "
-        f"finished {results.get('finished_at', '?')}; fewtune {results.get('fewtune_version', '?')}."
+        f"finished {results.get('finished_at', '?')}; fewtune {results.get('fewtune_version', '?')}.{shown}"
     )
 
 
@@ -85,6 +145,7 @@ def render_markdown(report: Report, plot_files: dict[str, str]) -> str:
         f"Chance is {report.chance:.3f} (the larger of 1/labels and the most common test label's share); "
         f"below {report.floor:.3f} a method counts as low.",
         "",
+        *curve_section(report, plot_files),
         "## Cost vs requests",
         "",
         f"![total cost vs requests served]({plot_files['cost']})",

@@ -15,6 +15,12 @@ if TYPE_CHECKING:
 
 PROMPT_COLOUR = "#2b6cb0"
 TUNED_COLOUR = "#c05621"
+REFERENCE_COLOUR = "#718096"
+CROSSOVER_COLOUR = "#2f855a"
+# One colour per demo selection in the shots plot; a calibrated curve is dashed in its selection's colour.
+SELECTION_COLOURS = {"balanced": PROMPT_COLOUR, "random": "#805ad5", "nearest": "#2c7a7b"}
+# Horizontal offset between selections' points at the same k, so error bars do not hide each other.
+SHOTS_JITTER_POINTS = 5
 DPI = 110
 # The cost plot runs from this share of the horizon's requests to past the break-even point (log scale).
 COST_PLOT_START_SHARE = 1e-3
@@ -38,6 +44,8 @@ def _png(fig: Figure) -> bytes:
 
 
 def _colour(row: dict[str, Any]) -> str:
+    if row.get("method") == "reference":
+        return REFERENCE_COLOUR
     return TUNED_COLOUR if is_fine_tuned(row) else PROMPT_COLOUR
 
 
@@ -193,4 +201,112 @@ def confusion_plot(labels: Sequence[str], matrix: Sequence[Sequence[int]], title
     ax.set_xlabel("predicted")
     ax.set_ylabel("gold")
     ax.set_title(title, fontsize=10)
+    return _png(fig)
+
+
+def shots_plot(curve: Sequence[dict[str, Any]], chance: float) -> bytes:
+    """Accuracy vs demos per prompt, one line per selection: mean over demo draws, error bars +-1 std."""
+    from matplotlib.transforms import offset_copy
+
+    fig = _figure(6, width=8.0)
+    ax = fig.add_subplot()
+    strategies = list(dict.fromkeys(r["strategy"] for r in curve))
+    for i, name in enumerate(strategies):
+        points = [r for r in curve if r["strategy"] == name]
+        base = name.removesuffix(" calibrated")
+        colour = SELECTION_COLOURS.get(base, PROMPT_COLOUR)
+        shift = (i - (len(strategies) - 1) / 2) * SHOTS_JITTER_POINTS
+        transform = offset_copy(ax.transData, fig=fig, x=shift, y=0, units="points")
+        draws = max(r["draws"] for r in points)
+        label = name + (f" (mean ± std of {draws} draws)" if draws > 1 else "")
+        ax.errorbar(
+            [r["k"] for r in points],
+            [r["mean"] for r in points],
+            yerr=[r["std"] or 0.0 for r in points],
+            fmt="o-" if base == name else "s--",
+            color=colour,
+            capsize=4,
+            markersize=6,
+            linewidth=1.6,
+            label=label,
+            transform=transform,
+        )
+    ticks = sorted({r["k"] for r in curve})
+    ax.axhline(chance, color="#718096", linestyle="--", linewidth=1, label=f"chance {chance:.2f}")
+    ax.set_xscale("symlog", base=2, linthresh=1)
+    ax.set_xlim(-0.5, max(ticks) * 1.3 + 0.5)
+    ax.set_xticks(ticks, [str(k) for k in ticks])
+    ax.minorticks_off()
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("demos in the prompt (k); k=0 is zero-shot")
+    ax.set_ylabel("accuracy on the test rows")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, frameon=False, loc="lower right")
+    return _png(fig)
+
+
+def train_plot(
+    lora: Sequence[dict[str, Any]],
+    reference: Sequence[dict[str, Any]],
+    prompt: dict[str, Any] | None,
+    cross: dict[str, Any] | None,
+    chance: float,
+) -> bytes:
+    """LoRA accuracy vs training examples with its 95% band, the reference, the best prompt and the
+    crossover where LoRA first matches it."""
+    fig = _figure(6, width=8.0)
+    ax = fig.add_subplot()
+    if lora:
+        sizes = [p["n"] for p in lora]
+        ax.fill_between(
+            sizes, [p["ci95"][0] for p in lora], [p["ci95"][1] for p in lora], color=TUNED_COLOUR, alpha=0.15
+        )
+        ax.plot(sizes, [p["accuracy"] for p in lora], "o-", color=TUNED_COLOUR, label="LoRA (95% CI band)")
+    if reference:
+        ax.plot(
+            [p["n"] for p in reference],
+            [p["accuracy"] for p in reference],
+            "d--",
+            color=REFERENCE_COLOUR,
+            label="reference: sentence embeddings + logistic regression",
+        )
+    if prompt is not None:
+        ax.axhline(
+            prompt["accuracy"],
+            color=PROMPT_COLOUR,
+            linewidth=1.4,
+            label=f"best prompt: {prompt['name']} ({prompt['accuracy']:.3f}"
+            + (f", mean of {prompt['draws']} demo draws)" if prompt.get("draws", 1) > 1 else ")"),
+        )
+    ax.axhline(chance, color="#718096", linestyle=":", linewidth=1, label=f"chance {chance:.2f}")
+    if cross and cross.get("reached") and cross.get("n"):
+        x, y = cross["n"], cross["prompt_accuracy"]
+        ax.axvline(x, color=CROSSOVER_COLOUR, linestyle="--", linewidth=1)
+        ax.plot([x], [y], marker="*", markersize=16, color=CROSSOVER_COLOUR, zorder=5, linestyle="none")
+        ax.annotate(
+            f"crossover ≈ {x:,.0f} examples",
+            (x, y),
+            xytext=(8, -16),
+            textcoords="offset points",
+            fontsize=9,
+            color=CROSSOVER_COLOUR,
+        )
+    elif cross:
+        ax.annotate(
+            "LoRA does not reach the best prompt within the sizes tried",
+            (0.98, 0.04),
+            xycoords="axes fraction",
+            ha="right",
+            fontsize=9,
+            color=CROSSOVER_COLOUR,
+        )
+    ticks = sorted({p["n"] for p in [*lora, *reference]})
+    ax.set_xscale("log")
+    ax.set_xticks(ticks, [str(n) for n in ticks])
+    ax.minorticks_off()
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("labelled training examples (log scale)")
+    ax.set_ylabel("accuracy on the test rows")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, frameon=False, loc="lower right")
     return _png(fig)

@@ -53,13 +53,21 @@ def rollout_plan(row: dict[str, Any], cost: MethodCost, test_rows: int, chosen: 
     accuracy = row["accuracy"]
     low, high = row["accuracy_ci95"]
     p95 = (row.get("latency_ms") or {}).get("p95")
+    nearest = row.get("demo_selection") == "nearest"
     if is_fine_tuned(row):
         adapter = row.get("adapter_path") or "the adapter folder"
         size = row.get("adapter_bytes")
         freeze = f"Freeze the adapter ({adapter}" + (f", {size / 1e6:.1f} MB" if size else "") + ")"
         if row.get("shots"):
-            freeze += f" and the {row['shots']} demos"
+            demos = "the demo pool and embedding model" if nearest else f"the {row['shots']} demos"
+            freeze += f" and {demos}"
         freeze += "; load it in the serving stack (peft or vLLM's LoRA support) with the same base model."
+    elif nearest:
+        freeze = (
+            f"Freeze the prompt (task line, label list) and the demo picker: the demo pool and the sentence "
+            f"embedding model that choose each request's {row.get('shots', 0)} nearest demos, so serving "
+            "picks the same demos as this run."
+        )
     else:
         freeze = (
             f"Freeze the prompt: task line, label list and the {row.get('shots', 0)} demos in results.json."

@@ -15,14 +15,23 @@ def _num(value: Any, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
+def draws_cell(row: dict[str, Any]) -> str:
+    """``0.842 ± 0.031 (3)`` over demo draws, or ``-`` for a row with one draw."""
+    if row.get("accuracy_std") is None:
+        return "-"
+    return f"{row['accuracy_mean']:.3f} ± {row['accuracy_std']:.3f} ({len(row.get('accuracy_draws') or [])})"
+
+
 def method_table(
     methods: Sequence[dict[str, Any]], costs: dict[str, MethodCost], horizon_label: str
 ) -> Table:
+    with_draws = any(row.get("accuracy_std") is not None for row in methods)
     headers = [
         "method",
         "shots",
         "train ex.",
         "accuracy (95% CI)",
+        *(["mean ± std over demo draws"] if with_draws else []),
         "macro-F1",
         "p50 ms",
         "p95 ms",
@@ -43,6 +52,7 @@ def method_table(
                 str(row.get("shots", 0)),
                 str(row.get("train_examples") or "-"),
                 f"{row['accuracy']:.3f} ({low:.3f}-{high:.3f})",
+                *([draws_cell(row)] if with_draws else []),
                 f"{row['macro_f1']:.3f}",
                 _num(latency.get("p50"), ".0f"),
                 _num(latency.get("p95"), ".0f"),
@@ -138,3 +148,36 @@ def trigger_table(rollout: Rollout) -> Table:
         ["metric", "measured baseline", "roll back when"],
         [[t.metric, t.baseline, t.rollback_when] for t in rollout.triggers],
     )
+
+
+def shots_table(curve: Sequence[dict[str, Any]]) -> Table:
+    """Accuracy per selection (rows) and shot count (columns): mean, with ± std over demo draws."""
+    ks = sorted({r["k"] for r in curve})
+    strategies = list(dict.fromkeys(r["strategy"] for r in curve))
+    cells = {(r["strategy"], r["k"]): r for r in curve}
+    rows = []
+    for name in strategies:
+        row = [name]
+        for k in ks:
+            point = cells.get((name, k))
+            if point is None:
+                row.append("-")
+            elif point["std"] is None:
+                row.append(f"{point['mean']:.3f}")
+            else:
+                row.append(f"{point['mean']:.3f} ± {point['std']:.3f}")
+        rows.append(row)
+    return ["demo selection", *(f"k={k}" for k in ks)], rows
+
+
+def train_table(lora: Sequence[dict[str, Any]], reference: Sequence[dict[str, Any]]) -> Table:
+    """Accuracy (95% CI) per training size: LoRA and the embedding + logistic-regression reference."""
+    by_size: dict[int, dict[str, str]] = {}
+    for key, curve in (("lora", lora), ("reference", reference)):
+        for p in curve:
+            low, high = p["ci95"]
+            by_size.setdefault(p["n"], {})[key] = f"{p['accuracy']:.3f} ({low:.3f}-{high:.3f})"
+    keys = [key for key, curve in (("lora", lora), ("reference", reference)) if curve]
+    titles = {"lora": "LoRA accuracy (95% CI)", "reference": "reference: embeddings + LR (95% CI)"}
+    rows = [[str(n), *(cells.get(key, "-") for key in keys)] for n, cells in sorted(by_size.items())]
+    return ["training examples", *(titles[key] for key in keys)], rows

@@ -1,0 +1,173 @@
+"""The two curves behind "few-shot vs fine-tuning", and where they cross.
+
+- **shots**: prompting accuracy as demos grow, one curve per demo selection (mean and std over demo draws);
+  zero-shot is every curve's k=0 point.
+- **train_examples**: LoRA accuracy as labelled training examples grow, with each point's 95% bootstrap
+  interval; the embedding + logistic-regression reference on the same examples alongside.
+- **crossover**: the fewest training examples with which LoRA matches the best prompt, i.e. how many labelled
+  examples the prompt is worth (Le Scao & Rush 2021, "How Many Data Points is a Prompt Worth?", NAACL),
+  interpolated linearly in log n between the sizes tried.
+
+Everything is computed from results.json's method rows, so ``fewtune report`` adds it to older runs too.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from fewtune.config import REFERENCE_METHOD
+
+PROMPTING_METHODS = ("zero-shot", "few-shot")
+LORA_METHOD = "lora"
+CALIBRATED_SUFFIX = " calibrated"
+
+
+def mean_accuracy(row: dict[str, Any]) -> float:
+    """Accuracy averaged over demo draws where there were several, else the row's accuracy."""
+    mean = row.get("accuracy_mean")
+    return float(row["accuracy"] if mean is None else mean)
+
+
+def strategy(row: dict[str, Any]) -> str:
+    """The shot curve a prompting row belongs to: its demo selection, plus " calibrated" when it is."""
+    base = row.get("demo_selection") or "balanced"
+    return base + (CALIBRATED_SUFFIX if row.get("calibrated") else "")
+
+
+def shot_curve(methods: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of ``{strategy, k, mean, std, draws, name}``, by strategy (first seen first) then k."""
+    prompting = [m for m in methods if m.get("method") in PROMPTING_METHODS]
+    zero = {bool(m.get("calibrated")): m for m in prompting if not m.get("shots")}
+    few = [m for m in prompting if m.get("shots")]
+    strategies = list(dict.fromkeys(strategy(m) for m in few))
+    rows = []
+    for name in strategies:
+        members = [m for m in few if strategy(m) == name]
+        start = zero.get(name.endswith(CALIBRATED_SUFFIX))
+        for row in ([start] if start else []) + sorted(members, key=lambda m: m["shots"]):
+            draws = row.get("accuracy_draws") or [row["accuracy"]]
+            rows.append(
+                {
+                    "strategy": name,
+                    "k": int(row.get("shots") or 0),
+                    "mean": mean_accuracy(row),
+                    "std": row.get("accuracy_std"),
+                    "draws": len(draws),
+                    "name": row["name"],
+                }
+            )
+    return rows
+
+
+def train_curve(methods: Sequence[dict[str, Any]], method: str = LORA_METHOD) -> list[dict[str, Any]]:
+    """Rows of ``{n, accuracy, ci95, name}`` for ``method`` (lora or reference), by n."""
+    rows = [m for m in methods if m.get("method") == method and m.get("train_examples")]
+    return [
+        {
+            "n": int(m["train_examples"]),
+            "accuracy": float(m["accuracy"]),
+            "ci95": list(m["accuracy_ci95"]),
+            "name": m["name"],
+        }
+        for m in sorted(rows, key=lambda m: m["train_examples"])
+    ]
+
+
+def best_prompt(methods: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The prompting row with the highest accuracy (mean over draws where there are several)."""
+    prompting = [m for m in methods if m.get("method") in PROMPTING_METHODS]
+    return max(prompting, key=mean_accuracy) if prompting else None
+
+
+def crossover(
+    train: Sequence[dict[str, Any]], prompt: dict[str, Any] | None, method: str = LORA_METHOD
+) -> dict[str, Any] | None:
+    """Where ``train`` (a :func:`train_curve`) first reaches the best prompt's accuracy.
+
+    ``n`` is the smallest size tried whose accuracy is at least the prompt's, interpolated in log n from the
+    size before it (``n`` is None when no size reaches it). ``between`` gives the two sizes bracketing it.
+    """
+    if prompt is None or not train:
+        return None
+    target = mean_accuracy(prompt)
+    out: dict[str, Any] = {
+        "method": method,
+        "prompt": prompt["name"],
+        "prompt_accuracy": target,
+        "prompt_draws": len(prompt.get("accuracy_draws") or [prompt["accuracy"]]),
+        "reached": False,
+        "n": None,
+        "between": None,
+    }
+    previous = None
+    for point in train:
+        if point["accuracy"] >= target:
+            out["reached"] = True
+            if previous is None:
+                out["n"] = float(point["n"])
+                out["between"] = [None, point["n"]]
+            else:
+                low, high = math.log(previous["n"]), math.log(point["n"])
+                share = (target - previous["accuracy"]) / (point["accuracy"] - previous["accuracy"])
+                out["n"] = math.exp(low + share * (high - low))
+                out["between"] = [previous["n"], point["n"]]
+            break
+        previous = point
+    out["statement"] = crossover_statement(out, train)
+    return out
+
+
+def crossover_statement(cross: dict[str, Any], train: Sequence[dict[str, Any]]) -> str:
+    """One sentence with the figures, for the report."""
+    draws = cross.get("prompt_draws") or 1
+    mean = f", mean of {draws} demo draws" if draws > 1 else ""
+    prompt = f"the best prompt, {cross['prompt']} ({cross['prompt_accuracy']:.3f}{mean})"
+    if not cross["reached"]:
+        top = max(train, key=lambda p: p["accuracy"])
+        sizes = ", ".join(str(p["n"]) for p in train)
+        return (
+            f"LoRA does not match {prompt}, within the sizes tried ({sizes}): its best, n={top['n']}, "
+            f"reaches {top['accuracy']:.3f}; the prompt is worth more than {train[-1]['n']} labelled "
+            "examples here"
+        )
+    low, high = cross["between"]
+    at_high = next(p for p in train if p["n"] == high)
+    if low is None:
+        return (
+            f"LoRA matches {prompt}, already at the smallest size tried, n={high} "
+            f"({at_high['accuracy']:.3f}): "
+            f"the prompt is worth {high} labelled examples or fewer; try smaller sizes to find the crossover"
+        )
+    at_low = next(p for p in train if p["n"] == low)
+    return (
+        f"LoRA needs about {cross['n']:,.0f} labelled examples to match {prompt}: n={low} reaches "
+        f"{at_low['accuracy']:.3f}, n={high} {at_high['accuracy']:.3f} (interpolated in log n); the prompt "
+        f"is worth about {cross['n']:,.0f} labelled examples"
+    )
+
+
+def build_curves(methods: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """results.json's ``curves``: ``{shots, train_examples, reference, crossover}``."""
+    train = train_curve(methods)
+    return {
+        "shots": shot_curve(methods),
+        "train_examples": train,
+        "reference": train_curve(methods, REFERENCE_METHOD),
+        "crossover": crossover(train, best_prompt(methods)),
+    }
+
+
+def has_shot_curve(curves: dict[str, Any]) -> bool:
+    """At least one selection measured at two or more shot counts."""
+    points: dict[str, int] = defaultdict(int)
+    for row in curves.get("shots") or []:
+        points[row["strategy"]] += 1
+    return any(count >= 2 for count in points.values())
+
+
+def has_train_curve(curves: dict[str, Any]) -> bool:
+    """LoRA or the reference measured at two or more training sizes."""
+    return any(len(curves.get(key) or []) >= 2 for key in ("train_examples", "reference"))
