@@ -111,12 +111,26 @@ def evaluate(
         row["label_bias"] = dict(zip(labels, predictor.label_bias, strict=True))
     if predictor.template.names:
         row["label_names"] = dict(predictor.template.names)
-    predictions = [
+    identity = {
+        "method": predictor.method,
+        "name": predictor.name,
+        "shots": predictor.shots,
+        "train_examples": predictor.train_examples,
+    }
+    return row, prediction_rows(identity, test, predicted, scores, labels)
+
+
+def prediction_rows(
+    identity: dict[str, Any],
+    test: Sequence[Example],
+    predicted: Sequence[str],
+    scores: np.ndarray,
+    labels: Sequence[str],
+) -> list[dict[str, Any]]:
+    """predictions.jsonl lines: ``identity`` (method, name, shots, train_examples) plus each row's outcome."""
+    return [
         {
-            "method": predictor.method,
-            "name": predictor.name,
-            "shots": predictor.shots,
-            "train_examples": predictor.train_examples,
+            **identity,
             "row": i,
             "text": ex.text,
             "gold": ex.label,
@@ -127,7 +141,6 @@ def evaluate(
         }
         for i, (ex, pred) in enumerate(zip(test, predicted, strict=True))
     ]
-    return row, predictions
 
 
 def combine_draws(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import numpy as np
 from fewtune.config import REFERENCE_METHOD
 from fewtune.data.load import Example
 from fewtune.embeddings import Embedder
-from fewtune.evaluate import LATENCY_WARMUP_REQUESTS
+from fewtune.evaluate import LATENCY_WARMUP_REQUESTS, prediction_rows
 from fewtune.metrics import classification_metrics
 
 # Inverse L2 strength of the logistic regression. fewtune's choice: on unit-length MiniLM vectors
@@ -120,20 +120,10 @@ def evaluate_reference(
         **model.info,
         "demos": [],
     }
-    predictions = [
-        {
-            "method": REFERENCE_METHOD,
-            "name": model.name,
-            "shots": 0,
-            "train_examples": model.train_examples,
-            "row": i,
-            "text": ex.text,
-            "gold": ex.label,
-            "predicted": pred,
-            "correct": pred == ex.label,
-            "score": float(scores[i].max()),
-            "scores": {label: float(s) for label, s in zip(labels, scores[i], strict=True)},
-        }
-        for i, (ex, pred) in enumerate(zip(test, predicted, strict=True))
-    ]
-    return row, predictions
+    identity = {
+        "method": REFERENCE_METHOD,
+        "name": model.name,
+        "shots": 0,
+        "train_examples": model.train_examples,
+    }
+    return row, prediction_rows(identity, test, predicted, scores, labels)
