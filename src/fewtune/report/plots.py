@@ -236,9 +236,14 @@ def shots_plot(curve: Sequence[dict[str, Any]], chance: float) -> bytes:
     ax.set_xscale("symlog", base=2, linthresh=1)
     ax.set_xlim(-0.5, max(ticks) * 1.3 + 0.5)
     ax.set_xticks(ticks, [str(k) for k in ticks])
+    return _finish_accuracy_curve(fig, ax, "demos in the prompt (k); k=0 is zero-shot")
+
+
+def _finish_accuracy_curve(fig: Figure, ax: Any, xlabel: str) -> bytes:
+    """The shared finish of both accuracy curves: 0-1 y axis, labels, grid, legend, encoded PNG."""
     ax.minorticks_off()
     ax.set_ylim(0, 1.02)
-    ax.set_xlabel("demos in the prompt (k); k=0 is zero-shot")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("accuracy on the test rows")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, frameon=False, loc="lower right")
@@ -303,10 +308,4 @@ def train_plot(
     ticks = sorted({p["n"] for p in [*lora, *reference]})
     ax.set_xscale("log")
     ax.set_xticks(ticks, [str(n) for n in ticks])
-    ax.minorticks_off()
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("labelled training examples (log scale)")
-    ax.set_ylabel("accuracy on the test rows")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, frameon=False, loc="lower right")
-    return _png(fig)
+    return _finish_accuracy_curve(fig, ax, "labelled training examples (log scale)")
