@@ -212,7 +212,8 @@ def main() -> None:
     parser.add_argument("--shots", type=int, default=8)
     parser.add_argument("--train-size", type=int, default=200)
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=8, help="LoRA training batch")
+    parser.add_argument("--eval-batch-size", type=int, default=16, help="scoring batch (fewtune, lm-eval)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip", default="", help="comma list of guide,lm-eval,lora to skip")
     opts = parser.parse_args()
@@ -230,13 +231,13 @@ def main() -> None:
     n = len(data.test)
     rows: dict[str, dict[str, Any]] = {}
     console.print(f"{n} test rows, {opts.shots} shots, {torch.get_num_threads()} threads")
-    rows["fewtune"] = fewtune_scoring(predictor, data, opts.batch_size)
+    rows["fewtune"] = fewtune_scoring(predictor, data, opts.eval_batch_size)
     console.print(f"fewtune: {rows['fewtune']}")
     if "guide" not in skip:
         rows["guide"] = guide_method(folder, predictor, data)
         console.print(f"guide: {rows['guide']}")
     if "lm-eval" not in skip:
-        rows["lm-eval"] = lm_eval_method(folder, predictor, data, opts.batch_size)
+        rows["lm-eval"] = lm_eval_method(folder, predictor, data, opts.eval_batch_size)
         console.print(f"lm-eval: {rows['lm-eval']}")
     for row in rows.values():
         row["examples_per_s"] = n / row["wall_s"]
@@ -246,7 +247,7 @@ def main() -> None:
         args = LoraArgs(train_sizes=[opts.train_size], epochs=opts.epochs, batch_size=opts.batch_size)
         train, _ = stratified_sample(data.pool, opts.train_size, opts.seed)
         plain, lora["trainer"] = trainer_lora(backend, template, train, args, opts.seed)
-        lora["trainer"]["accuracy"] = fewtune_scoring(plain, data, opts.batch_size)["accuracy"]
+        lora["trainer"]["accuracy"] = fewtune_scoring(plain, data, opts.eval_batch_size)["accuracy"]
         console.print(f"Trainer+peft: {lora['trainer']}")
         with tempfile.TemporaryDirectory() as tmp:
             ours = Lora(backend, template, args, Path(tmp) / "adapter", seed=opts.seed).fit(train)
@@ -254,7 +255,7 @@ def main() -> None:
             "train_s": ours.info["train_seconds"],
             "tokens_per_s": ours.info["train_tokens_per_second"],
             "peak_memory_bytes": ours.info["peak_memory_bytes"],
-            "accuracy": fewtune_scoring(ours, data, opts.batch_size)["accuracy"],
+            "accuracy": fewtune_scoring(ours, data, opts.eval_batch_size)["accuracy"],
         }
         console.print(f"fewtune LoRA: {lora['fewtune']}")
 

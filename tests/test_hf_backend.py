@@ -22,11 +22,20 @@ def backend() -> HFBackend:
     return HFBackend(tiny_model(tokenizer, sliding_window=16), tokenizer)
 
 
-def naive_scores(backend: HFBackend) -> np.ndarray:
+@pytest.fixture(scope="module")
+def wide() -> HFBackend:
+    """A window longer than every prompt: rows of different lengths share a padded batch."""
+    tokenizer = tiny_tokenizer()
+    return HFBackend(tiny_model(tokenizer, sliding_window=512), tokenizer)
+
+
+def naive_scores(
+    backend: HFBackend, prompts: list[str] = PROMPTS, choices: list[str] = CHOICES
+) -> np.ndarray:
     """Reference: one full forward pass per (prompt, choice), full-vocabulary log-softmax everywhere."""
-    out = np.zeros((len(PROMPTS), len(CHOICES)))
-    for i, prompt in enumerate(PROMPTS):
-        for j, choice in enumerate(CHOICES):
+    out = np.zeros((len(prompts), len(choices)))
+    for i, prompt in enumerate(prompts):
+        for j, choice in enumerate(choices):
             p, c = backend.encode_prompt(prompt), backend.encode_continuation(choice)
             with torch.no_grad():
                 logits = backend.model(torch.tensor([p + c])).logits[0].float()
@@ -42,6 +51,26 @@ def test_cached_batched_scores_equal_full_forward(backend: HFBackend, batch_size
     assert max(len(backend.encode_continuation(c)) for c in CHOICES) > 1
     scores = backend.score_choices(PROMPTS, CHOICES, batch_size=batch_size)
     np.testing.assert_allclose(scores, naive_scores(backend), atol=1e-4)
+
+
+@pytest.mark.parametrize("batch_size", [2, 8])
+@pytest.mark.parametrize("choices", [CHOICES, [" positive", " negative"]], ids=["multi-token", "one-token"])
+def test_padded_batches_equal_full_forward(wide: HFBackend, batch_size: int, choices: list[str]) -> None:
+    prompts = [PREFIX + p for p in PROMPTS] + PROMPTS
+    lengths = {len(wide.encode_prompt(p)) for p in prompts}
+    assert len(lengths) == len(prompts)  # every batch mixes lengths, so padding is exercised
+    for prefix in ("", PREFIX):
+        scores = wide.score_choices(prompts, choices, batch_size=batch_size, prefix=prefix)
+        np.testing.assert_allclose(scores, naive_scores(wide, prompts, choices), atol=1e-4)
+
+
+def test_batches_mix_lengths_only_within_the_sliding_window(backend: HFBackend, wide: HFBackend) -> None:
+    lengths = [3, 9, 3, 5, 9, 12]
+    # One-token labels: nothing is fed after the padding, so any lengths share a batch.
+    assert backend._batches(lengths, 0, 4, steps=0) == [[0, 2, 3, 1], [4, 5]]
+    assert wide._batches(lengths, 0, 4, steps=2) == [[0, 2, 3, 1], [4, 5]]
+    # Continuations reaching a 16-token window: only rows of one length share a batch.
+    assert backend._batches([3, 12, 3, 12, 5], 4, 4, steps=2) == [[0, 2, 4], [1, 3]]
 
 
 PREFIX = "Classify the input into exactly one label.\nLabels: negative, positive\n---\n" * 2

@@ -125,7 +125,7 @@ def run(
     lr: Annotated[float | None, typer.Option(help="LoRA peak learning rate. [default: 5e-4]")] = None,
     batch_size: Annotated[int | None, typer.Option(help="LoRA training batch size. [default: 8]")] = None,
     eval_batch_size: Annotated[
-        int | None, typer.Option(help="Test rows per scoring pass. [default: 8]")
+        int | None, typer.Option(help="Test rows per scoring pass. [default: 16]")
     ] = None,
     latency_requests: Annotated[
         int | None, typer.Option(help="Single requests timed for p50/p95. [default: 20]")

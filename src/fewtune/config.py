@@ -129,8 +129,8 @@ class EvalArgs:
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     """Which of zero-shot, few-shot, lora, lora+few-shot, reference (embeddings + logistic regression) to
     run."""
-    batch_size: int = 8
-    """Test rows per forward pass when scoring."""
+    batch_size: int = 16
+    """Test rows per forward pass when scoring (length-bucketed, right-padded)."""
     latency_requests: int = 20
     """Requests timed one at a time (after 2 warm-up requests) for p50/p95 latency."""
 

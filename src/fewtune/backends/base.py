@@ -25,7 +25,7 @@ class Backend(abc.ABC):
         self,
         prompts: Sequence[str],
         choices: Sequence[str],
-        batch_size: int = 8,
+        batch_size: int = 16,
         progress: ProgressFn | None = None,
         prefix: str = "",
     ) -> np.ndarray:

@@ -24,7 +24,7 @@ class FakeBackend(Backend):
         self,
         prompts: Sequence[str],
         choices: Sequence[str],
-        batch_size: int = 8,
+        batch_size: int = 16,
         progress: ProgressFn | None = None,
         prefix: str = "",
     ) -> np.ndarray:

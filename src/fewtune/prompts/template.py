@@ -13,10 +13,10 @@ all in the same format, ending with ``Output:`` and nothing else::
     Input: <the test input>
     Output:
 
-Everything up to the last ``Input:`` is the same for every test row when the demos are fixed, so a backend can
-compute it once (prefix caching). The label is scored as the continuation ``" " + name``, where ``name`` is
-the label's readable name (``--label-names``, e.g. trec's ``DESC`` shown as ``description``) or the label
-itself. Results always keep the data's own labels.
+Everything up to and including the last ``Input:`` is the same for every test row when the demos are fixed,
+so a backend can compute it once (prefix caching). The label is scored as the continuation ``" " + name``,
+where ``name`` is the label's readable name (``--label-names``, e.g. trec's ``DESC`` shown as
+``description``) or the label itself. Results always keep the data's own labels.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from fewtune.errors import ConfigError
 
 DEFAULT_TASK = "Classify the input into exactly one label."
 SEPARATOR = "---"
+# What every query starts with; part of the prefix a backend caches when the demos are fixed.
+QUERY_LEAD = "Input:"
 # ``--label-names auto``: underscores and hyphens become spaces (banking77's ``card_arrival``).
 AUTO_LABEL_NAMES = "auto"
 
@@ -102,7 +104,7 @@ class PromptTemplate:
         return "".join(parts)
 
     def query(self, text: str) -> str:
-        return f"Input: {_one_line(text)}\nOutput:"
+        return f"{QUERY_LEAD} {_one_line(text)}\nOutput:"
 
     def render(self, text: str, demos: Sequence[Example] = ()) -> str:
         return self.prefix(demos) + self.query(text)

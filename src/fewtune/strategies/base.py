@@ -11,7 +11,7 @@ import numpy as np
 
 from fewtune.backends.base import Backend, ProgressFn
 from fewtune.data.load import Example
-from fewtune.prompts.template import PromptTemplate
+from fewtune.prompts.template import QUERY_LEAD, PromptTemplate
 
 
 class PerRowDemos(Protocol):
@@ -87,16 +87,17 @@ class Predictor:
         return self.prompts([text])[0]
 
     def shared_prefix(self) -> str:
-        """Text every prompt starts with: the demo block, or only the header when demos differ per row."""
+        """Text every prompt starts with: the demo block and the query's ``Input:``, or only the header when
+        demos differ per row."""
         if self.per_row_demos is not None:
             return self.template.header()
-        return self.template.prefix(self.demos)
+        return self.template.prefix(self.demos) + QUERY_LEAD
 
     def choices(self) -> list[str]:
         return [self.template.continuation(label) for label in self.template.labels]
 
     def raw_scores(
-        self, texts: Sequence[str], batch_size: int = 8, progress: ProgressFn | None = None
+        self, texts: Sequence[str], batch_size: int = 16, progress: ProgressFn | None = None
     ) -> np.ndarray:
         """Label log-likelihoods from the backend, ``[len(texts), len(labels)]`` (no calibration)."""
         return self.backend.score_choices(
@@ -114,12 +115,12 @@ class Predictor:
         return log_softmax(raw) - np.asarray(self.label_bias)
 
     def score(
-        self, texts: Sequence[str], batch_size: int = 8, progress: ProgressFn | None = None
+        self, texts: Sequence[str], batch_size: int = 16, progress: ProgressFn | None = None
     ) -> np.ndarray:
         """Label scores, ``[len(texts), len(labels)]``; the highest is the prediction."""
         return self.adjust(self.raw_scores(texts, batch_size, progress))
 
-    def predict(self, texts: Sequence[str], batch_size: int = 8) -> list[str]:
+    def predict(self, texts: Sequence[str], batch_size: int = 16) -> list[str]:
         best = self.score(texts, batch_size).argmax(axis=1)
         return [self.template.labels[i] for i in best]
 
