@@ -6,6 +6,7 @@ import torch
 from tiny import tiny_model, tiny_tokenizer
 
 from fewtune.backends.hf import HFBackend
+from fewtune.backends.scoring import LabelTree
 
 PROMPTS = [
     "Input: the film is great fun\nOutput:",
@@ -67,10 +68,40 @@ def test_padded_batches_equal_full_forward(wide: HFBackend, batch_size: int, cho
 def test_batches_mix_lengths_only_within_the_sliding_window(backend: HFBackend, wide: HFBackend) -> None:
     lengths = [3, 9, 3, 5, 9, 12]
     # One-token labels: nothing is fed after the padding, so any lengths share a batch.
-    assert backend._batches(lengths, 0, 4, steps=0) == [[0, 2, 3, 1], [4, 5]]
-    assert wide._batches(lengths, 0, 4, steps=2) == [[0, 2, 3, 1], [4, 5]]
-    # Continuations reaching a 16-token window: only rows of one length share a batch.
-    assert backend._batches([3, 12, 3, 12, 5], 4, 4, steps=2) == [[0, 2, 4], [1, 3]]
+    assert backend._batches(lengths, 4, 4, steps=0) == [[0, 2, 3, 1], [4, 5]]
+    assert wide._batches(lengths, 4, 4, steps=2) == [[0, 2, 3, 1], [4, 5]]
+    # Label tokens after a prompt that no longer fits the 16-token window: one length per batch.
+    assert backend._batches(lengths, 8, 4, steps=2) == [[0, 2, 3], [1, 4], [5]]
+
+
+SHARED_CHOICES = [" card arrival", " card linking", " card", " cash withdrawal", " top up failed"]
+
+
+@pytest.mark.parametrize("batch_size", [1, 8])
+def test_labels_sharing_tokens_score_as_a_full_forward(
+    backend: HFBackend, wide: HFBackend, batch_size: int
+) -> None:
+    tree = LabelTree.build([wide.encode_continuation(c) for c in SHARED_CHOICES])
+    assert tree.size < sum(len(wide.encode_continuation(c)) - 1 for c in SHARED_CHOICES)  # shared nodes
+    prompts = [PREFIX + p for p in PROMPTS] + PROMPTS
+    for model in (wide, backend):  # label tree; beyond the window, per (row, label) pair
+        scores = model.score_choices(prompts, SHARED_CHOICES, batch_size=batch_size, prefix=PREFIX)
+        np.testing.assert_allclose(scores, naive_scores(model, prompts, SHARED_CHOICES), atol=1e-4)
+
+
+def test_label_tree_has_one_node_per_label_prefix() -> None:
+    tree = LabelTree.build([[5], [7, 8], [7, 9, 10], [7, 9, 11]])
+    assert tree.tokens.tolist() == [7, 9] and tree.depth.tolist() == [0, 1] and tree.steps == 2
+    assert tree.visible.tolist() == [[True, False], [True, True]]
+    # (node, next token, label) for every label token after the first
+    assert list(zip(tree.node, tree.target, tree.label, strict=True)) == [
+        (0, 8, 1),
+        (0, 9, 2),
+        (1, 10, 2),
+        (0, 9, 3),
+        (1, 11, 3),
+    ]
+    assert LabelTree.build([[5], [6]]).size == 0
 
 
 PREFIX = "Classify the input into exactly one label.\nLabels: negative, positive\n---\n" * 2

@@ -1,11 +1,12 @@
 """Local Hugging Face causal LM backend: batched label log-likelihood and greedy generation.
 
 Scoring a row costs one pass over the part of its prompt that differs from the others: the shared prefix
-(task line and demos) is run once and its KV cache reused for every row (prefix caching, as vLLM and SGLang
-do); the first token of every label is read from the row's last position, and the remaining label tokens
-of all labels run as a batch against copies of the row's cache. Rows are grouped by exact suffix length so
-no batch needs padding. Logits are computed only at the positions that predict label tokens; a
-full-vocabulary projection at every prompt position would cost more than the rest of a 270M model.
+(task line, demos, ``Input:``) is run once and its KV cache reused for every row (prefix caching, as vLLM and
+SGLang do). Rows are sorted by length and right-padded into batches; the first token of every label is read
+at the row's last real position, and the remaining label tokens of all labels are fed as one token tree
+against the row's cache (:class:`~fewtune.backends.scoring.LabelTree`). Logits are computed only at the
+positions that predict label tokens, for many rows at once; a full-vocabulary projection at every prompt
+position would cost more than the rest of a 270M model.
 """
 
 from __future__ import annotations
@@ -18,12 +19,7 @@ import numpy as np
 import torch
 
 from fewtune.backends.base import Backend, ProgressFn
-
-# Label continuations (rows x labels) run against the cached prompt in one batch of at most this many
-# sequences; bounds the KV-cache copies (about 36 KB per token per sequence for Gemma 3 270M).
-MAX_CONTINUATION_SEQUENCES = 64
-# Positions projected onto the vocabulary at once: 256 x 262k float32 logits is about 270 MB.
-LOGIT_CHUNK_POSITIONS = 256
+from fewtune.backends.scoring import LabelTree, LogProbQueue
 
 
 class HFBackend(Backend):
@@ -75,6 +71,17 @@ class HFBackend(Backend):
             self._cached_prefix = (key, cache)
         return self._cached_prefix[1]
 
+    @property
+    def _window(self) -> int | None:
+        """Sliding-window length of the model's windowed layers (None: every layer sees everything)."""
+        if "sliding_attention" not in (getattr(self.model.config, "layer_types", None) or ()):
+            return None
+        return getattr(self.model.config, "sliding_window", None)
+
+    def _fits_window(self, tokens: int) -> bool:
+        """A sliding-window layer still holds every one of ``tokens`` tokens (nothing evicted)."""
+        return not self._window or tokens < self._window
+
     @torch.inference_mode()
     def _score_batch(
         self,
@@ -82,15 +89,15 @@ class HFBackend(Backend):
         prefix_len: int,
         suffixes: Sequence[list[int]],
         choices: Sequence[list[int]],
+        tree: LabelTree,
         rows: Sequence[int],
-        projector: _Projector,
+        queue: LogProbQueue,
     ) -> None:
         """Run a batch of rows (suffixes after a cached prefix of ``prefix_len`` tokens) and queue their label
-        positions for ``projector``.
+        positions.
 
         Suffixes are right-padded to the longest: a causal model never looks ahead, so no real token sees
-        the padding and the first pass needs no mask. Label continuations come after the padding, so that
-        pass masks the padded slots (see :meth:`_batches` for when that is allowed).
+        the padding and this pass needs no mask.
         """
         count, labels = len(suffixes), len(choices)
         lengths = torch.tensor([len(s) for s in suffixes])
@@ -110,64 +117,96 @@ class HFBackend(Backend):
             use_cache=True,
         )
         # The first token of every label is predicted at the row's last real position.
-        last = out.last_hidden_state[torch.arange(count), lengths - 1]
-        first = torch.tensor([c[0] for c in choices])
-        projector.add(last, first.expand(count, labels), rows, np.arange(labels))
-        longest = max(len(c) for c in choices)
-        if longest == 1:
-            return
-        # Feed choice tokens [:-1] for every (row, label) pair against the row's cache. Shorter choices
-        # are padded at the end, which a causal model never looks back at.
-        cache = out.past_key_values
-        cache.batch_repeat_interleave(labels)
-        steps = longest - 1
-        cont = torch.full((labels, steps), self.pad_id, dtype=torch.long)
-        targets = torch.zeros((labels, steps), dtype=torch.long)
-        valid = torch.zeros((labels, steps), dtype=torch.bool)
-        for j, choice in enumerate(choices):
-            cont[j, : len(choice) - 1] = torch.tensor(choice[:-1])
-            targets[j, : len(choice) - 1] = torch.tensor(choice[1:])
-            valid[j, : len(choice) - 1] = True
-        cont, targets, valid = (t.repeat(count, 1) for t in (cont, targets, valid))
-        pair_length = lengths.repeat_interleave(labels)  # row-major: row 0's labels, then row 1's, ...
-        cont_pos = prefix_len + pair_length[:, None] + torch.arange(steps)
-        mask = None
-        if int(lengths.min()) < width:
-            # Hide each row's padding from its continuation tokens (the prefix and real tokens stay visible).
-            slot = torch.arange(prefix_len + width + steps)
-            mask = ~((slot >= prefix_len + pair_length[:, None]) & (slot < prefix_len + width))
-            mask = mask.to(self.device)
+        row = np.asarray(rows)
+        queue.add(
+            out.last_hidden_state[torch.arange(count), lengths - 1],
+            position=np.repeat(np.arange(count), labels),
+            target=np.tile([c[0] for c in choices], count),
+            row=np.repeat(row, labels),
+            label=np.tile(np.arange(labels), count),
+        )
+        if tree.size:
+            self._feed_tree(out.past_key_values, prefix_len, lengths, tree, row, queue)
+
+    def _tree_mask(
+        self, prefix_len: int, lengths: torch.Tensor, tree: LabelTree, window: int | None
+    ) -> torch.Tensor:
+        """Additive attention mask ``[rows, 1, nodes, held + nodes]`` for the label tree (:meth:`_feed_tree`).
+
+        ``held`` is how many of the latest prompt slots the layer's cache holds: all of them, or for a
+        sliding-window layer the last ``window - 1``. Node ``n`` of row ``r`` sees the row's real prompt
+        tokens (not its padding) within the window, and its own ancestors.
+        """
+        count, width, size = len(lengths), int(lengths.max()), tree.size
+        held = prefix_len + width if window is None else min(prefix_len + width, window - 1)
+        slot = torch.arange(prefix_len + width - held, prefix_len + width)
+        seen = slot[None, None, :] < (prefix_len + lengths)[:, None, None]  # [rows, 1, held]
+        if window is not None:
+            node_pos = prefix_len + lengths[:, None] + tree.depth  # [rows, nodes]
+            seen = seen & (node_pos[:, :, None] - slot[None, None, :] < window)
+        visible = torch.cat([seen.expand(count, size, held), tree.visible.expand(count, size, size)], dim=-1)
+        dtype = self.model.get_input_embeddings().weight.dtype
+        mask = torch.zeros(visible.shape, dtype=dtype).masked_fill_(~visible, torch.finfo(dtype).min)
+        return mask[:, None].to(self.device)
+
+    def _feed_tree(
+        self,
+        cache: Any,
+        prefix_len: int,
+        lengths: torch.Tensor,
+        tree: LabelTree,
+        row: np.ndarray,
+        queue: LogProbQueue,
+    ) -> None:
+        """Feed the label tree after each row's prompt: one sequence per row, whatever the number of labels.
+
+        Node ``n`` of row ``r`` sits at position ``prefix + length[r] + depth[n]``. The masks are additive,
+        which eager attention and SDPA both take as given, one per layer type (a sliding-window layer holds
+        only its window's last slots; :meth:`_batches` keeps padded rows within the window).
+        """
+        count, size = len(lengths), tree.size
+        types = getattr(self.model.config, "layer_types", None)
+        mask: Any = self._tree_mask(prefix_len, lengths, tree, None)
+        if types:
+            mask = {
+                kind: self._tree_mask(prefix_len, lengths, tree, self._window)
+                if kind == "sliding_attention"
+                else mask
+                for kind in set(types)
+            }
         hidden = self._decoder()(
-            input_ids=cont.to(self.device),
-            position_ids=cont_pos.to(self.device),
+            input_ids=tree.tokens.expand(count, size).to(self.device),
+            position_ids=(prefix_len + lengths[:, None] + tree.depth).to(self.device),
             attention_mask=mask,
             past_key_values=cache,
             use_cache=True,
         ).last_hidden_state
-        pair_row = np.repeat(np.asarray(rows), labels * steps).reshape(count * labels, steps)
-        pair_label = np.tile(np.repeat(np.arange(labels), steps), count).reshape(count * labels, steps)
-        keep = valid.numpy()
-        projector.add(
-            hidden[valid.to(self.device)], targets[valid][:, None], pair_row[keep], pair_label[keep][:, None]
+        entries = len(tree.node)
+        queue.add(
+            hidden.reshape(count * size, -1),
+            position=(np.arange(count)[:, None] * size + tree.node).ravel(),
+            target=np.tile(tree.target, count),
+            row=np.repeat(row, entries),
+            label=np.tile(tree.label, count),
         )
 
     def _batches(
-        self, lengths: Sequence[int], prefix_len: int, rows_per_batch: int, steps: int
+        self, lengths: Sequence[int], prefix_len: int, batch_size: int, steps: int
     ) -> list[list[int]]:
-        """Length-bucketed batches: rows sorted by suffix length, cut into runs of ``rows_per_batch``.
+        """Length-bucketed batches: rows sorted by suffix length, cut into runs of ``batch_size``.
 
-        Padding is masked in the continuation pass only while a sliding-window layer still holds every token
-        (prompt + continuation shorter than the window); beyond that, a batch holds one exact length.
+        Rows of different lengths share a batch (right-padded) while their label tokens follow a prompt that
+        a sliding-window layer still holds whole; beyond that, its cache keeps only the last ``window - 1``
+        slots, which for a shorter row would be padding, so a batch holds rows of one length.
         """
-        window = getattr(self.model.config, "sliding_window", None)
         order = sorted(range(len(lengths)), key=lambda i: lengths[i])
         batches: list[list[int]] = []
         for i in order:
-            padded_ok = steps == 0 or not window or prefix_len + lengths[i] + steps < window
+            padded_ok = steps == 0 or self._fits_window(prefix_len + lengths[i])
             current = batches[-1] if batches else None
             if (
                 current is None
-                or len(current) >= rows_per_batch
+                or len(current) >= batch_size
                 or (not padded_ok and lengths[current[0]] != lengths[i])
             ):
                 batches.append([i])
@@ -187,7 +226,7 @@ class HFBackend(Backend):
         choice_ids = [self.encode_continuation(c) for c in choices]
         if any(not c for c in choice_ids):
             raise ValueError("every choice must have at least one token")
-        steps = max(len(c) for c in choice_ids) - 1
+        tree = LabelTree.build(choice_ids)
         prompt_ids = [self.encode_prompt(p) for p in prompts]
         prefix_ids = self.encode_prompt(prefix) if prefix and self.prefix_caching else []
         # Rows that start with the cached prefix, and the rest: a prompt whose tokens merge across the
@@ -197,20 +236,20 @@ class HFBackend(Backend):
         for i, ids in enumerate(prompt_ids):
             starts = bool(prefix_ids) and len(ids) > len(prefix_ids) and ids[: len(prefix_ids)] == prefix_ids
             (shared if starts else whole).append(i)
-        rows_per_batch = max(1, min(batch_size, MAX_CONTINUATION_SEQUENCES // len(choices)))
         scores = np.zeros((len(prompts), len(choices)))
-        projector = _Projector(self, scores)
+        queue = LogProbQueue(self.logits, scores)
         for members, cut in ((shared, len(prefix_ids)), (whole, 0)):
             if not members:
                 continue
             cache = self._prefix_cache(prefix_ids) if cut else None
             suffixes = [prompt_ids[i][cut:] for i in members]
-            for batch in self._batches([len(s) for s in suffixes], cut, rows_per_batch, steps):
+            lengths = [len(s) for s in suffixes]
+            for batch in self._batches(lengths, cut, batch_size, tree.steps):
                 rows = [members[b] for b in batch]
-                self._score_batch(cache, cut, [suffixes[b] for b in batch], choice_ids, rows, projector)
+                self._score_batch(cache, cut, [suffixes[b] for b in batch], choice_ids, tree, rows, queue)
                 if progress:
                     progress(len(batch))
-        projector.flush()
+        queue.flush()
         return scores
 
     @torch.inference_mode()
@@ -227,50 +266,3 @@ class HFBackend(Backend):
             )
             texts.append(self.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
         return texts
-
-
-class _Projector:
-    """Adds ``log p(token)`` at queued positions into ``scores``, projecting onto the vocabulary in chunks.
-
-    The output layer (262k x 640 for Gemma 3) is read from memory once per chunk of up to
-    ``LOGIT_CHUNK_POSITIONS`` positions gathered across batches; projecting each small batch on its own
-    makes scoring memory-bound on that one matrix (about 2 of the 10 s that sst2's 200 rows took).
-    """
-
-    def __init__(self, backend: HFBackend, scores: np.ndarray) -> None:
-        self.backend = backend
-        self.scores = scores
-        self.hidden: list[torch.Tensor] = []
-        # One entry per wanted log-probability: position (index into the queued hidden states), target
-        # token, and the cell of ``scores`` it is added to.
-        self.wanted: list[np.ndarray] = []
-        self.queued = 0
-
-    def add(self, hidden: torch.Tensor, targets: torch.Tensor, rows: Any, labels: np.ndarray) -> None:
-        """Queue ``hidden [N, H]``; ``log p(targets[n, t])`` is added to ``scores[rows[n], labels[n, t]]``."""
-        if not len(hidden):
-            return
-        tgt = targets.cpu().numpy()
-        position = np.broadcast_to(self.queued + np.arange(len(hidden))[:, None], tgt.shape)
-        row = np.broadcast_to(np.asarray(rows)[:, None], tgt.shape)
-        label = np.broadcast_to(labels, tgt.shape)
-        self.wanted.append(np.stack([a.ravel() for a in (position, tgt, row, label)]))
-        self.hidden.append(hidden)
-        self.queued += len(hidden)
-        if self.queued >= LOGIT_CHUNK_POSITIONS:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.hidden:
-            return
-        hidden = torch.cat(self.hidden)
-        position, target, row, label = np.concatenate(self.wanted, axis=1)
-        for start in range(0, len(hidden), LOGIT_CHUNK_POSITIONS):
-            stop = start + LOGIT_CHUNK_POSITIONS
-            logits = self.backend.logits(hidden[start:stop])
-            pick = (position >= start) & (position < stop)
-            at = torch.from_numpy(position[pick] - start).to(logits.device)
-            # log p = logit - logsumexp: no [positions, vocabulary] log-softmax is written out.
-            values = logits[at, torch.from_numpy(target[pick]).to(logits.device)] - logits.logsumexp(-1)[at]
-            np.add.at(self.scores, (row[pick], label[pick]), values.double().cpu().numpy())
-        self.hidden, self.wanted, self.queued = [], [], 0
