@@ -11,7 +11,7 @@ import numpy as np
 from fewtune.backends.base import ProgressFn
 from fewtune.data.load import Example
 from fewtune.metrics import classification_metrics
-from fewtune.strategies.base import Predictor
+from fewtune.strategies.base import Predictor, log_softmax
 
 # Requests run and discarded before timing, so one-off costs (allocations, kernel selection) don't count.
 LATENCY_WARMUP_REQUESTS = 2
@@ -127,7 +127,11 @@ def prediction_rows(
     scores: np.ndarray,
     labels: Sequence[str],
 ) -> list[dict[str, Any]]:
-    """predictions.jsonl lines: ``identity`` (method, name, shots, train_examples) plus each row's outcome."""
+    """predictions.jsonl lines: ``identity`` (method, name, shots, train_examples) plus each row's outcome.
+
+    ``scores`` are reported as log-probabilities among the labels (each row's log-softmax).
+    """
+    scores = log_softmax(scores)
     return [
         {
             **identity,

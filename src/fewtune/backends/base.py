@@ -40,7 +40,10 @@ class Backend(abc.ABC):
                 it. Scores are the same with or without it.
 
         Returns:
-            float array of shape ``[n, m]``: ``sum_t log p(choice_t | prompt, choice_<t)``.
+            float array of shape ``[n, m]``: ``sum_t log p(choice_t | prompt, choice_<t)``, up to a constant
+            per prompt (a backend may leave out the normalizer of the choices' first token, the same for
+            every choice). Compare scores within a row; a row's log-softmax is the log-probability of
+            each choice among the choices.
         """
 
     @abc.abstractmethod

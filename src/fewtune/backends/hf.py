@@ -5,8 +5,10 @@ Scoring a row costs one pass over the part of its prompt that differs from the o
 SGLang do). Rows are sorted by length and right-padded into batches; the first token of every label is read
 at the row's last real position, and the remaining label tokens of all labels are fed as one token tree
 against the row's cache (:class:`~fewtune.backends.scoring.LabelTree`). Logits are computed only at the
-positions that predict label tokens, for many rows at once; a full-vocabulary projection at every prompt
-position would cost more than the rest of a 270M model.
+positions that predict label tokens: at the row's last position only for the labels' first tokens (the
+softmax normalizer there is the same for every label, so scores are log-likelihoods up to a constant per
+row), and over the whole vocabulary, many rows at once, inside the tree. A full-vocabulary projection at
+every prompt position would cost more than the rest of a 270M model.
 """
 
 from __future__ import annotations
@@ -58,6 +60,16 @@ class HFBackend(Backend):
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
 
+    def token_logits(self, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits of ``tokens`` only, ``[..., H]`` -> ``[..., len(tokens)]``: reads those rows of the output
+        layer instead of all 262k."""
+        head = self.model.get_output_embeddings()
+        bias = None if head.bias is None else head.bias[tokens]
+        logits = torch.nn.functional.linear(hidden, head.weight[tokens], bias).float()
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
     def log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
         """Full-vocabulary log-probabilities for hidden states ``[..., H]`` -> ``[..., V]`` (float32)."""
         return torch.log_softmax(self.logits(hidden), dim=-1)
@@ -99,7 +111,7 @@ class HFBackend(Backend):
         Suffixes are right-padded to the longest: a causal model never looks ahead, so no real token sees
         the padding and this pass needs no mask.
         """
-        count, labels = len(suffixes), len(choices)
+        count = len(suffixes)
         lengths = torch.tensor([len(s) for s in suffixes])
         width = int(lengths.max())
         cache = None
@@ -116,15 +128,12 @@ class HFBackend(Backend):
             past_key_values=cache,
             use_cache=True,
         )
-        # The first token of every label is predicted at the row's last real position.
+        # The first token of every label is predicted at the row's last real position. Its normalizer is
+        # the same for every label, so only the labels' own rows of the output layer are needed there.
         row = np.asarray(rows)
-        queue.add(
-            out.last_hidden_state[torch.arange(count), lengths - 1],
-            position=np.repeat(np.arange(count), labels),
-            target=np.tile([c[0] for c in choices], count),
-            row=np.repeat(row, labels),
-            label=np.tile(np.arange(labels), count),
-        )
+        first = torch.tensor([c[0] for c in choices], device=self.device)
+        last = out.last_hidden_state[torch.arange(count), lengths - 1]
+        queue.scores[row] += self.token_logits(last, first).double().cpu().numpy()
         if tree.size:
             self._feed_tree(out.past_key_values, prefix_len, lengths, tree, row, queue)
 
