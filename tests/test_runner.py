@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ from rich.console import Console
 
 from fewtune.backends.base import Backend
 from fewtune.backends.fake import FakeBackend
+from fewtune.cli import stop_on_sigterm
 from fewtune.config import RunConfig, build_config
 from fewtune.errors import ConfigError
 from fewtune.runner import run
@@ -109,6 +112,27 @@ def test_interrupted_run_keeps_finished_methods_readable(tmp_path: Path) -> None
     assert results["status"] == "interrupted"
     assert [m["method"] for m in results["methods"]] == ["zero-shot"]
     assert len((Path(cfg.out or "") / "predictions.jsonl").read_text().splitlines()) == 16
+
+
+class TerminatedAfterFirstMethod(FakeBackend):
+    def score_choices(self, prompts, choices, batch_size=8, progress=None, prefix=""):  # type: ignore[no-untyped-def]
+        if self.calls > 40:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return super().score_choices(prompts, choices, batch_size, progress, prefix)
+
+
+def test_terminated_run_is_recorded_as_interrupted(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    previous = signal.getsignal(signal.SIGTERM)
+    stop_on_sigterm()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run(cfg, Console(quiet=True), fake_factory(TerminatedAfterFirstMethod()))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    results = json.loads((Path(cfg.out or "") / "results.json").read_text())
+    assert results["status"] == "interrupted"
+    assert [m["method"] for m in results["methods"]] == ["zero-shot"]
 
 
 @pytest.mark.parametrize(

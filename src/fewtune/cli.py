@@ -5,6 +5,7 @@ Heavy libraries (torch, transformers) load only inside the commands, so ``fewtun
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -222,7 +223,18 @@ def prepare_model(
     console.print(f"{model}: ready at {folder}")
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def stop_on_sigterm() -> None:
+    """Treat SIGTERM (``kill``, a scheduler's time limit) like Ctrl-C: the run records ``interrupted`` and
+    keeps its finished methods."""
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
 def main() -> None:
+    stop_on_sigterm()
     try:
         app()
     except FewtuneError as err:
