@@ -40,7 +40,7 @@ def test_reference_needs_two_labels() -> None:
         EmbeddingReference(FakeEmbedder(), ("good",)).fit(TRAIN[::2])
 
 
-def test_reference_rows_are_a_yardstick_not_a_candidate(tmp_path: Path) -> None:
+def test_reference_rows_are_candidates_compared_on_the_same_rows(tmp_path: Path) -> None:
     cfg = config(
         tmp_path,
         eval={"methods": ["zero-shot", "few-shot", "reference"], "latency_requests": 2},
@@ -54,8 +54,13 @@ def test_reference_rows_are_a_yardstick_not_a_candidate(tmp_path: Path) -> None:
     assert [p["n"] for p in results["curves"]["reference"]] == [6, 30]
     assert results["curves"]["crossover"] is None  # no LoRA size measured
     rec = results["recommendation"]
-    assert rec["choice"] == "prompt" and rec["method"] in ("zero-shot", "few-shot k=5 balanced")
-    assert any("no-LLM reference" in caveat for caveat in rec["caveats"])
+    # The best reference is paired against the best LLM method on the same rows, and the verdict follows.
+    against = [c for c in rec["comparisons"] if c["baseline"].startswith("reference")]
+    assert against and against[0]["rows"] == results["dataset"]["test_size"]
+    ships_reference = not (against[0]["significant"] and against[0]["lead_points"] > 5)
+    assert (rec["choice"] == "reference") == ships_reference
+    if ships_reference:
+        assert rec["method"] == against[0]["baseline"] and "no LLM to serve" in " ".join(rec["reasons"])
     assert (folder / "report-train.png").is_file() and (folder / "report-shots.png").is_file()
     # On a hosted API the reference has no tokens to price: it is priced on the run's own hardware.
     report, _ = write_reports(folder, CostArgs(costs="hosted-api"))

@@ -152,8 +152,13 @@ def test_report_adds_costs_and_recommendation_to_an_old_results_json(legacy_run:
     assert assumptions["volume_per_day"] == 50_000 and assumptions["horizon_days"] == 365
     assert assumptions["prices"]["engineer_dollars_per_hour"]["value"] == 95
     recommendation = results["recommendation"]
-    # Fine-tuning is 20 points ahead (significant) but 50,000/day is under ~100,000/day.
-    assert recommendation["choice"] == "depends" and recommendation["reasons"]
+    # Fine-tuning is significantly 20 points ahead: fine-tune at any volume, with the cost stated.
+    assert recommendation["choice"] == "fine-tune" and recommendation["method"] == "lora n=100"
+    assert any(r.startswith("cost at 50,000 calls/day") for r in recommendation["reasons"])
+    assert recommendation["metric"] == "accuracy" and recommendation["comparison"]["test"] == "exact McNemar"
+    assert all(
+        row["primary"]["metric"] == "accuracy" and row["degenerate"] is None for row in results["methods"]
+    )
     assert report.focus["name"] == "lora n=100"
 
 
@@ -179,7 +184,8 @@ def test_report_html_is_self_contained(legacy_run: Path) -> None:
 SAVED_VOLUME_CASES = [
     # (config.yaml cost section, command-line flags, expected choice)
     ({"volume_per_day": 200_000}, [], "fine-tune"),
-    ({"volume_per_day": 200_000}, ["--volume-per-day", "50000"], "depends"),
+    ({"gap": "knowledge"}, ["--volume-per-day", "50000"], "retrieval"),
+    ({"gap": "knowledge"}, ["--gap", "behaviour"], "fine-tune"),
     ({}, ["--gap", "knowledge"], "retrieval"),
     ({}, ["--volume-per-day", "150000", "--costs", "hosted-api"], "fine-tune"),
 ]

@@ -23,16 +23,17 @@ from fewtune.cost import (
     BreakEven,
     MethodCost,
     PriceTable,
-    break_even,
     format_count,
     format_usd,
-    is_fine_tuned,
     load_price_table,
     method_cost,
 )
 from fewtune.curves import best_prompt, build_curves, has_shot_curve, has_train_curve, mean_accuracy
+from fewtune.decide.from_run import accuracy_floor, check_caveats, run_evidence
+from fewtune.decide.metric import ACCURACY_METRIC, chance_level, choose_metric
+from fewtune.decide.recommend import Recommendation, Situation, recommend
+from fewtune.decide.thresholds import GOOD_ENOUGH_KAPPA, MARGIN_POINTS
 from fewtune.errors import ConfigError, FewtuneError
-from fewtune.recommend import LOW_ACCURACY_SHARE, MethodEvidence, Recommendation, Situation, recommend
 from fewtune.report.rollout import Rollout, rollout_plan
 from fewtune.report.tables import confusion_matrix
 from fewtune.store import write_json_atomic
@@ -70,9 +71,9 @@ class Report:
     volume_given: bool
     horizon_days: int
     chance: float
-    """max(1/labels, most common test label's share)."""
+    """Accuracy of the best content-blind guess: max(1/labels, most common test label's share)."""
     floor: float
-    """Accuracy below which every method counts as low (recommend.LOW_ACCURACY_SHARE)."""
+    """Accuracy at which Cohen's kappa reaches the good-enough bar for predictions with the test shares."""
     recommendation: Recommendation
     focus: dict[str, Any]
     """The recommended method's row, or the most accurate one when none is recommended."""
@@ -144,12 +145,6 @@ def cost_args_for(folder: str | Path, overrides: dict[str, Any] | None = None) -
         raise ConfigError(f"{config}: bad cost section ({err})") from None
 
 
-def _chance(labels: list[str], dataset: dict[str, Any]) -> float:
-    test = (dataset.get("label_counts") or {}).get("test") or {}
-    majority = max(test.values()) / sum(test.values()) if test else 0.0
-    return max(1 / max(len(labels), 1), majority)
-
-
 def _cost_caveats(
     results: dict[str, Any], prices: PriceTable, costs: dict[str, MethodCost], volume: float
 ) -> list[str]:
@@ -199,45 +194,34 @@ def analyse(folder: str | Path, args: CostArgs) -> Report:
     # The reference runs no LLM, so it has no tokens to price on an API: it is priced as self-hosted.
     local_prices = prices if prices.pricing == "self-hosted" else load_price_table(None, device)
     costs = {row["name"]: method_cost(row, local_prices if _is_reference(row) else prices) for row in methods}
-    llm_methods = [row for row in methods if not _is_reference(row)] or methods
-    evidence = tuple(
-        MethodEvidence(
-            name=row["name"],
-            accuracy=row["accuracy"],
-            cost=costs[row["name"]],
-            fine_tuned=is_fine_tuned(row),
-            shots=int(row.get("shots") or 0),
-            correct=tuple(bool(p["correct"]) for p in predictions[row["name"]])
-            if row["name"] in predictions
-            else None,
-        )
-        for row in llm_methods
-    )
-    caveats = _cost_caveats(results, prices, costs, volume)
-    caveats += _reference_caveats(methods)
+    dataset = results.get("dataset") or {}
+    test_counts = (dataset.get("label_counts") or {}).get("test") or {}
+    choice = choose_metric(test_counts, args.metric)
+    found = run_evidence(methods, predictions, labels, choice, costs)
+    caveats = _cost_caveats(results, prices, costs, volume) + check_caveats(dataset, MARGIN_POINTS)
     if not predictions:
         caveats.append("predictions.jsonl is missing: no paired test between methods was possible")
-    chance = _chance(labels, results.get("dataset") or {})
     situation = Situation(
-        methods=evidence,
-        chance=chance,
+        methods=found.methods,
         volume_per_day=volume,
         horizon_days=args.horizon_days,
+        metric=choice.metric,
+        metric_reason=choice.reason,
+        kappa=found.kappa,
         volume_given=args.volume_per_day is not None,
         gap=args.gap,
+        value_per_correct=args.value_per_correct,
+        class_weights=_saved_setting(folder, "lora", "class_weights"),
         extra_caveats=tuple(caveats),
         seed=int(results.get("seed") or 0),
     )
     rec = recommend(situation)
     by_name = {row["name"]: row for row in methods}
-    focus = by_name[rec.method] if rec.method else max(llm_methods, key=lambda r: r["accuracy"])
-    pair = (rec.comparison.prompt, rec.comparison.fine_tuned) if rec.comparison else _pair(evidence)
+    viable = [m for m in found.methods if m.viable] or list(found.methods)
+    focus = by_name[rec.method] if rec.method else by_name[max(viable, key=lambda m: m.score).name]
+    pair = (rec.comparison.baseline, rec.comparison.candidate) if rec.comparison else None
     be = rec.break_even
-    if be is None and pair:
-        be = break_even(costs[pair[0]], costs[pair[1]])
-    test_rows = int(
-        (results.get("dataset") or {}).get("test_size") or len(predictions.get(focus["name"], []))
-    )
+    test_rows = int(dataset.get("test_size") or len(predictions.get(focus["name"], [])))
     shown = dict(focus)
     adapter = focus.get("adapter_path")
     if adapter and Path(adapter).is_relative_to(folder.resolve()):
@@ -252,8 +236,8 @@ def analyse(folder: str | Path, args: CostArgs) -> Report:
         volume_per_day=volume,
         volume_given=args.volume_per_day is not None,
         horizon_days=args.horizon_days,
-        chance=chance,
-        floor=chance + LOW_ACCURACY_SHARE * (1 - chance),
+        chance=chance_level(ACCURACY_METRIC, test_counts) if test_counts else 1 / max(len(labels), 1),
+        floor=accuracy_floor(test_counts, GOOD_ENOUGH_KAPPA),
         recommendation=rec,
         focus=focus,
         confusion=confusion_matrix(labels, predictions.get(focus["name"], [])),
@@ -263,8 +247,25 @@ def analyse(folder: str | Path, args: CostArgs) -> Report:
         curves=build_curves(methods),
         best_prompt=_best_prompt(methods),
     )
+    for m in found.methods:
+        row = by_name[m.name]
+        row["primary"] = {"metric": choice.metric.name, "value": m.score}
+        row["degenerate"] = m.degenerate
+        row["cohen_kappa"] = found.kappa.get(m.name)
     _add_to_results(report, args)
     return report
+
+
+def _saved_setting(folder: Path, section: str, key: str) -> Any:
+    """One value from the run's config.yaml, or None."""
+    config = folder / "config.yaml"
+    if not config.is_file():
+        return None
+    try:
+        saved = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError:
+        return None
+    return ((saved.get(section) or {}) if isinstance(saved, dict) else {}).get(key)
 
 
 def _is_reference(row: dict[str, Any]) -> bool:
@@ -277,34 +278,6 @@ def _best_prompt(methods: list[dict[str, Any]]) -> dict[str, Any] | None:
         return None
     draws = len(best.get("accuracy_draws") or [best["accuracy"]])
     return {"name": best["name"], "accuracy": mean_accuracy(best), "draws": draws}
-
-
-def _reference_caveats(methods: list[dict[str, Any]]) -> list[str]:
-    """What the no-LLM reference says about needing an LLM at all (it is not a candidate to ship here)."""
-    references = [row for row in methods if _is_reference(row)]
-    llm = [row for row in methods if not _is_reference(row)]
-    if not references or not llm:
-        return []
-    ref = max(references, key=lambda r: (r["accuracy"], -r["train_examples"]))
-    best = max(llm, key=lambda r: r["accuracy"])
-    gap = (best["accuracy"] - ref["accuracy"]) * 100
-    text = (
-        f"the no-LLM reference, {ref['name']} (sentence embeddings + logistic regression on the same "
-        f"training examples), reaches {ref['accuracy']:.3f} against {best['accuracy']:.3f} for {best['name']}"
-    )
-    if gap <= 0:
-        return [text + ": a small classifier matches the LLM here, so you may not need an LLM at all"]
-    return [text + f" ({gap:.1f} points behind); it is a yardstick, left out of the comparison above"]
-
-
-def _pair(evidence: tuple[MethodEvidence, ...]) -> tuple[str, str] | None:
-    prompts = [m for m in evidence if not m.fine_tuned]
-    tuned = [m for m in evidence if m.fine_tuned]
-    if not prompts or not tuned:
-        return None
-    best = max(prompts, key=lambda m: (m.accuracy, -m.cost.per_request))
-    best_tuned = max(tuned, key=lambda m: (m.accuracy, -m.cost.per_request))
-    return best.name, best_tuned.name
 
 
 def _add_to_results(report: Report, args: CostArgs) -> None:
@@ -408,10 +381,17 @@ def write_reports(folder: str | Path, args: CostArgs) -> tuple[Report, list[Path
 
 def print_summary(console: Console, report: Report) -> None:
     """The recommendation and where the reports are, for the terminal."""
+    from fewtune.report.markdown import metric_line
+
     rec = report.recommendation
-    console.print(f"[bold]Recommendation:[/] {rec.headline}")
+    console.print(f"[bold]Recommendation:[/] {rec.headline}", highlight=False)
+    console.print(f"  {metric_line(report)}", highlight=False)
     for reason in rec.reasons:
         console.print(f"  - {reason}", highlight=False)
+    for name, why in rec.degenerate.items():
+        console.print(f"[yellow]degenerate:[/] {name} {why}", highlight=False)
+    for i, step in enumerate(rec.next_steps, 1):
+        console.print(f"  next {i}. {step}", highlight=False)
     be = report.break_even
     if be is not None and report.break_even_pair:
         where = "never" if be.requests is None else f"{format_count(be.requests)} requests"

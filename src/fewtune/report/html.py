@@ -9,9 +9,11 @@ from typing import TYPE_CHECKING
 from fewtune.curves import has_shot_curve, has_train_curve
 from fewtune.report import tables
 from fewtune.report.markdown import (
+    accuracy_note,
     break_even_sentence,
     crossover_sentence,
     has_curves,
+    metric_line,
     run_line,
     shots_note,
     train_note,
@@ -25,6 +27,8 @@ CHOICE_COLOURS = {
     "fine-tune": "#c05621",
     "depends": "#6b46c1",
     "retrieval": "#2c7a7b",
+    "reference": "#2f855a",
+    "not-good-enough": "#c53030",
     "measure-prompting-first": "#4a5568",
 }
 
@@ -111,6 +115,7 @@ def render_html(report: Report, images: dict[str, bytes]) -> str:
     colour = CHOICE_COLOURS.get(rec.choice, "#4a5568")
     dataset = report.results.get("dataset") or {}
     caveats = f'<h3>Caveats</h3><div class="caveats">{_list(rec.caveats)}</div>' if rec.caveats else ""
+    steps = f"<h3>Next steps</h3>{_list(rec.next_steps, ordered=True)}" if rec.next_steps else ""
     not_chosen = (
         ""
         if rollout.chosen
@@ -134,7 +139,8 @@ def render_html(report: Report, images: dict[str, bytes]) -> str:
         f'<section class="rec" id="recommendation" style="--c: {colour}">',
         f'<span class="choice">{escape(rec.choice)}</span>',
         f"<h2>{escape(rec.headline)}</h2>",
-        f"<h3>Why</h3>{_list(rec.reasons)}{caveats}",
+        f'<p class="note">{escape(metric_line(report))}</p>',
+        f"<h3>Why</h3>{_list(rec.reasons)}{steps}{caveats}",
         "</section>",
         '<section id="methods"><h2>Methods</h2>',
         '<p class="note">Every method was scored on the same test rows. Costs use the assumptions at the '
@@ -147,8 +153,7 @@ def render_html(report: Report, images: dict[str, bytes]) -> str:
         "</section>",
         '<section id="accuracy"><h2>Accuracy</h2>',
         _image(images["accuracy"], "accuracy per method with 95% intervals"),
-        f'<p class="note">Chance is {report.chance:.3f} (the larger of 1/labels and the most common test '
-        f"label's share); below {report.floor:.3f} a method counts as low.</p></section>",
+        f'<p class="note">{escape(accuracy_note(report))}</p></section>',
         _curve_section(report, images),
         '<section id="cost"><h2>Cost vs requests</h2>',
         _image(images["cost"], "total cost vs requests served"),

@@ -107,6 +107,21 @@ def run_line(report: Report) -> str:
     )
 
 
+def metric_line(report: Report) -> str:
+    rec = report.recommendation
+    label = "macro-F1" if rec.metric == "macro-f1" else rec.metric
+    return f"Decided on {label}: {rec.metric_reason}." if rec.metric_reason else f"Decided on {label}."
+
+
+def accuracy_note(report: Report) -> str:
+    return (
+        f"Chance is {report.chance:.3f} (the best content-blind guess: the larger of 1/labels and the most "
+        f"common test label's share). Below accuracy {report.floor:.3f} (Cohen's kappa 0.4 for predictions "
+        "that follow the test label shares) a method is not good enough yet; the verdict checks each "
+        "method's own kappa."
+    )
+
+
 def render_markdown(report: Report, plot_files: dict[str, str]) -> str:
     rec = report.recommendation
     focus = report.focus["name"]
@@ -120,11 +135,15 @@ def render_markdown(report: Report, plot_files: dict[str, str]) -> str:
         "",
         f"**{rec.headline}**",
         "",
+        metric_line(report),
+        "",
         "Why:",
         "",
         *[f"- {reason}" for reason in rec.reasons],
         "",
     ]
+    if rec.next_steps:
+        out += ["Next steps:", "", *[f"{i}. {step}" for i, step in enumerate(rec.next_steps, 1)], ""]
     if rec.caveats:
         out += ["Caveats:", "", *[f"- {caveat}" for caveat in rec.caveats], ""]
     out += [
@@ -142,8 +161,7 @@ def render_markdown(report: Report, plot_files: dict[str, str]) -> str:
         "",
         f"![accuracy per method with 95% intervals]({plot_files['accuracy']})",
         "",
-        f"Chance is {report.chance:.3f} (the larger of 1/labels and the most common test label's share); "
-        f"below {report.floor:.3f} a method counts as low.",
+        accuracy_note(report),
         "",
         *curve_section(report, plot_files),
         "## Cost vs requests",

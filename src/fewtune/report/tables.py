@@ -48,7 +48,7 @@ def method_table(
         latency = row.get("latency_ms") or {}
         rows.append(
             [
-                row["name"],
+                row["name"] + (" (degenerate)" if row.get("degenerate") else ""),
                 str(row.get("shots", 0)),
                 str(row.get("train_examples") or "-"),
                 f"{row['accuracy']:.3f} ({low:.3f}-{high:.3f})",

@@ -1,0 +1,113 @@
+"""A run folder's results rows and predictions -> the evidence the rules decide from (one place)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fewtune.config import REFERENCE_METHOD
+from fewtune.cost import MethodCost, is_fine_tuned
+from fewtune.decide.evidence import FINE_TUNED, PROMPT, REFERENCE, MethodEvidence, degeneracy
+from fewtune.decide.metric import MetricChoice, label_stats
+
+# Share of test rows cleanlab flags as likely mislabelled above which the verdict is caveated: at 2% label
+# noise a 5-point margin is still clear of it; above it, gaps of a few points may be noise in the labels.
+LABEL_NOISE_CAVEAT_SHARE = 0.02
+
+
+def kind_of(row: dict[str, Any]) -> str:
+    if row.get("method") == REFERENCE_METHOD:
+        return REFERENCE
+    return FINE_TUNED if is_fine_tuned(row) else PROMPT
+
+
+@dataclass(frozen=True)
+class RunEvidence:
+    methods: tuple[MethodEvidence, ...]
+    kappa: dict[str, float]
+    """Cohen's kappa of each method with per-row predictions."""
+
+
+def run_evidence(
+    rows: Sequence[dict[str, Any]],
+    predictions: dict[str, list[dict[str, Any]]],
+    labels: Sequence[str],
+    choice: MetricChoice,
+    costs: dict[str, MethodCost],
+) -> RunEvidence:
+    """One :class:`MethodEvidence` per results row: primary score from its predictions (or, without them,
+    the row's own accuracy / macro-F1), its degeneracy and Cohen's kappa."""
+    from sklearn.metrics import cohen_kappa_score
+
+    metric = choice.metric
+    evidence, kappa = [], {}
+    for row in rows:
+        name = row["name"]
+        lines = predictions.get(name) or []
+        stats, degenerate = None, None
+        if lines:
+            gold = [str(p["gold"]) for p in lines]
+            predicted = [str(p["predicted"]) for p in lines]
+            stats = label_stats(gold, predicted, labels)
+            score = metric.value(stats)
+            degenerate = degeneracy(gold, predicted)
+            if len(set(gold) | set(predicted)) > 1:
+                kappa[name] = float(cohen_kappa_score(gold, predicted))
+        else:
+            score = float(row["accuracy"] if metric.per_row_correct else row.get("macro_f1", row["accuracy"]))
+        evidence.append(
+            MethodEvidence(
+                name=name,
+                kind=kind_of(row),
+                score=score,
+                cost=costs[name],
+                shots=int(row.get("shots") or 0),
+                train_examples=row.get("train_examples"),
+                demo_selection=row.get("demo_selection"),
+                calibrated=bool(row.get("calibrated")),
+                stats=stats,
+                accuracy=row.get("accuracy"),
+                degenerate=degenerate,
+            )
+        )
+    return RunEvidence(tuple(evidence), kappa)
+
+
+def check_caveats(dataset: dict[str, Any], margin_points: float) -> list[str]:
+    """Data-check findings that bear on the verdict (the checks themselves are listed in the report)."""
+    checks = dataset.get("checks") or {}
+    caveats = []
+    test_rows = int(dataset.get("test_size") or 0)
+    flagged = int((checks.get("label_issue_counts") or {}).get("test") or 0)
+    if test_rows and flagged / test_rows > LABEL_NOISE_CAVEAT_SHARE:
+        share = flagged / test_rows
+        caveats.append(
+            f"{flagged} of {test_rows} test rows ({share:.1%}) look mislabelled (cleanlab, see "
+            f"label_issues.jsonl): gaps of under about {100 * share:.0f} points may be label noise, and the "
+            f"{margin_points:.0f}-point margin is measured against those labels"
+        )
+    leaks = len(checks.get("near_duplicate_leaks") or [])
+    if leaks:
+        caveats.append(
+            f"{leaks} test rows have a near-duplicate in the pool (embedding cosine at or above the "
+            "threshold): demos and training may have seen them, so test scores can be optimistic"
+        )
+    small = checks.get("small_classes") or {}
+    if small:
+        names = ", ".join(f"{label} ({count})" for label, count in sorted(small.items()))
+        caveats.append(
+            f"classes with under 50 pool examples ({names}): fine-tuning and the reference see few of them"
+        )
+    return caveats
+
+
+def accuracy_floor(label_counts: dict[str, int], kappa: float) -> float:
+    """Accuracy at which a method whose predictions follow the test label shares reaches ``kappa``."""
+    counts = np.array([c for c in label_counts.values() if c > 0], dtype=float)
+    if counts.size == 0:
+        return kappa
+    expected = float(np.sum((counts / counts.sum()) ** 2))
+    return expected + kappa * (1 - expected)

@@ -1,0 +1,96 @@
+"""The verdict's records: what the rules decide from (:class:`Situation`) and what they return
+(:class:`Recommendation`), plus the choice names the report and tests share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from fewtune.decide.evidence import Comparison, MethodEvidence
+from fewtune.decide.metric import ACCURACY_METRIC, PrimaryMetric
+
+CHOICE_PROMPT = "prompt"
+CHOICE_FINE_TUNE = "fine-tune"
+CHOICE_DEPENDS = "depends"
+CHOICE_RETRIEVAL = "retrieval"
+CHOICE_REFERENCE = "reference"
+CHOICE_NOT_GOOD_ENOUGH = "not-good-enough"
+CHOICE_MEASURE_PROMPTING = "measure-prompting-first"
+
+
+@dataclass(frozen=True)
+class Situation:
+    """Everything the rules decide from."""
+
+    methods: tuple[MethodEvidence, ...]
+    volume_per_day: float
+    horizon_days: float
+    metric: PrimaryMetric = ACCURACY_METRIC
+    metric_reason: str = ""
+    kappa: dict[str, float] = field(default_factory=dict)
+    """Cohen's kappa of each method's predictions (classification); empty when the task has none."""
+    volume_given: bool = True
+    gap: str | None = None
+    """"knowledge" (facts) or "behaviour" (format), as the user says; None = unsaid."""
+    value_per_correct: float | None = None
+    """Dollars one extra correct answer is worth (--value-per-correct); None = unsaid."""
+    class_weights: str | None = None
+    """The LoRA trainer's --class-weights setting, for the degenerate-method advice."""
+    extra_caveats: tuple[str, ...] = ()
+    seed: int = 0
+
+
+@dataclass
+class Recommendation:
+    """What to do: a choice, the reasons (each with its figures), the caveats and the next steps."""
+
+    choice: str
+    method: str | None
+    """The method to ship (or the best so far, for not-good-enough)."""
+    headline: str
+    reasons: list[str] = field(default_factory=list)
+    caveats: list[str] = field(default_factory=list)
+    next_steps: list[str] = field(default_factory=list)
+    metric: str = ACCURACY_METRIC.name
+    metric_reason: str = ""
+    comparison: Comparison | None = None
+    """Best prompt (baseline) vs best fine-tuned (candidate), when both were measured."""
+    comparisons: list[Comparison] = field(default_factory=list)
+    """Every paired test the verdict used."""
+    degenerate: dict[str, str] = field(default_factory=dict)
+    break_even: Any = None
+
+    def to_dict(self) -> dict[str, Any]:
+        c = self.comparison
+        comparison = None
+        if c is not None:
+            comparison = {"prompt": c.baseline, "fine_tuned": c.candidate, **c.to_dict()}
+        return {
+            "choice": self.choice,
+            "method": self.method,
+            "headline": self.headline,
+            "reasons": self.reasons,
+            "caveats": self.caveats,
+            "next_steps": self.next_steps,
+            "metric": self.metric,
+            "metric_reason": self.metric_reason,
+            "comparison": comparison,
+            "comparisons": [x.to_dict() for x in self.comparisons],
+            "degenerate": self.degenerate,
+            "break_even": None
+            if self.break_even is None
+            else {"requests": self.break_even.requests, "reason": self.break_even.reason},
+        }
+
+
+def best(methods: list[MethodEvidence]) -> MethodEvidence | None:
+    """Highest primary score; ties go to the cheaper request."""
+    return max(methods, key=lambda m: (m.score, -m.cost.per_request), default=None)
+
+
+@dataclass
+class Verdict:
+    choice: str
+    method: MethodEvidence | None
+    headline: str
+    reasons: list[str]
