@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -12,7 +13,7 @@ from fewtune.backends.hf import HFBackend
 from fewtune.config import LoraArgs
 from fewtune.data.load import Example
 from fewtune.prompts.template import PromptTemplate
-from fewtune.strategies.lora import Lora, _collate
+from fewtune.strategies.lora import Lora, _collate, answer_loss, example_weights
 
 TRAIN = [Example(f"the film is {w} number {i}", w) for i in range(12) for w in ("positive", "negative")]
 TEMPLATE = PromptTemplate(("negative", "positive"))
@@ -78,3 +79,34 @@ def test_same_seed_same_adapter(tmp_path: Path) -> None:
     a, b, c = (load_file(tmp_path / x / "adapter" / "adapter_model.safetensors") for x in "abc")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_balanced_class_weights_give_each_class_the_same_total_weight() -> None:
+    labels = ["ham"] * 9 + ["spam"]
+    weights = example_weights(labels, "balanced")
+    # scikit-learn's "balanced": n / (classes x count) -> 10 / (2 x 9) and 10 / (2 x 1).
+    assert weights[0] == pytest.approx(10 / 18) and weights[-1] == pytest.approx(5.0)
+    assert sum(weights[:9]) == pytest.approx(sum(weights[9:]))
+    assert example_weights(labels, "none") == [1.0] * 10
+
+
+def test_answer_loss_weights_tokens_by_their_example() -> None:
+    log_probs = torch.log(torch.tensor([[0.5, 0.5], [0.9, 0.1], [0.2, 0.8]]))
+    targets = torch.tensor([0, 1, 1])
+    plain = answer_loss(log_probs, targets, torch.ones(3))
+    assert float(plain) == pytest.approx(float(torch.nn.functional.nll_loss(log_probs, targets)))
+    weighted = answer_loss(log_probs, targets, torch.tensor([1.0, 3.0, 0.0]))
+    expected = (-np.log(0.5) * 1 - np.log(0.1) * 3) / 4
+    assert float(weighted) == pytest.approx(expected, rel=1e-5)
+
+
+def test_class_weighted_training_records_the_scheme(tmp_path: Path) -> None:
+    _, predictor = fit(tmp_path, class_weights="balanced", epochs=1)
+    assert predictor.info["class_weights"] == "balanced"  # type: ignore[attr-defined]
+
+
+def test_unknown_class_weights_is_a_config_error() -> None:
+    from fewtune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--class-weights takes none or balanced"):
+        LoraArgs(class_weights="inverse")

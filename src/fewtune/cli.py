@@ -69,6 +69,14 @@ CostsOption = Annotated[
 GapOption = Annotated[
     str | None, typer.Option(help="What the model lacks, if known: knowledge (-> retrieval) or behaviour.")
 ]
+MetricOption = Annotated[
+    str | None,
+    typer.Option(help="Metric the verdict is decided on: accuracy or macro-f1. [default: by label balance]"),
+]
+ValueOption = Annotated[
+    float | None,
+    typer.Option(help="Dollars one more correct answer is worth (decides the 5-15 point band)."),
+]
 
 
 @app.command()
@@ -125,6 +133,10 @@ def run(
     epochs: Annotated[int | None, typer.Option(help="LoRA epochs. [default: 2]")] = None,
     lr: Annotated[float | None, typer.Option(help="LoRA peak learning rate. [default: 5e-4]")] = None,
     batch_size: Annotated[int | None, typer.Option(help="LoRA training batch size. [default: 8]")] = None,
+    class_weights: Annotated[
+        str | None,
+        typer.Option(help="LoRA loss weights: none, or balanced (inverse class frequency). [default: none]"),
+    ] = None,
     eval_batch_size: Annotated[
         int | None, typer.Option(help="Test rows per scoring pass. [default: 16]")
     ] = None,
@@ -143,6 +155,8 @@ def run(
     horizon_days: HorizonOption = None,
     costs: CostsOption = None,
     gap: GapOption = None,
+    metric: MetricOption = None,
+    value_per_correct: ValueOption = None,
 ) -> None:
     """Run zero-shot, k-shot, LoRA, LoRA+k-shot and the embedding reference on the same test rows."""
     from fewtune.config import build_config, load_config_file
@@ -174,13 +188,21 @@ def run(
             "epochs": epochs,
             "lr": lr,
             "batch_size": batch_size,
+            "class_weights": class_weights,
         },
         "eval": {
             "methods": _names(methods),
             "batch_size": eval_batch_size,
             "latency_requests": latency_requests,
         },
-        "cost": {"volume_per_day": volume_per_day, "horizon_days": horizon_days, "costs": costs, "gap": gap},
+        "cost": {
+            "volume_per_day": volume_per_day,
+            "horizon_days": horizon_days,
+            "costs": costs,
+            "gap": gap,
+            "metric": metric,
+            "value_per_correct": value_per_correct,
+        },
     }
     cfg = build_config(load_config_file(config) if config else None, overrides)
     run_all(cfg, console)
@@ -193,6 +215,8 @@ def report(
     horizon_days: HorizonOption = None,
     costs: CostsOption = None,
     gap: GapOption = None,
+    metric: MetricOption = None,
+    value_per_correct: ValueOption = None,
 ) -> None:
     """Write report.md and report.html (costs, break-even, recommendation) for a run folder.
 
@@ -202,7 +226,14 @@ def report(
 
     args = cost_args_for(
         run_dir,
-        {"volume_per_day": volume_per_day, "horizon_days": horizon_days, "costs": costs, "gap": gap},
+        {
+            "volume_per_day": volume_per_day,
+            "horizon_days": horizon_days,
+            "costs": costs,
+            "gap": gap,
+            "metric": metric,
+            "value_per_correct": value_per_correct,
+        },
     )
     with console.status("Writing the report..."):
         built, _ = write_reports(run_dir, args)

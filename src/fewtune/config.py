@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from fewtune.backends.models import DEFAULT_MODEL
+from fewtune.decide.metric import METRIC_CHOICES
 from fewtune.errors import ConfigError
 from fewtune.prompts.demos import DEMO_SELECTIONS
 from fewtune.prompts.template import AUTO_LABEL_NAMES, DEFAULT_TASK
@@ -19,6 +20,7 @@ from fewtune.prompts.template import AUTO_LABEL_NAMES, DEFAULT_TASK
 METHODS = ("zero-shot", "few-shot", "lora", "lora+few-shot", "reference")
 # The reference is no LLM method: sentence embeddings + logistic regression on the LoRA training examples.
 REFERENCE_METHOD = "reference"
+CLASS_WEIGHTS = ("none", "balanced")
 
 
 @dataclass
@@ -106,8 +108,15 @@ class LoraArgs:
     """Peak AdamW learning rate (linear warm-up over 10% of steps, then linear decay)."""
     batch_size: int = 8
     """Training examples per optimizer step."""
+    class_weights: str = "none"
+    """none, or balanced: weight each example's answer loss by inverse class frequency, so a small imbalanced
+    training sample does not teach the adapter to always answer the majority label."""
 
     def __post_init__(self) -> None:
+        if self.class_weights not in CLASS_WEIGHTS:
+            raise ConfigError(
+                f"--class-weights takes {' or '.join(CLASS_WEIGHTS)}, got {self.class_weights!r}"
+            )
         if any(n < 1 for n in self.train_sizes):
             raise ConfigError(f"--train-sizes must be positive, got {self.train_sizes}")
         self.train_sizes = sorted(set(self.train_sizes))
@@ -155,8 +164,17 @@ class CostArgs:
     """Price table: a preset (auto, self-hosted-cpu, self-hosted-gpu, hosted-api) or a YAML file."""
     gap: str | None = None
     """What the model lacks, if you know: knowledge (facts -> retrieval) or behaviour (format -> tuning)."""
+    metric: str | None = None
+    """The metric the verdict is decided on: accuracy or macro-f1; None = accuracy, or macro-F1 when the test
+    labels are imbalanced."""
+    value_per_correct: float | None = None
+    """Dollars one more correct answer is worth; decides the 5-15 point band between prompt and fine-tune."""
 
     def __post_init__(self) -> None:
+        if self.metric is not None and self.metric not in METRIC_CHOICES:
+            raise ConfigError(f"--metric takes {' or '.join(METRIC_CHOICES)}, got {self.metric!r}")
+        if self.value_per_correct is not None and not self.value_per_correct >= 0:
+            raise ConfigError(f"--value-per-correct must be 0 or more dollars, got {self.value_per_correct}")
         if self.volume_per_day is not None and self.volume_per_day < 1:
             raise ConfigError(f"--volume-per-day must be at least 1, got {self.volume_per_day}")
         if self.horizon_days < 1:

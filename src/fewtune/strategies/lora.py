@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from fewtune.backends.hf import HFBackend
@@ -60,6 +61,25 @@ def _collate(
     return ids, mask, predict_at, torch.tensor(targets)
 
 
+def example_weights(labels: Sequence[str], scheme: str) -> list[float]:
+    """Loss weight of each training example: 1, or scikit-learn's "balanced" inverse class frequency
+    ``n / (classes x count(label))``, so every class carries the same total weight (King & Zeng 2001)."""
+    if scheme == "none":
+        return [1.0] * len(labels)
+    from sklearn.utils.class_weight import compute_class_weight
+
+    classes = sorted(set(labels))
+    values = compute_class_weight(scheme, classes=np.array(classes), y=np.array(labels))
+    by_label = dict(zip(classes, values.tolist(), strict=True))
+    return [by_label[label] for label in labels]
+
+
+def answer_loss(log_probs: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Weighted mean negative log-likelihood of the answer tokens; each token carries its example's weight."""
+    losses = torch.nn.functional.nll_loss(log_probs, targets, reduction="none")
+    return (losses * weights).sum() / weights.sum()
+
+
 @dataclass
 class Lora(Strategy):
     """Trains one adapter on ``train`` and returns a zero-shot predictor over the merged model."""
@@ -99,6 +119,7 @@ class Lora(Strategy):
             )
             for ex in train
         ]
+        weights = example_weights([ex.label for ex in train], self.args.class_weights)
         lengths = [len(p) + len(a) for p, a in features]
         steps_per_epoch = -(-len(features) // self.args.batch_size)
         total_steps = steps_per_epoch * self.args.epochs
@@ -116,7 +137,10 @@ class Lora(Strategy):
                     ids, mask = ids.to(base.device), mask.to(base.device)
                     hidden = decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
                     log_probs = base.log_probs(hidden[predict_at.to(base.device)])
-                    loss = torch.nn.functional.nll_loss(log_probs, targets.to(base.device))
+                    token_weights = torch.tensor(
+                        [weights[i] for i in batch for _ in features[i][1]], device=base.device
+                    )
+                    loss = answer_loss(log_probs, targets.to(base.device), token_weights)
                     loss.backward()
                     torch.nn.utils.clip_grad_norm_(params, 1.0)
                     optimizer.step()
@@ -146,6 +170,7 @@ class Lora(Strategy):
             # Model FLOPs utilisation against this machine's measured matmul peak (see sysinfo).
             "train_mfu": tokens_per_second * flops_per_token / matmul_peak_flops(base.device, dtype),
             "train_steps": total_steps,
+            "class_weights": self.args.class_weights,
             "adapter_path": str(self.save_dir),
             "adapter_bytes": adapter_bytes,
             "peak_memory_bytes": peak.bytes,
