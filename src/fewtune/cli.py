@@ -222,7 +222,8 @@ def report(
 
     Settings not given here come from the run's config.yaml, then the defaults.
     """
-    from fewtune.report.build import cost_args_for, print_summary, write_reports
+    from fewtune.report.build import print_summary, write_reports
+    from fewtune.report.run_folder import cost_args_for
 
     args = cost_args_for(
         run_dir,

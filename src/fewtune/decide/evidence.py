@@ -9,7 +9,7 @@ observed one as the observed one is from zero.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -122,6 +122,8 @@ class Comparison:
     normal approximation with the bootstrap standard error scaled by 1/sqrt(rows))."""
     rows_needed_points: float | None = None
     """The gap rows_needed is for: the observed gap, or 5 points when the observed gap is smaller."""
+    baseline_accuracy: float | None = None
+    candidate_accuracy: float | None = None
 
     @property
     def lead_points(self) -> float:
@@ -142,6 +144,8 @@ class Comparison:
             "candidate": self.candidate,
             "baseline_score": self.baseline_score,
             "candidate_score": self.candidate_score,
+            "baseline_accuracy": self.baseline_accuracy,
+            "candidate_accuracy": self.candidate_accuracy,
             "metric": self.metric,
             "test": self.test,
             "rows": self.rows,
@@ -159,6 +163,16 @@ def compare(
     baseline: MethodEvidence, candidate: MethodEvidence, metric: PrimaryMetric, seed: int = 0
 ) -> Comparison:
     """Paired comparison of two methods on the same test rows (module docstring)."""
+    return replace(
+        _paired(baseline, candidate, metric, seed),
+        baseline_accuracy=baseline.accuracy,
+        candidate_accuracy=candidate.accuracy,
+    )
+
+
+def _paired(
+    baseline: MethodEvidence, candidate: MethodEvidence, metric: PrimaryMetric, seed: int
+) -> Comparison:
     names = (baseline.name, candidate.name, baseline.score, candidate.score, metric.name)
     a, b = baseline.stats, candidate.stats
     if a is None or b is None or len(a) != len(b) or len(a) == 0:

@@ -64,7 +64,13 @@ class Recommendation:
         c = self.comparison
         comparison = None
         if c is not None:
-            comparison = {"prompt": c.baseline, "fine_tuned": c.candidate, **c.to_dict()}
+            comparison = {
+                "prompt": c.baseline,
+                "fine_tuned": c.candidate,
+                "prompt_accuracy": c.baseline_accuracy,
+                "fine_tuned_accuracy": c.candidate_accuracy,
+                **c.to_dict(),
+            }
         return {
             "choice": self.choice,
             "method": self.method,

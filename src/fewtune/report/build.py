@@ -7,14 +7,11 @@ recomputed from the measured fields (tokens, throughput, train seconds).
 
 from __future__ import annotations
 
-import json
 import os
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from rich.console import Console
 
 from fewtune.config import REFERENCE_METHOD, CostArgs
@@ -33,8 +30,8 @@ from fewtune.decide.from_run import accuracy_floor, check_caveats, run_evidence
 from fewtune.decide.metric import ACCURACY_METRIC, chance_level, choose_metric
 from fewtune.decide.recommend import Recommendation, Situation, recommend
 from fewtune.decide.thresholds import GOOD_ENOUGH_KAPPA, MARGIN_POINTS
-from fewtune.errors import ConfigError, FewtuneError
 from fewtune.report.rollout import Rollout, rollout_plan
+from fewtune.report.run_folder import read_run, saved_setting
 from fewtune.report.tables import confusion_matrix
 from fewtune.store import write_json_atomic
 
@@ -95,54 +92,6 @@ class Report:
     @property
     def horizon_label(self) -> str:
         return f"{self.horizon_days:,} days at {self.volume_per_day:,.0f}/day"
-
-
-def read_run(folder: str | Path) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
-    """results.json and predictions.jsonl (grouped by method name, in row order) of a run folder."""
-    folder = Path(folder)
-    path = folder / "results.json"
-    if not path.is_file():
-        raise FewtuneError(f"{folder}: no results.json here; give a run folder written by `fewtune run`")
-    try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise FewtuneError(f"{path}:{err.lineno}: malformed JSON ({err.msg})") from None
-    if not isinstance(results, dict) or not results.get("methods"):
-        raise FewtuneError(f"{path}: no finished methods to report yet")
-    for row in results["methods"]:
-        row.setdefault("name", row["method"])
-    predictions: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    pred_path = folder / "predictions.jsonl"
-    if pred_path.is_file():
-        with pred_path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise FewtuneError(f"{pred_path}:{number}: malformed JSON ({err.msg})") from None
-                predictions[row.get("name") or row["method"]].append(row)
-    for rows in predictions.values():
-        rows.sort(key=lambda r: r["row"])
-    return results, dict(predictions)
-
-
-def cost_args_for(folder: str | Path, overrides: dict[str, Any] | None = None) -> CostArgs:
-    """The run's saved ``cost`` settings (config.yaml), with non-None ``overrides`` on top."""
-    values: dict[str, Any] = {}
-    config = Path(folder) / "config.yaml"
-    if config.is_file():
-        try:
-            saved = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError:
-            raise ConfigError(f"{config}: invalid YAML") from None
-        values.update((saved.get("cost") or {}) if isinstance(saved, dict) else {})
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    try:
-        return CostArgs(**values)
-    except TypeError as err:
-        raise ConfigError(f"{config}: bad cost section ({err})") from None
 
 
 def _cost_caveats(
@@ -211,7 +160,7 @@ def analyse(folder: str | Path, args: CostArgs) -> Report:
         volume_given=args.volume_per_day is not None,
         gap=args.gap,
         value_per_correct=args.value_per_correct,
-        class_weights=_saved_setting(folder, "lora", "class_weights"),
+        class_weights=saved_setting(folder, "lora", "class_weights"),
         extra_caveats=tuple(caveats),
         seed=int(results.get("seed") or 0),
     )
@@ -256,18 +205,6 @@ def analyse(folder: str | Path, args: CostArgs) -> Report:
     return report
 
 
-def _saved_setting(folder: Path, section: str, key: str) -> Any:
-    """One value from the run's config.yaml, or None."""
-    config = folder / "config.yaml"
-    if not config.is_file():
-        return None
-    try:
-        saved = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError:
-        return None
-    return ((saved.get(section) or {}) if isinstance(saved, dict) else {}).get(key)
-
-
 def _is_reference(row: dict[str, Any]) -> bool:
     return row.get("method") == REFERENCE_METHOD
 
@@ -309,6 +246,8 @@ def _add_to_results(report: Report, args: CostArgs) -> None:
         "horizon_days": report.horizon_days,
         "requests_at_horizon": report.horizon_requests,
         "gap": args.gap,
+        "metric": args.metric,
+        "value_per_correct": args.value_per_correct,
         "prices": report.prices.to_dict(),
     }
     results["recommendation"] = report.recommendation.to_dict()

@@ -1,0 +1,73 @@
+"""Reading a run folder: results.json, predictions.jsonl and the settings saved in config.yaml."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fewtune.config import CostArgs
+from fewtune.errors import ConfigError, FewtuneError
+
+
+def read_run(folder: str | Path) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    """results.json and predictions.jsonl (grouped by method name, in row order) of a run folder."""
+    folder = Path(folder)
+    path = folder / "results.json"
+    if not path.is_file():
+        raise FewtuneError(f"{folder}: no results.json here; give a run folder written by `fewtune run`")
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise FewtuneError(f"{path}:{err.lineno}: malformed JSON ({err.msg})") from None
+    if not isinstance(results, dict) or not results.get("methods"):
+        raise FewtuneError(f"{path}: no finished methods to report yet")
+    for row in results["methods"]:
+        row.setdefault("name", row["method"])
+    predictions: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    pred_path = folder / "predictions.jsonl"
+    if pred_path.is_file():
+        with pred_path.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise FewtuneError(f"{pred_path}:{number}: malformed JSON ({err.msg})") from None
+                predictions[row.get("name") or row["method"]].append(row)
+    for rows in predictions.values():
+        rows.sort(key=lambda r: r["row"])
+    return results, dict(predictions)
+
+
+def cost_args_for(folder: str | Path, overrides: dict[str, Any] | None = None) -> CostArgs:
+    """The run's saved ``cost`` settings (config.yaml), with non-None ``overrides`` on top."""
+    values: dict[str, Any] = {}
+    config = Path(folder) / "config.yaml"
+    if config.is_file():
+        try:
+            saved = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError:
+            raise ConfigError(f"{config}: invalid YAML") from None
+        values.update((saved.get("cost") or {}) if isinstance(saved, dict) else {})
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return CostArgs(**values)
+    except TypeError as err:
+        raise ConfigError(f"{config}: bad cost section ({err})") from None
+
+
+def saved_setting(folder: Path, section: str, key: str) -> Any:
+    """One value from the run's config.yaml, or None."""
+    config = folder / "config.yaml"
+    if not config.is_file():
+        return None
+    try:
+        saved = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError:
+        return None
+    return ((saved.get(section) or {}) if isinstance(saved, dict) else {}).get(key)
