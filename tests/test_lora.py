@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from fewtune.backends.hf import HFBackend
 from fewtune.config import LoraArgs
 from fewtune.data.load import Example
 from fewtune.prompts.template import PromptTemplate
-from fewtune.strategies.lora import Lora, _collate, answer_loss, example_weights
+from fewtune.strategies.lora import Lora, _batches, _collate, answer_loss, example_weights
 
 TRAIN = [Example(f"the film is {w} number {i}", w) for i in range(12) for w in ("positive", "negative")]
 TEMPLATE = PromptTemplate(("negative", "positive"))
@@ -81,13 +82,26 @@ def test_same_seed_same_adapter(tmp_path: Path) -> None:
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
-def test_balanced_class_weights_give_each_class_the_same_total_weight() -> None:
+def test_balanced_weights_give_each_class_the_same_total_weight() -> None:
     labels = ["ham"] * 9 + ["spam"]
-    weights = example_weights(labels, "balanced")
+    weights = example_weights(labels, balanced=True)
     # scikit-learn's "balanced": n / (classes x count) -> 10 / (2 x 9) and 10 / (2 x 1).
     assert weights[0] == pytest.approx(10 / 18) and weights[-1] == pytest.approx(5.0)
     assert sum(weights[:9]) == pytest.approx(sum(weights[9:]))
-    assert example_weights(labels, "none") == [1.0] * 10
+    assert example_weights(labels, balanced=False) == [1.0] * 10
+
+
+def test_class_balanced_sampling_draws_the_rare_class_as_often_as_the_common_one() -> None:
+    labels = ["ham"] * 95 + ["spam"] * 5
+    lengths = [10] * 100
+    rng = random.Random(0)
+    drawn = [
+        i for _ in range(20) for b in _batches(lengths, 8, rng, example_weights(labels, True)) for i in b
+    ]
+    spam_share = sum(labels[i] == "spam" for i in drawn) / len(drawn)
+    assert len(drawn) == 20 * 100 and 0.45 < spam_share < 0.55
+    plain = [i for b in _batches(lengths, 8, random.Random(0)) for i in b]
+    assert sorted(plain) == list(range(100))  # without weights: every row once per epoch
 
 
 def test_answer_loss_weights_tokens_by_their_example() -> None:
@@ -100,13 +114,14 @@ def test_answer_loss_weights_tokens_by_their_example() -> None:
     assert float(weighted) == pytest.approx(expected, rel=1e-5)
 
 
-def test_class_weighted_training_records_the_scheme(tmp_path: Path) -> None:
-    _, predictor = fit(tmp_path, class_weights="balanced", epochs=1)
-    assert predictor.info["class_weights"] == "balanced"  # type: ignore[attr-defined]
+@pytest.mark.parametrize("balance", ["loss", "sampling"])
+def test_class_balanced_training_records_the_scheme(tmp_path: Path, balance: str) -> None:
+    _, predictor = fit(tmp_path, class_balance=balance, epochs=1)
+    assert predictor.info["class_balance"] == balance  # type: ignore[attr-defined]
 
 
-def test_unknown_class_weights_is_a_config_error() -> None:
+def test_unknown_class_balance_is_a_config_error() -> None:
     from fewtune.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="--class-weights takes none or balanced"):
-        LoraArgs(class_weights="inverse")
+    with pytest.raises(ConfigError, match="--class-balance takes none, loss, sampling"):
+        LoraArgs(class_balance="inverse")

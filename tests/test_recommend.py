@@ -253,9 +253,9 @@ CASES = [
         caveats=[
             "lora n=200 is degenerate and not recommended",
             "class imbalance",
-            "--class-weights balanced",
+            "--class-balance sampling",
         ],
-        steps=["re-train with --class-weights balanced"],
+        steps=["re-train with --class-balance sampling"],
     ),
     Case(
         "every method degenerate: not good enough yet",

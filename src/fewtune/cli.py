@@ -133,9 +133,12 @@ def run(
     epochs: Annotated[int | None, typer.Option(help="LoRA epochs. [default: 2]")] = None,
     lr: Annotated[float | None, typer.Option(help="LoRA peak learning rate. [default: 5e-4]")] = None,
     batch_size: Annotated[int | None, typer.Option(help="LoRA training batch size. [default: 8]")] = None,
-    class_weights: Annotated[
+    class_balance: Annotated[
         str | None,
-        typer.Option(help="LoRA loss weights: none, or balanced (inverse class frequency). [default: none]"),
+        typer.Option(
+            help="LoRA on imbalanced labels: none, loss (inverse-frequency weights) or sampling "
+            "(class-balanced batches). [default: none]"
+        ),
     ] = None,
     eval_batch_size: Annotated[
         int | None, typer.Option(help="Test rows per scoring pass. [default: 16]")
@@ -188,7 +191,7 @@ def run(
             "epochs": epochs,
             "lr": lr,
             "batch_size": batch_size,
-            "class_weights": class_weights,
+            "class_balance": class_balance,
         },
         "eval": {
             "methods": _names(methods),

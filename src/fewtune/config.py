@@ -20,7 +20,7 @@ from fewtune.prompts.template import AUTO_LABEL_NAMES, DEFAULT_TASK
 METHODS = ("zero-shot", "few-shot", "lora", "lora+few-shot", "reference")
 # The reference is no LLM method: sentence embeddings + logistic regression on the LoRA training examples.
 REFERENCE_METHOD = "reference"
-CLASS_WEIGHTS = ("none", "balanced")
+CLASS_BALANCE = ("none", "loss", "sampling")
 
 
 @dataclass
@@ -108,15 +108,14 @@ class LoraArgs:
     """Peak AdamW learning rate (linear warm-up over 10% of steps, then linear decay)."""
     batch_size: int = 8
     """Training examples per optimizer step."""
-    class_weights: str = "none"
-    """none, or balanced: weight each example's answer loss by inverse class frequency, so a small imbalanced
-    training sample does not teach the adapter to always answer the majority label."""
+    class_balance: str = "none"
+    """none; loss (weight each example's answer loss by inverse class frequency); or sampling (draw each
+    epoch's rows with replacement in proportion to inverse class frequency, so batches are class-balanced).
+    Either keeps a small imbalanced sample from teaching the adapter to always answer the majority label."""
 
     def __post_init__(self) -> None:
-        if self.class_weights not in CLASS_WEIGHTS:
-            raise ConfigError(
-                f"--class-weights takes {' or '.join(CLASS_WEIGHTS)}, got {self.class_weights!r}"
-            )
+        if self.class_balance not in CLASS_BALANCE:
+            raise ConfigError(f"--class-balance takes {', '.join(CLASS_BALANCE)}; got {self.class_balance!r}")
         if any(n < 1 for n in self.train_sizes):
             raise ConfigError(f"--train-sizes must be positive, got {self.train_sizes}")
         self.train_sizes = sorted(set(self.train_sizes))

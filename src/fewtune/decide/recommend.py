@@ -194,7 +194,7 @@ def recommend(s: Situation) -> Recommendation:
             metric_reason=s.metric_reason,
         )
     degenerate = {m.name: m.degenerate for m in s.methods if m.degenerate}
-    caveats += [degenerate_caveat(m, s.class_weights) for m in s.methods if m.degenerate]
+    caveats += [degenerate_caveat(m, s.class_balance) for m in s.methods if m.degenerate]
     viable = [m for m in s.methods if m.viable]
     prompt = best([m for m in viable if m.kind == PROMPT])
     tuned = best([m for m in viable if m.kind == FINE_TUNED])
@@ -225,7 +225,7 @@ def recommend(s: Situation) -> Recommendation:
         elif reference is not None and verdict is not None and verdict.method is not None:
             verdict = reference_verdict(reference, verdict.method, s, comparisons) or verdict
     top = best(viable)
-    steps = low_steps(s.methods, s.kappa, s.class_weights, prompt, top)
+    steps = low_steps(s.methods, s.kappa, s.class_balance, prompt, top)
     kappa = s.kappa.get(top.name) if top else None
     if verdict is None or top is None:
         verdict = Verdict(

@@ -7,17 +7,19 @@ from collections.abc import Sequence
 from fewtune.decide.evidence import FINE_TUNED, PROMPT, REFERENCE, MethodEvidence
 from fewtune.decide.thresholds import GOOD_ENOUGH_KAPPA, NEAR_CHANCE_KAPPA
 
-BALANCED = "balanced"
+NO_BALANCE = (None, "none")
 
 
-def degenerate_caveat(m: MethodEvidence, class_weights: str | None) -> str:
+def degenerate_caveat(m: MethodEvidence, class_balance: str | None) -> str:
     """The flag, its likely cause and what to try, by kind of method."""
     head = f"{m.name} is degenerate and not recommended: it {m.degenerate}"
     if m.kind == FINE_TUNED:
         fix = (
-            "re-run with --class-weights balanced (answer loss weighted by inverse class frequency)"
-            if class_weights != BALANCED
-            else "class weights were already balanced: try more --epochs or more examples of the rare classes"
+            "re-run with --class-balance sampling (class-balanced batches) or loss (inverse-frequency "
+            "weights)"
+            if class_balance in NO_BALANCE
+            else f"--class-balance {class_balance} was already on: try the other scheme, more --epochs, or "
+            "more examples of the rare classes"
         )
         return (
             f"{head}. Likely cause: class imbalance in a small training sample ({m.train_examples} examples) "
@@ -36,16 +38,16 @@ def degenerate_caveat(m: MethodEvidence, class_weights: str | None) -> str:
 def low_steps(
     methods: Sequence[MethodEvidence],
     kappa: dict[str, float],
-    class_weights: str | None,
+    class_balance: str | None,
     prompt: MethodEvidence | None,
     top: MethodEvidence | None,
 ) -> list[str]:
     """Steps that follow from weak or degenerate methods (the curve steps come from the recommendation)."""
     steps = []
     degenerate_tuned = [m for m in methods if m.kind == FINE_TUNED and m.degenerate]
-    if degenerate_tuned and class_weights != BALANCED:
+    if degenerate_tuned and class_balance in NO_BALANCE:
         steps.append(
-            f"re-train with --class-weights balanced: {degenerate_tuned[0].name} collapsed onto one label"
+            f"re-train with --class-balance sampling: {degenerate_tuned[0].name} collapsed onto one label"
         )
     prompt_kappa = kappa.get(prompt.name) if prompt else None
     if kappa and (prompt is None or (prompt_kappa is not None and prompt_kappa < NEAR_CHANCE_KAPPA)):

@@ -34,8 +34,8 @@ class Situation:
     """"knowledge" (facts) or "behaviour" (format), as the user says; None = unsaid."""
     value_per_correct: float | None = None
     """Dollars one extra correct answer is worth (--value-per-correct); None = unsaid."""
-    class_weights: str | None = None
-    """The LoRA trainer's --class-weights setting, for the degenerate-method advice."""
+    class_balance: str | None = None
+    """The LoRA trainer's --class-balance setting, for the degenerate-method advice."""
     extra_caveats: tuple[str, ...] = ()
     seed: int = 0
 

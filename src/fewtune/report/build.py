@@ -160,7 +160,7 @@ def analyse(folder: str | Path, args: CostArgs) -> Report:
         volume_given=args.volume_per_day is not None,
         gap=args.gap,
         value_per_correct=args.value_per_correct,
-        class_weights=saved_setting(folder, "lora", "class_weights"),
+        class_balance=saved_setting(folder, "lora", "class_balance"),
         extra_caveats=tuple(caveats),
         seed=int(results.get("seed") or 0),
     )

@@ -31,9 +31,16 @@ LENGTH_GROUP_BATCHES = 32
 WARMUP_RATIO = 0.1
 
 
-def _batches(lengths: Sequence[int], batch_size: int, rng: random.Random) -> list[list[int]]:
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
+def _batches(
+    lengths: Sequence[int], batch_size: int, rng: random.Random, sample_weights: Sequence[float] | None = None
+) -> list[list[int]]:
+    """One epoch's batches: a shuffled order (or, with ``sample_weights``, as many rows drawn with
+    replacement in proportion to their weights), cut into length-sorted windows."""
+    if sample_weights is None:
+        order = list(range(len(lengths)))
+        rng.shuffle(order)
+    else:
+        order = rng.choices(range(len(lengths)), weights=sample_weights, k=len(lengths))
     window = batch_size * LENGTH_GROUP_BATCHES
     batches = []
     for start in range(0, len(order), window):
@@ -61,15 +68,15 @@ def _collate(
     return ids, mask, predict_at, torch.tensor(targets)
 
 
-def example_weights(labels: Sequence[str], scheme: str) -> list[float]:
-    """Loss weight of each training example: 1, or scikit-learn's "balanced" inverse class frequency
+def example_weights(labels: Sequence[str], balanced: bool) -> list[float]:
+    """Weight of each training example: 1, or scikit-learn's "balanced" inverse class frequency
     ``n / (classes x count(label))``, so every class carries the same total weight (King & Zeng 2001)."""
-    if scheme == "none":
+    if not balanced:
         return [1.0] * len(labels)
     from sklearn.utils.class_weight import compute_class_weight
 
     classes = sorted(set(labels))
-    values = compute_class_weight(scheme, classes=np.array(classes), y=np.array(labels))
+    values = compute_class_weight("balanced", classes=np.array(classes), y=np.array(labels))
     by_label = dict(zip(classes, values.tolist(), strict=True))
     return [by_label[label] for label in labels]
 
@@ -119,7 +126,12 @@ class Lora(Strategy):
             )
             for ex in train
         ]
-        weights = example_weights([ex.label for ex in train], self.args.class_weights)
+        balance = self.args.class_balance
+        inverse_frequency = example_weights([ex.label for ex in train], balance != "none")
+        # "loss" weights each example's answer loss; "sampling" draws class-balanced batches (with
+        # replacement), so a 5% class appears in most batches instead of a few.
+        weights = inverse_frequency if balance == "loss" else [1.0] * len(train)
+        draw = inverse_frequency if balance == "sampling" else None
         lengths = [len(p) + len(a) for p, a in features]
         steps_per_epoch = -(-len(features) // self.args.batch_size)
         total_steps = steps_per_epoch * self.args.epochs
@@ -132,7 +144,7 @@ class Lora(Strategy):
         with PeakMemory(base.device) as peak:
             start = time.perf_counter()
             for _ in range(self.args.epochs):
-                for batch in _batches(lengths, self.args.batch_size, rng):
+                for batch in _batches(lengths, self.args.batch_size, rng, draw):
                     ids, mask, predict_at, targets = _collate([features[i] for i in batch], base.pad_id)
                     ids, mask = ids.to(base.device), mask.to(base.device)
                     hidden = decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
@@ -170,7 +182,7 @@ class Lora(Strategy):
             # Model FLOPs utilisation against this machine's measured matmul peak (see sysinfo).
             "train_mfu": tokens_per_second * flops_per_token / matmul_peak_flops(base.device, dtype),
             "train_steps": total_steps,
-            "class_weights": self.args.class_weights,
+            "class_balance": self.args.class_balance,
             "adapter_path": str(self.save_dir),
             "adapter_bytes": adapter_bytes,
             "peak_memory_bytes": peak.bytes,
