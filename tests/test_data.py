@@ -9,6 +9,7 @@ from conftest import write_jsonl
 
 from fewtune.data.load import load_examples
 from fewtune.data.split import dedupe, prepare_data, stratified_sample
+from fewtune.errors import DataError
 
 MALFORMED = Path(__file__).parent / "fixtures" / "malformed"
 
@@ -35,6 +36,7 @@ MALFORMED_CASES = {
     "csv_empty_label.csv": (3, "field 'label' is empty"),
     "csv_non_utf8.csv": (3, "not valid UTF-8"),
     "single_row_label.jsonl": (5, "label 'b' has only 1 row"),
+    "single_label.jsonl": (1, "only one label ('a') in the data; a classifier needs at least two"),
 }
 
 
@@ -142,3 +144,28 @@ def test_builtin_dataset_is_large_varied_and_clean() -> None:
     lengths = [len(e.text.split()) for e in data.pool]
     assert min(lengths) <= 4 and max(lengths) >= 50
     assert json.loads(Path(train).read_text().splitlines()[0])["label"] in data.labels
+
+
+def test_one_label_in_pool_and_test_together_is_an_error_naming_both_files(tmp_path: Path) -> None:
+    pool = write_jsonl(tmp_path / "p.jsonl", [{"text": f"t{i}", "label": "x"} for i in range(4)])
+    test = write_jsonl(tmp_path / "t.jsonl", [{"text": "u", "label": "x"}])
+    with pytest.raises(DataError, match=r"p\.jsonl:1: only one label \('x'\) in the data and .*t\.jsonl"):
+        prepare_data(pool, test)
+    # Two labels across the files is fine, even with one label in the pool.
+    other = write_jsonl(tmp_path / "o.jsonl", [{"text": "u", "label": "y"}, {"text": "v", "label": "x"}])
+    assert prepare_data(pool, other).labels == ["x", "y"]
+
+
+def test_jsonl_lines_end_at_line_feeds_only(tmp_path: Path) -> None:
+    # U+0085 (NEL) and U+2028/U+2029 are legal unescaped inside JSON strings; str.splitlines() breaks on them.
+    texts = ["next\u0085line", "line\u2028separator", "para\u2029graph", "plain"]
+    lines = [json.dumps({"text": t, "label": "ab"[i % 2]}, ensure_ascii=False) for i, t in enumerate(texts)]
+    content = lines[0] + "\r\n" + lines[1] + "\n\n" + lines[2] + "\r\n" + lines[3] + "\n"
+    path = tmp_path / "odd.jsonl"
+    path.write_bytes(content.encode("utf-8"))
+    examples = load_examples(path)
+    assert [(e.text, e.line) for e in examples] == list(zip(texts, [1, 2, 4, 5], strict=True))
+    # A bad record after them is reported on its own line.
+    path.write_bytes((content + '{"text": "x", "label": }\n').encode("utf-8"))
+    with pytest.raises(DataError, match=r"odd\.jsonl:6: malformed JSON"):
+        load_examples(path)

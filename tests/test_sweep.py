@@ -252,17 +252,21 @@ def test_yaml_label_codes_read_as_numbers_become_text() -> None:
     assert cfg.prompt.label_names == {"0": "negative", "1": "positive"}
 
 
-def no_embedder(cfg: Any, console: Any) -> FakeEmbedder:
-    raise AssertionError("no method of this run needs sentence embeddings")
-
-
 @pytest.mark.parametrize(
     "methods, selection",
-    [(["zero-shot", "few-shot"], ["balanced", "random"]), (["zero-shot"], ["nearest"])],
+    [(["zero-shot", "few-shot"], ["balanced", "random"]), (["zero-shot", "few-shot"], ["nearest"])],
 )
-def test_the_embedder_loads_only_when_a_method_needs_it(
+def test_the_embedder_loads_once_per_run_for_the_data_checks(
     tmp_path: Path, methods: list[str], selection: list[str]
 ) -> None:
+    loads = []
+
+    def counting(cfg: Any, console: Any) -> FakeEmbedder:
+        loads.append(1)
+        return FakeEmbedder()
+
     cfg = config(tmp_path, eval={"methods": methods}, prompt={"shots": [0, 2], "demo_selection": selection})
-    folder = run(cfg, Console(quiet=True), fake_factory(FakeBackend()), no_embedder)
-    assert json.loads((folder / "results.json").read_text())["status"] == "complete"
+    folder = run(cfg, Console(quiet=True), fake_factory(FakeBackend()), counting)
+    results = json.loads((folder / "results.json").read_text())
+    assert results["status"] == "complete" and len(loads) == 1
+    assert "checks" in results["dataset"]

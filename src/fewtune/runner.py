@@ -21,12 +21,12 @@ from fewtune.cost import load_price_table
 from fewtune.curves import build_curves
 from fewtune.data.split import PreparedData, prepare_data, stratified_sample
 from fewtune.embeddings import Embedder
-from fewtune.errors import ConfigError
+from fewtune.errors import ConfigError, ModelError
 from fewtune.evaluate import evaluate
 from fewtune.prompts.demos import NEAREST, DemoIndex
 from fewtune.prompts.template import PromptTemplate, resolve_label_names
 from fewtune.report.terminal import method_table
-from fewtune.store import RunStore, default_run_dir
+from fewtune.store import RunStore, check_run_folder, default_run_dir
 from fewtune.strategies.base import Predictor
 from fewtune.sweep import check_context, few_shot_draws, prompt_sets, run_prompt_set
 
@@ -100,10 +100,12 @@ def run(
 ) -> Path:
     """Run every requested method on the same test rows; return the run folder.
 
-    ``embedder_factory`` loads the sentence embedder (nearest-neighbour demos, the reference); default
-    all-MiniLM-L6-v2 from its PyPI package.
+    ``embedder_factory`` loads the sentence embedder (data checks, nearest-neighbour demos, the reference);
+    default all-MiniLM-L6-v2 from its PyPI package.
     """
     console = console or Console()
+    if cfg.out:
+        check_run_folder(cfg.out)  # an --out that is a file fails before the data is read
     data = load_data(cfg)
     _check_plan(cfg, data)
     resolve_label_names(data.labels, cfg.prompt.label_names)  # a bad --label-names fails before any work
@@ -133,9 +135,10 @@ def run(
     }
     store.write_results(results)
     try:
-        backend = backend_factory(cfg, console)
+        backend = backend_factory(cfg, console)  # first, so that a bad --model fails before the checks' work
         results["hardware"].update(_describe_backend(backend))
-        _run_methods(cfg, data, backend, store, results, console, embedder_factory or _load_embedder)
+        embedder, index = _check_data(cfg, data, store, results, console, embedder_factory or _load_embedder)
+        _run_methods(cfg, data, backend, store, results, console, embedder, index)
         results["status"] = "complete"
     except KeyboardInterrupt:
         results["status"] = "interrupted"
@@ -166,6 +169,67 @@ def _progress(console: Console) -> Progress:
         TextColumn("{task.fields[extra]}"),
         console=console,
     )
+
+
+def _with_progress(console: Console, title: str, total: int, work: Callable[[ProgressFn], Any]) -> Any:
+    with _progress(console) as progress:
+        task = progress.add_task(title, total=total, extra="")
+        return work(lambda n: progress.advance(task, n))
+
+
+def _check_data(
+    cfg: RunConfig,
+    data: PreparedData,
+    store: RunStore,
+    results: dict[str, Any],
+    console: Console,
+    embedder_factory: Callable[[RunConfig, Console], Embedder],
+) -> tuple[Embedder | None, DemoIndex | None]:
+    """Load the sentence embedder (and the nearest-demo index), then run the data checks once.
+
+    Writes ``dataset.checks`` and ``label_issues.jsonl`` and shows the checks' warnings. Without the
+    embedder package the checks are skipped with a warning, unless a method needs the embedder.
+    """
+    from fewtune.data.checks import check_steps, run_data_checks, write_label_issues
+
+    dataset = results["dataset"]
+    try:
+        embedder = embedder_factory(cfg, console)
+    except ModelError as err:
+        if _needs_index(cfg) or REFERENCE_METHOD in cfg.eval.methods:
+            raise
+        dataset["warnings"].append(f"data checks skipped: {err}")
+        console.print(f"[yellow]warning:[/] data checks skipped: {err}", highlight=False)
+        return None, None
+    index = None
+    if _needs_index(cfg):
+        index = _with_progress(
+            console,
+            f"Embedding the {len(data.pool)} pool examples",
+            len(data.pool),
+            lambda progress: DemoIndex.build(data.pool, embedder, progress),
+        )
+    checks = _with_progress(
+        console,
+        "Checking the data (label issues, near duplicates)",
+        check_steps(len(data.pool), len(data.test), pool_embedded=index is not None),
+        lambda progress: run_data_checks(
+            data.pool,
+            data.test,
+            data.labels,
+            embedder,
+            cfg.seed,
+            progress,
+            pool_vectors=None if index is None else index.vectors,
+        ),
+    )
+    dataset["checks"] = checks.to_dict()
+    write_label_issues(store.label_issues_path, checks)
+    for warning in checks.warnings:
+        dataset["warnings"].append(warning)
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    store.write_results(results)
+    return embedder, index
 
 
 def _load_embedder(cfg: RunConfig, console: Console) -> Embedder:
@@ -216,7 +280,8 @@ def _run_methods(
     store: RunStore,
     results: dict[str, Any],
     console: Console,
-    embedder_factory: Callable[[RunConfig, Console], Embedder] = _load_embedder,
+    embedder: Embedder | None,
+    index: DemoIndex | None,
 ) -> None:
     names = resolve_label_names(data.labels, cfg.prompt.label_names)
     template = PromptTemplate(tuple(data.labels), cfg.prompt.task, names)
@@ -228,19 +293,8 @@ def _run_methods(
     record = _Recorder(store, results, console)
 
     def with_progress(title: str, work: Callable[[ProgressFn | None], Any], total: int | None = None) -> Any:
-        with _progress(console) as progress:
-            task = progress.add_task(title, total=len(texts) if total is None else total, extra="")
-            return work(lambda n: progress.advance(task, n))
+        return _with_progress(console, title, len(texts) if total is None else total, work)
 
-    needs_embedder = _needs_index(cfg) or REFERENCE_METHOD in methods
-    embedder = embedder_factory(cfg, console) if needs_embedder else None
-    index = None
-    if embedder is not None and _needs_index(cfg):
-        index = with_progress(
-            f"Embedding the {len(data.pool)} pool examples",
-            lambda progress: DemoIndex.build(data.pool, embedder, progress),
-            total=len(data.pool),
-        )
     sets = prompt_sets(cfg, data.pool, backend, template, index)
     # lora+few-shot prompts with the first selection's first demo draw.
     first_selection = cfg.prompt.demo_selection[0]

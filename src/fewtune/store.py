@@ -1,7 +1,7 @@
 """Where runs live: a folder whose files are always readable, even after a crash or Ctrl-C.
 
 ``results.json`` is rewritten atomically after every finished method; ``predictions.jsonl`` is appended
-per method. ``config.yaml`` holds the resolved settings.
+per method. ``config.yaml`` holds the resolved settings; ``label_issues.jsonl`` the data checks' flagged rows.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from fewtune.errors import ConfigError
 
 
 def default_run_dir(root: str | Path = "runs") -> Path:
@@ -27,9 +29,19 @@ def write_json_atomic(path: Path, payload: Any) -> None:
     os.replace(tmp, path)
 
 
+def check_run_folder(folder: str | Path) -> None:
+    """Refuse, in one line, an ``--out`` that is (or sits inside) a file, before any work is done."""
+    folder = Path(folder)
+    for path in (folder, *folder.parents):
+        if path.exists() and not path.is_dir():
+            what = f"--out {folder} is a file" if path == folder else f"--out {folder}: {path} is a file"
+            raise ConfigError(f"{what}; give a folder")
+
+
 class RunStore:
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
+        check_run_folder(self.folder)
         self.folder.mkdir(parents=True, exist_ok=True)
 
     @property
@@ -39,6 +51,11 @@ class RunStore:
     @property
     def predictions_path(self) -> Path:
         return self.folder / "predictions.jsonl"
+
+    @property
+    def label_issues_path(self) -> Path:
+        """Every row the data checks flag as possibly mislabelled, worst first."""
+        return self.folder / "label_issues.jsonl"
 
     def adapter_dir(self, name: str) -> Path:
         return self.folder / "adapters" / name

@@ -5,7 +5,8 @@ Formats:
 - Chat JSONL: one object per line with ``messages``: a list of ``{"role", "content"}``. The last assistant
   message is the label; the last user message before it is the input (system messages are ignored).
 - CSV: a header row naming the input and label columns.
-Blank lines are skipped. Labels that are numbers (``0``/``1``) are read as their text.
+Blank lines are skipped. JSONL records end at a line feed only, as JSON Lines says (a carriage return before
+it is dropped). Labels that are numbers (``0``/``1``) are read as their text.
 """
 
 from __future__ import annotations
@@ -66,7 +67,10 @@ def _from_chat(record: dict[str, Any], path: Path, line: int) -> tuple[str, str]
 
 def _read_jsonl(path: Path, content: str, input_field: str, label_field: str) -> list[Example]:
     examples = []
-    for line_no, line in enumerate(content.splitlines(), start=1):
+    # Not str.splitlines(): it also breaks at U+0085, U+2028 and U+2029, which JSON strings may hold
+    # unescaped, and at \x0b, \x0c, \x1c-\x1e, which would shift the line numbers in error messages.
+    for line_no, raw_line in enumerate(content.split("\n"), start=1):
+        line = raw_line.removesuffix("\r")
         if not line.strip():
             continue
         try:

@@ -97,6 +97,18 @@ def _check_splittable(examples: Sequence[Example], path: str) -> None:
             )
 
 
+def _check_two_labels(pool: Sequence[Example], test: Sequence[Example], data: str | Path) -> None:
+    """One label in pool and test together makes every method trivially right; refuse it up front."""
+    labels = {ex.label for ex in [*pool, *test]}
+    if len(labels) == 1:
+        where = f"the data and {test[0].path}" if test else "the data"
+        raise DataError(
+            data,
+            pool[0].line,
+            f"only one label ('{labels.pop()}') in {where}; a classifier needs at least two",
+        )
+
+
 def prepare_data(
     data: str | Path,
     test: str | Path | None = None,
@@ -109,10 +121,11 @@ def prepare_data(
 ) -> PreparedData:
     """Load the pool (and test file), drop duplicates and leaks, split or sample the test rows."""
     pool_raw = load_examples(data, input_field, label_field)
+    test_raw = load_examples(test, input_field, label_field) if test is not None else []
+    _check_two_labels(pool_raw, test_raw, data)
     pool, duplicates, conflicts = dedupe(pool_raw)
     warnings = []
     if test is not None:
-        test_raw = load_examples(test, input_field, label_field)
         test_rows, test_dupes, test_conflicts = dedupe(test_raw)
         duplicates += test_dupes
         conflicts += test_conflicts

@@ -89,7 +89,8 @@ def check_caveats(dataset: dict[str, Any], margin_points: float) -> list[str]:
             f"label_issues.jsonl): gaps of under about {100 * share:.0f} points may be label noise, and the "
             f"{margin_points:.0f}-point margin is measured against those labels"
         )
-    leaks = len(checks.get("near_duplicate_leaks") or [])
+    counts = checks.get("near_duplicate_counts") or {}
+    leaks = int(counts.get("leaked_test_rows", len(checks.get("near_duplicate_leaks") or [])))
     if leaks:
         caveats.append(
             f"{leaks} test rows have a near-duplicate in the pool (embedding cosine at or above the "

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import base64
 from html import escape
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fewtune.curves import has_shot_curve, has_train_curve
-from fewtune.report import tables
+from fewtune.report import checks, tables
 from fewtune.report.markdown import (
     accuracy_note,
     break_even_sentence,
@@ -108,6 +108,18 @@ def _curve_section(report: Report, images: dict[str, bytes]) -> str:
     return "\n".join(parts)
 
 
+def _check_section(found: dict[str, Any]) -> str:
+    if not found:
+        return ""
+    parts = [_list(checks.check_summary_lines(found))]
+    issues, pairs = checks.label_issue_table(found), checks.near_duplicate_table(found)
+    if issues[1]:
+        parts += [f"<h3>Likeliest label errors (top {len(issues[1])})</h3>", _table(issues, "text")]
+    if pairs[1]:
+        parts += ["<h3>Near duplicates</h3>", _table(pairs, "text")]
+    return "\n".join(parts)
+
+
 def render_html(report: Report, images: dict[str, bytes]) -> str:
     rec = report.recommendation
     rollout = report.rollout
@@ -173,7 +185,9 @@ def render_html(report: Report, images: dict[str, bytes]) -> str:
         '<section id="data"><h2>Data checks</h2><div class="grid">',
         _table(tables.data_check_table(dataset), "text"),
         _table(tables.class_balance_table(dataset)),
-        "</div></section>",
+        "</div>",
+        _check_section(dataset.get("checks") or {}),
+        "</section>",
         f'<section id="rollout"><h2>Rollout: {escape(rollout.method)}</h2>{not_chosen}',
         f"<h3>Before deploying</h3>{_list(rollout.checks, ordered=True)}",
         "<h3>Roll back when</h3>",

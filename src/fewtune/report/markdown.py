@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from fewtune.cost import format_count, format_days
 from fewtune.curves import has_shot_curve, has_train_curve
-from fewtune.report import tables
+from fewtune.report import checks, tables
 
 if TYPE_CHECKING:
     from fewtune.report.build import Report
@@ -122,6 +122,21 @@ def accuracy_note(report: Report) -> str:
     )
 
 
+def check_section(report: Report) -> list[str]:
+    """The embedding-based data checks: summary lines, the likeliest label errors, near duplicates."""
+    found = (report.results.get("dataset") or {}).get("checks") or {}
+    if not found:
+        return []
+    out = [*[f"- {line}" for line in checks.check_summary_lines(found)], ""]
+    issues = checks.label_issue_table(found)
+    if issues[1]:
+        out += [f"Likeliest label errors (top {len(issues[1])}):", "", _table(issues), ""]
+    pairs = checks.near_duplicate_table(found)
+    if pairs[1]:
+        out += ["Near duplicates:", "", _table(pairs), ""]
+    return out
+
+
 def render_markdown(report: Report, plot_files: dict[str, str]) -> str:
     rec = report.recommendation
     focus = report.focus["name"]
@@ -194,6 +209,7 @@ def render_markdown(report: Report, plot_files: dict[str, str]) -> str:
         "",
         _table(tables.class_balance_table(report.results.get("dataset") or {})),
         "",
+        *check_section(report),
         f"## Rollout: {rollout.method}",
         "",
     ]
