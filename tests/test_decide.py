@@ -132,7 +132,7 @@ def test_data_checks_caveat_the_verdict_when_they_matter() -> None:
         },
     }
     caveats = " | ".join(check_caveats(dataset, 5.0))
-    assert "12 of 200 test rows (6.0%) look mislabelled" in caveats
+    assert "12 of 200 test rows (6.0%) are flagged as possibly mislabelled" in caveats
     assert "near-duplicate in the pool" in caveats and "spam (12)" in caveats
     quiet = {"test_size": 200, "checks": {"label_issue_counts": {"test": 2}}}
     assert check_caveats(quiet, 5.0) == []
