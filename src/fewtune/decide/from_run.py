@@ -88,8 +88,9 @@ def check_caveats(dataset: dict[str, Any], margin_points: float) -> list[str]:
         judge = f" (its classifier agrees with {agreement:.0%} of test labels)" if agreement else ""
         caveats.append(
             f"{flagged} of {test_rows} test rows ({share:.1%}) are flagged as possibly mislabelled by "
-            f"cleanlab{judge}: if they are, gaps of under about {100 * share:.0f} points may be label noise, and the "
-            f"{margin_points:.0f}-point margin is measured against those labels; review label_issues.jsonl"
+            f"cleanlab{judge}: if they are, gaps of under about {100 * share:.0f} points may be label "
+            f"noise, and the {margin_points:.0f}-point margin is measured against those labels; review "
+            "label_issues.jsonl"
         )
     counts = checks.get("near_duplicate_counts") or {}
     leaks = int(counts.get("leaked_test_rows", len(checks.get("near_duplicate_leaks") or [])))
