@@ -79,6 +79,25 @@ ValueOption = Annotated[
 ]
 
 
+def _decision(
+    volume_per_day: int | None,
+    horizon_days: int | None,
+    costs: str | None,
+    gap: str | None,
+    metric: str | None,
+    value_per_correct: float | None,
+) -> dict[str, Any]:
+    """The ``cost`` section's flags (shared by `run` and `report`); None = not given."""
+    return {
+        "volume_per_day": volume_per_day,
+        "horizon_days": horizon_days,
+        "costs": costs,
+        "gap": gap,
+        "metric": metric,
+        "value_per_correct": value_per_correct,
+    }
+
+
 @app.command()
 def run(
     data: Annotated[
@@ -198,14 +217,7 @@ def run(
             "batch_size": eval_batch_size,
             "latency_requests": latency_requests,
         },
-        "cost": {
-            "volume_per_day": volume_per_day,
-            "horizon_days": horizon_days,
-            "costs": costs,
-            "gap": gap,
-            "metric": metric,
-            "value_per_correct": value_per_correct,
-        },
+        "cost": _decision(volume_per_day, horizon_days, costs, gap, metric, value_per_correct),
     }
     cfg = build_config(load_config_file(config) if config else None, overrides)
     run_all(cfg, console)
@@ -229,15 +241,7 @@ def report(
     from fewtune.report.run_folder import cost_args_for
 
     args = cost_args_for(
-        run_dir,
-        {
-            "volume_per_day": volume_per_day,
-            "horizon_days": horizon_days,
-            "costs": costs,
-            "gap": gap,
-            "metric": metric,
-            "value_per_correct": value_per_correct,
-        },
+        run_dir, _decision(volume_per_day, horizon_days, costs, gap, metric, value_per_correct)
     )
     with console.status("Writing the report..."):
         built, _ = write_reports(run_dir, args)
