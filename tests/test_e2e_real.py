@@ -50,3 +50,9 @@ def test_fewtune_run_on_the_default_model(tmp_path: Path) -> None:
     assert rows["few-shot"]["demo_selection"] == "balanced" and rows["reference"]["train_examples"] == 60
     assert results["curves"]["crossover"]["method"] == "lora"
     assert (out / "adapters" / "lora-n60" / "adapter_config.json").exists()
+    # The verdict and the data checks are written for a real run too.
+    rec = results["recommendation"]
+    assert rec["metric"] in ("accuracy", "macro-f1") and rec["headline"] and rec["reasons"]
+    assert all("primary" in m and "degenerate" in m for m in results["methods"])
+    assert results["dataset"]["checks"]["rows_checked"]["pool"] > 0
+    assert (out / "label_issues.jsonl").exists()
