@@ -1,1 +1,1 @@
-"""Rendering results: the terminal table (and, later, Markdown and HTML reports)."""
+"""Reports: the analysis of a run folder (analysis.py), its Markdown, HTML, plots and terminal views."""

@@ -20,7 +20,7 @@ from fewtune.report.markdown import (
 )
 
 if TYPE_CHECKING:
-    from fewtune.report.build import Report
+    from fewtune.report.analysis import Report
 
 CHOICE_COLOURS = {
     "prompt": "#2b6cb0",

@@ -9,7 +9,7 @@ from fewtune.curves import has_shot_curve, has_train_curve
 from fewtune.report import checks, tables
 
 if TYPE_CHECKING:
-    from fewtune.report.build import Report
+    from fewtune.report.analysis import Report
 
 
 def _cell(text: str) -> str:
