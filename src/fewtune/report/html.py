@@ -44,7 +44,7 @@ h2 { font-size: 19px; margin: 32px 0 10px; border-bottom: 1px solid #e2e8f0; pad
                text-transform: uppercase; letter-spacing: .04em; padding: 2px 8px; border-radius: 3px; }
 .rec h2 { border: 0; margin: 8px 0 6px; font-size: 21px; }
 .rec h3 { font-size: 14px; margin: 12px 0 4px; color: #2d3748; }
-.rec ul { margin: 0; padding-left: 20px; }
+.rec ul, .rec ol { margin: 0; padding-left: 20px; }
 .rec .caveats li { color: #4a5568; font-size: 14px; }
 table { border-collapse: collapse; margin: 8px 0 14px; font-size: 13px; }
 th, td { border: 1px solid #e2e8f0; padding: 4px 8px; text-align: right; vertical-align: top; }
