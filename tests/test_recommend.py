@@ -335,6 +335,8 @@ def test_recommendation_rules(case: Case) -> None:
         for fragment in fragments:
             assert fragment in joined, f"{fragment!r} not in {kind}: {joined}"
     assert rec.headline and rec.reasons
+    ships_nothing = case.choice in (CHOICE_NOT_GOOD_ENOUGH, CHOICE_MEASURE_PROMPTING)
+    assert rec.shipped == (None if ships_nothing else case.method)
     as_dict = rec.to_dict()
     assert set(as_dict) >= {"choice", "reasons", "caveats", "next_steps", "metric", "degenerate"}
 

@@ -60,6 +60,11 @@ class Recommendation:
     degenerate: dict[str, str] = field(default_factory=dict)
     break_even: Any = None
 
+    @property
+    def shipped(self) -> str | None:
+        """The method to ship; None when the verdict ships nothing yet (not good enough, measure first)."""
+        return self.method if self.choice not in (CHOICE_NOT_GOOD_ENOUGH, CHOICE_MEASURE_PROMPTING) else None
+
     def to_dict(self) -> dict[str, Any]:
         c = self.comparison
         comparison = None

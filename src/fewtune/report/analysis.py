@@ -169,7 +169,7 @@ def analyse(folder: str | Path, args: CostArgs) -> Report:
         recommendation=rec,
         focus=focus,
         confusion=confusion_matrix(labels, predictions.get(focus["name"], [])),
-        rollout=rollout_plan(shown, costs[focus["name"]], test_rows, chosen=rec.method is not None),
+        rollout=rollout_plan(shown, costs[focus["name"]], test_rows, chosen=rec.shipped is not None),
         break_even_pair=pair,
         break_even=be,
         curves=build_curves(methods),

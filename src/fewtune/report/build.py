@@ -40,7 +40,7 @@ def draw_plots(report: Report) -> dict[str, bytes]:
     """PNG bytes of every figure, keyed like PLOT_FILES."""
     from fewtune.report import plots
 
-    chosen = report.recommendation.method
+    chosen = report.recommendation.shipped
     images = {
         "accuracy": plots.accuracy_plot(report.methods, report.chance, report.floor, chosen),
         "cost": plots.cost_plot(

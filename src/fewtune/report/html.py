@@ -137,7 +137,11 @@ def render_html(report: Report, images: dict[str, bytes]) -> str:
     price_source = f"preset <code>{escape(report.prices.preset)}</code>" + (
         f", overrides from <code>{escape(report.prices.file)}</code>" if report.prices.file else ""
     )
-    which = "The recommended method" if rec.method else "The most accurate method (none is recommended yet)"
+    which = (
+        "The recommended method"
+        if rec.shipped
+        else "The most accurate method that does the task (none is recommended yet)"
+    )
     volume = f"{report.volume_per_day:,.0f} calls/day" + ("" if report.volume_given else " (default)")
     parts = [
         "<!DOCTYPE html>",

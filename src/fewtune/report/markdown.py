@@ -193,7 +193,11 @@ def render_markdown(report: Report, plot_files: dict[str, str]) -> str:
         "",
         f"## Per class: {focus}",
         "",
-        ("The recommended method." if rec.method else "The most accurate method (none is recommended yet)."),
+        (
+            "The recommended method."
+            if rec.shipped
+            else "The most accurate method that does the task (none is recommended yet)."
+        ),
         "",
         _table(tables.per_class_table(report.focus)),
         "",
