@@ -221,7 +221,8 @@ def run_scenario(s: Scenario, work: Path, report_only: bool) -> dict:
         fewtune("report", str(out))
     else:
         pool, test = s.data(work)
-        fewtune("run", "--data", str(pool), "--test", str(test), *s.args, "--out", str(out))
+        again = ["--overwrite"] if results_path.is_file() else []  # an unfinished earlier run
+        fewtune("run", "--data", str(pool), "--test", str(test), *s.args, "--out", str(out), *again)
     results = json.loads(results_path.read_text())
     rec = results["recommendation"]
     flagged = set(rec.get("degenerate") or {})

@@ -252,3 +252,29 @@ def test_out_naming_a_file_is_a_one_line_error(
     message = f"--out {out}: {taken} is a file" if inside else f"--out {out} is a file"
     assert f"{message}; give a folder" in " ".join(err.split()) and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_an_existing_run_is_never_silently_replaced(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    folder = run(cfg, Console(quiet=True), fake_factory(FakeBackend()), fake_embedder)
+    before = (folder / "results.json").read_text()
+    again = config(tmp_path, eval={"methods": ["zero-shot"]})
+    with pytest.raises(ConfigError, match=r"already holds a run \(status complete, 2 finished methods\)"):
+        run(again, Console(quiet=True), fake_factory(FakeBackend()), fake_embedder)
+    assert (folder / "results.json").read_text() == before
+
+
+def test_overwrite_replaces_the_run_files_and_keeps_the_users(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    folder = run(cfg, Console(quiet=True), fake_factory(FakeBackend()), fake_embedder)
+    stale = folder / "adapters" / "lora-n999"  # an adapter the new run does not train
+    stale.mkdir(parents=True)
+    (stale / "adapter_model.safetensors").write_bytes(b"stale")
+    (folder / "notes.txt").write_text("mine")
+    again = config(tmp_path, eval={"methods": ["zero-shot"]})
+    run(again, Console(quiet=True), fake_factory(FakeBackend()), fake_embedder, overwrite=True)
+    results = json.loads((folder / "results.json").read_text())
+    assert [m["name"] for m in results["methods"]] == ["zero-shot"]
+    lines = (folder / "predictions.jsonl").read_text().splitlines()
+    assert {json.loads(line)["name"] for line in lines} == {"zero-shot"}
+    assert not stale.exists() and (folder / "notes.txt").read_text() == "mine"

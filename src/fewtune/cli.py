@@ -173,6 +173,10 @@ def run(
     config: Annotated[
         Path | None, typer.Option(help="YAML settings (a run's config.yaml works); flags override it.")
     ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option(help="Replace the run already in --out (without it, an earlier run is never replaced)."),
+    ] = False,
     volume_per_day: VolumeOption = None,
     horizon_days: HorizonOption = None,
     costs: CostsOption = None,
@@ -220,7 +224,7 @@ def run(
         "cost": _decision(volume_per_day, horizon_days, costs, gap, metric, value_per_correct),
     }
     cfg = build_config(load_config_file(config) if config else None, overrides)
-    run_all(cfg, console)
+    run_all(cfg, console, overwrite=overwrite)
 
 
 @app.command()

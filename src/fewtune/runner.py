@@ -26,7 +26,7 @@ from fewtune.evaluate import evaluate
 from fewtune.prompts.demos import NEAREST, DemoIndex
 from fewtune.prompts.template import PromptTemplate, resolve_label_names
 from fewtune.report.terminal import method_table
-from fewtune.store import RunStore, check_run_folder, default_run_dir
+from fewtune.store import RunStore, check_run_folder, clear_run, default_run_dir, refuse_existing_run
 from fewtune.strategies.base import Predictor
 from fewtune.sweep import check_context, few_shot_draws, prompt_sets, run_prompt_set
 
@@ -97,8 +97,12 @@ def run(
     console: Console | None = None,
     backend_factory: Callable[[RunConfig, Console], Backend] = _load_backend,
     embedder_factory: Callable[[RunConfig, Console], Embedder] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Run every requested method on the same test rows; return the run folder.
+
+    A folder that already holds a run is refused unless ``overwrite`` (then its run files are replaced, once
+    the data and settings have been checked).
 
     ``embedder_factory`` loads the sentence embedder (data checks, nearest-neighbour demos, the reference);
     default all-MiniLM-L6-v2 from its PyPI package.
@@ -106,11 +110,14 @@ def run(
     console = console or Console()
     if cfg.out:
         check_run_folder(cfg.out)  # an --out that is a file fails before the data is read
+        refuse_existing_run(cfg.out, overwrite)
     data = load_data(cfg)
     _check_plan(cfg, data)
     resolve_label_names(data.labels, cfg.prompt.label_names)  # a bad --label-names fails before any work
     load_price_table(cfg.cost.costs)  # a bad --costs file fails now, not after training
     store = RunStore(cfg.out or default_run_dir())
+    if overwrite:
+        clear_run(store.folder)
     cfg.out = str(store.folder)
     cfg.save(store.folder / "config.yaml")
     store.predictions_path.unlink(missing_ok=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable
 from datetime import datetime
@@ -36,6 +37,39 @@ def check_run_folder(folder: str | Path) -> None:
         if path.exists() and not path.is_dir():
             what = f"--out {folder} is a file" if path == folder else f"--out {folder}: {path} is a file"
             raise ConfigError(f"{what}; give a folder")
+
+
+# What `fewtune run` writes into a run folder; --overwrite removes exactly these, never the user's own files.
+RUN_FILES = ("results.json", "predictions.jsonl", "label_issues.jsonl", "report.md", "report.html")
+RUN_FOLDERS = ("adapters",)
+REPORT_IMAGES = "report-*.png"
+
+
+def refuse_existing_run(folder: str | Path, overwrite: bool) -> None:
+    """A folder that already holds a run is never silently replaced: one line, unless ``overwrite``."""
+    results = Path(folder) / "results.json"
+    if overwrite or not results.is_file():
+        return
+    try:
+        saved = json.loads(results.read_text(encoding="utf-8"))
+        status = f"status {saved.get('status', '?')}, {len(saved.get('methods') or [])} finished methods"
+    except (OSError, ValueError):
+        status = "an unreadable results.json"
+    raise ConfigError(
+        f"--out {folder} already holds a run ({status}); pass --overwrite to replace it, or give another "
+        "--out"
+    )
+
+
+def clear_run(folder: str | Path) -> None:
+    """Remove what an earlier run wrote into ``folder`` (for --overwrite)."""
+    folder = Path(folder)
+    for name in RUN_FILES:
+        (folder / name).unlink(missing_ok=True)
+    for image in folder.glob(REPORT_IMAGES):
+        image.unlink()
+    for name in RUN_FOLDERS:
+        shutil.rmtree(folder / name, ignore_errors=True)
 
 
 class RunStore:
