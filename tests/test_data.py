@@ -134,7 +134,7 @@ def test_max_test_samples_keep_every_label(tmp_path: Path) -> None:
 
 
 def test_builtin_dataset_is_large_varied_and_clean() -> None:
-    from fewtune.runner import builtin_dataset_files
+    from fewtune.plan import builtin_dataset_files
 
     train, test = builtin_dataset_files()
     data = prepare_data(train, test)

@@ -278,3 +278,63 @@ def test_overwrite_replaces_the_run_files_and_keeps_the_users(tmp_path: Path) ->
     lines = (folder / "predictions.jsonl").read_text().splitlines()
     assert {json.loads(line)["name"] for line in lines} == {"zero-shot"}
     assert not stale.exists() and (folder / "notes.txt").read_text() == "mine"
+
+
+# Fields that differ between any two runs (clocks, and the costs priced from them), left out of comparisons.
+TIMING_FIELDS = {
+    "costs",
+    "latency_ms",
+    "latency_ms_no_prefix_cache",
+    "throughput_rows_per_second",
+    "scoring_seconds",
+    "train_seconds",
+    "peak_memory_bytes",
+}
+
+
+def _numbers(folder: Path) -> tuple[list[dict], list[str]]:
+    results = json.loads((folder / "results.json").read_text())
+    rows = [{k: v for k, v in m.items() if k not in TIMING_FIELDS} for m in results["methods"]]
+    return rows, (folder / "predictions.jsonl").read_text().splitlines()
+
+
+def test_resume_finishes_an_interrupted_run_with_the_numbers_of_an_uninterrupted_one(tmp_path: Path) -> None:
+    cfg = config(
+        tmp_path / "a", eval={"methods": ["zero-shot", "few-shot", "reference"]}, lora={"train_sizes": [30]}
+    )
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, Console(quiet=True), fake_factory(InterruptAfterFirstMethod()), fake_embedder)
+    again = config(
+        tmp_path / "a", eval={"methods": ["zero-shot", "few-shot", "reference"]}, lora={"train_sizes": [30]}
+    )
+    resumed = FakeBackend()
+    folder = run(again, Console(quiet=True), fake_factory(resumed), fake_embedder, resume=True)
+    results = json.loads((folder / "results.json").read_text())
+    assert results["status"] == "complete" and len(results["resumed_at"]) == 1
+    whole = config(
+        tmp_path / "b", eval={"methods": ["zero-shot", "few-shot", "reference"]}, lora={"train_sizes": [30]}
+    )
+    fresh = FakeBackend()
+    reference = run(whole, Console(quiet=True), fake_factory(fresh), fake_embedder)
+    assert _numbers(folder) == _numbers(reference)
+    assert 0 < resumed.calls < fresh.calls  # zero-shot was not scored again
+
+
+def test_resume_refuses_other_settings_or_data(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, Console(quiet=True), fake_factory(InterruptAfterFirstMethod()), fake_embedder)
+    other = config(tmp_path, prompt={"shots": [0, 4]})
+    with pytest.raises(
+        ConfigError, match=r"settings differ .* prompt\.shots \(run: \[0, 3\], now: \[0, 4\]\)"
+    ):
+        run(other, Console(quiet=True), fake_factory(FakeBackend()), fake_embedder, resume=True)
+    same = config(tmp_path)
+    pool = Path(same.data.data or "")
+    pool.write_text(pool.read_text() + json.dumps({"text": "a new row", "label": "good"}) + "\n")
+    with pytest.raises(ConfigError, match="data files changed"):
+        run(same, Console(quiet=True), fake_factory(FakeBackend()), fake_embedder, resume=True)
+    with pytest.raises(ConfigError, match="exclude each other"):
+        run(
+            same, Console(quiet=True), fake_factory(FakeBackend()), fake_embedder, resume=True, overwrite=True
+        )

@@ -177,6 +177,12 @@ def run(
         bool,
         typer.Option(help="Replace the run already in --out (without it, an earlier run is never replaced)."),
     ] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            help="Finish the interrupted run in --out (same settings and data; finished methods kept)."
+        ),
+    ] = False,
     volume_per_day: VolumeOption = None,
     horizon_days: HorizonOption = None,
     costs: CostsOption = None,
@@ -224,7 +230,7 @@ def run(
         "cost": _decision(volume_per_day, horizon_days, costs, gap, metric, value_per_correct),
     }
     cfg = build_config(load_config_file(config) if config else None, overrides)
-    run_all(cfg, console, overwrite=overwrite)
+    run_all(cfg, console, overwrite=overwrite, resume=resume)
 
 
 @app.command()

@@ -7,7 +7,6 @@ import platform
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -19,56 +18,18 @@ from fewtune.backends.base import Backend, ProgressFn
 from fewtune.config import REFERENCE_METHOD, RunConfig
 from fewtune.cost import load_price_table
 from fewtune.curves import build_curves
-from fewtune.data.split import PreparedData, prepare_data, stratified_sample
+from fewtune.data.split import PreparedData, stratified_sample
 from fewtune.embeddings import Embedder
 from fewtune.errors import ConfigError, ModelError
 from fewtune.evaluate import evaluate
+from fewtune.plan import check_plan, data_files, load_data
 from fewtune.prompts.demos import NEAREST, DemoIndex
 from fewtune.prompts.template import PromptTemplate, resolve_label_names
 from fewtune.report.terminal import method_table
+from fewtune.resume import fingerprint, resume_results
 from fewtune.store import RunStore, check_run_folder, clear_run, default_run_dir, refuse_existing_run
 from fewtune.strategies.base import Predictor
 from fewtune.sweep import check_context, few_shot_draws, prompt_sets, run_prompt_set
-
-BUILTIN_DATASET = "support"
-
-
-def builtin_dataset_files(name: str = BUILTIN_DATASET) -> tuple[str, str]:
-    folder = files("fewtune").joinpath("datasets", name)
-    return str(folder.joinpath("train.jsonl")), str(folder.joinpath("test.jsonl"))
-
-
-def load_data(cfg: RunConfig) -> PreparedData:
-    data, test = cfg.data.data, cfg.data.test
-    if data is None:
-        data, builtin_test = builtin_dataset_files()
-        test = test or builtin_test
-    return prepare_data(
-        data,
-        test,
-        input_field=cfg.data.input_field,
-        label_field=cfg.data.label_field,
-        max_test=cfg.data.max_test,
-        test_fraction=cfg.data.test_fraction,
-        seed=cfg.seed,
-    )
-
-
-def _check_plan(cfg: RunConfig, data: PreparedData) -> None:
-    methods, shots = cfg.eval.methods, [k for k in cfg.prompt.shots if k > 0]
-    for method in ("few-shot", "lora+few-shot"):
-        if method in methods and not shots:
-            raise ConfigError(f"{method} needs a shot count above 0 in --shots (got {cfg.prompt.shots})")
-    pool = data.report.pool_size
-    if shots and max(shots) > pool:
-        raise ConfigError(f"--shots {max(shots)} is more than the {pool} examples in the pool")
-    if {"lora", "lora+few-shot", REFERENCE_METHOD} & set(methods):
-        too_big = [n for n in cfg.lora.train_sizes if n > pool]
-        if too_big:
-            raise ConfigError(
-                f"--train-sizes {too_big[0]} is more than the {pool} examples left in the pool "
-                "after removing duplicates and test leaks"
-            )
 
 
 def _load_backend(cfg: RunConfig, console: Console) -> Backend:
@@ -98,11 +59,13 @@ def run(
     backend_factory: Callable[[RunConfig, Console], Backend] = _load_backend,
     embedder_factory: Callable[[RunConfig, Console], Embedder] | None = None,
     overwrite: bool = False,
+    resume: bool = False,
 ) -> Path:
     """Run every requested method on the same test rows; return the run folder.
 
     A folder that already holds a run is refused unless ``overwrite`` (then its run files are replaced, once
-    the data and settings have been checked).
+    the data and settings have been checked) or ``resume`` (then its finished methods are kept and skipped;
+    see :mod:`fewtune.resume`).
 
     ``embedder_factory`` loads the sentence embedder (data checks, nearest-neighbour demos, the reference);
     default all-MiniLM-L6-v2 from its PyPI package.
@@ -110,17 +73,22 @@ def run(
     console = console or Console()
     if cfg.out:
         check_run_folder(cfg.out)  # an --out that is a file fails before the data is read
-        refuse_existing_run(cfg.out, overwrite)
+        if overwrite and resume:
+            raise ConfigError("--resume and --overwrite exclude each other: keep the run or replace it")
+        refuse_existing_run(cfg.out, overwrite or resume)
     data = load_data(cfg)
-    _check_plan(cfg, data)
+    check_plan(cfg, data)
     resolve_label_names(data.labels, cfg.prompt.label_names)  # a bad --label-names fails before any work
     load_price_table(cfg.cost.costs)  # a bad --costs file fails now, not after training
     store = RunStore(cfg.out or default_run_dir())
     if overwrite:
         clear_run(store.folder)
     cfg.out = str(store.folder)
-    cfg.save(store.folder / "config.yaml")
-    store.predictions_path.unlink(missing_ok=True)
+    files = fingerprint(*data_files(cfg))
+    earlier = resume_results(store, cfg.to_dict(), files) if resume and store.results_path.is_file() else None
+    if earlier is None:
+        cfg.save(store.folder / "config.yaml")
+        store.predictions_path.unlink(missing_ok=True)
     report = data.report
     console.print(
         f"[bold]fewtune[/] {report.pool_size} pool rows, {report.test_size} test rows, "
@@ -135,11 +103,16 @@ def run(
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "model": cfg.model,
         "seed": cfg.seed,
-        "dataset": asdict(report),
+        "dataset": {**asdict(report), **files},
         "labels": data.labels,
         "hardware": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
         "methods": [],
     }
+    if earlier is not None:  # keep what the earlier run finished; the data checks run again
+        results = {**earlier, "dataset": results["dataset"], "hardware": results["hardware"]}
+        for stale in ("warnings", "error", "finished_at"):  # said again, or no longer true
+            results.pop(stale, None)
+        console.print(f"Resuming: {len(results['methods'])} finished methods are kept and skipped")
     store.write_results(results)
     try:
         backend = backend_factory(cfg, console)  # first, so that a bad --model fails before the checks' work
@@ -258,6 +231,11 @@ class _Recorder:
     def __init__(self, store: RunStore, results: dict[str, Any], console: Console) -> None:
         self.store, self.results, self.console = store, results, console
 
+    @property
+    def done(self) -> set[str]:
+        """Names of the finished rows (a resumed run starts with the earlier run's)."""
+        return {row["name"] for row in self.results["methods"]}
+
     def __call__(self, row: dict[str, Any], predictions: list[dict[str, Any]]) -> None:
         self.results["methods"].append(row)
         self.results["curves"] = build_curves(self.results["methods"])
@@ -315,6 +293,9 @@ def _run_methods(
     for warning in warnings:
         record.warn(warning)
     for pset in sets:
+        twin = cfg.prompt.calibrate and pset.first.per_row_demos is None
+        if {pset.first.name, *([f"{pset.first.name} calibrated"] if twin else [])} <= record.done:
+            continue  # finished before --resume
         run_prompt_set(pset, data.test, cfg, record, with_progress, record.describe)
     if REFERENCE_METHOD in methods and embedder is not None:
         _run_reference(cfg, data, embedder, record, console)
@@ -329,6 +310,8 @@ def _run_methods(
         )
 
     def score(predictor: Predictor) -> None:
+        if predictor.name in record.done:
+            return
         row, predictions = with_progress(
             f"Scoring {predictor.name}",
             lambda progress: evaluate(
@@ -344,6 +327,10 @@ def _run_methods(
         record.describe(row)
 
     for n in cfg.lora.train_sizes:
+        rows = [f"lora n={n}"] if "lora" in methods else []
+        rows += [f"lora+few-shot n={n} k={k} {lead[k].demo_selection}" for k in lead]
+        if set(rows) <= record.done:
+            continue  # every row of this adapter finished before --resume
         train, _ = stratified_sample(data.pool, n, cfg.seed)
         with _progress(console) as progress:
             task = progress.add_task(f"Training lora n={n}", total=None, extra="")
@@ -384,6 +371,8 @@ def _run_reference(
     from fewtune.strategies.reference import EmbeddingReference, evaluate_reference
 
     for n in cfg.lora.train_sizes:
+        if f"{REFERENCE_METHOD} n={n}" in record.done:
+            continue
         train, _ = stratified_sample(data.pool, n, cfg.seed)
         if len({ex.label for ex in train}) < 2:
             record.warn(f"reference n={n} skipped: its {n} training examples have only one label")

@@ -56,8 +56,8 @@ def refuse_existing_run(folder: str | Path, overwrite: bool) -> None:
     except (OSError, ValueError):
         status = "an unreadable results.json"
     raise ConfigError(
-        f"--out {folder} already holds a run ({status}); pass --overwrite to replace it, or give another "
-        "--out"
+        f"--out {folder} already holds a run ({status}); pass --resume to finish it, --overwrite to replace "
+        "it, or give another --out"
     )
 
 

@@ -1,0 +1,56 @@
+"""What a run works on: its data (the user's files or the built-in set) and the checks on its plan that fail
+before any model work."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+
+from fewtune.config import REFERENCE_METHOD, RunConfig
+from fewtune.data.split import PreparedData, prepare_data
+from fewtune.errors import ConfigError
+
+BUILTIN_DATASET = "support"
+
+
+def builtin_dataset_files(name: str = BUILTIN_DATASET) -> tuple[str, str]:
+    folder = files("fewtune").joinpath("datasets", name)
+    return str(folder.joinpath("train.jsonl")), str(folder.joinpath("test.jsonl"))
+
+
+def data_files(cfg: RunConfig) -> tuple[str, str | None]:
+    """The pool file and the test file (None: a split of the pool) the run reads."""
+    data, test = cfg.data.data, cfg.data.test
+    if data is None:
+        data, builtin_test = builtin_dataset_files()
+        test = test or builtin_test
+    return data, test
+
+
+def load_data(cfg: RunConfig) -> PreparedData:
+    data, test = data_files(cfg)
+    return prepare_data(
+        data,
+        test,
+        input_field=cfg.data.input_field,
+        label_field=cfg.data.label_field,
+        max_test=cfg.data.max_test,
+        test_fraction=cfg.data.test_fraction,
+        seed=cfg.seed,
+    )
+
+
+def check_plan(cfg: RunConfig, data: PreparedData) -> None:
+    methods, shots = cfg.eval.methods, [k for k in cfg.prompt.shots if k > 0]
+    for method in ("few-shot", "lora+few-shot"):
+        if method in methods and not shots:
+            raise ConfigError(f"{method} needs a shot count above 0 in --shots (got {cfg.prompt.shots})")
+    pool = data.report.pool_size
+    if shots and max(shots) > pool:
+        raise ConfigError(f"--shots {max(shots)} is more than the {pool} examples in the pool")
+    if {"lora", "lora+few-shot", REFERENCE_METHOD} & set(methods):
+        too_big = [n for n in cfg.lora.train_sizes if n > pool]
+        if too_big:
+            raise ConfigError(
+                f"--train-sizes {too_big[0]} is more than the {pool} examples left in the pool "
+                "after removing duplicates and test leaks"
+            )
