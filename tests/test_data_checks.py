@@ -11,6 +11,7 @@ import pytest
 
 from fewtune.backends.base import ProgressFn
 from fewtune.data import checks as data_checks
+from fewtune.data import near_duplicates
 from fewtune.data.checks import (
     NEAR_DUPLICATE_COSINE,
     DataChecks,
@@ -227,8 +228,8 @@ def test_blocked_similarities_match_one_block(monkeypatch: pytest.MonkeyPatch) -
         pool.append(Example(twin, LABELS[(LABELS.index(pool[i].label) + 1) % 3], "pool.jsonl", 100 + i))
     test = rows.cluster("test", {"a": 5, "b": 5, "c": 5})
     whole = check(pool, test, rows)
-    monkeypatch.setattr(data_checks, "SIMILARITY_BLOCK_ROWS", 7)
-    monkeypatch.setattr(data_checks, "MAX_PAIRS_KEPT", 4)
+    monkeypatch.setattr(near_duplicates, "SIMILARITY_BLOCK_ROWS", 7)
+    monkeypatch.setattr(near_duplicates, "MAX_PAIRS_KEPT", 4)
     blocked = check(pool, test, rows)
     assert whole.near_duplicate_counts["conflicts"] == blocked.near_duplicate_counts["conflicts"] == 10
     assert blocked.near_duplicate_conflicts == whole.near_duplicate_conflicts[:4]

@@ -66,9 +66,6 @@ from fewtune.decide.verdict import (
     best,
 )
 
-PROMPT_WITHIN_POINTS = MARGIN_POINTS
-GAPS = ("knowledge", "behaviour")
-
 
 def _llm_verdict(
     prompt: MethodEvidence | None, tuned: MethodEvidence | None, s: Situation, c: Comparison | None
@@ -119,8 +116,8 @@ def _llm_verdict(
                 *low_volume,
             ],
         )
-    if lead <= PROMPT_WITHIN_POINTS:
-        where = "ahead of" if lead < 0 else f"within {PROMPT_WITHIN_POINTS:.0f} points of"
+    if lead <= MARGIN_POINTS:
+        where = "ahead of" if lead < 0 else f"within {MARGIN_POINTS:.0f} points of"
         return Verdict(
             CHOICE_PROMPT,
             prompt,
@@ -146,7 +143,7 @@ def _llm_verdict(
     value = value_of_correct(prompt, tuned, v)
     why = (
         f"fine-tuning is significantly ahead by {lead:.1f} points, above the "
-        f"{PROMPT_WITHIN_POINTS:.0f}-point margin but below {FINE_TUNE_LEAD_POINTS:.0f}: {versus(c, label)}"
+        f"{MARGIN_POINTS:.0f}-point margin but below {FINE_TUNE_LEAD_POINTS:.0f}: {versus(c, label)}"
     )
     reasons = [why, value_reason(value, tuned.name, v, label), cost, *low_volume]
     per = value.break_even_value
