@@ -141,7 +141,29 @@ def run(
             help="Add contextually calibrated rows (Zhao et al. 2021) for fixed demo sets. [default: off]",
         ),
     ] = None,
-    task: Annotated[str | None, typer.Option(help="Task line that opens every prompt.")] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            help="classification, extraction or generation. [default: inferred from the target field]"
+        ),
+    ] = None,
+    instruction: Annotated[
+        str | None, typer.Option(help="Instruction line that opens every prompt. [default: the task's]")
+    ] = None,
+    target_field: Annotated[
+        str | None, typer.Option(help="Target field (same as --label-field). [default: label]")
+    ] = None,
+    schema: Annotated[
+        Path | None,
+        typer.Option(help="Extraction: JSON Schema of the output. [default: inferred from the pool]"),
+    ] = None,
+    constrained: Annotated[
+        bool | None,
+        typer.Option(
+            "--constrained/--no-constrained",
+            help="Extraction: add schema-constrained decoding rows (xgrammar). [default: off]",
+        ),
+    ] = None,
     train_sizes: Annotated[
         str | None,
         typer.Option(help="Training examples per LoRA adapter (and reference), comma list. [default: 200]"),
@@ -194,15 +216,20 @@ def run(
     from fewtune.config import build_config, load_config_file
     from fewtune.runner import run as run_all
 
+    if target_field and label_field and target_field != label_field:
+        raise ConfigError("--target-field and --label-field name the same thing; give one")
+
     overrides: dict[str, dict[str, Any]] = {
         "run": {"model": model, "out": str(out) if out else None, "seed": seed},
         "data": {
             "data": str(data) if data else None,
             "test": str(test) if test else None,
             "input_field": input_field,
-            "label_field": label_field,
+            "label_field": target_field or label_field,
             "max_test": max_test,
             "test_fraction": test_fraction,
+            "task": task,
+            "schema": str(schema) if schema else None,
         },
         "prompt": {
             "shots": _ints(shots, "--shots"),
@@ -210,7 +237,7 @@ def run(
             "demo_seeds": demo_seeds,
             "label_names": _label_names(label_names),
             "calibrate": calibrate,
-            "task": task,
+            "instruction": instruction,
         },
         "lora": {
             "train_sizes": _ints(train_sizes, "--train-sizes"),
@@ -226,6 +253,7 @@ def run(
             "methods": _names(methods),
             "batch_size": eval_batch_size,
             "latency_requests": latency_requests,
+            "constrained": constrained,
         },
         "cost": _decision(volume_per_day, horizon_days, costs, gap, metric, value_per_correct),
     }

@@ -15,7 +15,11 @@ from fewtune.backends.models import DEFAULT_MODEL
 from fewtune.decide.metric import METRIC_CHOICES
 from fewtune.errors import ConfigError
 from fewtune.prompts.demos import DEMO_SELECTIONS
-from fewtune.prompts.template import AUTO_LABEL_NAMES, DEFAULT_TASK
+from fewtune.prompts.template import AUTO_LABEL_NAMES
+from fewtune.tasks.base import TASKS
+
+# --metric: classification's two, extraction's field F1, generation's proxies.
+ALL_METRICS = (*METRIC_CHOICES, "field-f1", "chrf", "rouge-l", "semantic")
 
 METHODS = ("zero-shot", "few-shot", "lora", "lora+few-shot", "reference")
 # The reference is no LLM method: sentence embeddings + logistic regression on the LoRA training examples.
@@ -37,8 +41,14 @@ class DataArgs:
     """Score a seeded stratified sample of this many test rows."""
     test_fraction: float = 0.2
     """Share of ``data`` held out when no ``test`` file is given."""
+    task: str | None = None
+    """classification, extraction or generation; None = inferred from the target field and recorded."""
+    schema: str | None = None
+    """JSON Schema file for extraction outputs; None = inferred from the pool's targets."""
 
     def __post_init__(self) -> None:
+        if self.task is not None and self.task not in TASKS:
+            raise ConfigError(f"--task takes {', '.join(TASKS)}, got {self.task!r}")
         if self.max_test is not None and self.max_test < 1:
             raise ConfigError(f"--max-test must be at least 1, got {self.max_test}")
         if not 0 < self.test_fraction < 1:
@@ -59,8 +69,9 @@ class PromptArgs:
     hyphens to spaces); results keep the codes."""
     calibrate: bool = False
     """Also report each fixed-demo prompt with contextual calibration (Zhao et al. 2021) as its own row."""
-    task: str = DEFAULT_TASK
-    """The task line that opens every prompt."""
+    instruction: str | None = None
+    """The instruction line that opens every prompt; None = the task's own ("Classify the input into exactly
+    one label.", "Extract the fields mentioned in the input as JSON.", "Write the output for the input.")."""
 
     def __post_init__(self) -> None:
         if any(k < 0 for k in self.shots):
@@ -141,6 +152,8 @@ class EvalArgs:
     """Test rows per forward pass when scoring (length-bucketed, right-padded)."""
     latency_requests: int = 20
     """Requests timed one at a time (after 2 warm-up requests) for p50/p95 latency."""
+    constrained: bool = False
+    """Extraction: add a row per prompt that decodes under the output's JSON Schema (xgrammar)."""
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
@@ -170,8 +183,8 @@ class CostArgs:
     """Dollars one more correct answer is worth; decides the 5-15 point band between prompt and fine-tune."""
 
     def __post_init__(self) -> None:
-        if self.metric is not None and self.metric not in METRIC_CHOICES:
-            raise ConfigError(f"--metric takes {' or '.join(METRIC_CHOICES)}, got {self.metric!r}")
+        if self.metric is not None and self.metric not in ALL_METRICS:
+            raise ConfigError(f"--metric takes {', '.join(ALL_METRICS)}, got {self.metric!r}")
         if self.value_per_correct is not None and not self.value_per_correct >= 0:
             raise ConfigError(f"--value-per-correct must be 0 or more dollars, got {self.value_per_correct}")
         if self.volume_per_day is not None and self.volume_per_day < 1:
@@ -216,6 +229,11 @@ def build_config(file_values: dict[str, Any] | None, overrides: dict[str, dict[s
     sections = {}
     for name, cls in _SECTIONS.items():
         values = dict(file_values.pop(name, None) or {})
+        if name == "prompt" and "task" in values:
+            raise ConfigError(
+                "config key prompt.task was renamed prompt.instruction (the prompt's first line); "
+                "--task now names the kind of task (classification, extraction, generation)"
+            )
         allowed = {f.name for f in fields(cls)}
         bad = sorted(set(values) - allowed)
         if bad:

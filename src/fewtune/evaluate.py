@@ -36,8 +36,8 @@ def measure_latency(predictor: Predictor, texts: Sequence[str], requests: int) -
 def _latencies(predictor: Predictor, texts: Sequence[str], requests: int) -> dict[str, Any]:
     """``latency_ms`` as served with prefix caching (vLLM and SGLang do it by default) and, where the backend
     can switch it off, ``latency_ms_no_prefix_cache`` for a server that recomputes the demos every time."""
-    backend = predictor.backend
-    if not hasattr(backend, "prefix_caching"):
+    backend: Any = predictor.backend
+    if not backend.capabilities.prefix_cache:
         return {"latency_ms": measure_latency(predictor, texts, requests)}
     original = backend.prefix_caching
     try:

@@ -7,7 +7,24 @@ from importlib.resources import files
 
 from fewtune.config import REFERENCE_METHOD, RunConfig
 from fewtune.data.split import PreparedData, prepare_data
+from fewtune.decide.metric import METRIC_CHOICES
 from fewtune.errors import ConfigError
+from fewtune.tasks.base import CLASSIFICATION
+
+
+def resolve_task(cfg: RunConfig) -> str | None:
+    """Set ``cfg.data.task`` when it was not given (inferred from the target field); return why, or None."""
+    if cfg.data.task is not None:
+        return None
+    from fewtune.tasks.data import infer_task
+
+    data, _ = data_files(cfg)
+    if data.lower().endswith(".csv"):
+        cfg.data.task = CLASSIFICATION
+        return "a CSV file holds a label column"
+    cfg.data.task, why = infer_task(data, cfg.data.label_field)
+    return why
+
 
 BUILTIN_DATASET = "support"
 
@@ -40,11 +57,20 @@ def load_data(cfg: RunConfig) -> PreparedData:
 
 
 def check_plan(cfg: RunConfig, data: PreparedData) -> None:
+    if cfg.cost.metric is not None and cfg.cost.metric not in METRIC_CHOICES:
+        raise ConfigError(f"--metric for classification takes {' or '.join(METRIC_CHOICES)}")
+    for option, value in (("--schema", cfg.data.schema), ("--constrained", cfg.eval.constrained or None)):
+        if value is not None:
+            raise ConfigError(f"{option} applies to --task extraction, not classification")
+    check_shots_and_sizes(cfg, data.report.pool_size)
+
+
+def check_shots_and_sizes(cfg: RunConfig, pool: int) -> None:
+    """Shot counts and training sizes the pool can serve (every task)."""
     methods, shots = cfg.eval.methods, [k for k in cfg.prompt.shots if k > 0]
     for method in ("few-shot", "lora+few-shot"):
         if method in methods and not shots:
             raise ConfigError(f"{method} needs a shot count above 0 in --shots (got {cfg.prompt.shots})")
-    pool = data.report.pool_size
     if shots and max(shots) > pool:
         raise ConfigError(f"--shots {max(shots)} is more than the {pool} examples in the pool")
     if {"lora", "lora+few-shot", REFERENCE_METHOD} & set(methods):

@@ -22,14 +22,15 @@ from fewtune.data.split import PreparedData, stratified_sample
 from fewtune.embeddings import Embedder
 from fewtune.errors import ConfigError, ModelError
 from fewtune.evaluate import evaluate
-from fewtune.plan import check_plan, data_files, load_data
+from fewtune.plan import check_plan, data_files, load_data, resolve_task
 from fewtune.prompts.demos import NEAREST, DemoIndex
-from fewtune.prompts.template import PromptTemplate, resolve_label_names
+from fewtune.prompts.template import DEFAULT_TASK, PromptTemplate, resolve_label_names
 from fewtune.report.terminal import method_table
 from fewtune.resume import fingerprint, resume_results
 from fewtune.store import RunStore, check_run_folder, clear_run, default_run_dir, refuse_existing_run
 from fewtune.strategies.base import Predictor
 from fewtune.sweep import check_context, few_shot_draws, prompt_sets, run_prompt_set
+from fewtune.tasks.base import CLASSIFICATION
 
 
 def _load_backend(cfg: RunConfig, console: Console) -> Backend:
@@ -76,6 +77,21 @@ def run(
         if overwrite and resume:
             raise ConfigError("--resume and --overwrite exclude each other: keep the run or replace it")
         refuse_existing_run(cfg.out, overwrite or resume)
+    why = resolve_task(cfg)
+    console.print(f"Task: {cfg.data.task}" + (f" ({why})" if why else ""), highlight=False)
+    if cfg.data.task != CLASSIFICATION:
+        from fewtune.tasks.session import run_task
+
+        return run_task(
+            cfg,
+            console,
+            backend_factory,
+            embedder_factory or _load_embedder,
+            _with_progress,
+            _train_progress,
+            overwrite,
+            resume,
+        )
     data = load_data(cfg)
     check_plan(cfg, data)
     resolve_label_names(data.labels, cfg.prompt.label_names)  # a bad --label-names fails before any work
@@ -155,6 +171,21 @@ def _with_progress(console: Console, title: str, total: int, work: Callable[[Pro
     with _progress(console) as progress:
         task = progress.add_task(title, total=total, extra="")
         return work(lambda n: progress.advance(task, n))
+
+
+def _train_progress(console: Console, title: str) -> Callable[[Callable[..., Any]], Any]:
+    """``train_progress(console, title)(fit)`` runs ``fit(on_step)`` under a progress bar of its steps."""
+
+    def go(fit: Callable[..., Any]) -> Any:
+        with _progress(console) as progress:
+            task = progress.add_task(title, total=None, extra="")
+
+            def on_step(step: int, total: int, loss: float) -> None:
+                progress.update(task, completed=step, total=total, extra=f"loss {loss:.3f}")
+
+            return fit(on_step)
+
+    return go
 
 
 def _check_data(
@@ -269,7 +300,7 @@ def _run_methods(
     index: DemoIndex | None,
 ) -> None:
     names = resolve_label_names(data.labels, cfg.prompt.label_names)
-    template = PromptTemplate(tuple(data.labels), cfg.prompt.task, names)
+    template = PromptTemplate(tuple(data.labels), cfg.prompt.instruction or DEFAULT_TASK, names)
     if names:
         results["label_names"] = names
     methods = cfg.eval.methods

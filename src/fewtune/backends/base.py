@@ -4,21 +4,44 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 ProgressFn = Callable[[int], None]
 
 
-class Backend(abc.ABC):
-    """A language model that scores continuations and generates text.
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do, so callers ask instead of reaching into its internals."""
 
-    ``supports_loglikelihood`` is False for backends (chat APIs) that cannot return token log-probabilities;
-    label scoring needs it.
-    """
+    loglikelihood: bool = True
+    """``score_choices`` works (a chat API without prompt log-probabilities cannot)."""
+    prefix_cache: bool = False
+    """Reuses the KV cache of a shared prompt prefix; ``prefix_caching`` switches it off for timing."""
+    trainable: bool = False
+    """A LoRA adapter can be trained on it (a local model)."""
+    constrained_decoding: bool = False
+    """``generate_batch`` takes a ``constraint`` (a logits-processor factory)."""
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One generated output: its text (cut at the stop marker), token counts, and whether it ended on its own
+    (the stop marker or EOS) rather than at ``max_new_tokens``."""
+
+    text: str
+    prompt_tokens: int
+    output_tokens: int
+    stopped: bool
+
+
+class Backend(abc.ABC):
+    """A language model that scores continuations and generates text; ``capabilities`` says which."""
 
     name: str = "backend"
-    supports_loglikelihood: bool = True
+    capabilities: Capabilities = Capabilities()
 
     @abc.abstractmethod
     def score_choices(
@@ -47,8 +70,31 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
+    def generate_batch(
+        self,
+        prompts: Sequence[str],
+        *,
+        prefix: str = "",
+        max_new_tokens: int = 64,
+        stop: str | None = None,
+        batch_size: int = 16,
+        progress: ProgressFn | None = None,
+        constraint: Callable[[], Any] | None = None,
+    ) -> list[Generation]:
+        """Greedy continuation of each prompt (without the prompt), cut at ``stop``.
+
+        ``prefix``: text every prompt starts with, which the backend may compute once; ``progress`` is
+        called with the prompts finished after each batch; ``constraint`` (with
+        ``capabilities.constrained_decoding``) makes a fresh logits processor per batch.
+        """
+
+    def schema_constraint(self, schema: dict[str, Any]) -> Callable[[], Any]:
+        """A ``constraint`` for :meth:`generate_batch` that allows only JSON matching ``schema``."""
+        raise NotImplementedError(f"backend '{self.name}' cannot constrain decoding")
+
     def generate(self, prompts: Sequence[str], max_new_tokens: int = 10) -> list[str]:
         """Greedy continuation of each prompt, ``n`` strings (without the prompt)."""
+        return [g.text for g in self.generate_batch(prompts, max_new_tokens=max_new_tokens)]
 
     @abc.abstractmethod
     def count_tokens(self, text: str) -> int:

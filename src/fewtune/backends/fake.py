@@ -6,11 +6,12 @@ bonus for choices shown as demo outputs, so it behaves like a keyword classifier
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
-from fewtune.backends.base import Backend, ProgressFn
+from fewtune.backends.base import Backend, Generation, ProgressFn
 
 
 class FakeBackend(Backend):
@@ -41,8 +42,25 @@ class FakeBackend(Backend):
                 progress(1)
         return scores
 
-    def generate(self, prompts: Sequence[str], max_new_tokens: int = 10) -> list[str]:
-        return [" " + (p.rpartition("Input:")[2].split() or ["?"])[0] for p in prompts]
+    def generate_batch(
+        self,
+        prompts: Sequence[str],
+        *,
+        prefix: str = "",
+        max_new_tokens: int = 64,
+        stop: str | None = None,
+        batch_size: int = 16,
+        progress: ProgressFn | None = None,
+        constraint: Callable[[], Any] | None = None,
+    ) -> list[Generation]:
+        """The first word of the last ``Input:`` line."""
+        outputs = []
+        for p in prompts:
+            text = " " + (p.rpartition("Input:")[2].split() or ["?"])[0]
+            outputs.append(Generation(text, self.count_tokens(p), self.count_tokens(text) - 1, True))
+            if progress:
+                progress(1)
+        return outputs
 
     def count_tokens(self, text: str) -> int:
         return len(text.split()) + 1

@@ -14,18 +14,22 @@ every prompt position would cost more than the rest of a 270M model.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from fewtune.backends.base import Backend, ProgressFn
+from fewtune.backends.base import Backend, Capabilities, Generation, ProgressFn
 from fewtune.backends.scoring import LabelTree, LogProbQueue
 
 
 class HFBackend(Backend):
     """Wraps a ``transformers`` causal LM (optionally with LoRA merged in) and its tokenizer."""
+
+    capabilities = Capabilities(
+        loglikelihood=True, prefix_cache=True, trainable=True, constrained_decoding=True
+    )
 
     def __init__(self, model: Any, tokenizer: Any, name: str = "hf", source: str = "") -> None:
         self.model = model.eval()
@@ -261,17 +265,31 @@ class HFBackend(Backend):
         queue.flush()
         return scores
 
-    @torch.inference_mode()
-    def generate(self, prompts: Sequence[str], max_new_tokens: int = 10) -> list[str]:
-        texts = []
-        for prompt in prompts:
-            ids = torch.tensor([self.encode_prompt(prompt)], device=self.device)
-            out = self.model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=self.pad_id,
-            )
-            texts.append(self.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
-        return texts
+    def schema_constraint(self, schema: dict[str, Any]) -> Callable[[], Any]:
+        from fewtune.backends.generation import json_schema_constraint
+
+        return json_schema_constraint(self, schema)
+
+    def generate_batch(
+        self,
+        prompts: Sequence[str],
+        *,
+        prefix: str = "",
+        max_new_tokens: int = 64,
+        stop: str | None = None,
+        batch_size: int = 16,
+        progress: ProgressFn | None = None,
+        constraint: Callable[[], Any] | None = None,
+    ) -> list[Generation]:
+        from fewtune.backends.generation import generate_batch
+
+        return generate_batch(
+            self,
+            prompts,
+            prefix=prefix,
+            max_new_tokens=max_new_tokens,
+            stop=stop,
+            batch_size=batch_size,
+            progress=progress,
+            constraint=constraint,
+        )

@@ -31,7 +31,7 @@ class Example:
     line: int = 0
 
 
-def _decode(path: Path, raw: bytes) -> str:
+def decode_text(path: Path, raw: bytes) -> str:
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
@@ -41,7 +41,7 @@ def _decode(path: Path, raw: bytes) -> str:
         ) from None
 
 
-def _as_text(value: Any, field: str, path: Path, line: int) -> str:
+def as_text(value: Any, field: str, path: Path, line: int) -> str:
     if isinstance(value, bool) or value is None or isinstance(value, (dict, list)):
         raise DataError(path, line, f"field '{field}' must be a string, got {type(value).__name__}")
     text = str(value).strip()
@@ -60,8 +60,8 @@ def _from_chat(record: dict[str, Any], path: Path, line: int) -> tuple[str, str]
     user = [m for m in messages[:last_assistant] if m.get("role") == "user"]
     if not user:
         raise DataError(path, line, "chat example has no user message before the last assistant message")
-    text = _as_text(user[-1].get("content"), "messages[].content (user)", path, line)
-    label = _as_text(messages[last_assistant].get("content"), "messages[].content (assistant)", path, line)
+    text = as_text(user[-1].get("content"), "messages[].content (user)", path, line)
+    label = as_text(messages[last_assistant].get("content"), "messages[].content (assistant)", path, line)
     return text, label
 
 
@@ -90,8 +90,8 @@ def _read_jsonl(path: Path, content: str, input_field: str, label_field: str) ->
                         line_no,
                         f"missing field '{field}' (fields here: {fields}; set --input-field/--label-field)",
                     )
-            text = _as_text(record[input_field], input_field, path, line_no)
-            label = _as_text(record[label_field], label_field, path, line_no)
+            text = as_text(record[input_field], input_field, path, line_no)
+            label = as_text(record[label_field], label_field, path, line_no)
         examples.append(Example(text=text, label=label, path=str(path), line=line_no))
     return examples
 
@@ -117,8 +117,8 @@ def _read_csv(path: Path, content: str, input_field: str, label_field: str) -> l
         for field, value in values.items():
             if value is None:
                 raise DataError(path, line_no, f"row has no cell for column '{field}'")
-        text = _as_text(values[input_field], input_field, path, line_no)
-        label = _as_text(values[label_field], label_field, path, line_no)
+        text = as_text(values[input_field], input_field, path, line_no)
+        label = as_text(values[label_field], label_field, path, line_no)
         examples.append(Example(text=text, label=label, path=str(path), line=line_no))
     return examples
 
@@ -130,7 +130,7 @@ def load_examples(path: str | Path, input_field: str = "text", label_field: str 
         raise DataError(path, None, "file not found")
     if path.is_dir():
         raise DataError(path, None, "is a folder; pass a .jsonl or .csv file")
-    content = _decode(path, path.read_bytes())
+    content = decode_text(path, path.read_bytes())
     if not content.strip():
         raise DataError(path, None, "file is empty; expected labelled examples")
     if path.suffix.lower() == ".csv":

@@ -35,7 +35,7 @@ QUERY_LEAD = "Input:"
 AUTO_LABEL_NAMES = "auto"
 
 
-def _one_line(text: str) -> str:
+def one_line(text: str) -> str:
     # Embedded newlines (banking77 has some) would break the Input:/Output: pattern.
     return " ".join(text.split())
 
@@ -61,7 +61,7 @@ def resolve_label_names(labels: Sequence[str], names: Mapping[str, str] | str | 
         raise ConfigError(
             f"--label-names: {', '.join(unknown)} is not a label of the data (labels: {', '.join(labels)})"
         )
-    resolved = {label: _one_line(name) for label, name in names.items() if _one_line(name) != label}
+    resolved = {label: one_line(name) for label, name in names.items() if one_line(name) != label}
     shown = [resolved.get(label, label) for label in labels]
     if any(not name for name in shown):
         raise ConfigError("--label-names: a label name is empty")
@@ -99,12 +99,12 @@ class PromptTemplate:
         """Everything before the test input: header and demos, ending with the separator line."""
         parts = [self.header()]
         for demo in demos:
-            parts.append(f"{SEPARATOR}\nInput: {_one_line(demo.text)}\nOutput: {self.shown(demo.label)}\n")
+            parts.append(f"{SEPARATOR}\nInput: {one_line(demo.text)}\nOutput: {self.shown(demo.label)}\n")
         parts.append(f"{SEPARATOR}\n")
         return "".join(parts)
 
     def query(self, text: str) -> str:
-        return f"{QUERY_LEAD} {_one_line(text)}\nOutput:"
+        return f"{QUERY_LEAD} {one_line(text)}\nOutput:"
 
     def render(self, text: str, demos: Sequence[Example] = ()) -> str:
         return self.prefix(demos) + self.query(text)

@@ -18,7 +18,9 @@ from fewtune.curves import has_shot_curve, has_train_curve
 from fewtune.report.analysis import Report, analyse
 from fewtune.report.html import render_html
 from fewtune.report.markdown import metric_line, render_markdown
+from fewtune.report.outputs import OutputsReport, analyse_outputs
 from fewtune.store import write_json_atomic
+from fewtune.tasks.base import EXTRACTION, GENERATION
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
@@ -78,8 +80,10 @@ def _cost_plot_methods(report: Report) -> list[dict[str, Any]]:
     return [row for row in report.methods if row["name"] in keep]
 
 
-def write_reports(folder: str | Path, args: CostArgs) -> tuple[Report, list[Path]]:
+def write_reports(folder: str | Path, args: CostArgs) -> tuple[Report | OutputsReport, list[Path]]:
     """Compute, update results.json, and write report.md (+ PNGs next to it) and report.html."""
+    if is_outputs_run(folder):
+        return write_outputs_reports(folder, args)
     report = analyse(folder, args)
     folder = report.folder
     write_json_atomic(folder / "results.json", report.results)
@@ -97,11 +101,31 @@ def write_reports(folder: str | Path, args: CostArgs) -> tuple[Report, list[Path
     return report, [folder / REPORT_MD, folder / REPORT_HTML, *written]
 
 
-def print_summary(console: Console, report: Report) -> None:
+def is_outputs_run(folder: str | Path) -> bool:
+    """An extraction or generation run (its results name an open-output task)."""
+    from fewtune.store import read_results
+
+    task = (read_results(folder).get("task") or {}).get("name")
+    return task in (EXTRACTION, GENERATION)
+
+
+def write_outputs_reports(folder: str | Path, args: CostArgs) -> tuple[OutputsReport, list[Path]]:
+    from fewtune.report.outputs_render import render_outputs_html, render_outputs_markdown
+
+    report = analyse_outputs(folder, args)
+    folder = report.folder
+    write_json_atomic(folder / "results.json", report.results)
+    (folder / REPORT_MD).write_text(render_outputs_markdown(report), encoding="utf-8")
+    (folder / REPORT_HTML).write_text(render_outputs_html(report), encoding="utf-8")
+    return report, [folder / REPORT_MD, folder / REPORT_HTML]
+
+
+def print_summary(console: Console, report: Report | OutputsReport) -> None:
     """The recommendation and where the reports are, for the terminal."""
     rec = report.recommendation
     console.print(f"[bold]Recommendation:[/] {rec.headline}", highlight=False)
-    console.print(f"  {metric_line(report)}", highlight=False)
+    if isinstance(report, Report):
+        console.print(f"  {metric_line(report)}", highlight=False)
     for reason in rec.reasons:
         console.print(f"  - {reason}", highlight=False)
     for name, why in rec.degenerate.items():

@@ -61,7 +61,7 @@ ol li { margin-bottom: 4px; }
 """
 
 
-def _table(table: tables.Table, css_class: str = "", focus: str | None = None) -> str:
+def table_html(table: tables.Table, css_class: str = "", focus: str | None = None) -> str:
     headers, rows = table
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
     marked = '<tr class="focus">'
@@ -80,7 +80,7 @@ def _image(data: bytes, alt: str) -> str:
     return f'<img alt="{escape(alt)}" src="data:image/png;base64,{encoded}">'
 
 
-def _list(items: list[str], ordered: bool = False) -> str:
+def list_html(items: list[str], ordered: bool = False) -> str:
     tag = "ol" if ordered else "ul"
     return f"<{tag}>" + "".join(f"<li>{escape(item)}</li>" for item in items) + f"</{tag}>"
 
@@ -94,16 +94,16 @@ def _curve_section(report: Report, images: dict[str, bytes]) -> str:
         parts.append(f'<p class="note">{escape(shots_note(report))}</p>')
         if has_shot_curve(curves) and "shots" in images:
             parts.append(_image(images["shots"], "accuracy vs shots per demo selection"))
-        parts.append(f'<div class="wide">{_table(tables.shots_table(curves["shots"]))}</div>')
+        parts.append(f'<div class="wide">{table_html(tables.shots_table(curves["shots"]))}</div>')
     if curves.get("train_examples") or curves.get("reference"):
         parts.append(f'<p class="note">{escape(train_note(report))}</p>')
         if has_train_curve(curves) and "train" in images:
             parts.append(_image(images["train"], "accuracy vs training examples"))
-        parts.append(_table(tables.train_table(curves["train_examples"], curves["reference"])))
+        parts.append(table_html(tables.train_table(curves["train_examples"], curves["reference"])))
     parts.append(f'<p id="crossover">{escape(crossover_sentence(report))}</p>')
     warnings = report.results.get("warnings") or []
     if warnings:
-        parts.append(f'<h3>Run warnings</h3><div class="caveats">{_list(warnings)}</div>')
+        parts.append(f'<h3>Run warnings</h3><div class="caveats">{list_html(warnings)}</div>')
     parts.append("</section>")
     return "\n".join(parts)
 
@@ -111,12 +111,12 @@ def _curve_section(report: Report, images: dict[str, bytes]) -> str:
 def _check_section(found: dict[str, Any]) -> str:
     if not found:
         return ""
-    parts = [_list(checks.check_summary_lines(found))]
+    parts = [list_html(checks.check_summary_lines(found))]
     issues, pairs = checks.label_issue_table(found), checks.near_duplicate_table(found)
     if issues[1]:
-        parts += [f"<h3>Likeliest label errors (top {len(issues[1])})</h3>", _table(issues, "text")]
+        parts += [f"<h3>Likeliest label errors (top {len(issues[1])})</h3>", table_html(issues, "text")]
     if pairs[1]:
-        parts += ["<h3>Near duplicates</h3>", _table(pairs, "text")]
+        parts += ["<h3>Near duplicates</h3>", table_html(pairs, "text")]
     return "\n".join(parts)
 
 
@@ -126,8 +126,8 @@ def render_html(report: Report, images: dict[str, bytes]) -> str:
     focus = report.focus["name"]
     colour = CHOICE_COLOURS.get(rec.choice, "#4a5568")
     dataset = report.results.get("dataset") or {}
-    caveats = f'<h3>Caveats</h3><div class="caveats">{_list(rec.caveats)}</div>' if rec.caveats else ""
-    steps = f"<h3>Next steps</h3>{_list(rec.next_steps, ordered=True)}" if rec.next_steps else ""
+    caveats = f'<h3>Caveats</h3><div class="caveats">{list_html(rec.caveats)}</div>' if rec.caveats else ""
+    steps = f"<h3>Next steps</h3>{list_html(rec.next_steps, ordered=True)}" if rec.next_steps else ""
     not_chosen = (
         ""
         if rollout.chosen
@@ -156,16 +156,16 @@ def render_html(report: Report, images: dict[str, bytes]) -> str:
         f'<span class="choice">{escape(rec.choice)}</span>',
         f"<h2>{escape(rec.headline)}</h2>",
         f'<p class="note">{escape(metric_line(report))}</p>',
-        f"<h3>Why</h3>{_list(rec.reasons)}{steps}{caveats}",
+        f"<h3>Why</h3>{list_html(rec.reasons)}{steps}{caveats}",
         "</section>",
         '<section id="methods"><h2>Methods</h2>',
         '<p class="note">Every method was scored on the same test rows. Costs use the assumptions at the '
         "end.</p>",
         '<div class="wide">',
-        _table(tables.method_table(report.methods, report.costs, report.horizon_label), focus=focus),
+        table_html(tables.method_table(report.methods, report.costs, report.horizon_label), focus=focus),
         "</div>",
         '<p class="note">Setup cost, and how each per-request cost was computed:</p>',
-        _table(tables.setup_table(report.methods, report.costs), "text"),
+        table_html(tables.setup_table(report.methods, report.costs), "text"),
         "</section>",
         '<section id="accuracy"><h2>Accuracy</h2>',
         _image(images["accuracy"], "accuracy per method with 95% intervals"),
@@ -181,26 +181,26 @@ def render_html(report: Report, images: dict[str, bytes]) -> str:
         f'<section id="per-class"><h2>Per class: {escape(focus)}</h2>',
         f'<p class="note">{which}.</p>',
         '<div class="grid"><div>',
-        _table(tables.per_class_table(report.focus)),
-        _table(tables.confusion_table(report.labels, report.confusion)),
+        table_html(tables.per_class_table(report.focus)),
+        table_html(tables.confusion_table(report.labels, report.confusion)),
         "</div><div>",
         _image(images["confusion"], f"confusion matrix of {focus}"),
         "</div></div></section>",
         '<section id="data"><h2>Data checks</h2><div class="grid">',
-        _table(tables.data_check_table(dataset), "text"),
-        _table(tables.class_balance_table(dataset)),
+        table_html(tables.data_check_table(dataset), "text"),
+        table_html(tables.class_balance_table(dataset)),
         "</div>",
         _check_section(dataset.get("checks") or {}),
         "</section>",
         f'<section id="rollout"><h2>Rollout: {escape(rollout.method)}</h2>{not_chosen}',
-        f"<h3>Before deploying</h3>{_list(rollout.checks, ordered=True)}",
+        f"<h3>Before deploying</h3>{list_html(rollout.checks, ordered=True)}",
         "<h3>Roll back when</h3>",
-        _table(tables.trigger_table(rollout), "text"),
+        table_html(tables.trigger_table(rollout), "text"),
         "</section>",
         '<section id="assumptions"><h2>Cost assumptions</h2>',
         f'<p class="note">Price table: {price_source} (defaults and sources: <code>costs.yaml</code> in the '
         "fewtune package). The prices are examples; replace them with yours.</p>",
-        _table(tables.assumption_table(report.prices, volume, f"{report.horizon_days:,} days"), "text"),
+        table_html(tables.assumption_table(report.prices, volume, f"{report.horizon_days:,} days"), "text"),
         "</section></main></body></html>",
     ]
     return "\n".join(parts) + "\n"

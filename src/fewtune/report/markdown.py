@@ -10,20 +10,21 @@ from fewtune.report import checks, tables
 
 if TYPE_CHECKING:
     from fewtune.report.analysis import Report
+    from fewtune.report.outputs import OutputsReport
 
 
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _table(table: tables.Table) -> str:
+def markdown_table(table: tables.Table) -> str:
     headers, rows = table
     lines = ["| " + " | ".join(_cell(h) for h in headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
-def break_even_sentence(report: Report) -> str:
+def break_even_sentence(report: Report | OutputsReport) -> str:
     be, pair = report.break_even, report.break_even_pair
     if be is None or pair is None:
         return "No break-even: the run needs one prompting and one fine-tuned method."
@@ -78,12 +79,12 @@ def curve_section(report: Report, plot_files: dict[str, str]) -> list[str]:
         out += [shots_note(report), ""]
         if has_shot_curve(curves):
             out += [f"![accuracy vs shots per demo selection]({plot_files['shots']})", ""]
-        out += [_table(tables.shots_table(curves["shots"])), ""]
+        out += [markdown_table(tables.shots_table(curves["shots"])), ""]
     if curves.get("train_examples") or curves.get("reference"):
         out += [train_note(report), ""]
         if has_train_curve(curves):
             out += [f"![accuracy vs training examples]({plot_files['train']})", ""]
-        out += [_table(tables.train_table(curves["train_examples"], curves["reference"])), ""]
+        out += [markdown_table(tables.train_table(curves["train_examples"], curves["reference"])), ""]
     out += [crossover_sentence(report), ""]
     warnings = report.results.get("warnings") or []
     if warnings:
@@ -130,10 +131,10 @@ def check_section(report: Report) -> list[str]:
     out = [*[f"- {line}" for line in checks.check_summary_lines(found)], ""]
     issues = checks.label_issue_table(found)
     if issues[1]:
-        out += [f"Likeliest label errors (top {len(issues[1])}):", "", _table(issues), ""]
+        out += [f"Likeliest label errors (top {len(issues[1])}):", "", markdown_table(issues), ""]
     pairs = checks.near_duplicate_table(found)
     if pairs[1]:
-        out += ["Near duplicates:", "", _table(pairs), ""]
+        out += ["Near duplicates:", "", markdown_table(pairs), ""]
     return out
 
 
@@ -166,11 +167,11 @@ def render_markdown(report: Report, plot_files: dict[str, str]) -> str:
         "",
         "Every method was scored on the same test rows. Costs use the assumptions at the end of this report.",
         "",
-        _table(tables.method_table(report.methods, report.costs, report.horizon_label)),
+        markdown_table(tables.method_table(report.methods, report.costs, report.horizon_label)),
         "",
         "Setup cost, and how each per-request cost was computed:",
         "",
-        _table(tables.setup_table(report.methods, report.costs)),
+        markdown_table(tables.setup_table(report.methods, report.costs)),
         "",
         "## Accuracy",
         "",
@@ -199,19 +200,19 @@ def render_markdown(report: Report, plot_files: dict[str, str]) -> str:
             else "The most accurate method that does the task (none is recommended yet)."
         ),
         "",
-        _table(tables.per_class_table(report.focus)),
+        markdown_table(tables.per_class_table(report.focus)),
         "",
-        _table(tables.confusion_table(report.labels, report.confusion)),
+        markdown_table(tables.confusion_table(report.labels, report.confusion)),
         "",
         f"![confusion matrix]({plot_files['confusion']})",
         "",
         "## Data checks",
         "",
-        _table(tables.data_check_table(report.results.get("dataset") or {})),
+        markdown_table(tables.data_check_table(report.results.get("dataset") or {})),
         "",
         "Class balance:",
         "",
-        _table(tables.class_balance_table(report.results.get("dataset") or {})),
+        markdown_table(tables.class_balance_table(report.results.get("dataset") or {})),
         "",
         *check_section(report),
         f"## Rollout: {rollout.method}",
@@ -229,7 +230,7 @@ def render_markdown(report: Report, plot_files: dict[str, str]) -> str:
         "",
         "Roll back when:",
         "",
-        _table(tables.trigger_table(rollout)),
+        markdown_table(tables.trigger_table(rollout)),
         "",
         "## Cost assumptions",
         "",
@@ -238,7 +239,7 @@ def render_markdown(report: Report, plot_files: dict[str, str]) -> str:
         + " (defaults and sources: `src/fewtune/costs.yaml`). The prices are examples; replace them with "
         "yours.",
         "",
-        _table(
+        markdown_table(
             tables.assumption_table(
                 report.prices,
                 f"{report.volume_per_day:,.0f} calls/day" + ("" if report.volume_given else " (default)"),

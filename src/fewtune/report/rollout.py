@@ -50,8 +50,11 @@ class Rollout:
 def rollout_plan(row: dict[str, Any], cost: MethodCost, test_rows: int, chosen: bool) -> Rollout:
     """Checks and triggers for the method in results.json ``row``, filled with its measured figures."""
     name = row.get("name") or row["method"]
-    accuracy = row["accuracy"]
-    low, high = row["accuracy_ci95"]
+    primary = row.get("primary") or {}
+    if "ci95" in primary:  # extraction and generation: the task's primary metric
+        label, accuracy, (low, high) = primary["label"], primary["value"], primary["ci95"]
+    else:
+        label, accuracy, (low, high) = "accuracy", row["accuracy"], row["accuracy_ci95"]
     p95 = (row.get("latency_ms") or {}).get("p95")
     nearest = row.get("demo_selection") == "nearest"
     if is_fine_tuned(row):
@@ -74,7 +77,7 @@ def rollout_plan(row: dict[str, Any], cost: MethodCost, test_rows: int, chosen: 
         )
     checks = [
         freeze,
-        f"Re-score the frozen method on the same {test_rows} test rows through the serving path: accuracy "
+        f"Re-score the frozen method on the same {test_rows} test rows through the serving path: {label} "
         f"at least {low:.3f} (measured {accuracy:.3f}, 95% CI {low:.3f}-{high:.3f}).",
         (
             f"Load-test at the expected peak: p95 latency at most {p95 * ROLLBACK_P95_FACTOR:.0f} ms "
@@ -105,7 +108,7 @@ def rollout_plan(row: dict[str, Any], cost: MethodCost, test_rows: int, chosen: 
             f"> {format_usd(cost.per_request * ROLLBACK_COST_FACTOR)} ({ROLLBACK_COST_FACTOR:g}x estimate)",
         ),
         Trigger(
-            "accuracy floor",
+            f"{label} floor",
             f"{accuracy:.3f} (95% CI {low:.3f}-{high:.3f}, n={test_rows})",
             f"< {low:.3f} on a labelled live sample of at least {test_rows} rows",
         ),

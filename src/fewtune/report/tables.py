@@ -11,7 +11,7 @@ from fewtune.report.rollout import Rollout
 Table = tuple[list[str], list[list[str]]]
 
 
-def _num(value: Any, fmt: str) -> str:
+def num(value: Any, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
@@ -54,10 +54,10 @@ def method_table(
                 f"{row['accuracy']:.3f} ({low:.3f}-{high:.3f})",
                 *([draws_cell(row)] if with_draws else []),
                 f"{row['macro_f1']:.3f}",
-                _num(latency.get("p50"), ".0f"),
-                _num(latency.get("p95"), ".0f"),
-                _num(row.get("prompt_tokens_mean"), ".0f"),
-                _num(row.get("train_seconds"), ".0f"),
+                num(latency.get("p50"), ".0f"),
+                num(latency.get("p95"), ".0f"),
+                num(row.get("prompt_tokens_mean"), ".0f"),
+                num(row.get("train_seconds"), ".0f"),
                 format_usd(cost.setup),
                 format_usd(cost.per_request),
                 format_usd(row["costs"]["total_at_horizon"]),

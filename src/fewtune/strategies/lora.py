@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -87,12 +87,20 @@ def answer_loss(log_probs: torch.Tensor, targets: torch.Tensor, weights: torch.T
     return (losses * weights).sum() / weights.sum()
 
 
+class TrainingTemplate(Protocol):
+    """What training needs of a template: the prompt for an input and the answer text after it."""
+
+    def render(self, text: str, demos: Sequence[Example] = ()) -> str: ...
+
+    def continuation(self, label: str) -> str: ...
+
+
 @dataclass
 class Lora(Strategy):
     """Trains one adapter on ``train`` and returns a zero-shot predictor over the merged model."""
 
     backend: HFBackend
-    template: PromptTemplate
+    template: TrainingTemplate
     args: LoraArgs
     save_dir: Path
     seed: int = 0
@@ -100,6 +108,16 @@ class Lora(Strategy):
     """Called as ``progress(step, total_steps, loss)`` after each optimizer step."""
 
     def fit(self, train: Sequence[Example]) -> Predictor:
+        if not isinstance(self.template, PromptTemplate):
+            raise TypeError("Lora.fit makes a label predictor; use Lora.train for other templates")
+        backend, info = self.train(train)
+        return Predictor(
+            method="lora", backend=backend, template=self.template, train_examples=len(train), info=info
+        )
+
+    def train(self, train: Sequence[Example]) -> tuple[HFBackend, dict[str, Any]]:
+        """Train the adapter on ``train`` (answer-only loss on each example's continuation); return the
+        merged model's backend and what training measured."""
         from peft import LoraConfig, get_peft_model
         from transformers import get_linear_schedule_with_warmup
 
@@ -187,10 +205,4 @@ class Lora(Strategy):
             "adapter_bytes": adapter_bytes,
             "peak_memory_bytes": peak.bytes,
         }
-        return Predictor(
-            method="lora",
-            backend=HFBackend(merged, base.tokenizer, name=f"{base.name}+lora", source=base.source),
-            template=self.template,
-            train_examples=len(train),
-            info=info,
-        )
+        return HFBackend(merged, base.tokenizer, name=f"{base.name}+lora", source=base.source), info

@@ -1,0 +1,191 @@
+"""The analysis behind an extraction or generation report: costs, evidence from each row's per-row primary
+statistics, the verdict (the same rules as classification, on the task's primary metric), rollout, and the
+seeded rows shown side by side."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fewtune.config import CostArgs
+from fewtune.cost import (
+    DEFAULT_VOLUME_PER_DAY,
+    BreakEven,
+    MethodCost,
+    PriceTable,
+    load_price_table,
+    method_cost,
+)
+from fewtune.decide.evidence import MethodEvidence
+from fewtune.decide.from_run import kind_of
+from fewtune.decide.metric import PrimaryMetric
+from fewtune.decide.recommend import Recommendation, Situation, recommend
+from fewtune.report.rollout import Rollout, rollout_plan
+from fewtune.report.run_folder import read_run
+from fewtune.tasks.base import EXTRACTION
+
+SIDE_BY_SIDE_ROWS = 6
+
+
+@dataclass
+class OutputsReport:
+    folder: Path
+    results: dict[str, Any]
+    methods: list[dict[str, Any]]
+    prices: PriceTable
+    costs: dict[str, MethodCost]
+    volume_per_day: float
+    volume_given: bool
+    horizon_days: int
+    metric: PrimaryMetric
+    recommendation: Recommendation
+    focus: dict[str, Any]
+    rollout: Rollout
+    break_even_pair: tuple[str, str] | None
+    break_even: BreakEven | None
+    side_by_side: list[dict[str, Any]]
+    """Seeded test rows: input, reference and each method's output."""
+
+    @property
+    def task(self) -> dict[str, Any]:
+        return self.results.get("task") or {}
+
+    @property
+    def horizon_requests(self) -> float:
+        return self.volume_per_day * self.horizon_days
+
+    @property
+    def horizon_label(self) -> str:
+        return f"{self.horizon_days:,} days at {self.volume_per_day:,.0f}/day"
+
+
+def primary_metric(task: dict[str, Any]) -> PrimaryMetric:
+    from fewtune.tasks.extraction import FIELD_F1_METRIC
+    from fewtune.tasks.generation import GenerationTask
+
+    if task.get("name") == EXTRACTION:
+        return FIELD_F1_METRIC
+    return GenerationTask(task.get("primary_metric")).primary
+
+
+def degenerate_output(task: str, row: dict[str, Any], lines: list[dict[str, Any]]) -> str | None:
+    """Why a method produces nothing usable, or None."""
+    if task == EXTRACTION and (row.get("metrics") or {}).get("parse_rate", {}).get("value") == 0:
+        return "no output parses as a JSON object"
+    outputs = {str(p.get("output", "")).strip() for p in lines}
+    if len(lines) > 1 and len(outputs) == 1:
+        return "gives the same output for every test row"
+    return None
+
+
+def _side_by_side(
+    methods: list[dict[str, Any]], predictions: dict[str, list[dict[str, Any]]], seed: int
+) -> list[dict[str, Any]]:
+    first = predictions.get(methods[0]["name"], []) if methods else []
+    if not first:
+        return []
+    picked = sorted(random.Random(seed).sample(range(len(first)), min(SIDE_BY_SIDE_ROWS, len(first))))
+    rows = []
+    for i in picked:
+        outputs = {}
+        for row in methods:
+            lines = predictions.get(row["name"]) or []
+            if i < len(lines):
+                outputs[row["name"]] = lines[i].get("output", "")
+        rows.append({"row": i, "input": first[i]["text"], "reference": first[i]["gold"], "outputs": outputs})
+    return rows
+
+
+def analyse_outputs(folder: str | Path, args: CostArgs) -> OutputsReport:
+    folder = Path(folder)
+    results, predictions = read_run(folder)
+    methods = results["methods"]
+    task = results.get("task") or {}
+    metric = primary_metric(task)
+    prices = load_price_table(args.costs, (results.get("hardware") or {}).get("device"))
+    volume = float(args.volume_per_day or DEFAULT_VOLUME_PER_DAY)
+    costs = {row["name"]: method_cost(row, prices) for row in methods}
+    evidence = []
+    for row in methods:
+        lines = predictions.get(row["name"]) or []
+        stats = np.array([p["primary_stats"] for p in lines], dtype=float) if lines else None
+        score = metric.value(stats) if stats is not None else float(row["primary"]["value"])
+        evidence.append(
+            MethodEvidence(
+                name=row["name"],
+                kind=kind_of(row),
+                score=score,
+                cost=costs[row["name"]],
+                shots=int(row.get("shots") or 0),
+                train_examples=row.get("train_examples"),
+                demo_selection=row.get("demo_selection"),
+                calibrated=False,
+                stats=stats,
+                accuracy=score,
+                degenerate=degenerate_output(task.get("name", ""), row, lines),
+            )
+        )
+    caveats = (
+        [f"{metric.label} is a proxy for quality: read the outputs side by side before shipping"]
+        if task.get("metrics_are_proxies")
+        else []
+    )
+    if results.get("status") != "complete":
+        caveats.append(f"the run's status is {results.get('status')}: only its finished methods are compared")
+    rec = recommend(
+        Situation(
+            methods=tuple(evidence),
+            volume_per_day=volume,
+            horizon_days=args.horizon_days,
+            metric=metric,
+            metric_reason=f"{metric.label} is the {task.get('name', 'task')} task's primary metric",
+            volume_given=args.volume_per_day is not None,
+            gap=args.gap,
+            value_per_correct=args.value_per_correct,
+            extra_caveats=tuple(caveats),
+            seed=int(results.get("seed") or 0),
+        )
+    )
+    by_name = {row["name"]: row for row in methods}
+    focus = by_name[rec.method] if rec.method else by_name[max(evidence, key=lambda m: m.score).name]
+    test_rows = int((results.get("dataset") or {}).get("test_size") or 0)
+    report = OutputsReport(
+        folder=folder,
+        results=results,
+        methods=methods,
+        prices=prices,
+        costs=costs,
+        volume_per_day=volume,
+        volume_given=args.volume_per_day is not None,
+        horizon_days=args.horizon_days,
+        metric=metric,
+        recommendation=rec,
+        focus=focus,
+        rollout=rollout_plan(focus, costs[focus["name"]], test_rows, chosen=rec.shipped is not None),
+        break_even_pair=(rec.comparison.baseline, rec.comparison.candidate) if rec.comparison else None,
+        break_even=rec.break_even,
+        side_by_side=_side_by_side(methods, predictions, int(results.get("seed") or 0)),
+    )
+    for m in evidence:
+        by_name[m.name]["degenerate"] = m.degenerate
+        cost = costs[m.name]
+        by_name[m.name]["costs"] = {
+            "setup": cost.setup,
+            "per_request": cost.per_request,
+            "total_at_horizon": cost.total(report.horizon_requests),
+            "setup_breakdown": cost.setup_breakdown,
+            "per_request_basis": cost.basis,
+        }
+    be = report.break_even
+    results["break_even"] = {
+        "prompting": report.break_even_pair[0] if report.break_even_pair else None,
+        "fine_tuned": report.break_even_pair[1] if report.break_even_pair else None,
+        "requests": be.requests if be else None,
+        "reason": be.reason if be else "needs one prompting and one fine-tuned method",
+    }
+    results["recommendation"] = rec.to_dict()
+    return report

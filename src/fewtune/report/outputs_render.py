@@ -1,0 +1,219 @@
+"""report.md and report.html for extraction and generation runs: the verdict, every method's metrics with
+95% intervals, costs, the per-field table (extraction), outputs side by side, and the rollout."""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Any
+
+from fewtune.cost import format_usd
+from fewtune.report import tables
+from fewtune.report.html import CHOICE_COLOURS, CSS, list_html, table_html
+from fewtune.report.markdown import break_even_sentence, markdown_table
+from fewtune.report.outputs import OutputsReport
+from fewtune.tasks.base import EXTRACTION
+
+SHOWN_OUTPUT_CHARS = 600
+
+
+def _ci(metric: dict[str, Any] | None) -> str:
+    if not metric:
+        return "-"
+    low, high = metric["ci95"]
+    return f"{metric['value']:.3f} ({low:.3f}-{high:.3f})"
+
+
+def metrics_table(report: OutputsReport) -> tables.Table:
+    names = [
+        name
+        for name in dict.fromkeys(name for row in report.methods for name in row.get("metrics") or {})
+        if name.replace("_", "-") != report.metric.name
+    ]
+    headers = [
+        "method",
+        "shots",
+        "train ex.",
+        f"{report.metric.label} (95% CI)",
+        *[name.replace("_", " ") for name in names],
+        "ended",
+        "p50 ms",
+        "p95 ms",
+        "prompt tokens",
+        "output tokens",
+        "output tok/s",
+        "train s",
+        "per request",
+        f"total, {report.horizon_label}",
+    ]
+    rows = []
+    for row in report.methods:
+        latency = row.get("latency_ms") or {}
+        metrics = row.get("metrics") or {}
+        rows.append(
+            [
+                row["name"] + (" (degenerate)" if row.get("degenerate") else ""),
+                str(row.get("shots", 0)),
+                str(row.get("train_examples") or "-"),
+                _ci(row.get("primary")),
+                *[_ci(metrics.get(name)) for name in names],
+                tables.num(row.get("stopped_rate"), ".2f"),
+                tables.num(latency.get("p50"), ".0f"),
+                tables.num(latency.get("p95"), ".0f"),
+                tables.num(row.get("prompt_tokens_mean"), ".0f"),
+                tables.num(row.get("output_tokens_mean"), ".1f"),
+                tables.num(row.get("output_tokens_per_second"), ".0f"),
+                tables.num(row.get("train_seconds"), ".0f"),
+                format_usd(report.costs[row["name"]].per_request),
+                format_usd(row["costs"]["total_at_horizon"]),
+            ]
+        )
+    return headers, rows
+
+
+def field_table(row: dict[str, Any]) -> tables.Table:
+    fields = row.get("per_field") or {}
+    rows = [
+        [name, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", f"{v['support']:.0f}"]
+        for name, v in sorted(fields.items(), key=lambda kv: -kv[1]["support"])
+    ]
+    return ["field", "precision", "recall", "F1", "gold values"], rows
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= SHOWN_OUTPUT_CHARS else text[:SHOWN_OUTPUT_CHARS] + " [...]"
+
+
+def task_line(report: OutputsReport) -> str:
+    results, task, dataset = report.results, report.task, report.results.get("dataset") or {}
+    schema = f" Output schema {task['schema_source']}." if task.get("schema_source") else ""
+    return (
+        f"Task {task.get('name', '?')} on model {results.get('model', '?')}: {dataset.get('test_size', '?')} "
+        f"test rows ({dataset.get('test_source', '?')}), {dataset.get('pool_size', '?')} pool rows. "
+        f"Decided on {report.metric.label}.{schema} Run status {results.get('status', '?')}, finished "
+        f"{results.get('finished_at', '?')}; fewtune {results.get('fewtune_version', '?')}."
+    )
+
+
+NOTES = {
+    EXTRACTION: (
+        "Field precision, recall and F1 are micro-averaged over (field, value) pairs after normalisation "
+        "(Unicode NFC, case folding, collapsed whitespace); an output that is not a JSON object has "
+        "no pairs. Parse rate: outputs that are JSON objects; schema-valid: those that also match the "
+        "schema; exact match: every pair right. 'ended': outputs that ended on their own (not cut at the "
+        "token cap)."
+    ),
+    "generation": (
+        "chrF (sacrebleu), ROUGE-L (rouge-score, stemmed) and semantic similarity (all-MiniLM-L6-v2 cosine) "
+        "are each the best over a row's references; length ratio is output words over the closest "
+        "reference's; slot coverage is the share of the row's field values the output mentions literally. "
+        "All are proxies for what a reader would judge: read the outputs below. "
+        "'ended': outputs that ended on their own (not cut at the token cap)."
+    ),
+}
+
+
+def render_outputs_markdown(report: OutputsReport) -> str:
+    rec = report.recommendation
+    lines = [
+        f"# fewtune report: {report.folder.name}",
+        "",
+        task_line(report),
+        "",
+        f"## Recommendation: {rec.headline}",
+        "",
+        *[f"- {reason}" for reason in rec.reasons],
+        "",
+    ]
+    if rec.next_steps:
+        lines += ["Next steps:", "", *[f"{i}. {step}" for i, step in enumerate(rec.next_steps, 1)], ""]
+    if rec.caveats:
+        lines += ["Caveats:", "", *[f"- {c}" for c in rec.caveats], ""]
+    lines += [
+        "## Methods",
+        "",
+        markdown_table(metrics_table(report)),
+        "",
+        NOTES.get(report.task.get("name", ""), ""),
+        "",
+        break_even_sentence(report),
+        "",
+    ]
+    if report.focus.get("per_field"):
+        lines += [f"## Per field: {report.focus['name']}", "", markdown_table(field_table(report.focus)), ""]
+    lines += ["## Outputs side by side", ""]
+    for shown in report.side_by_side:
+        lines += [
+            f"### Test row {shown['row']}",
+            "",
+            f"- **input:** {_short(shown['input'])}",
+            f"- **reference:** {_short(shown['reference'])}",
+        ]
+        lines += [f"- **{name}:** {_short(out.strip())}" for name, out in shown["outputs"].items()]
+        lines.append("")
+    rollout = report.rollout
+    lines += [
+        f"## Rollout: {rollout.method}",
+        "",
+        *[f"{i}. {c}" for i, c in enumerate(rollout.checks, 1)],
+        "",
+        markdown_table(tables.trigger_table(rollout)),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _side_by_side_html(report: OutputsReport) -> str:
+    parts = []
+    for shown in report.side_by_side:
+        rows = [("input", shown["input"]), ("reference", shown["reference"]), *shown["outputs"].items()]
+        body = "".join(
+            f'<tr><th>{escape(name)}</th><td class="out">{escape(_short(str(text).strip()))}</td></tr>'
+            for name, text in rows
+        )
+        parts.append(f'<h3>Test row {shown["row"]}</h3><table class="text side">{body}</table>')
+    return "".join(parts)
+
+
+def render_outputs_html(report: OutputsReport) -> str:
+    rec = report.recommendation
+    colour = CHOICE_COLOURS.get(rec.choice, "#4a5568")
+    steps = f"<h3>Next steps</h3>{list_html(rec.next_steps, ordered=True)}" if rec.next_steps else ""
+    caveats = f'<h3>Caveats</h3><div class="caveats">{list_html(rec.caveats)}</div>' if rec.caveats else ""
+    per_field = ""
+    if report.focus.get("per_field"):
+        per_field = (
+            f'<section id="per-field"><h2>Per field: {escape(report.focus["name"])}</h2>'
+            f"{table_html(field_table(report.focus))}</section>"
+        )
+    rollout = report.rollout
+    css = CSS + "table.side td.out { white-space: pre-wrap; max-width: 820px; }\n"
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        '<link rel="icon" href="data:,">',
+        f"<title>fewtune report: {escape(report.folder.name)}</title>",
+        f"<style>{css}</style></head><body><main>",
+        f"<h1>fewtune report: {escape(report.folder.name)}</h1>",
+        f'<p class="meta">{escape(task_line(report))}</p>',
+        f'<section class="rec" id="recommendation" style="--c: {colour}">',
+        f'<span class="choice">{escape(rec.choice)}</span>',
+        f"<h2>{escape(rec.headline)}</h2>",
+        f"<h3>Why</h3>{list_html(rec.reasons)}{steps}{caveats}",
+        "</section>",
+        '<section id="methods"><h2>Methods</h2><div class="wide">',
+        table_html(metrics_table(report), focus=report.focus["name"]),
+        f'</div><p class="note">{escape(NOTES.get(report.task.get("name", ""), ""))}</p>',
+        f"<p>{escape(break_even_sentence(report))}</p></section>",
+        per_field,
+        '<section id="outputs"><h2>Outputs side by side</h2>',
+        '<p class="note">Seeded test rows: the input, the reference, and what each method wrote.</p>',
+        _side_by_side_html(report),
+        "</section>",
+        f'<section id="rollout"><h2>Rollout: {escape(rollout.method)}</h2>',
+        f"<h3>Before deploying</h3>{list_html(rollout.checks, ordered=True)}",
+        "<h3>Roll back when</h3>",
+        table_html(tables.trigger_table(rollout), "text"),
+        "</section></main></body></html>",
+    ]
+    return "\n".join(parts) + "\n"

@@ -1,0 +1,1 @@
+"""Tasks beyond labels: extraction and generation, measured like classification (see ``base``)."""

@@ -1,0 +1,172 @@
+"""Reading extraction and generation data (JSON Lines), inferring the task, and the pool/test split.
+
+Records end at a line feed only, as in :mod:`fewtune.data.load`; every bad record is a one-line error
+naming its file and line. The split is classification's, without labels: exact duplicate inputs are dropped
+(the first is kept), pool rows whose input is also a test input are removed (leaks), and a seeded sample,
+stratified by the task's stratum, is held out or kept (``--max-test``).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from fewtune.data.load import as_text, decode_text
+from fewtune.errors import DataError
+from fewtune.tasks.base import CLASSIFICATION, EXTRACTION, GENERATION, Task, TaskExample
+
+# Inference of --task from the target field: text with at most this many distinct values, each seen at
+# least twice on average, is a label set (classification); other text is free output (generation).
+MAX_CLASSIFICATION_LABELS = 100
+INFERENCE_ROWS = 500
+
+
+def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    if not path.exists():
+        raise DataError(path, None, "file not found")
+    if path.is_dir():
+        raise DataError(path, None, "is a folder; pass a .jsonl file")
+    if path.suffix.lower() == ".csv":
+        raise DataError(path, None, "extraction and generation read JSON Lines (.jsonl), not CSV")
+    content = decode_text(path, path.read_bytes())
+    for line_no, raw in enumerate(content.split("\n"), start=1):
+        line = raw.removesuffix("\r")
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(path, line_no, f"malformed JSON ({err.msg} at column {err.colno})") from None
+        if not isinstance(record, dict):
+            raise DataError(path, line_no, f"expected a JSON object, got {type(record).__name__}")
+        yield line_no, record
+
+
+def _field(record: dict[str, Any], name: str, path: Path, line: int, option: str) -> Any:
+    if name not in record:
+        fields = ", ".join(sorted(record)) or "none"
+        raise DataError(path, line, f"missing field '{name}' (fields here: {fields}; set {option})")
+    return record[name]
+
+
+def infer_task(path: str | Path, target_field: str) -> tuple[str, str]:
+    """The task the target field implies, and why (a sentence for the terminal and results)."""
+    path = Path(path)
+    values = []
+    for line, record in _records(path):
+        if target_field not in record and "messages" in record:
+            return CLASSIFICATION, "chat records: the last assistant message is the label"
+        values.append(_field(record, target_field, path, line, "--target-field"))
+        if len(values) >= INFERENCE_ROWS:
+            break
+    if not values:
+        raise DataError(path, None, "no examples found (only blank rows)")
+    structured = [v for v in values if isinstance(v, (dict, list))]
+    if structured:
+        return EXTRACTION, f"the target field '{target_field}' holds JSON objects or {{slot, value}} lists"
+    distinct = {str(v) for v in values}
+    if len(distinct) <= MAX_CLASSIFICATION_LABELS and len(distinct) * 2 <= len(values):
+        return CLASSIFICATION, f"the target field '{target_field}' takes {len(distinct)} distinct values"
+    return GENERATION, (
+        f"the target field '{target_field}' is free text "
+        f"({len(distinct)} distinct values in {len(values)} rows)"
+    )
+
+
+def load_task_examples(
+    path: str | Path, task: Task, input_field: str = "text", target_field: str = "label"
+) -> list[TaskExample]:
+    path = Path(path)
+    examples = []
+    for line, record in _records(path):
+        text = as_text(_field(record, input_field, path, line, "--input-field"), input_field, path, line)
+        value = _field(record, target_field, path, line, "--target-field")
+        example = task.read_target(value, record, path, line)
+        examples.append(replace(example, text=text))
+    if not examples:
+        raise DataError(path, None, "no examples found (only blank rows)")
+    return examples
+
+
+@dataclass
+class TaskData:
+    pool: list[TaskExample]
+    test: list[TaskExample]
+    report: dict[str, Any] = field(default_factory=dict)
+    """results.json's ``dataset`` block."""
+
+
+def stratified(examples: Sequence[TaskExample], n: int, task: Task, seed: int) -> list[int]:
+    """Seeded sample of ``n`` indices, strata in proportion (largest remainder), in file order."""
+    by: dict[str, list[int]] = defaultdict(list)
+    for i, ex in enumerate(examples):
+        by[task.stratum(ex)].append(i)
+    rng = random.Random(seed)
+    for members in by.values():
+        rng.shuffle(members)
+    quota = {s: n * len(m) / len(examples) for s, m in by.items()}
+    take = {s: int(q) for s, q in quota.items()}
+    for s in sorted(by, key=lambda s: (take[s] - quota[s], s)):
+        if sum(take.values()) >= n:
+            break
+        take[s] += 1
+    return sorted(i for s, members in by.items() for i in members[: take[s]])
+
+
+def _dedupe(examples: Sequence[TaskExample]) -> tuple[list[TaskExample], int]:
+    seen: set[str] = set()
+    kept = []
+    for ex in examples:
+        if ex.text not in seen:
+            seen.add(ex.text)
+            kept.append(ex)
+    return kept, len(examples) - len(kept)
+
+
+def prepare_task_data(
+    task: Task,
+    data: str | Path,
+    test: str | Path | None,
+    *,
+    input_field: str,
+    target_field: str,
+    max_test: int | None,
+    test_fraction: float,
+    seed: int,
+) -> TaskData:
+    pool, duplicates = _dedupe(load_task_examples(data, task, input_field, target_field))
+    if test is not None:
+        test_rows, test_duplicates = _dedupe(load_task_examples(test, task, input_field, target_field))
+        duplicates += test_duplicates
+        source = str(test)
+    else:
+        held = set(stratified(pool, max(1, round(len(pool) * test_fraction)), task, seed))
+        test_rows = [ex for i, ex in enumerate(pool) if i in held]
+        pool = [ex for i, ex in enumerate(pool) if i not in held]
+        source = f"{test_fraction:.0%} split of {data} (seed {seed})"
+    if max_test is not None and max_test < len(test_rows):
+        test_rows = [test_rows[i] for i in stratified(test_rows, max_test, task, seed)]
+        source += f", sample of {max_test} (seed {seed})"
+    inputs = {ex.text for ex in test_rows}
+    leaks = sum(ex.text in inputs for ex in pool)
+    pool = [ex for ex in pool if ex.text not in inputs]
+    if not pool:
+        raise DataError(data, None, "no examples left in the pool after removing duplicates and test leaks")
+    task.fit(pool)
+    rerender = getattr(task, "rerender", None)
+    if rerender is not None:  # rendering may depend on what fit learned (extraction's key order)
+        pool, test_rows = [rerender(ex) for ex in pool], [rerender(ex) for ex in test_rows]
+    report = {
+        "pool_size": len(pool),
+        "test_size": len(test_rows),
+        "duplicates_removed": duplicates,
+        "leaks_removed": leaks,
+        "test_source": source,
+        "warnings": [],
+    }
+    return TaskData(pool=pool, test=test_rows, report=report)

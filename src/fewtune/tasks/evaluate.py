@@ -1,0 +1,190 @@
+"""One open-output method on the test rows: generate, parse, score each row, aggregate, time requests."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from fewtune.backends.base import Backend, Generation, ProgressFn
+from fewtune.data.load import Example
+from fewtune.evaluate import LATENCY_WARMUP_REQUESTS
+from fewtune.prompts.template import QUERY_LEAD
+from fewtune.strategies.base import PerRowDemos
+from fewtune.tasks.base import END_MARKER, Task, TaskExample, bootstrap_ci
+from fewtune.tasks.template import OutputTemplate
+
+# New tokens allowed per output: the longest pool target (plus the end marker), with this much headroom.
+MAX_NEW_TOKENS_HEADROOM = 1.25
+# Pool targets tokenised to find that longest one (a seeded sample above this many).
+LENGTH_SAMPLE = 2000
+
+
+@dataclass(frozen=True)
+class TextPredictor:
+    """A model (base or adapter-merged), its template and demos; generates outputs for inputs."""
+
+    method: str
+    backend: Backend
+    template: OutputTemplate
+    max_new_tokens: int
+    stop: str = END_MARKER
+    demos: tuple[Example, ...] = ()
+    per_row_demos: PerRowDemos | None = None
+    train_examples: int = 0
+    demo_selection: str | None = None
+    demo_seed: int | None = None
+    constraint: Callable[[], Any] | None = field(default=None, compare=False)
+    """Makes a logits processor that constrains decoding to the output schema (``--constrained``)."""
+    info: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def shots(self) -> int:
+        return self.per_row_demos.shots if self.per_row_demos else len(self.demos)
+
+    @property
+    def name(self) -> str:
+        parts = [self.method]
+        if self.train_examples:
+            parts.append(f"n={self.train_examples}")
+        if self.shots:
+            parts += [f"k={self.shots}", *([self.demo_selection] if self.demo_selection else [])]
+        if self.constraint is not None:
+            parts.append("constrained")
+        return " ".join(parts)
+
+    def prompts(self, texts: Sequence[str]) -> list[str]:
+        demos = self.per_row_demos.for_texts(texts) if self.per_row_demos else [self.demos] * len(texts)
+        return [self.template.render(t, d) for t, d in zip(texts, demos, strict=True)]
+
+    def shared_prefix(self) -> str:
+        if self.per_row_demos is not None:
+            return self.template.header()
+        return self.template.prefix(self.demos) + QUERY_LEAD
+
+    def generate(
+        self, texts: Sequence[str], batch_size: int = 16, progress: ProgressFn | None = None
+    ) -> list[Generation]:
+        return self.backend.generate_batch(
+            self.prompts(texts),
+            prefix=self.shared_prefix(),
+            max_new_tokens=self.max_new_tokens,
+            stop=self.stop,
+            batch_size=batch_size,
+            progress=progress,
+            constraint=self.constraint,
+        )
+
+    def with_demos(
+        self, demos: Sequence[Example], method: str, selection: str | None, **kw: Any
+    ) -> TextPredictor:
+        return replace(self, demos=tuple(demos), method=method, demo_selection=selection, **kw)
+
+
+def max_new_tokens(backend: Backend, template: OutputTemplate, pool: Sequence[TaskExample], seed: int) -> int:
+    """The cap on new tokens: the longest pool target's tokens (with the end marker), plus headroom."""
+    rng = np.random.default_rng(seed)
+    rows = (
+        pool if len(pool) <= LENGTH_SAMPLE else [pool[i] for i in rng.choice(len(pool), LENGTH_SAMPLE, False)]
+    )
+    longest = max(backend.count_tokens(template.continuation(ex.label)) for ex in rows)
+    return math.ceil(longest * MAX_NEW_TOKENS_HEADROOM)
+
+
+def _latency(predictor: TextPredictor, texts: Sequence[str], requests: int) -> dict[str, Any]:
+    if requests <= 0 or not texts:
+        return {"p50": None, "p95": None, "mean": None, "requests": 0}
+    timings = []
+    prompts = predictor.prompts([texts[i % len(texts)] for i in range(requests + LATENCY_WARMUP_REQUESTS)])
+    for i, prompt in enumerate(prompts):
+        start = time.perf_counter()
+        predictor.backend.generate_batch(
+            [prompt],
+            prefix=predictor.shared_prefix(),
+            max_new_tokens=predictor.max_new_tokens,
+            stop=predictor.stop,
+            batch_size=1,
+            constraint=predictor.constraint,
+        )
+        if i >= LATENCY_WARMUP_REQUESTS:
+            timings.append((time.perf_counter() - start) * 1000)
+    p50, p95 = np.percentile(timings, [50, 95])
+    return {"p50": float(p50), "p95": float(p95), "mean": float(np.mean(timings)), "requests": len(timings)}
+
+
+def evaluate_text(
+    predictor: TextPredictor,
+    task: Task,
+    test: Sequence[TaskExample],
+    *,
+    batch_size: int = 16,
+    latency_requests: int = 20,
+    seed: int = 0,
+    progress: ProgressFn | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The method's results row and its predictions.jsonl lines."""
+    texts = [ex.text for ex in test]
+    start = time.perf_counter()
+    generations = predictor.generate(texts, batch_size, progress)
+    seconds = time.perf_counter() - start
+    outputs = [g.text for g in generations]
+    parsed = [task.parse(text) for text in outputs]
+    scores = task.score_rows(test, parsed, outputs)
+    stats = task.primary_stats(scores)
+    primary = task.primary
+    output_tokens = [g.output_tokens for g in generations]
+    row: dict[str, Any] = {
+        "method": predictor.method,
+        "name": predictor.name,
+        "shots": predictor.shots,
+        "train_examples": predictor.train_examples,
+        "demo_selection": predictor.demo_selection,
+        "demo_seed": predictor.demo_seed,
+        "calibrated": False,
+        "constrained": predictor.constraint is not None,
+        "primary": {
+            "name": primary.name,
+            "label": primary.label,
+            "value": primary.value(stats),
+            "ci95": list(bootstrap_ci(stats, primary.aggregate, seed)),
+        },
+        "metrics": {name: metric.to_dict() for name, metric in task.aggregate(scores, seed).items()},
+        "stopped_rate": float(np.mean([g.stopped for g in generations])),
+        "latency_ms": _latency(predictor, texts, latency_requests),
+        "prompt_tokens_mean": float(np.mean([g.prompt_tokens for g in generations])),
+        "prompt_tokens_max": int(max(g.prompt_tokens for g in generations)),
+        "output_tokens_mean": float(np.mean(output_tokens)),
+        "output_tokens_per_second": sum(output_tokens) / seconds if seconds else None,
+        "throughput_rows_per_second": len(texts) / seconds if seconds else None,
+        "scoring_seconds": seconds,
+        "max_new_tokens": predictor.max_new_tokens,
+        "train_seconds": predictor.info.get("train_seconds"),
+        **{k: v for k, v in predictor.info.items() if k != "train_seconds"},
+        "demos": [{"text": d.text, "output": d.label} for d in predictor.demos],
+    }
+    field_table = getattr(task, "field_table", None)
+    if field_table is not None:
+        row["per_field"] = field_table(test, parsed)
+    identity = {k: row[k] for k in ("method", "name", "shots", "train_examples")}
+    predictions = [
+        {
+            **identity,
+            "row": i,
+            "text": ex.text,
+            "gold": ex.label,
+            "references": list(ex.references) if len(ex.references) > 1 else None,
+            "output": out,
+            "parsed": p.value if p.ok else None,
+            "stopped": g.stopped,
+            "scores": score,
+            "primary_stats": stats[i].tolist(),
+        }
+        for i, (ex, out, p, g, score) in enumerate(
+            zip(test, outputs, parsed, generations, scores, strict=True)
+        )
+    ]
+    return row, predictions

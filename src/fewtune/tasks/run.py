@@ -1,0 +1,126 @@
+"""``fewtune run`` for extraction and generation: every method generates on the same test rows.
+
+Rows: zero-shot and k-shot prompts (demo selections random or nearest; ``balanced`` has no labels to
+balance here and draws at random), each also schema-constrained with ``--constrained`` (extraction), then a
+LoRA adapter per training size, alone and with the first k-shot prompt. Results are written as each row
+finishes, as for classification.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from fewtune.config import RunConfig
+from fewtune.errors import ConfigError
+from fewtune.prompts.demos import NEAREST, DemoIndex, NearestDemos, select_demos
+from fewtune.store import RunStore
+from fewtune.tasks.base import EXTRACTION, Task, TaskExample
+from fewtune.tasks.data import TaskData, stratified
+from fewtune.tasks.evaluate import TextPredictor, evaluate_text, max_new_tokens
+from fewtune.tasks.template import OutputTemplate
+
+TEXT_METHODS = ("zero-shot", "few-shot", "lora", "lora+few-shot")
+
+
+def check_text_plan(cfg: RunConfig, task: Task) -> None:
+    """Settings that make no sense for an open-output task fail before any work."""
+    if "reference" in cfg.eval.methods and cfg.eval.methods != ["reference"]:
+        cfg.eval.methods = [m for m in cfg.eval.methods if m != "reference"]
+    if not cfg.eval.methods:
+        raise ConfigError(f"--methods for {task.name} takes {', '.join(TEXT_METHODS)}")
+    if cfg.lora.class_balance != "none":
+        raise ConfigError(f"--class-balance needs labels; {task.name} has none")
+    if cfg.eval.constrained and task.name != EXTRACTION:
+        raise ConfigError("--constrained needs an output schema: it applies to --task extraction")
+    if cfg.prompt.calibrate or cfg.prompt.label_names:
+        raise ConfigError(f"--calibrate and --label-names apply to classification, not {task.name}")
+
+
+def run_text_methods(
+    cfg: RunConfig,
+    task: Task,
+    data: TaskData,
+    backend: Any,
+    store: RunStore,
+    record: Any,
+    with_progress: Callable[..., Any],
+    train_progress: Callable[[str], Any],
+    index: DemoIndex | None,
+) -> None:
+    template = OutputTemplate(cfg.prompt.instruction or task.default_instruction, task.output_format())
+    cap = max_new_tokens(backend, template, data.pool, cfg.seed)
+    methods = cfg.eval.methods
+    shots = [k for k in cfg.prompt.shots if k > 0]
+    base = TextPredictor("zero-shot", backend, template, cap, stop=task.stop)
+    schema = getattr(task, "schema", None)
+    constraint = backend.schema_constraint(schema) if cfg.eval.constrained and schema else None
+
+    def demos_for(predictor: TextPredictor, k: int, selection: str, method: str) -> TextPredictor:
+        if selection == NEAREST:
+            assert index is not None
+            return predictor.with_demos((), method, NEAREST, per_row_demos=NearestDemos(index, k))
+        picked = select_demos(data.pool, k, "random", cfg.seed)
+        return predictor.with_demos(picked, method, "random", demo_seed=cfg.seed)
+
+    def score(predictor: TextPredictor) -> None:
+        if predictor.name in record.done:
+            return
+        row, predictions = with_progress(
+            f"Generating {predictor.name}",
+            lambda progress: evaluate_text(
+                predictor,
+                task,
+                data.test,
+                batch_size=cfg.eval.batch_size,
+                latency_requests=cfg.eval.latency_requests,
+                seed=cfg.seed,
+                progress=progress,
+            ),
+        )
+        record(row, predictions)
+        record.describe(row)
+
+    prompts: list[TextPredictor] = []
+    if "zero-shot" in methods and 0 in cfg.prompt.shots:
+        prompts.append(base)
+    if "few-shot" in methods:
+        selections = list(
+            dict.fromkeys("random" if s == "balanced" else s for s in cfg.prompt.demo_selection)
+        )
+        prompts += [demos_for(base, k, s, "few-shot") for k in shots for s in selections]
+    for predictor in prompts:
+        score(predictor)
+        if constraint is not None:
+            score(replace(predictor, constraint=constraint))
+    if not {"lora", "lora+few-shot"} & set(methods):
+        return
+    from fewtune.backends.hf import HFBackend
+    from fewtune.strategies.lora import Lora
+
+    if not isinstance(backend, HFBackend):
+        raise ConfigError(
+            f"LoRA needs a local Hugging Face model; backend '{backend.name}' cannot be trained"
+        )
+
+    lead = cfg.prompt.demo_selection[0]
+    for n in cfg.lora.train_sizes:
+        names = [f"lora n={n}"] if "lora" in methods else []
+        adapter_rows = names + [f"lora+few-shot n={n} k={k}" for k in shots if "lora+few-shot" in methods]
+        if all(any(done.startswith(name) for done in record.done) for name in adapter_rows):
+            continue
+        train: list[TaskExample] = [data.pool[i] for i in stratified(data.pool, n, task, cfg.seed)]
+        adapter = train_progress(f"Training lora n={n}")(
+            lambda on_step, train=train, n=n: Lora(
+                backend, template, cfg.lora, store.adapter_dir(f"lora-n{n}"), seed=cfg.seed, progress=on_step
+            ).train(train)
+        )
+        tuned = TextPredictor(
+            "lora", adapter[0], template, cap, stop=task.stop, train_examples=n, info=adapter[1]
+        )
+        if "lora" in methods:
+            score(tuned)
+        if "lora+few-shot" in methods:
+            for k in shots:
+                score(demos_for(tuned, k, lead if lead == NEAREST else "random", "lora+few-shot"))
