@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from fewtune.backends.base import ProgressFn
+from fewtune.backends.generated import GenerateAndParse, unanswered
 from fewtune.data.load import Example
 from fewtune.metrics import classification_metrics
 from fewtune.strategies.base import Predictor, log_softmax
@@ -16,6 +17,8 @@ from fewtune.strategies.base import Predictor, log_softmax
 # Requests run and discarded before timing, so one-off costs (allocations, kernel selection) don't count.
 LATENCY_WARMUP_REQUESTS = 2
 LATENCY_FIELDS = ("latency_ms", "latency_ms_no_prefix_cache")
+# What predictions.jsonl records for a generated answer that names no label (it counts as wrong).
+NO_ANSWER = "(no answer)"
 
 
 def measure_latency(predictor: Predictor, texts: Sequence[str], requests: int) -> dict[str, Any]:
@@ -79,13 +82,16 @@ def evaluate(
     labels = list(predictor.template.labels)
     raw, scoring_seconds = scored or score_test(predictor, texts, batch_size, progress)
     scores = predictor.adjust(raw)
-    predicted = [labels[i] for i in scores.argmax(axis=1)]
+    generated = isinstance(predictor.backend, GenerateAndParse)
+    missing = unanswered(raw) if generated else np.zeros(len(texts), dtype=bool)
+    predicted = [NO_ANSWER if missing[r] else labels[i] for r, i in enumerate(scores.argmax(axis=1))]
     gold = [ex.label for ex in test]
     backend = predictor.backend
     prompt_tokens = [backend.count_tokens(p) for p in predictor.prompts(texts)]
     label_tokens = {
         label: backend.count_tokens(predictor.template.continuation(label)) - 1 for label in labels
     }
+    longest = max(label_tokens.values())
     if latency is None:
         latency = _latencies(predictor, texts, latency_requests)
     row: dict[str, Any] = {
@@ -100,13 +106,17 @@ def evaluate(
         **latency,
         "prompt_tokens_mean": float(np.mean(prompt_tokens)),
         "prompt_tokens_max": int(max(prompt_tokens)),
-        "output_tokens_mean": float(np.mean([label_tokens[p] for p in predicted])),
+        # An answer that named no label ran to the generation cap (about the longest label).
+        "output_tokens_mean": float(np.mean([label_tokens.get(p, longest) for p in predicted])),
         "throughput_rows_per_second": len(texts) / scoring_seconds if scoring_seconds else None,
         "scoring_seconds": scoring_seconds,
         "train_seconds": predictor.info.get("train_seconds"),
         **{k: v for k, v in predictor.info.items() if k != "train_seconds"},
         "demos": [{"text": d.text, "label": d.label} for d in predictor.demos],
+        "label_scoring": "generate" if generated else "loglik",
     }
+    if generated:  # answers that named no label: the method's error rate
+        row["unparsed_rate"] = float(missing.mean())
     if predictor.label_bias is not None:
         row["label_bias"] = dict(zip(labels, predictor.label_bias, strict=True))
     if predictor.template.names:
