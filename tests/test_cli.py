@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fewtune import cli
+from fewtune import cli, cli_options
 
 
 def run_cli(monkeypatch: pytest.MonkeyPatch, *args: str) -> None:
@@ -107,7 +107,7 @@ def test_broken_gguf_is_one_line_error(
     ],
 )
 def test_label_names_option_parses_code_name_pairs(value: str | None, expected: object) -> None:
-    assert cli._label_names(value) == expected
+    assert cli_options.label_names(value) == expected
 
 
 @pytest.mark.parametrize(
