@@ -25,6 +25,7 @@ METHODS = ("zero-shot", "few-shot", "lora", "lora+few-shot", "reference")
 # The reference is no LLM method: sentence embeddings + logistic regression on the LoRA training examples.
 REFERENCE_METHOD = "reference"
 CLASS_BALANCE = ("none", "loss", "sampling")
+LABEL_SCORING = ("loglik", "generate")
 
 
 @dataclass
@@ -154,6 +155,9 @@ class EvalArgs:
     """Requests timed one at a time (after 2 warm-up requests) for p50/p95 latency."""
     constrained: bool = False
     """Extraction: add a row per prompt that decodes under the output's JSON Schema (xgrammar)."""
+    label_scoring: str = "loglik"
+    """Classification: loglik (each label's log-likelihood after the prompt) or generate (the model writes
+    its answer, which is parsed as a label; unparsed answers count as wrong and as errors)."""
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
@@ -162,6 +166,10 @@ class EvalArgs:
                 f"--methods takes {', '.join(METHODS)}; got {', '.join(self.methods) or 'none'}"
             )
         self.methods = [m for m in METHODS if m in self.methods]
+        if self.label_scoring not in LABEL_SCORING:
+            raise ConfigError(
+                f"--label-scoring takes {' or '.join(LABEL_SCORING)}, got {self.label_scoring!r}"
+            )
         if self.batch_size < 1 or self.latency_requests < 0:
             raise ConfigError("--eval-batch-size must be at least 1 and --latency-requests 0 or more")
 

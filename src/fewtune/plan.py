@@ -62,6 +62,10 @@ def check_plan(cfg: RunConfig, data: PreparedData) -> None:
     for option, value in (("--schema", cfg.data.schema), ("--constrained", cfg.eval.constrained or None)):
         if value is not None:
             raise ConfigError(f"{option} applies to --task extraction, not classification")
+    if cfg.eval.label_scoring == "generate" and cfg.prompt.calibrate:
+        raise ConfigError(
+            "--calibrate needs label log-likelihoods; it does not apply to --label-scoring generate"
+        )
     check_shots_and_sizes(cfg, data.report.pool_size)
 
 

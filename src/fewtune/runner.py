@@ -5,16 +5,17 @@ from __future__ import annotations
 import os
 import platform
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fewtune import __version__
+from fewtune import progress as bars
 from fewtune.backends.base import Backend, ProgressFn
+from fewtune.backends.generated import GenerateAndParse
 from fewtune.config import REFERENCE_METHOD, RunConfig
 from fewtune.cost import load_price_table
 from fewtune.curves import build_curves
@@ -23,6 +24,7 @@ from fewtune.embeddings import Embedder
 from fewtune.errors import ConfigError, ModelError
 from fewtune.evaluate import evaluate
 from fewtune.plan import check_plan, data_files, load_data, resolve_task
+from fewtune.progress import load_backend, load_embedder
 from fewtune.prompts.demos import NEAREST, DemoIndex
 from fewtune.prompts.template import DEFAULT_TASK, PromptTemplate, resolve_label_names
 from fewtune.report.terminal import method_table
@@ -30,18 +32,7 @@ from fewtune.resume import fingerprint, resume_results
 from fewtune.store import RunStore, check_run_folder, clear_run, default_run_dir, refuse_existing_run
 from fewtune.strategies.base import Predictor
 from fewtune.sweep import check_context, few_shot_draws, prompt_sets, run_prompt_set
-from fewtune.tasks.base import CLASSIFICATION
-
-
-def _load_backend(cfg: RunConfig, console: Console) -> Backend:
-    from fewtune.backends.hf import HFBackend
-    from fewtune.backends.models import load_model, resolve_model
-
-    with console.status(f"Preparing model {cfg.model} (the first run converts it, about a minute)..."):
-        folder = resolve_model(cfg.model)
-    with console.status(f"Loading {folder}..."):
-        model, tokenizer = load_model(folder)
-    return HFBackend(model, tokenizer, name=cfg.model, source=str(folder))
+from fewtune.tasks.base import CLASSIFICATION, SCHEMA_VERSION
 
 
 def _describe_backend(backend: Backend) -> dict[str, Any]:
@@ -57,7 +48,7 @@ def _describe_backend(backend: Backend) -> dict[str, Any]:
 def run(
     cfg: RunConfig,
     console: Console | None = None,
-    backend_factory: Callable[[RunConfig, Console], Backend] = _load_backend,
+    backend_factory: Callable[[RunConfig, Console], Backend] = load_backend,
     embedder_factory: Callable[[RunConfig, Console], Embedder] | None = None,
     overwrite: bool = False,
     resume: bool = False,
@@ -86,9 +77,7 @@ def run(
             cfg,
             console,
             backend_factory,
-            embedder_factory or _load_embedder,
-            _with_progress,
-            _train_progress,
+            embedder_factory or load_embedder,
             overwrite,
             resume,
         )
@@ -114,7 +103,9 @@ def run(
     for warning in report.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
     results: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
         "fewtune_version": __version__,
+        "task": {"name": CLASSIFICATION, "label_scoring": cfg.eval.label_scoring},
         "status": "running",
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "model": cfg.model,
@@ -133,7 +124,7 @@ def run(
     try:
         backend = backend_factory(cfg, console)  # first, so that a bad --model fails before the checks' work
         results["hardware"].update(_describe_backend(backend))
-        embedder, index = _check_data(cfg, data, store, results, console, embedder_factory or _load_embedder)
+        embedder, index = _check_data(cfg, data, store, results, console, embedder_factory or load_embedder)
         _run_methods(cfg, data, backend, store, results, console, embedder, index)
         results["status"] = "complete"
     except KeyboardInterrupt:
@@ -154,38 +145,6 @@ def run(
         built, _ = write_reports(store.folder, cfg.cost)
     print_summary(console, built)
     return store.folder
-
-
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[extra]}"),
-        console=console,
-    )
-
-
-def _with_progress(console: Console, title: str, total: int, work: Callable[[ProgressFn], Any]) -> Any:
-    with _progress(console) as progress:
-        task = progress.add_task(title, total=total, extra="")
-        return work(lambda n: progress.advance(task, n))
-
-
-def _train_progress(console: Console, title: str) -> Callable[[Callable[..., Any]], Any]:
-    """``train_progress(console, title)(fit)`` runs ``fit(on_step)`` under a progress bar of its steps."""
-
-    def go(fit: Callable[..., Any]) -> Any:
-        with _progress(console) as progress:
-            task = progress.add_task(title, total=None, extra="")
-
-            def on_step(step: int, total: int, loss: float) -> None:
-                progress.update(task, completed=step, total=total, extra=f"loss {loss:.3f}")
-
-            return fit(on_step)
-
-    return go
 
 
 def _check_data(
@@ -214,13 +173,13 @@ def _check_data(
         return None, None
     index = None
     if _needs_index(cfg):
-        index = _with_progress(
+        index = bars.with_progress(
             console,
             f"Embedding the {len(data.pool)} pool examples",
             len(data.pool),
             lambda progress: DemoIndex.build(data.pool, embedder, progress),
         )
-    checks = _with_progress(
+    checks = bars.with_progress(
         console,
         "Checking the data (label issues, near duplicates)",
         check_steps(len(data.pool), len(data.test), pool_embedded=index is not None),
@@ -241,13 +200,6 @@ def _check_data(
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     store.write_results(results)
     return embedder, index
-
-
-def _load_embedder(cfg: RunConfig, console: Console) -> Embedder:
-    from fewtune.embeddings import EMBEDDING_MODEL, SentenceEmbedder
-
-    with console.status(f"Loading the sentence embedder {EMBEDDING_MODEL}..."):
-        return SentenceEmbedder()
 
 
 def _needs_index(cfg: RunConfig) -> bool:
@@ -309,13 +261,14 @@ def _run_methods(
     record = _Recorder(store, results, console)
 
     def with_progress(title: str, work: Callable[[ProgressFn | None], Any], total: int | None = None) -> Any:
-        return _with_progress(console, title, len(texts) if total is None else total, work)
+        return bars.with_progress(console, title, len(texts) if total is None else total, work)
 
-    sets = prompt_sets(cfg, data.pool, backend, template, index)
+    scorer = GenerateAndParse(backend) if cfg.eval.label_scoring == "generate" else backend
+    sets = prompt_sets(cfg, data.pool, scorer, template, index)
     # lora+few-shot prompts with the first selection's first demo draw.
     first_selection = cfg.prompt.demo_selection[0]
     lead = {
-        k: few_shot_draws(backend, template, data.pool, k, first_selection, cfg.seed, 1, index)[0]
+        k: few_shot_draws(scorer, template, data.pool, k, first_selection, cfg.seed, 1, index)[0]
         for k in (shots if "lora+few-shot" in methods else [])
     }
     checked = [p for s in sets for p in s.draws] + list(lead.values())
@@ -363,17 +316,13 @@ def _run_methods(
         if set(rows) <= record.done:
             continue  # every row of this adapter finished before --resume
         train, _ = stratified_sample(data.pool, n, cfg.seed)
-        with _progress(console) as progress:
-            task = progress.add_task(f"Training lora n={n}", total=None, extra="")
-
-            def on_step(
-                step: int, total: int, loss: float, task: Any = task, progress: Any = progress
-            ) -> None:
-                progress.update(task, completed=step, total=total, extra=f"loss {loss:.3f}")
-
-            adapter = Lora(
+        adapter = bars.train_progress(console, f"Training lora n={n}")(
+            lambda on_step, train=train, n=n: Lora(
                 backend, template, cfg.lora, store.adapter_dir(f"lora-n{n}"), seed=cfg.seed, progress=on_step
             ).fit(train)
+        )
+        if scorer is not backend:
+            adapter = replace(adapter, backend=GenerateAndParse(adapter.backend))
         console.print(
             f"  trained lora n={n} in {adapter.info['train_seconds']:.0f} s "
             f"({adapter.info['train_tokens_per_second']:.0f} tokens/s); "

@@ -28,6 +28,7 @@ from fewtune.decide.thresholds import GOOD_ENOUGH_KAPPA, MARGIN_POINTS
 from fewtune.report.rollout import Rollout, rollout_plan
 from fewtune.report.run_folder import read_run, saved_setting
 from fewtune.report.tables import confusion_matrix
+from fewtune.tasks.base import bootstrap_ci
 
 
 @dataclass
@@ -145,6 +146,23 @@ def analyse(folder: str | Path, args: CostArgs) -> Report:
     )
     rec = recommend(situation)
     by_name = {row["name"]: row for row in methods}
+    for m in found.methods:
+        row = by_name[m.name]
+        if choice.metric.per_row_correct:  # accuracy: the row's own interval
+            low, high = row["accuracy_ci95"]
+        elif m.stats is not None:
+            low, high = bootstrap_ci(m.stats, choice.metric.aggregate, situation.seed)
+        else:  # no predictions to resample
+            low, high = None, None
+        row["primary"] = {
+            "name": choice.metric.name,
+            "metric": choice.metric.name,
+            "label": choice.metric.label,
+            "value": m.score,
+            "ci95": [low, high],
+        }
+        row["degenerate"] = m.degenerate
+        row["cohen_kappa"] = found.kappa.get(m.name)
     viable = [m for m in found.methods if m.viable] or list(found.methods)
     focus = by_name[rec.method] if rec.method else by_name[max(viable, key=lambda m: m.score).name]
     pair = (rec.comparison.baseline, rec.comparison.candidate) if rec.comparison else None
@@ -175,11 +193,6 @@ def analyse(folder: str | Path, args: CostArgs) -> Report:
         curves=build_curves(methods),
         best_prompt=_best_prompt(methods),
     )
-    for m in found.methods:
-        row = by_name[m.name]
-        row["primary"] = {"metric": choice.metric.name, "value": m.score}
-        row["degenerate"] = m.degenerate
-        row["cohen_kappa"] = found.kappa.get(m.name)
     _add_to_results(report, args)
     return report
 

@@ -51,7 +51,7 @@ def rollout_plan(row: dict[str, Any], cost: MethodCost, test_rows: int, chosen: 
     """Checks and triggers for the method in results.json ``row``, filled with its measured figures."""
     name = row.get("name") or row["method"]
     primary = row.get("primary") or {}
-    if "ci95" in primary:  # extraction and generation: the task's primary metric
+    if (primary.get("ci95") or [None])[0] is not None:  # the metric the verdict was decided on
         label, accuracy, (low, high) = primary["label"], primary["value"], primary["ci95"]
     else:
         label, accuracy, (low, high) = "accuracy", row["accuracy"], row["accuracy_ci95"]

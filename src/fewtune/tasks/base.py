@@ -29,6 +29,8 @@ TASKS = (CLASSIFICATION, EXTRACTION, GENERATION)
 # The end of an output block: every demo's output is followed by a line holding the prompt's separator.
 END_MARKER = "\n---"
 BOOTSTRAP_RESAMPLES = 1000
+# results.json layout: 2 adds the ``task`` block, and ``primary`` / ``metrics`` on every method row.
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,8 @@ class Task(abc.ABC):
     default_instruction: str
     primary: PrimaryMetric
     """What the verdict decides on."""
+    metric_choices: tuple[str, ...] = ()
+    """What ``--metric`` may name for this task."""
     stop: str = END_MARKER
     """Where generation stops: the end of the output block (one-line outputs stop at the line's end)."""
 

@@ -95,24 +95,41 @@ def pairs(obj: Mapping[str, Any] | None) -> Counter[tuple[str, str]]:
     return found
 
 
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    return "number" if isinstance(value, float) else "string"
+
+
+def _json_type(values: list[Any]) -> str | list[str]:
+    """The JSON Schema type of a key's values: one kind, or every kind seen (integers count as numbers
+    when both occur), so that every gold value is valid."""
+    kinds = {_kind(v) for v in values}
+    if kinds == {"integer", "number"}:
+        kinds = {"number"}
+    return kinds.pop() if len(kinds) == 1 else sorted(kinds)
+
+
 def infer_schema(targets: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """A JSON Schema for the pool's targets: every key optional, string or list-of-string values, small
-    enums where a key takes few values."""
-    seen: dict[str, Counter[str]] = {}
+    """A JSON Schema for the pool's targets: every key optional, its values' type (text, number, boolean,
+    or each kind seen) or a list of them, small enums where a key of one kind takes few values."""
+    seen: dict[str, list[Any]] = {}
     listed: set[str] = set()
     for target in targets:
         for key, value in target.items():
             if isinstance(value, list):
                 listed.add(key)
-            values = seen.setdefault(key, Counter())
-            for item in value if isinstance(value, list) else [value]:
-                values[str(item)] += 1
+            seen.setdefault(key, []).extend(value if isinstance(value, list) else [value])
     properties: dict[str, Any] = {}
     for key in sorted(seen):
-        spec: dict[str, Any] = {"type": "string"}
         values = seen[key]
-        if len(values) <= ENUM_MAX_VALUES and sum(values.values()) >= ENUM_MIN_SEEN:
-            spec["enum"] = sorted(values)
+        kind = _json_type(values)
+        spec: dict[str, Any] = {"type": kind}
+        distinct = sorted(set(values), key=lambda v: (str(type(v)), v))
+        if kind != "boolean" and len(distinct) <= ENUM_MAX_VALUES and len(values) >= ENUM_MIN_SEEN:
+            spec["enum"] = distinct
         properties[key] = {"anyOf": [spec, {"type": "array", "items": spec}]} if key in listed else spec
     return {"type": "object", "properties": properties, "additionalProperties": False}
 
@@ -138,7 +155,13 @@ def load_schema(path: str) -> dict[str, Any]:
 def _describe(spec: Mapping[str, Any]) -> str:
     options = spec.get("anyOf") or [spec]
     enum = next((o["enum"] for o in options if "enum" in o), None)
-    kind = "text" if enum is None else "one of " + "|".join(str(v) for v in enum)
+    shown = {"string": "text", "integer": "whole number", "number": "number", "boolean": "true|false"}
+    kinds = options[0].get("type")
+    kind = " or ".join(shown.get(str(k), "text") for k in (kinds if isinstance(kinds, list) else [kinds]))
+    if enum is not None:
+        kind = "one of " + "|".join(
+            json.dumps(v, ensure_ascii=False) if not isinstance(v, str) else v for v in enum
+        )
     return f"{kind} or a list" if len(options) > 1 else kind
 
 
@@ -146,6 +169,7 @@ class ExtractionTask(Task):
     name = EXTRACTION
     default_instruction = DEFAULT_INSTRUCTION
     primary = FIELD_F1_METRIC
+    metric_choices = (FIELD_F1_METRIC.name,)
     stop = "\n"  # the JSON is rendered on one line
 
     def __init__(self, schema: dict[str, Any] | None = None) -> None:

@@ -49,6 +49,7 @@ def _mean_of(column: int) -> Callable[[np.ndarray], float]:
 class GenerationTask(Task):
     name = GENERATION
     default_instruction = DEFAULT_INSTRUCTION
+    metric_choices = PRIMARY_CHOICES
 
     def __init__(self, metric: str | None = None, embed: Embed | None = None) -> None:
         self.metric = metric or "chrf"
@@ -69,14 +70,15 @@ class GenerationTask(Task):
             given = record["references"]
             if not isinstance(given, list) or not given:
                 raise DataError(path, line, "field 'references' must be a non-empty list of texts")
-            references = [_text(r, path, line, "references[]") for r in given]
+            # The target is the output demos show and LoRA learns; every reference is acceptable too.
+            references += [r for r in (_text(r, path, line, "references[]") for r in given) if r != target]
         fields = record.get("fields")
         if fields is not None and not isinstance(fields, dict):
             raise DataError(path, line, "field 'fields' must be an object of attribute -> value")
         return TaskExample(
             text="",
-            label=references[0] if "references" in record else target,
-            target=references[0] if "references" in record else target,
+            label=target,
+            target=target,
             references=tuple(references),
             fields={str(k): str(v) for k, v in fields.items()} if fields else None,
             path=str(path),

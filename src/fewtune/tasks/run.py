@@ -26,10 +26,12 @@ TEXT_METHODS = ("zero-shot", "few-shot", "lora", "lora+few-shot")
 
 def check_text_plan(cfg: RunConfig, task: Task) -> None:
     """Settings that make no sense for an open-output task fail before any work."""
-    if "reference" in cfg.eval.methods and cfg.eval.methods != ["reference"]:
-        cfg.eval.methods = [m for m in cfg.eval.methods if m != "reference"]
-    if not cfg.eval.methods:
+    methods = [m for m in cfg.eval.methods if m in TEXT_METHODS]
+    if not methods:
         raise ConfigError(f"--methods for {task.name} takes {', '.join(TEXT_METHODS)}")
+    cfg.eval.methods = methods  # the reference classifies labels: it has no open-output form
+    if cfg.cost.metric is not None and cfg.cost.metric not in task.metric_choices:
+        raise ConfigError(f"--metric for {task.name} takes {', '.join(task.metric_choices)}")
     if cfg.lora.class_balance != "none":
         raise ConfigError(f"--class-balance needs labels; {task.name} has none")
     if cfg.eval.constrained and task.name != EXTRACTION:

@@ -15,21 +15,20 @@ from rich.console import Console
 from fewtune import __version__
 from fewtune.config import RunConfig
 from fewtune.plan import data_files
+from fewtune.progress import train_progress, with_progress
 from fewtune.resume import fingerprint, resume_results
 from fewtune.store import RunStore, clear_run, default_run_dir
-from fewtune.tasks.base import EXTRACTION, GENERATION, Task
+from fewtune.tasks.base import EXTRACTION, GENERATION, SCHEMA_VERSION, Task
+from fewtune.tasks.extraction import ExtractionTask, load_schema
+from fewtune.tasks.generation import GenerationTask
 
-SCHEMA_VERSION = 2
 
-
-def make_task(cfg: RunConfig, embed: Any = None) -> Task:
-    from fewtune.tasks.extraction import ExtractionTask, load_schema
-    from fewtune.tasks.generation import GenerationTask
-
+def make_task(cfg: RunConfig) -> Task:
     if cfg.data.task == EXTRACTION:
         return ExtractionTask(load_schema(cfg.data.schema) if cfg.data.schema else None)
     if cfg.data.task == GENERATION:
-        return GenerationTask(cfg.cost.metric, embed)
+        metric = cfg.cost.metric if cfg.cost.metric in GenerationTask.metric_choices else None
+        return GenerationTask(metric)
     raise ValueError(f"not an open-output task: {cfg.data.task}")
 
 
@@ -62,13 +61,29 @@ class TextRecorder:
         )
 
 
+def _embedder(cfg: RunConfig, console: Console, factory: Callable[[RunConfig, Console], Any]) -> Any:
+    """The sentence embedder, when something uses it: nearest demos (required) or generation's semantic
+    similarity (left out, with a warning, when the embedder cannot load)."""
+    from fewtune.errors import ModelError
+    from fewtune.prompts.demos import NEAREST
+
+    nearest = NEAREST in cfg.prompt.demo_selection
+    if not nearest and cfg.data.task != GENERATION:
+        return None
+    try:
+        return factory(cfg, console)
+    except ModelError as err:
+        if nearest or cfg.cost.metric == "semantic":
+            raise
+        console.print(f"[yellow]warning:[/] semantic similarity left out: {err}", highlight=False)
+        return None
+
+
 def run_task(
     cfg: RunConfig,
     console: Console,
     backend_factory: Callable[[RunConfig, Console], Any],
     embedder_factory: Callable[[RunConfig, Console], Any],
-    with_progress: Callable[[Console, str, int, Callable[[Any], Any]], Any],
-    train_progress: Callable[[Console, str], Any],
     overwrite: bool,
     resume: bool,
 ) -> Path:
@@ -76,9 +91,11 @@ def run_task(
     from fewtune.tasks.data import prepare_task_data
     from fewtune.tasks.run import check_text_plan, run_text_methods
 
-    embedder = embedder_factory(cfg, console)
-    task = make_task(cfg, lambda texts: embedder.embed(texts))
-    check_text_plan(cfg, task)
+    task = make_task(cfg)
+    check_text_plan(cfg, task)  # before anything loads
+    embedder = _embedder(cfg, console, embedder_factory)
+    if embedder is not None and isinstance(task, GenerationTask):
+        task.embed = embedder.embed
     data_path, test_path = data_files(cfg)
     data = prepare_task_data(
         task,
@@ -126,7 +143,7 @@ def run_task(
     try:
         backend = backend_factory(cfg, console)
         index = None
-        if NEAREST in cfg.prompt.demo_selection:
+        if embedder is not None and NEAREST in cfg.prompt.demo_selection:
             index = with_progress(
                 console,
                 f"Embedding the {len(data.pool)} pool examples",
