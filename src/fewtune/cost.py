@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from fewtune.errors import ConfigError
+from fewtune.record import MethodRow, latency_of
 
 SECONDS_PER_HOUR = 3600
 TOKENS_PER_MILLION = 1_000_000
@@ -195,25 +196,25 @@ class MethodCost:
         return self.setup + self.per_request * requests
 
 
-def is_fine_tuned(row: dict[str, Any]) -> bool:
+def is_fine_tuned(row: MethodRow) -> bool:
     return row.get("method") in FINE_TUNED_METHODS or bool(row.get("train_examples"))
 
 
-def uses_prompt_engineering(row: dict[str, Any]) -> bool:
+def uses_prompt_engineering(row: MethodRow) -> bool:
     return not is_fine_tuned(row) or row.get("method") in FEW_SHOT_METHODS
 
 
-def _seconds_per_request(row: dict[str, Any]) -> tuple[float, str]:
+def _seconds_per_request(row: MethodRow) -> tuple[float, str]:
     throughput = row.get("throughput_rows_per_second")
     if throughput:
         return 1 / throughput, f"{throughput:.3g} requests/s measured in batches"
-    mean_ms = (row.get("latency_ms") or {}).get("mean")
+    mean_ms = latency_of(row)["mean"]
     if mean_ms:
         return mean_ms / 1000, f"{mean_ms:.0f} ms mean single-request latency (no batch throughput)"
     raise ConfigError(f"method {row.get('name', row.get('method'))}: no throughput or latency to price")
 
 
-def per_request_cost(row: dict[str, Any], prices: PriceTable) -> tuple[float, str]:
+def per_request_cost(row: MethodRow, prices: PriceTable) -> tuple[float, str]:
     """Dollars per request for one results.json method row, and how it was computed."""
     if prices.pricing == "self-hosted":
         seconds, measured = _seconds_per_request(row)
@@ -243,7 +244,7 @@ def per_request_cost(row: dict[str, Any], prices: PriceTable) -> tuple[float, st
     )
 
 
-def training_compute_cost(row: dict[str, Any], prices: PriceTable) -> float:
+def training_compute_cost(row: MethodRow, prices: PriceTable) -> float:
     seconds = float(row.get("train_seconds") or 0)
     tokens_per_second = row.get("train_tokens_per_second")
     if prices.training_dollars_per_million_tokens is not None and tokens_per_second:
@@ -251,7 +252,7 @@ def training_compute_cost(row: dict[str, Any], prices: PriceTable) -> float:
     return seconds / SECONDS_PER_HOUR * prices.training_dollars_per_hour
 
 
-def method_cost(row: dict[str, Any], prices: PriceTable) -> MethodCost:
+def method_cost(row: MethodRow, prices: PriceTable) -> MethodCost:
     """Setup and per-request cost of one results.json method row under ``prices``."""
     hours = prices.prompt_engineering_hours if uses_prompt_engineering(row) else 0.0
     breakdown = {"engineering": 0.0, "labelling": 0.0, "training_compute": 0.0}

@@ -19,25 +19,26 @@ from collections.abc import Sequence
 from typing import Any
 
 from fewtune.config import REFERENCE_METHOD
+from fewtune.record import MethodRow
 
 PROMPTING_METHODS = ("zero-shot", "few-shot")
 LORA_METHOD = "lora"
 CALIBRATED_SUFFIX = " calibrated"
 
 
-def mean_accuracy(row: dict[str, Any]) -> float:
+def mean_accuracy(row: MethodRow) -> float:
     """Accuracy averaged over demo draws where there were several, else the row's accuracy."""
     mean = row.get("accuracy_mean")
     return float(row["accuracy"] if mean is None else mean)
 
 
-def strategy(row: dict[str, Any]) -> str:
+def strategy(row: MethodRow) -> str:
     """The shot curve a prompting row belongs to: its demo selection, plus " calibrated" when it is."""
     base = row.get("demo_selection") or "balanced"
     return base + (CALIBRATED_SUFFIX if row.get("calibrated") else "")
 
 
-def shot_curve(methods: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def shot_curve(methods: Sequence[MethodRow]) -> list[dict[str, Any]]:
     """Rows of ``{strategy, k, mean, std, draws, name}``, by strategy (first seen first) then k."""
     prompting = [m for m in methods if m.get("method") in PROMPTING_METHODS]
     zero = {bool(m.get("calibrated")): m for m in prompting if not m.get("shots")}
@@ -62,28 +63,28 @@ def shot_curve(methods: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def train_curve(methods: Sequence[dict[str, Any]], method: str = LORA_METHOD) -> list[dict[str, Any]]:
+def train_curve(methods: Sequence[MethodRow], method: str = LORA_METHOD) -> list[dict[str, Any]]:
     """Rows of ``{n, accuracy, ci95, name}`` for ``method`` (lora or reference), by n."""
     rows = [m for m in methods if m.get("method") == method and m.get("train_examples")]
     return [
         {
-            "n": int(m["train_examples"]),
+            "n": int(m.get("train_examples") or 0),
             "accuracy": float(m["accuracy"]),
             "ci95": list(m["accuracy_ci95"]),
             "name": m["name"],
         }
-        for m in sorted(rows, key=lambda m: m["train_examples"])
+        for m in sorted(rows, key=lambda m: m.get("train_examples") or 0)
     ]
 
 
-def best_prompt(methods: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+def best_prompt(methods: Sequence[MethodRow]) -> MethodRow | None:
     """The prompting row with the highest accuracy (mean over draws where there are several)."""
     prompting = [m for m in methods if m.get("method") in PROMPTING_METHODS]
     return max(prompting, key=mean_accuracy) if prompting else None
 
 
 def crossover(
-    train: Sequence[dict[str, Any]], prompt: dict[str, Any] | None, method: str = LORA_METHOD
+    train: Sequence[dict[str, Any]], prompt: MethodRow | None, method: str = LORA_METHOD
 ) -> dict[str, Any] | None:
     """Where ``train`` (a :func:`train_curve`) first reaches the best prompt's accuracy.
 
@@ -149,7 +150,7 @@ def crossover_statement(cross: dict[str, Any], train: Sequence[dict[str, Any]]) 
     )
 
 
-def build_curves(methods: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def build_curves(methods: Sequence[MethodRow]) -> dict[str, Any]:
     """results.json's ``curves``: ``{shots, train_examples, reference, crossover}``."""
     train = train_curve(methods)
     return {

@@ -12,13 +12,14 @@ from fewtune.config import REFERENCE_METHOD
 from fewtune.cost import MethodCost, is_fine_tuned
 from fewtune.decide.evidence import FINE_TUNED, PROMPT, REFERENCE, MethodEvidence, degeneracy
 from fewtune.decide.metric import MetricChoice, label_stats
+from fewtune.record import MethodRow
 
 # Share of test rows cleanlab flags as likely mislabelled above which the verdict is caveated: at 2% label
 # noise a 5-point margin is still clear of it; above it, gaps of a few points may be noise in the labels.
 LABEL_NOISE_CAVEAT_SHARE = 0.02
 
 
-def kind_of(row: dict[str, Any]) -> str:
+def kind_of(row: MethodRow) -> str:
     if row.get("method") == REFERENCE_METHOD:
         return REFERENCE
     return FINE_TUNED if is_fine_tuned(row) else PROMPT
@@ -32,7 +33,7 @@ class RunEvidence:
 
 
 def run_evidence(
-    rows: Sequence[dict[str, Any]],
+    rows: Sequence[MethodRow],
     predictions: dict[str, list[dict[str, Any]]],
     labels: Sequence[str],
     choice: MetricChoice,

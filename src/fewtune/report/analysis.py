@@ -25,6 +25,7 @@ from fewtune.decide.from_run import accuracy_floor, check_caveats, run_evidence
 from fewtune.decide.metric import ACCURACY_METRIC, chance_level, choose_metric
 from fewtune.decide.recommend import Recommendation, Situation, recommend
 from fewtune.decide.thresholds import GOOD_ENOUGH_KAPPA, MARGIN_POINTS
+from fewtune.record import MethodRow
 from fewtune.report.rollout import Rollout, rollout_plan
 from fewtune.report.run_folder import read_run, saved_setting
 from fewtune.report.tables import confusion_matrix
@@ -38,7 +39,7 @@ class Report:
     folder: Path
     results: dict[str, Any]
     """results.json, with the cost and recommendation fields added."""
-    methods: list[dict[str, Any]]
+    methods: list[MethodRow]
     """results.json method rows, in run order."""
     labels: list[str]
     prices: PriceTable
@@ -52,7 +53,7 @@ class Report:
     floor: float
     """Accuracy at which Cohen's kappa reaches the good-enough bar for predictions with the test shares."""
     recommendation: Recommendation
-    focus: dict[str, Any]
+    focus: MethodRow
     """The recommended method's row, or the most accurate one when none is recommended."""
     confusion: list[list[int]]
     """Confusion matrix of the focus method (gold rows, predicted columns)."""
@@ -168,7 +169,7 @@ def analyse(folder: str | Path, args: CostArgs) -> Report:
     pair = (rec.comparison.baseline, rec.comparison.candidate) if rec.comparison else None
     be = rec.break_even
     test_rows = int(dataset.get("test_size") or len(predictions.get(focus["name"], [])))
-    shown = dict(focus)
+    shown = focus.copy()
     adapter = focus.get("adapter_path")
     if adapter and Path(adapter).is_relative_to(folder.resolve()):
         shown["adapter_path"] = os.path.relpath(adapter, folder.resolve())
@@ -197,11 +198,11 @@ def analyse(folder: str | Path, args: CostArgs) -> Report:
     return report
 
 
-def _is_reference(row: dict[str, Any]) -> bool:
+def _is_reference(row: MethodRow) -> bool:
     return row.get("method") == REFERENCE_METHOD
 
 
-def _best_prompt(methods: list[dict[str, Any]]) -> dict[str, Any] | None:
+def _best_prompt(methods: list[MethodRow]) -> dict[str, Any] | None:
     best = best_prompt(methods)
     if best is None:
         return None

@@ -8,13 +8,13 @@ recomputed from the measured fields (tokens, throughput, train seconds).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 
 from fewtune.config import CostArgs
 from fewtune.cost import format_count
 from fewtune.curves import has_shot_curve, has_train_curve
+from fewtune.record import MethodRow
 from fewtune.report.analysis import Report, analyse
 from fewtune.report.html import render_html
 from fewtune.report.markdown import metric_line, render_markdown
@@ -72,7 +72,7 @@ def draw_plots(report: Report) -> dict[str, bytes]:
     return images
 
 
-def _cost_plot_methods(report: Report) -> list[dict[str, Any]]:
+def _cost_plot_methods(report: Report) -> list[MethodRow]:
     """Every method when few; otherwise the break-even pair and the recommended method."""
     if len(report.methods) <= COST_PLOT_MAX_LINES:
         return report.methods

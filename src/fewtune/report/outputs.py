@@ -24,6 +24,7 @@ from fewtune.decide.evidence import MethodEvidence
 from fewtune.decide.from_run import kind_of
 from fewtune.decide.metric import PrimaryMetric
 from fewtune.decide.recommend import Recommendation, Situation, recommend
+from fewtune.record import MethodRow
 from fewtune.report.rollout import Rollout, rollout_plan
 from fewtune.report.run_folder import read_run
 from fewtune.tasks.base import EXTRACTION
@@ -35,7 +36,7 @@ SIDE_BY_SIDE_ROWS = 6
 class OutputsReport:
     folder: Path
     results: dict[str, Any]
-    methods: list[dict[str, Any]]
+    methods: list[MethodRow]
     prices: PriceTable
     costs: dict[str, MethodCost]
     volume_per_day: float
@@ -43,7 +44,7 @@ class OutputsReport:
     horizon_days: int
     metric: PrimaryMetric
     recommendation: Recommendation
-    focus: dict[str, Any]
+    focus: MethodRow
     rollout: Rollout
     break_even_pair: tuple[str, str] | None
     break_even: BreakEven | None
@@ -72,9 +73,10 @@ def primary_metric(task: dict[str, Any]) -> PrimaryMetric:
     return GenerationTask(task.get("primary_metric")).primary
 
 
-def degenerate_output(task: str, row: dict[str, Any], lines: list[dict[str, Any]]) -> str | None:
+def degenerate_output(task: str, row: MethodRow, lines: list[dict[str, Any]]) -> str | None:
     """Why a method produces nothing usable, or None."""
-    if task == EXTRACTION and (row.get("metrics") or {}).get("parse_rate", {}).get("value") == 0:
+    parse_rate = (row.get("metrics") or {}).get("parse_rate")
+    if task == EXTRACTION and parse_rate is not None and parse_rate["value"] == 0:
         return "no output parses as a JSON object"
     outputs = {str(p.get("output", "")).strip() for p in lines}
     if len(lines) > 1 and len(outputs) == 1:
@@ -83,7 +85,7 @@ def degenerate_output(task: str, row: dict[str, Any], lines: list[dict[str, Any]
 
 
 def _side_by_side(
-    methods: list[dict[str, Any]], predictions: dict[str, list[dict[str, Any]]], seed: int
+    methods: list[MethodRow], predictions: dict[str, list[dict[str, Any]]], seed: int
 ) -> list[dict[str, Any]]:
     first = predictions.get(methods[0]["name"], []) if methods else []
     if not first:

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from html import escape
 from typing import Any
 
 from fewtune.cost import format_usd
+from fewtune.record import MethodRow, latency_of
 from fewtune.report import tables
 from fewtune.report.html import CHOICE_COLOURS, CSS, list_html, table_html
 from fewtune.report.markdown import break_even_sentence, markdown_table
@@ -16,7 +18,7 @@ from fewtune.tasks.base import EXTRACTION
 SHOWN_OUTPUT_CHARS = 600
 
 
-def _ci(metric: dict[str, Any] | None) -> str:
+def _ci(metric: Mapping[str, Any] | None) -> str:
     if not metric:
         return "-"
     low, high = metric["ci95"]
@@ -47,7 +49,7 @@ def metrics_table(report: OutputsReport) -> tables.Table:
     ]
     rows = []
     for row in report.methods:
-        latency = row.get("latency_ms") or {}
+        latency = latency_of(row)
         metrics = row.get("metrics") or {}
         rows.append(
             [
@@ -70,7 +72,7 @@ def metrics_table(report: OutputsReport) -> tables.Table:
     return headers, rows
 
 
-def field_table(row: dict[str, Any]) -> tables.Table:
+def field_table(row: MethodRow) -> tables.Table:
     fields = row.get("per_field") or {}
     rows = [
         [name, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", f"{v['support']:.0f}"]

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fewtune.cost import BreakEven, MethodCost, format_count, format_usd, is_fine_tuned
+from fewtune.record import MethodRow, latency_of
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -43,15 +44,13 @@ def _png(fig: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def _colour(row: dict[str, Any]) -> str:
+def _colour(row: MethodRow) -> str:
     if row.get("method") == "reference":
         return REFERENCE_COLOUR
     return TUNED_COLOUR if is_fine_tuned(row) else PROMPT_COLOUR
 
 
-def accuracy_plot(
-    methods: Sequence[dict[str, Any]], chance: float, floor: float, chosen: str | None
-) -> bytes:
+def accuracy_plot(methods: Sequence[MethodRow], chance: float, floor: float, chosen: str | None) -> bytes:
     """Accuracy per method with its 95% bootstrap interval; chance and the good-enough floor marked."""
     fig = _figure(len(methods))
     ax = fig.add_subplot()
@@ -78,7 +77,7 @@ def accuracy_plot(
 
 
 def cost_plot(
-    methods: Sequence[dict[str, Any]],
+    methods: Sequence[MethodRow],
     costs: dict[str, MethodCost],
     horizon_requests: float,
     horizon_label: str,
@@ -153,15 +152,15 @@ def cost_plot(
     return _png(fig)
 
 
-def latency_plot(methods: Sequence[dict[str, Any]]) -> bytes:
+def latency_plot(methods: Sequence[MethodRow]) -> bytes:
     """Per-request latency per method: p50 to p95 bar with the mean marked (one request at a time)."""
     fig = _figure(len(methods))
     ax = fig.add_subplot()
     names = []
     for y, row in enumerate(methods[::-1]):
         names.append(row["name"])
-        latency = row.get("latency_ms") or {}
-        p50, p95, mean = latency.get("p50"), latency.get("p95"), latency.get("mean")
+        latency = latency_of(row)
+        p50, p95, mean = latency["p50"], latency["p95"], latency["mean"]
         if p50 is None or p95 is None:
             ax.annotate("not measured", (0, y), fontsize=8, va="center")
             continue

@@ -7,9 +7,9 @@ SLOs. The canary step follows the practice in Google's SRE Workbook, chapter 16 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from fewtune.cost import MethodCost, format_usd, is_fine_tuned
+from fewtune.record import MethodRow, Primary, latency_of
 
 # Roll back when live p95 latency exceeds the measured p95 by 50%: beyond the 10-20% run-to-run spread of
 # p95 over 20 timed requests (fewtune default).
@@ -47,15 +47,15 @@ class Rollout:
     """Rollback triggers."""
 
 
-def rollout_plan(row: dict[str, Any], cost: MethodCost, test_rows: int, chosen: bool) -> Rollout:
+def rollout_plan(row: MethodRow, cost: MethodCost, test_rows: int, chosen: bool) -> Rollout:
     """Checks and triggers for the method in results.json ``row``, filled with its measured figures."""
     name = row.get("name") or row["method"]
-    primary = row.get("primary") or {}
+    primary: Primary = row.get("primary") or Primary()
     if (primary.get("ci95") or [None])[0] is not None:  # the metric the verdict was decided on
         label, accuracy, (low, high) = primary["label"], primary["value"], primary["ci95"]
     else:
         label, accuracy, (low, high) = "accuracy", row["accuracy"], row["accuracy_ci95"]
-    p95 = (row.get("latency_ms") or {}).get("p95")
+    p95 = latency_of(row)["p95"]
     nearest = row.get("demo_selection") == "nearest"
     if is_fine_tuned(row):
         adapter = row.get("adapter_path") or "the adapter folder"

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fewtune.cost import MethodCost, PriceTable, format_usd
+from fewtune.record import MethodRow, latency_of
 from fewtune.report.rollout import Rollout
 
 Table = tuple[list[str], list[list[str]]]
@@ -15,16 +16,14 @@ def num(value: Any, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
-def draws_cell(row: dict[str, Any]) -> str:
+def draws_cell(row: MethodRow) -> str:
     """``0.842 ± 0.031 (3)`` over demo draws, or ``-`` for a row with one draw."""
     if row.get("accuracy_std") is None:
         return "-"
     return f"{row['accuracy_mean']:.3f} ± {row['accuracy_std']:.3f} ({len(row.get('accuracy_draws') or [])})"
 
 
-def method_table(
-    methods: Sequence[dict[str, Any]], costs: dict[str, MethodCost], horizon_label: str
-) -> Table:
+def method_table(methods: Sequence[MethodRow], costs: dict[str, MethodCost], horizon_label: str) -> Table:
     with_draws = any(row.get("accuracy_std") is not None for row in methods)
     headers = [
         "method",
@@ -45,7 +44,7 @@ def method_table(
     for row in methods:
         cost = costs[row["name"]]
         low, high = row["accuracy_ci95"]
-        latency = row.get("latency_ms") or {}
+        latency = latency_of(row)
         rows.append(
             [
                 row["name"] + (" (degenerate)" if row.get("degenerate") else ""),
@@ -66,7 +65,7 @@ def method_table(
     return headers, rows
 
 
-def setup_table(methods: Sequence[dict[str, Any]], costs: dict[str, MethodCost]) -> Table:
+def setup_table(methods: Sequence[MethodRow], costs: dict[str, MethodCost]) -> Table:
     headers = ["method", "engineering", "labelling", "training compute", "per request from"]
     rows = [
         [
@@ -81,7 +80,7 @@ def setup_table(methods: Sequence[dict[str, Any]], costs: dict[str, MethodCost])
     return headers, rows
 
 
-def per_class_table(row: dict[str, Any]) -> Table:
+def per_class_table(row: MethodRow) -> Table:
     headers = ["label", "precision", "recall", "F1", "support"]
     rows = [
         [label, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"])]

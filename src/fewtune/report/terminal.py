@@ -7,6 +7,7 @@ from typing import Any
 
 from rich.table import Table
 
+from fewtune.record import MethodRow
 from fewtune.report.tables import draws_cell
 
 
@@ -14,7 +15,7 @@ def _num(value: Any, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
-def method_table(rows: Sequence[dict[str, Any]]) -> Table:
+def method_table(rows: Sequence[MethodRow]) -> Table:
     table = Table(title="fewtune: methods on the same test rows")
     with_draws = any(row.get("accuracy_std") is not None for row in rows)
     headers = [

@@ -1,0 +1,116 @@
+"""The results record's types: what a method row of results.json holds, for every task.
+
+A row is built in one place per kind of method (:func:`fewtune.evaluate.evaluate` for label scoring,
+:func:`fewtune.tasks.evaluate.evaluate_text` for generated outputs, the reference's evaluator), stored as
+JSON, and read by cost, curves, the verdict and the report through these types, so a misspelt or missing
+field is a type error (mypy) rather than a ``KeyError`` in a report.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+
+class Latency(TypedDict):
+    p50: float | None
+    p95: float | None
+    mean: float | None
+    requests: int
+
+
+class MetricValue(TypedDict):
+    value: float
+    ci95: list[float]
+
+
+class Primary(TypedDict, total=False):
+    """The score the verdict is decided on (classification: added by the report)."""
+
+    name: str
+    metric: str
+    label: str
+    value: float
+    ci95: list[float | None]
+
+
+class Costs(TypedDict):
+    setup: float
+    per_request: float
+    total_at_horizon: float
+    setup_breakdown: dict[str, float]
+    per_request_basis: str
+
+
+class MethodRow(TypedDict, total=False):
+    """One method's results row (results.json ``methods[]``)."""
+
+    # identity
+    method: str
+    name: str
+    shots: int
+    train_examples: int | None
+    demo_selection: str | None
+    demo_seed: int | None
+    calibrated: bool
+    constrained: bool
+    # quality
+    primary: Primary
+    metrics: dict[str, MetricValue]
+    accuracy: float
+    accuracy_ci95: list[float]
+    macro_f1: float
+    per_class: dict[str, dict[str, float]]
+    per_field: dict[str, dict[str, float]]
+    accuracy_draws: list[float]
+    accuracy_mean: float
+    accuracy_std: float | None
+    demo_seeds: list[int | None]
+    label_scoring: str
+    unparsed_rate: float
+    stopped_rate: float
+    degenerate: str | None
+    cohen_kappa: float | None
+    # speed and size
+    latency_ms: Latency
+    latency_ms_no_prefix_cache: Latency
+    prompt_tokens_mean: float
+    prompt_tokens_max: int
+    output_tokens_mean: float
+    output_tokens_per_second: float | None
+    throughput_rows_per_second: float | None
+    scoring_seconds: float
+    max_new_tokens: int
+    # training
+    train_seconds: float | None
+    train_tokens_per_second: float
+    train_flops_per_token: float
+    train_mfu: float
+    train_steps: int
+    class_balance: str
+    adapter_path: str
+    adapter_bytes: int
+    peak_memory_bytes: int | None
+    # prompt
+    demos: list[dict[str, str]]
+    label_bias: dict[str, float]
+    label_names: dict[str, str]
+    # reference rows
+    embedding_model: str
+    classifier: str
+    # added by the report
+    costs: Costs
+
+
+NOT_TIMED = Latency(p50=None, p95=None, mean=None, requests=0)
+
+
+def latency_of(row: MethodRow, cached: bool = True) -> Latency:
+    """A row's single-request latency (with the prefix cache, or without), or an untimed one."""
+    value = row.get("latency_ms") if cached else row.get("latency_ms_no_prefix_cache")
+    return value or NOT_TIMED
+
+
+def method_rows(results: dict[str, Any]) -> list[MethodRow]:
+    """results.json's method rows, typed."""
+    rows: list[MethodRow] = results.get("methods") or []
+    return rows
