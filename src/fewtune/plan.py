@@ -8,7 +8,7 @@ from importlib.resources import files
 from fewtune.config import REFERENCE_METHOD, RunConfig
 from fewtune.data.split import PreparedData, prepare_data
 from fewtune.decide.metric import METRIC_CHOICES
-from fewtune.errors import ConfigError
+from fewtune.errors import ConfigError, DataError
 from fewtune.tasks.base import CLASSIFICATION
 
 
@@ -22,7 +22,11 @@ def resolve_task(cfg: RunConfig) -> str | None:
     if data.lower().endswith(".csv"):
         cfg.data.task = CLASSIFICATION
         return "a CSV file holds a label column"
-    cfg.data.task, why = infer_task(data, cfg.data.label_field)
+    try:
+        cfg.data.task, why = infer_task(data, cfg.data.label_field)
+    except DataError:  # unreadable: the classification loader names the file, line and problem
+        cfg.data.task = CLASSIFICATION
+        return "the target field could not be read to infer the task"
     return why
 
 

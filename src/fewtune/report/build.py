@@ -105,7 +105,10 @@ def is_outputs_run(folder: str | Path) -> bool:
     """An extraction or generation run (its results name an open-output task)."""
     from fewtune.store import read_results
 
-    task = (read_results(folder).get("task") or {}).get("name")
+    try:
+        task = (read_results(folder).get("task") or {}).get("name")
+    except (OSError, ValueError, AttributeError):  # no or broken results.json: analyse() says which
+        return False
     return task in (EXTRACTION, GENERATION)
 
 

@@ -90,7 +90,9 @@ class Task(abc.ABC):
     """Where generation stops: the end of the output block (one-line outputs stop at the line's end)."""
 
     @abc.abstractmethod
-    def read_target(self, value: Any, record: Mapping[str, Any], path: Path, line: int) -> TaskExample:
+    def read_target(
+        self, value: Any, record: Mapping[str, Any], path: Path, line: int, field: str = "target"
+    ) -> TaskExample:
         """Build the example's target from its target field (``value``) and the rest of its record; raise
         :class:`DataError` naming file and line when the value is not this task's kind."""
 

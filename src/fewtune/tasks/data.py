@@ -16,6 +16,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from fewtune.data.load import as_text, decode_text
 from fewtune.errors import DataError
 from fewtune.tasks.base import CLASSIFICATION, EXTRACTION, GENERATION, Task, TaskExample
@@ -23,6 +25,8 @@ from fewtune.tasks.base import CLASSIFICATION, EXTRACTION, GENERATION, Task, Tas
 # Inference of --task from the target field: text with at most this many distinct values, each seen at
 # least twice on average, is a label set (classification); other text is free output (generation).
 MAX_CLASSIFICATION_LABELS = 100
+# ...or short (a median of at most this many words), as labels are, when there are too few rows to count.
+MAX_LABEL_WORDS = 3
 INFERENCE_ROWS = 500
 
 
@@ -66,15 +70,30 @@ def infer_task(path: str | Path, target_field: str) -> tuple[str, str]:
             break
     if not values:
         raise DataError(path, None, "no examples found (only blank rows)")
-    structured = [v for v in values if isinstance(v, (dict, list))]
-    if structured:
+    if any(_is_extraction_target(v) for v in values):
         return EXTRACTION, f"the target field '{target_field}' holds JSON objects or {{slot, value}} lists"
-    distinct = {str(v) for v in values}
-    if len(distinct) <= MAX_CLASSIFICATION_LABELS and len(distinct) * 2 <= len(values):
+    texts = [v for v in values if isinstance(v, str) and v.strip()]
+    distinct = set(texts)
+    words = float(np.median([len(t.split()) for t in texts])) if texts else 0.0
+    if len(texts) < len(values) or not texts:  # numbers, booleans, lists of text: labels or bad labels
+        return CLASSIFICATION, f"the target field '{target_field}' is not free text"
+    if len(distinct) <= MAX_CLASSIFICATION_LABELS and (
+        len(distinct) * 2 <= len(texts) or words <= MAX_LABEL_WORDS
+    ):
         return CLASSIFICATION, f"the target field '{target_field}' takes {len(distinct)} distinct values"
     return GENERATION, (
         f"the target field '{target_field}' is free text "
-        f"({len(distinct)} distinct values in {len(values)} rows)"
+        f"({len(distinct)} distinct values in {len(values)} rows, median {words:.0f} words)"
+    )
+
+
+def _is_extraction_target(value: Any) -> bool:
+    if isinstance(value, dict):
+        return True
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(item, dict) and {"slot", "value"} <= set(item) for item in value)
     )
 
 
@@ -86,7 +105,7 @@ def load_task_examples(
     for line, record in _records(path):
         text = as_text(_field(record, input_field, path, line, "--input-field"), input_field, path, line)
         value = _field(record, target_field, path, line, "--target-field")
-        example = task.read_target(value, record, path, line)
+        example = task.read_target(value, record, path, line, target_field)
         examples.append(replace(example, text=text))
     if not examples:
         raise DataError(path, None, "no examples found (only blank rows)")

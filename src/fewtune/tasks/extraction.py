@@ -177,8 +177,10 @@ class ExtractionTask(Task):
         self.given_schema = schema is not None
         self._validator: Any = None
 
-    def read_target(self, value: Any, record: Mapping[str, Any], path: Path, line: int) -> TaskExample:
-        obj = read_object(value, path, line, "target")
+    def read_target(
+        self, value: Any, record: Mapping[str, Any], path: Path, line: int, field: str = "target"
+    ) -> TaskExample:
+        obj = read_object(value, path, line, field)
         return TaskExample(text="", label=self.render(obj), target=obj, path=str(path), line=line)
 
     @property

@@ -63,8 +63,10 @@ class GenerationTask(Task):
         )
         self.embed = embed
 
-    def read_target(self, value: Any, record: Mapping[str, Any], path: Path, line: int) -> TaskExample:
-        target = _text(value, path, line, "target")
+    def read_target(
+        self, value: Any, record: Mapping[str, Any], path: Path, line: int, field: str = "target"
+    ) -> TaskExample:
+        target = _text(value, path, line, field)
         references: list[str] = [target]
         if "references" in record:
             given = record["references"]
