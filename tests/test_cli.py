@@ -131,3 +131,49 @@ def test_prompt_option_errors_are_one_line(
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_every_setting_has_a_flag_with_help_and_flags_are_unique() -> None:
+    from dataclasses import fields
+
+    from fewtune.config import _SECTIONS, RunConfig
+
+    options = cli_options.setting_options()
+    flags = [flag for *_, flag, _parameter, _convert in options]
+    assert len(flags) == len(set(flags))
+    covered = {(section, name) for section, name, *_ in options}
+    expected = {("run", f.name) for f in fields(RunConfig) if f.name not in _SECTIONS}
+    expected |= {(s, f.name) for s, cls in _SECTIONS.items() for f in fields(cls)}
+    assert covered == expected - cli_options.NO_FLAG
+    docs = {s: cli_options.field_docs(cls) for s, cls in {"run": RunConfig, **_SECTIONS}.items()}
+    assert all(docs[section].get(name) for section, name, *_ in options)
+
+
+def test_flags_reach_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = {}
+
+    def fake_run(cfg, console, overwrite=False, resume=False):  # type: ignore[no-untyped-def]
+        seen["cfg"] = cfg
+
+    monkeypatch.setattr("fewtune.runner.run", fake_run)
+    run_cli(
+        monkeypatch,
+        "run",
+        "--shots",
+        "0,4",
+        "--lora-r",
+        "4",
+        "--eval-batch-size",
+        "3",
+        "--target-field",
+        "slots",
+        "--constrained",
+        "--label-names",
+        "A=alpha",
+        "--task",
+        "extraction",
+    )
+    cfg = seen["cfg"]
+    assert cfg.prompt.shots == [0, 4] and cfg.lora.r == 4 and cfg.eval.batch_size == 3
+    assert cfg.data.label_field == "slots" and cfg.eval.constrained and cfg.data.task == "extraction"
+    assert cfg.prompt.label_names == {"A": "alpha"}
