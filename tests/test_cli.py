@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -150,9 +151,9 @@ def test_every_setting_has_a_flag_with_help_and_flags_are_unique() -> None:
 
 
 def test_flags_reach_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
-    seen = {}
+    seen: dict[str, Any] = {}
 
-    def fake_run(cfg, console, overwrite=False, resume=False):  # type: ignore[no-untyped-def]
+    def fake_run(cfg: Any, console: Any, overwrite: bool = False, resume: bool = False) -> None:
         seen["cfg"] = cfg
 
     monkeypatch.setattr("fewtune.runner.run", fake_run)
