@@ -13,14 +13,27 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
 from fewtune.backends.base import Generation, ProgressFn
 
-if TYPE_CHECKING:
-    from fewtune.backends.hf import HFBackend
+
+class LocalModel(Protocol):
+    """What generation needs of a local backend (:class:`~fewtune.backends.hf.HFBackend` has it)."""
+
+    model: Any
+    tokenizer: Any
+    pad_id: int
+    device: Any
+    prefix_caching: bool
+
+    def encode_prompt(self, text: str) -> list[int]: ...
+
+    def prefix_cache(self, prefix_ids: list[int]) -> Any: ...
+
+    def fits_window(self, tokens: int) -> bool: ...
 
 
 def _cut(text: str, stop: str | None) -> tuple[str, bool]:
@@ -47,7 +60,7 @@ def _batches(lengths: Sequence[int], batch_size: int, fits: Callable[[int], bool
 
 @torch.inference_mode()
 def generate_batch(
-    backend: HFBackend,
+    backend: LocalModel,
     prompts: Sequence[str],
     *,
     prefix: str = "",
@@ -72,11 +85,11 @@ def generate_batch(
     ):
         if not members:
             continue
-        cache = backend._prefix_cache(prefix_ids) if width_cut else None
+        cache = backend.prefix_cache(prefix_ids) if width_cut else None
         suffixes = [prompt_ids[i][width_cut:] for i in members]
 
         def fits(length: int, start: int = width_cut) -> bool:
-            return backend._fits_window(start + length + max_new_tokens)
+            return backend.fits_window(start + length + max_new_tokens)
 
         for batch in _batches([len(s) for s in suffixes], batch_size, fits):
             rows = [members[b] for b in batch]
@@ -122,7 +135,7 @@ def generate_batch(
     return [r for r in results if r is not None]
 
 
-def json_schema_constraint(backend: HFBackend, schema: dict[str, Any]) -> Callable[[], Any]:
+def json_schema_constraint(backend: LocalModel, schema: dict[str, Any]) -> Callable[[], Any]:
     """A factory of xgrammar logits processors that allow only compact JSON matching ``schema``, after the
     space that follows ``Output:``.
 

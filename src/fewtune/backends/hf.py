@@ -78,7 +78,7 @@ class HFBackend(Backend):
         """Full-vocabulary log-probabilities for hidden states ``[..., H]`` -> ``[..., V]`` (float32)."""
         return torch.log_softmax(self.logits(hidden), dim=-1)
 
-    def _prefix_cache(self, prefix_ids: list[int]) -> Any:
+    def prefix_cache(self, prefix_ids: list[int]) -> Any:
         """KV cache of the shared prefix, computed once per distinct prefix (kept for the last one)."""
         key = tuple(prefix_ids)
         if self._cached_prefix is None or self._cached_prefix[0] != key:
@@ -94,7 +94,7 @@ class HFBackend(Backend):
             return None
         return getattr(self.model.config, "sliding_window", None)
 
-    def _fits_window(self, tokens: int) -> bool:
+    def fits_window(self, tokens: int) -> bool:
         """A sliding-window layer still holds every one of ``tokens`` tokens (nothing evicted)."""
         return not self._window or tokens < self._window
 
@@ -215,7 +215,7 @@ class HFBackend(Backend):
         order = sorted(range(len(lengths)), key=lambda i: lengths[i])
         batches: list[list[int]] = []
         for i in order:
-            padded_ok = steps == 0 or self._fits_window(prefix_len + lengths[i])
+            padded_ok = steps == 0 or self.fits_window(prefix_len + lengths[i])
             current = batches[-1] if batches else None
             if (
                 current is None
@@ -254,7 +254,7 @@ class HFBackend(Backend):
         for members, cut in ((shared, len(prefix_ids)), (whole, 0)):
             if not members:
                 continue
-            cache = self._prefix_cache(prefix_ids) if cut else None
+            cache = self.prefix_cache(prefix_ids) if cut else None
             suffixes = [prompt_ids[i][cut:] for i in members]
             lengths = [len(s) for s in suffixes]
             for batch in self._batches(lengths, cut, batch_size, tree.steps):
