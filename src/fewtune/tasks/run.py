@@ -51,7 +51,12 @@ def run_text_methods(
     train_progress: Callable[[str], Any],
     index: DemoIndex | None,
 ) -> None:
-    template = OutputTemplate(cfg.prompt.instruction or task.default_instruction, task.output_format())
+    instruction = cfg.prompt.instruction or task.default_instruction
+    template = OutputTemplate(instruction, task.output_format())
+    # An adapter learns the output format from its training targets, so its prompts carry the instruction
+    # line only: the shorter requests that fine-tuning buys (the guides' cost argument), and a training
+    # run that does not spend most of its tokens on a format block.
+    tuned_template = OutputTemplate(instruction, "")
     cap = max_new_tokens(backend, template, data.pool, cfg.seed)
     methods = cfg.eval.methods
     shots = [k for k in cfg.prompt.shots if k > 0]
@@ -115,11 +120,16 @@ def run_text_methods(
         train: list[TaskExample] = [data.pool[i] for i in stratified(data.pool, n, task, cfg.seed)]
         adapter = train_progress(f"Training lora n={n}")(
             lambda on_step, train=train, n=n: Lora(
-                backend, template, cfg.lora, store.adapter_dir(f"lora-n{n}"), seed=cfg.seed, progress=on_step
+                backend,
+                tuned_template,
+                cfg.lora,
+                store.adapter_dir(f"lora-n{n}"),
+                seed=cfg.seed,
+                progress=on_step,
             ).train(train)
         )
         tuned = TextPredictor(
-            "lora", adapter[0], template, cap, stop=task.stop, train_examples=n, info=adapter[1]
+            "lora", adapter[0], tuned_template, cap, stop=task.stop, train_examples=n, info=adapter[1]
         )
         if "lora" in methods:
             score(tuned)

@@ -31,7 +31,8 @@ class OutputTemplate:
     output_format: str
 
     def header(self) -> str:
-        return f"{self.instruction}\n{self.output_format}\n"
+        """The instruction line and the output format (left out when empty: an adapter's prompt)."""
+        return f"{self.instruction}\n" + (f"{self.output_format}\n" if self.output_format else "")
 
     def prefix(self, demos: Sequence[Example]) -> str:
         parts = [self.header()]
