@@ -1224,3 +1224,27 @@ def test_an_extraction_run_decided_on_field_f1_completes(tmp_path: Path) -> None
         text_config(tmp_path, "extraction", cost={"metric": "field-f1"}), Embedders(missing=True)
     )
     assert results["status"] == "complete" and results["task"]["primary_metric"] == "field-f1"
+
+
+def test_open_output_degeneracy_names_the_failure_and_a_fix() -> None:
+    from fewtune.report.outputs import degenerate_output
+
+    def row(parse: float, f1: float, tuned: int = 0) -> Any:
+        return {
+            "train_examples": tuned,
+            "metrics": {
+                "parse_rate": {"value": parse, "ci95": [0, 0]},
+                "field_f1": {"value": f1, "ci95": [0, 0]},
+            },
+        }
+
+    lines = [{"output": "a"}, {"output": "b"}]
+    assert degenerate_output("extraction", row(0.0, 0.0), lines)[0].startswith(
+        "produces no output that parses"
+    )
+    what, fix = degenerate_output("extraction", row(1.0, 0.0, tuned=50), lines)
+    assert what == "gets no field value right" and "--epochs" in fix
+    assert degenerate_output("extraction", row(1.0, 0.2), lines) is None
+    same = [{"output": " x "}, {"output": "x"}]
+    assert degenerate_output("generation", {}, same)[0] == "gives the same output for every test row"
+    assert degenerate_output("generation", {}, lines) is None

@@ -57,6 +57,8 @@ class MethodEvidence:
     """Accuracy, for the report, whatever the primary metric is."""
     degenerate: str | None = None
     """Why the method is not doing the task (one label for every row, ...); None when it is."""
+    degenerate_cause: str | None = None
+    """The likely cause and what to try, where the task knows better than the label-based defaults."""
 
     @property
     def fine_tuned(self) -> bool:

@@ -13,6 +13,8 @@ NO_BALANCE = (None, "none")
 def degenerate_caveat(m: MethodEvidence, class_balance: str | None) -> str:
     """The flag, its likely cause and what to try, by kind of method."""
     head = f"{m.name} is degenerate and not recommended: it {m.degenerate}"
+    if m.degenerate_cause:
+        return f"{head}. {m.degenerate_cause}"
     if m.kind == FINE_TUNED:
         fix = (
             "re-run with --class-balance sampling (class-balanced batches) or loss (inverse-frequency "

@@ -73,14 +73,29 @@ def primary_metric(task: dict[str, Any]) -> PrimaryMetric:
     return GenerationTask(task.get("primary_metric")).primary
 
 
-def degenerate_output(task: str, row: MethodRow, lines: list[dict[str, Any]]) -> str | None:
-    """Why a method produces nothing usable, or None."""
-    parse_rate = (row.get("metrics") or {}).get("parse_rate")
-    if task == EXTRACTION and parse_rate is not None and parse_rate["value"] == 0:
-        return "no output parses as a JSON object"
+def degenerate_output(task: str, row: MethodRow, lines: list[dict[str, Any]]) -> tuple[str, str] | None:
+    """Why a method produces nothing usable and what to try, or None."""
+    metrics = row.get("metrics") or {}
+    tuned = bool(row.get("train_examples"))
+    more = "more training examples or --epochs" if tuned else "more shots, nearest demos, or fine-tuning"
+    if task == EXTRACTION:
+        parse_rate, f1 = metrics.get("parse_rate"), metrics.get("field_f1")
+        if parse_rate is not None and parse_rate["value"] == 0:
+            return (
+                "produces no output that parses as a JSON object",
+                f"Likely cause: it has not picked up the output format; try --constrained, {more}",
+            )
+        if f1 is not None and f1["value"] == 0:
+            return (
+                "gets no field value right",
+                f"Likely cause: the output follows the format but not the input; try {more}",
+            )
     outputs = {str(p.get("output", "")).strip() for p in lines}
     if len(lines) > 1 and len(outputs) == 1:
-        return "gives the same output for every test row"
+        return (
+            "gives the same output for every test row",
+            f"Likely cause: the output does not depend on the input; try {more}",
+        )
     return None
 
 
@@ -116,6 +131,7 @@ def analyse_outputs(folder: str | Path, args: CostArgs) -> OutputsReport:
         lines = predictions.get(row["name"]) or []
         stats = np.array([p["primary_stats"] for p in lines], dtype=float) if lines else None
         score = metric.value(stats) if stats is not None else float(row["primary"]["value"])
+        flag = degenerate_output(task.get("name", ""), row, lines)
         evidence.append(
             MethodEvidence(
                 name=row["name"],
@@ -128,7 +144,8 @@ def analyse_outputs(folder: str | Path, args: CostArgs) -> OutputsReport:
                 calibrated=False,
                 stats=stats,
                 accuracy=score,
-                degenerate=degenerate_output(task.get("name", ""), row, lines),
+                degenerate=flag[0] if flag else None,
+                degenerate_cause=flag[1] if flag else None,
             )
         )
     caveats = (
