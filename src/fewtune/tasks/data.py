@@ -137,12 +137,16 @@ def stratified(examples: Sequence[TaskExample], n: int, task: Task, seed: int) -
     return sorted(i for s, members in by.items() for i in members[: take[s]])
 
 
-def _dedupe(examples: Sequence[TaskExample]) -> tuple[list[TaskExample], int]:
-    seen: set[str] = set()
+def _dedupe(examples: Sequence[TaskExample], task: Task, pool: bool = True) -> tuple[list[TaskExample], int]:
+    """Drop repeated examples, keeping the first: the same input, except in a generation pool, where an
+    input may have several good outputs (e2e_nlg has up to 30) and only repeated pairs go. A test input is
+    scored once: its other outputs belong in its ``references``."""
+    seen: set[tuple[str, str]] = set()
     kept = []
     for ex in examples:
-        if ex.text not in seen:
-            seen.add(ex.text)
+        key = (ex.text, ex.label if pool and task.name == GENERATION else "")
+        if key not in seen:
+            seen.add(key)
             kept.append(ex)
     return kept, len(examples) - len(kept)
 
@@ -158,9 +162,11 @@ def prepare_task_data(
     test_fraction: float,
     seed: int,
 ) -> TaskData:
-    pool, duplicates = _dedupe(load_task_examples(data, task, input_field, target_field))
+    pool, duplicates = _dedupe(load_task_examples(data, task, input_field, target_field), task)
     if test is not None:
-        test_rows, test_duplicates = _dedupe(load_task_examples(test, task, input_field, target_field))
+        test_rows, test_duplicates = _dedupe(
+            load_task_examples(test, task, input_field, target_field), task, pool=False
+        )
         duplicates += test_duplicates
         source = str(test)
     else:
