@@ -16,6 +16,12 @@ from fewtune.report.outputs import OutputsReport
 from fewtune.tasks.base import EXTRACTION
 
 SHOWN_OUTPUT_CHARS = 600
+# Column names for the metrics' keys (others: underscores to spaces).
+METRIC_NAMES = {"chrf": "chrF", "rouge_l": "ROUGE-L", "field_f1": "field F1"}
+
+
+def metric_name(key: str) -> str:
+    return METRIC_NAMES.get(key, key.replace("_", " "))
 
 
 def _ci(metric: Mapping[str, Any] | None) -> str:
@@ -36,7 +42,7 @@ def metrics_table(report: OutputsReport) -> tables.Table:
         "shots",
         "train ex.",
         f"{report.metric.label} (95% CI)",
-        *[name.replace("_", " ") for name in names],
+        *[metric_name(name) for name in names],
         "ended",
         "p50 ms",
         "p95 ms",

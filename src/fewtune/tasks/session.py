@@ -48,10 +48,12 @@ class TextRecorder:
         self.store.write_results(self.results)
 
     def describe(self, row: dict[str, Any]) -> None:
+        from fewtune.report.outputs_render import metric_name
+
         primary = row["primary"]
         low, high = primary["ci95"]
         others = ", ".join(
-            f"{name.replace('_', ' ')} {m['value']:.3f}"
+            f"{metric_name(name)} {m['value']:.3f}"
             for name, m in row["metrics"].items()
             if name.replace("_", "-") != primary["name"]
         )
