@@ -1,0 +1,184 @@
+"""Batched generation on the tiny model, and evaluate_text."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from task_helpers import (  # noqa: F401 (one_torch_thread is an autouse fixture)
+    SEED,
+    WHERE,
+    assert_names_file_and_line,
+    extraction_example,
+    extraction_rows,
+    generation_example,
+    one_torch_thread,
+)
+from tiny import tiny_model, tiny_tokenizer
+
+from fewtune.backends.generation import Generation, generate_batch
+from fewtune.backends.hf import HFBackend
+from fewtune.tasks.base import TaskExample
+from fewtune.tasks.evaluate import TextPredictor, evaluate_text
+from fewtune.tasks.extraction import (
+    ExtractionTask,
+)
+from fewtune.tasks.generation import GenerationTask
+from fewtune.tasks.template import OutputTemplate
+
+# -- batched generation on the tiny model ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Any:
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def wide(tokenizer: Any) -> HFBackend:
+    """A window longer than every prompt: rows of different lengths share a left-padded batch."""
+    return HFBackend(tiny_model(tokenizer, seed=SEED, sliding_window=512), tokenizer)
+
+
+@pytest.fixture(scope="module")
+def windowed(tokenizer: Any) -> HFBackend:
+    """Prompts longer than the sliding window (16 tokens)."""
+    return HFBackend(tiny_model(tokenizer, seed=SEED, sliding_window=16), tokenizer)
+
+
+TEMPLATE = OutputTemplate(
+    "Extract the fields mentioned in the input as JSON.", "Answer with one line of JSON."
+)
+DEMOS = [TaskExample(text="the film is great fun", label='{"mood":"positive"}')]
+INPUTS = [
+    "x",
+    "a dull and tired story",
+    "the film",
+    "great fun, a dull story, the film is tired and dull",
+    "ok",
+]
+
+
+def test_batched_generation_with_a_cached_prefix_equals_one_row_at_a_time(wide: HFBackend) -> None:
+    prompts = [TEMPLATE.render(text, DEMOS) for text in INPUTS]
+    prefix = TEMPLATE.prefix(DEMOS) + "Input:"
+    lengths = {len(wide.encode_prompt(p)) for p in prompts}
+    assert len(lengths) >= 4  # rows of different lengths share batches: they are padded
+    batched = generate_batch(wide, prompts, prefix=prefix, max_new_tokens=10, batch_size=4)
+    alone = generate_batch(wide, prompts, prefix="", max_new_tokens=10, batch_size=1)
+    assert [g.text for g in batched] == [g.text for g in alone]
+    assert batched == alone
+    assert all(g.prompt_tokens == len(wide.encode_prompt(p)) for g, p in zip(batched, prompts, strict=True))
+
+
+def test_prompts_without_the_shared_prefix_are_generated_whole_and_in_place(wide: HFBackend) -> None:
+    # Rows 1 and 3 have no demos, so they do not start with the cached prefix.
+    prompts = [TEMPLATE.render(text, DEMOS if i % 2 == 0 else ()) for i, text in enumerate(INPUTS)]
+    prefix = TEMPLATE.prefix(DEMOS) + "Input:"
+    assert sum(p.startswith(prefix) for p in prompts) == 3
+    batched = generate_batch(wide, prompts, prefix=prefix, max_new_tokens=8, batch_size=4)
+    alone = generate_batch(wide, prompts, prefix="", max_new_tokens=8, batch_size=1)
+    assert batched == alone
+
+
+def test_batched_generation_is_exact_past_the_sliding_window(windowed: HFBackend) -> None:
+    prompts = [TEMPLATE.render(text, DEMOS) for text in INPUTS]
+    assert min(len(windowed.encode_prompt(p)) for p in prompts) > 16
+    prefix = TEMPLATE.prefix(DEMOS) + "Input:"
+    batched = generate_batch(windowed, prompts, prefix=prefix, max_new_tokens=10, batch_size=4)
+    alone = generate_batch(windowed, prompts, prefix="", max_new_tokens=10, batch_size=1)
+    assert batched == alone
+
+
+def test_generation_keeps_row_order_and_counts_progress(wide: HFBackend) -> None:
+    prompts = [TEMPLATE.render(text) for text in INPUTS]
+    seen: list[int] = []
+    together = generate_batch(wide, prompts, max_new_tokens=6, batch_size=2, progress=seen.append)
+    reversed_ = generate_batch(wide, prompts[::-1], max_new_tokens=6, batch_size=2)
+    assert together == reversed_[::-1]
+    assert sum(seen) == len(prompts)
+
+
+def test_a_stop_string_cuts_the_output(wide: HFBackend) -> None:
+    prompts = [TEMPLATE.render(text, DEMOS) for text in INPUTS[:2]]
+    free = generate_batch(wide, prompts, max_new_tokens=12, batch_size=2)
+    assert all(not g.stopped and g.output_tokens == 12 for g in free)  # ran to the cap
+    text = free[0].text
+    # A printable stop string first seen in the second half of the free output.
+    at = next(
+        i
+        for i in range(len(text) // 2, len(text) - 1)
+        if text[i : i + 2].isascii() and text[i : i + 2].isprintable() and text.index(text[i : i + 2]) == i
+    )
+    stop = text[at : at + 2]
+    cut = generate_batch(wide, prompts[:1], max_new_tokens=12, stop=stop, batch_size=1)[0]
+    assert cut.text == text[:at] and cut.text
+    assert cut.stopped and cut.output_tokens < 12
+
+
+# -- evaluate_text -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CannedPredictor(TextPredictor):
+    """Returns fixed outputs instead of generating (the scoring path without a model)."""
+
+    outputs: tuple[str, ...] = ()
+
+    def generate(self, texts: Sequence[str], batch_size: int = 16, progress: Any = None) -> list[Generation]:
+        return [Generation(out, 10, len(out.split()), True) for out in self.outputs[: len(texts)]]
+
+
+def test_evaluate_text_scores_outputs_into_a_row_and_predictions() -> None:
+    task = ExtractionTask()
+    test = [extraction_example({"a": "x"}, "one"), extraction_example({"a": "y", "b": "z"}, "two")]
+    task.fit(test)
+    outputs = ('{"a":"x"}', 'garbage {"a":"y"}')
+    predictor = CannedPredictor("zero-shot", None, TEMPLATE, 20, outputs=outputs)
+    row, predictions = evaluate_text(predictor, task, test, latency_requests=0, seed=0)
+    assert row["primary"]["name"] == "field-f1" and row["primary"]["label"] == "field F1"
+    assert row["primary"]["value"] == pytest.approx(2 * 1 / (2 * 1 + 0 + 2))
+    low, high = row["primary"]["ci95"]
+    assert low <= row["primary"]["value"] <= high
+    assert row["metrics"]["parse_rate"]["value"] == 0.5
+    assert row["metrics"]["exact_match"]["value"] == 0.5
+    assert row["metrics"]["field_f1"]["value"] == pytest.approx(row["primary"]["value"])
+    assert row["output_tokens_mean"] == pytest.approx((1 + 2) / 2)
+    assert row["latency_ms"]["requests"] == 0
+    assert set(row["per_field"]) == {"a", "b"}
+    assert [p["output"] for p in predictions] == list(outputs)
+    assert predictions[0]["parsed"] == {"a": "x"} and predictions[1]["parsed"] is None
+    assert predictions[1]["scores"]["fn"] == 2.0
+    assert predictions[0]["primary_stats"] == [1.0, 0.0, 0.0]
+    assert predictions[0]["gold"] == '{"a":"x"}' and predictions[0]["text"] == "one"
+
+
+def test_evaluate_text_for_generation_records_references_of_multi_reference_rows() -> None:
+    task = GenerationTask()
+    test = [generation_example("the cat sat", "a cat sat"), generation_example("a dog ran")]
+    predictor = CannedPredictor("few-shot", None, TEMPLATE, 20, outputs=("the cat sat", "a dog ran"))
+    row, predictions = evaluate_text(predictor, task, test, latency_requests=0, seed=0)
+    assert row["primary"]["name"] == "chrf" and row["primary"]["value"] == pytest.approx(1.0)
+    assert "per_field" not in row
+    assert predictions[0]["references"] == ["the cat sat", "a cat sat"]
+    assert predictions[1]["references"] is None
+    assert predictions[0]["primary_stats"] == [pytest.approx(1.0)]
+
+
+def test_evaluate_text_on_the_tiny_model_generates_times_and_scores(wide: HFBackend) -> None:
+    task = ExtractionTask()
+    test = [extraction_example({"mood": "dull"}, text) for text in INPUTS[:3]]
+    task.fit(test)
+    predictor = TextPredictor("few-shot", wide, TEMPLATE, 8, stop=task.stop, demos=tuple(DEMOS))
+    row, predictions = evaluate_text(predictor, task, test, batch_size=2, latency_requests=1, seed=0)
+    assert row["name"] == "few-shot k=1" and row["shots"] == 1 and row["max_new_tokens"] == 8
+    assert row["latency_ms"]["requests"] == 1 and row["latency_ms"]["p50"] > 0
+    assert 0 < row["output_tokens_mean"] <= 8
+    assert 0 <= row["primary"]["value"] <= 1 and len(row["primary"]["ci95"]) == 2
+    assert row["demos"] == [{"text": DEMOS[0].text, "output": DEMOS[0].label}]
+    assert len(predictions) == 3
+    expected = generate_batch(wide, predictor.prompts([ex.text for ex in test]), max_new_tokens=8, stop="\n")
+    assert [p["output"] for p in predictions] == [g.text for g in expected]
+    assert all({"output", "parsed", "scores", "primary_stats"} <= set(p) for p in predictions)
