@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from fewtune.errors import ConfigError
-from fewtune.record import MethodRow, latency_of
+from fewtune.record import Costs, MethodRow, latency_of
 
 SECONDS_PER_HOUR = 3600
 TOKENS_PER_MILLION = 1_000_000
@@ -194,6 +194,16 @@ class MethodCost:
     def total(self, requests: float) -> float:
         """Setup plus per-request cost times ``requests``."""
         return self.setup + self.per_request * requests
+
+    def to_row(self, horizon_requests: float) -> Costs:
+        """The results row's ``costs`` field."""
+        return Costs(
+            setup=self.setup,
+            per_request=self.per_request,
+            total_at_horizon=self.total(horizon_requests),
+            setup_breakdown=self.setup_breakdown,
+            per_request_basis=self.basis,
+        )
 
 
 def is_fine_tuned(row: MethodRow) -> bool:

@@ -214,14 +214,7 @@ def _add_to_results(report: Report, args: CostArgs) -> None:
     """The results.json fields: per-method costs, break-even, the resolved price table, the recommendation."""
     results = report.results
     for row in report.methods:
-        cost = report.costs[row["name"]]
-        row["costs"] = {
-            "setup": cost.setup,
-            "per_request": cost.per_request,
-            "total_at_horizon": cost.total(report.horizon_requests),
-            "setup_breakdown": cost.setup_breakdown,
-            "per_request_basis": cost.basis,
-        }
+        row["costs"] = report.costs[row["name"]].to_row(report.horizon_requests)
     be = report.break_even
     results["break_even_requests"] = be.requests if be else None
     results["break_even"] = {

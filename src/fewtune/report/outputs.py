@@ -191,14 +191,7 @@ def analyse_outputs(folder: str | Path, args: CostArgs) -> OutputsReport:
     )
     for m in evidence:
         by_name[m.name]["degenerate"] = m.degenerate
-        cost = costs[m.name]
-        by_name[m.name]["costs"] = {
-            "setup": cost.setup,
-            "per_request": cost.per_request,
-            "total_at_horizon": cost.total(report.horizon_requests),
-            "setup_breakdown": cost.setup_breakdown,
-            "per_request_basis": cost.basis,
-        }
+        by_name[m.name]["costs"] = costs[m.name].to_row(report.horizon_requests)
     be = report.break_even
     results["break_even"] = {
         "prompting": report.break_even_pair[0] if report.break_even_pair else None,
