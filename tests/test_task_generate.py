@@ -86,10 +86,15 @@ def test_prompts_without_the_shared_prefix_are_generated_whole_and_in_place(wide
 def test_batched_generation_is_exact_past_the_sliding_window(windowed: HFBackend) -> None:
     prompts = [TEMPLATE.render(text, DEMOS) for text in INPUTS]
     assert min(len(windowed.encode_prompt(p)) for p in prompts) > 16
+    assert len({len(windowed.encode_prompt(p)) for p in prompts}) >= 4
     prefix = TEMPLATE.prefix(DEMOS) + "Input:"
-    batched = generate_batch(windowed, prompts, prefix=prefix, max_new_tokens=10, batch_size=4)
+    seen: list[int] = []
+    batched = generate_batch(
+        windowed, prompts, prefix=prefix, max_new_tokens=10, batch_size=4, progress=seen.append
+    )
     alone = generate_batch(windowed, prompts, prefix="", max_new_tokens=10, batch_size=1)
     assert batched == alone
+    assert seen == [4, 1]  # rows of different lengths share a batch: padded in front, not after the prefix
 
 
 def test_generation_keeps_row_order_and_counts_progress(wide: HFBackend) -> None:

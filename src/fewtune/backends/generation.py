@@ -4,9 +4,15 @@ The shared prefix (task line, output format, demos, ``Input:``) is run once; eac
 cache and continues from it with ``transformers``' ``generate`` (greedy), so every row pays only for its own
 input and output. Rows are sorted by length and left-padded after the prefix: the padding sits between
 prefix and input, masked out, and position ids come from the attention mask, so a row's tokens keep the
-positions they would have alone. A sliding-window layer counts masked padding as window slots, so where a
-row could outgrow the window (prompt plus new tokens) a batch holds rows of one length only and has no
-padding. Generation stops at the end-of-output marker (``stop_strings``), at EOS, or at ``max_new_tokens``.
+positions they would have alone.
+
+A sliding-window layer counts masked padding as window slots, so padding between prefix and input would
+change what a row that outgrows the window (prompt plus new tokens) sees. Such rows are generated whole
+instead, left-padded in front of the prompt: every row's real tokens are then contiguous, slot distance
+equals position distance, and the window is exact. They pay for the prefix again, but they share batches:
+a long-output task (support replies of a few hundred tokens behind five demos) is dominated by decoding
+steps, which a batch shares, not by the prefix. Generation stops at the end-of-output marker
+(``stop_strings``), at EOS, or at ``max_new_tokens``.
 """
 
 from __future__ import annotations
@@ -42,20 +48,10 @@ def _cut(text: str, stop: str | None) -> tuple[str, bool]:
     return text, False
 
 
-def _batches(lengths: Sequence[int], batch_size: int, fits: Callable[[int], bool]) -> list[list[int]]:
+def _batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Row indices in batches of similar length (sorted), so that little padding is computed."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    batches: list[list[int]] = []
-    for i in order:
-        current = batches[-1] if batches else None
-        if (
-            current is None
-            or len(current) >= batch_size
-            or (not fits(lengths[i]) and lengths[current[0]] != lengths[i])
-        ):
-            batches.append([i])
-        else:
-            current.append(i)
-    return batches
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 @torch.inference_mode()
@@ -76,7 +72,13 @@ def generate_batch(
     prompt_ids = [backend.encode_prompt(p) for p in prompts]
     prefix_ids = backend.encode_prompt(prefix) if prefix and backend.prefix_caching else []
     cut = len(prefix_ids)
-    shared = [bool(cut) and len(ids) > cut and ids[:cut] == prefix_ids for ids in prompt_ids]
+    shared = [
+        bool(cut)
+        and len(ids) > cut
+        and ids[:cut] == prefix_ids
+        and backend.fits_window(len(ids) + max_new_tokens)
+        for ids in prompt_ids
+    ]
     results: list[Generation | None] = [None] * len(prompts)
     eos = tokenizer.eos_token_id
     for members, width_cut in (
@@ -88,10 +90,7 @@ def generate_batch(
         cache = backend.prefix_cache(prefix_ids) if width_cut else None
         suffixes = [prompt_ids[i][width_cut:] for i in members]
 
-        def fits(length: int, start: int = width_cut) -> bool:
-            return backend.fits_window(start + length + max_new_tokens)
-
-        for batch in _batches([len(s) for s in suffixes], batch_size, fits):
+        for batch in _batches([len(s) for s in suffixes], batch_size):
             rows = [members[b] for b in batch]
             group = [suffixes[b] for b in batch]
             width = max(len(s) for s in group)
