@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from conftest import write_jsonl
 from rich.console import Console
 from task_helpers import (  # noqa: F401 (one_torch_thread is an autouse fixture)
@@ -23,7 +24,7 @@ from tiny import tiny_model, tiny_tokenizer
 
 from fewtune.backends.fake import FakeBackend
 from fewtune.backends.hf import HFBackend
-from fewtune.config import RunConfig, build_config
+from fewtune.config import ALL_LINEAR, RunConfig, build_config, default_target_modules
 from fewtune.embeddings import FakeEmbedder
 from fewtune.errors import ConfigError, ModelError
 from fewtune.tasks.extraction import (
@@ -88,6 +89,19 @@ def test_run_extraction_end_to_end(
     assert results["task"]["schema"]["properties"].keys() == {"artist", "song"}
     assert (results["dataset"]["pool_size"], results["dataset"]["test_size"]) == (8, 3)
     assert all("per_field" in row for row in results["methods"])
+    # Open outputs adapt every linear layer of the blocks by default, and config.yaml records it.
+    adapter = json.loads(next((folder / "adapters").glob("*/adapter_config.json")).read_text())
+    assert set(adapter["target_modules"]) == set(ALL_LINEAR)
+    assert yaml.safe_load((folder / "config.yaml").read_text())["lora"]["target_modules"] == ALL_LINEAR
+
+
+def test_lora_target_modules_default_by_task_and_a_flag_overrides() -> None:
+    assert default_target_modules("classification") == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert default_target_modules("extraction") == default_target_modules("generation") == ALL_LINEAR
+    from fewtune.cli_options import setting_options
+
+    flags = {flag: convert for section, name, flag, _, convert in setting_options()}
+    assert flags["--lora-target-modules"]("q_proj, v_proj", "--lora-target-modules") == ["q_proj", "v_proj"]
 
 
 def test_run_generation_end_to_end(

@@ -29,9 +29,10 @@ FLAG_NAMES = {
     ("lora", "alpha"): "lora-alpha",
     ("lora", "dropout"): "lora-dropout",
     ("eval", "batch_size"): "eval-batch-size",
+    ("lora", "target_modules"): "lora-target-modules",
 }
 # Fields with no flag: set them in a --config file.
-NO_FLAG = {("lora", "target_modules")}
+NO_FLAG: set[tuple[str, str]] = set()
 # Extra spellings: --target-field names the same field as --label-field.
 ALIASES = {("data", "label_field"): ("--target-field",)}
 

@@ -16,7 +16,7 @@ from fewtune import __version__
 from fewtune import progress as bars
 from fewtune.backends.base import Backend, ProgressFn
 from fewtune.backends.generated import GenerateAndParse
-from fewtune.config import REFERENCE_METHOD, RunConfig
+from fewtune.config import REFERENCE_METHOD, RunConfig, default_target_modules
 from fewtune.cost import load_price_table
 from fewtune.curves import build_curves
 from fewtune.data.split import PreparedData, stratified_sample
@@ -69,6 +69,7 @@ def run(
             raise ConfigError("--resume and --overwrite exclude each other: keep the run or replace it")
         refuse_existing_run(cfg.out, overwrite or resume)
     why = resolve_task(cfg)
+    cfg.lora.target_modules = cfg.lora.target_modules or default_target_modules(cfg.data.task)
     console.print(f"Task: {cfg.data.task}" + (f" ({why})" if why else ""), highlight=False)
     if cfg.data.task != CLASSIFICATION:
         from fewtune.tasks.session import run_task

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from fewtune.backends.hf import HFBackend
-from fewtune.config import LoraArgs
+from fewtune.config import LoraArgs, default_target_modules
 from fewtune.data.load import Example
 from fewtune.prompts.template import PromptTemplate
 from fewtune.strategies.base import Predictor, Strategy
@@ -133,7 +133,7 @@ class Lora(Strategy):
                     r=self.args.r,
                     lora_alpha=self.args.alpha,
                     lora_dropout=self.args.dropout,
-                    target_modules=list(self.args.target_modules),
+                    target_modules=self.args.target_modules or default_target_modules(None),
                     task_type="CAUSAL_LM",
                 ),
             )
