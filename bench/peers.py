@@ -32,7 +32,7 @@ from rich.table import Table
 
 from fewtune.backends.hf import HFBackend
 from fewtune.backends.models import load_model, resolve_model
-from fewtune.config import LoraArgs
+from fewtune.config import LoraArgs, default_target_modules
 from fewtune.data.split import PreparedData, prepare_data, stratified_sample
 from fewtune.prompts.demos import select_demos
 from fewtune.prompts.template import SEPARATOR, PromptTemplate
@@ -250,7 +250,12 @@ def main() -> None:
 
     lora: dict[str, dict[str, Any]] = {}
     if "lora" not in skip:
-        args = LoraArgs(train_sizes=[opts.train_size], epochs=opts.epochs, batch_size=opts.batch_size)
+        args = LoraArgs(
+            train_sizes=[opts.train_size],
+            epochs=opts.epochs,
+            batch_size=opts.batch_size,
+            target_modules=default_target_modules("classification"),
+        )
         train, _ = stratified_sample(data.pool, opts.train_size, opts.seed)
         plain, lora["trainer"] = trainer_lora(backend, template, train, args, opts.seed)
         lora["trainer"]["accuracy"] = fewtune_scoring(plain, data, opts.eval_batch_size)["accuracy"]
