@@ -1,0 +1,193 @@
+"""``fewtune serve``: check the settings, load the model and its adapters, run uvicorn.
+
+Every setting is checked before the model loads, so a missing key or a bad adapter path is a one-line
+error in a second, not after the model has loaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fewtune.errors import ConfigError
+from fewtune.serve.adapters import check_adapter_folder, find_adapters
+
+if TYPE_CHECKING:
+    from fewtune.serve.engine import Engine
+
+API_KEY_ENV = "FEWTUNE_API_KEY"
+REQUEST_LOG_NAME = "requests.jsonl"
+
+
+@dataclass
+class ServeSettings:
+    """What ``fewtune serve`` was asked for, checked by :func:`settings_from_cli`."""
+
+    model: str
+    """Model spec (as ``--model`` of ``fewtune run`` takes it)."""
+    served_name: str
+    """The ``model`` name requests use for the base."""
+    adapters: dict[str, Path] = field(default_factory=dict)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    """None only with ``--no-auth`` on a loopback host."""
+    request_log: Path | None = None
+    max_batch: int = 16
+    batch_wait_ms: float = 5.0
+
+
+def is_loopback(host: str) -> bool:
+    """``host`` is only reachable from this machine (``localhost``, 127.0.0.0/8, ``::1``)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_auth(host: str, api_key: str | None, no_auth: bool) -> str | None:
+    """The API key to require (None: no authentication), or a :class:`ConfigError` saying what is missing."""
+    if no_auth:
+        if api_key:
+            raise ConfigError("--no-auth and --api-key contradict each other; give one")
+        if not is_loopback(host):
+            raise ConfigError(
+                f"--no-auth serves without an API key, so it only binds a loopback host "
+                f"(127.0.0.1, localhost, ::1), not {host}; set --api-key or {API_KEY_ENV} instead"
+            )
+        return None
+    key = api_key or os.environ.get(API_KEY_ENV) or None
+    if not key:
+        raise ConfigError(
+            f"an API key is required: pass --api-key or set {API_KEY_ENV} "
+            "(or --no-auth to serve on a loopback host without one)"
+        )
+    return key
+
+
+def served_name_of(spec: str) -> str:
+    """The base model's name in requests: the built-in name, else the model folder's (or file's) name."""
+    from fewtune.backends.models import DEFAULT_MODEL
+
+    if spec == DEFAULT_MODEL:
+        return spec
+    path = Path(spec).expanduser()
+    return path.stem if path.suffix.lower() == ".gguf" else path.resolve().name
+
+
+def _run_model(run_dir: Path) -> str:
+    import yaml
+
+    config = run_dir / "config.yaml"
+    if not config.is_file():
+        raise ConfigError(f"{run_dir}: not a run folder (no config.yaml); or serve a model with --model")
+    try:
+        values = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{config}: not valid YAML ({err})") from None
+    model = values.get("model") if isinstance(values, dict) else None
+    if not isinstance(model, str) or not model:
+        raise ConfigError(f"{config}: has no 'model:' setting")
+    return model
+
+
+def parse_adapters(values: Sequence[str]) -> dict[str, Path]:
+    """``NAME=PATH`` pairs of ``--adapter``, each path checked to hold a peft adapter."""
+    adapters: dict[str, Path] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise ConfigError(f"--adapter takes NAME=PATH, got {value!r}")
+        if name in adapters:
+            raise ConfigError(f"--adapter: the name {name!r} is given twice")
+        adapters[name.strip()] = check_adapter_folder(path.strip())
+    return adapters
+
+
+def settings_from_cli(
+    run_dir: Path | None,
+    *,
+    model: str | None,
+    adapter: Sequence[str],
+    host: str,
+    port: int,
+    api_key: str | None,
+    no_auth: bool,
+    request_log: Path | None,
+    served_model_name: str | None,
+    max_batch: int,
+    batch_wait_ms: float,
+) -> ServeSettings:
+    """Check every ``fewtune serve`` option (before any model loads) and resolve the defaults."""
+    key = check_auth(host, api_key, no_auth)
+    if not 0 < port < 65536:
+        raise ConfigError(f"--port must be between 1 and 65535, got {port}")
+    if max_batch < 1:
+        raise ConfigError(f"--max-batch must be at least 1, got {max_batch}")
+    if batch_wait_ms < 0:
+        raise ConfigError(f"--batch-wait-ms must be 0 or more, got {batch_wait_ms}")
+    adapters: dict[str, Path] = {}
+    if run_dir is not None:
+        if not run_dir.is_dir():
+            raise ConfigError(f"{run_dir}: no such run folder")
+        model = model or _run_model(run_dir)
+        adapters = find_adapters(run_dir)
+    if model is None:
+        raise ConfigError("give a run folder (fewtune serve RUN_DIR) or a model (--model SPEC)")
+    for name, path in parse_adapters(adapter).items():
+        if name in adapters:
+            raise ConfigError(f"--adapter {name}: the run folder already has an adapter of this name")
+        adapters[name] = path
+    served = served_model_name or served_name_of(model)
+    if served in adapters:
+        raise ConfigError(f"{served}: an adapter has the base model's name; set --served-model-name")
+    default_log = (run_dir if run_dir is not None else Path.cwd()) / REQUEST_LOG_NAME
+    return ServeSettings(
+        model=model,
+        served_name=served,
+        adapters=adapters,
+        host=host,
+        port=port,
+        api_key=key,
+        request_log=request_log or default_log,
+        max_batch=max_batch,
+        batch_wait_ms=batch_wait_ms,
+    )
+
+
+def build_engine(settings: ServeSettings) -> Engine:
+    """Load the base model and every adapter (one-line :class:`ModelError` s) into a new engine."""
+    from fewtune.backends.models import load_model, resolve_model
+    from fewtune.serve.adapters import AdapterSet
+    from fewtune.serve.engine import Engine
+
+    folder = resolve_model(settings.model)
+    model, tokenizer = load_model(folder)
+    adapters = AdapterSet(model, tokenizer, settings.served_name, source=str(folder))
+    for name, path in settings.adapters.items():
+        adapters.load(name, path)
+    return Engine(adapters, max_batch=settings.max_batch, batch_wait_ms=settings.batch_wait_ms)
+
+
+def serve(settings: ServeSettings, say: Callable[[str], None] = print) -> None:
+    """Load everything, then serve until interrupted (Ctrl-C or SIGTERM: uvicorn finishes the requests
+    under way, then stops)."""
+    import uvicorn
+
+    from fewtune.serve.app import create_app
+
+    engine = build_engine(settings)
+    app = create_app(engine, api_key=settings.api_key, request_log=settings.request_log)
+    names = ", ".join([settings.served_name, *settings.adapters])
+    auth = "API key required" if settings.api_key else "no authentication (loopback only)"
+    say(f"serving {names} at http://{settings.host}:{settings.port}/v1 ({auth}; log: {settings.request_log})")
+    # uvicorn re-raises the signal it shut down on (Ctrl-C, SIGTERM); stopping is the normal end here.
+    with contextlib.suppress(KeyboardInterrupt):
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")

@@ -1,0 +1,104 @@
+"""What the server records: Prometheus metrics and a JSON-lines request log.
+
+Both are labelled by the served model name (the base's or an adapter's) and the endpoint. Neither ever
+holds a prompt, an output or the API key: the log line is time, model, adapter, endpoint, latency, token
+counts and the HTTP status.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+"""Seconds: from a cached-prefix label score (tens of ms) to a long CPU generation (a minute or more)."""
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+UNKNOWN_MODEL = "<unknown>"
+"""The model label of requests that named no served model: a client's typos must not mint label values."""
+
+
+@dataclass
+class RequestRecord:
+    """Filled in by the endpoint while it handles a request, read by the middleware once it answered."""
+
+    model: str | None = None
+    """The ``model`` the request named."""
+    served: bool = False
+    """``model`` is one this server serves (only then is it a metrics label)."""
+    adapter: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class Metrics:
+    """The server's Prometheus metrics, in a registry of its own (two apps in one process do not clash)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        labels = ("model", "endpoint")
+        self.latency = Histogram(
+            "fewtune_request_latency_seconds",
+            "Time from request to response, by served model and endpoint.",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.prompt_tokens = Counter(
+            "fewtune_prompt_tokens", "Prompt tokens processed.", labels, registry=self.registry
+        )
+        self.completion_tokens = Counter(
+            "fewtune_completion_tokens", "Tokens generated.", labels, registry=self.registry
+        )
+        self.batch_prompts = Histogram(
+            "fewtune_batch_prompts",
+            "Prompts the worker ran together in one batch (one adapter, one set of decoding settings).",
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "fewtune_request_errors",
+            "Requests answered with an HTTP error status.",
+            (*labels, "status"),
+            registry=self.registry,
+        )
+
+    def observe(self, record: RequestRecord, endpoint: str, seconds: float, status: int) -> None:
+        model = record.model if record.served and record.model else UNKNOWN_MODEL
+        self.latency.labels(model, endpoint).observe(seconds)
+        if record.prompt_tokens:
+            self.prompt_tokens.labels(model, endpoint).inc(record.prompt_tokens)
+        if record.completion_tokens:
+            self.completion_tokens.labels(model, endpoint).inc(record.completion_tokens)
+        if status >= 400:
+            self.errors.labels(model, endpoint, str(status)).inc()
+
+
+class RequestLog:
+    """Appends one JSON line per API request to ``path`` (thread-safe; each line flushed as written)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, record: RequestRecord, endpoint: str, seconds: float, status: int) -> None:
+        if self.path is None:
+            return
+        line = {
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "model": record.model,
+            "adapter": record.adapter,
+            "endpoint": endpoint,
+            "latency_ms": round(seconds * 1000, 2),
+            "prompt_tokens": record.prompt_tokens,
+            "completion_tokens": record.completion_tokens,
+            "status": status,
+        }
+        with self._lock, self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(line) + "\n")
