@@ -125,3 +125,52 @@ def test_unknown_class_balance_is_a_config_error() -> None:
 
     with pytest.raises(ConfigError, match="--class-balance takes none, loss, sampling"):
         LoraArgs(class_balance="inverse")
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_training_killed_after_a_checkpoint_resumes_to_the_same_adapter(tmp_path: Path) -> None:
+    from fewtune.strategies.checkpoint import CHECKPOINT_FILE
+
+    tokenizer = tiny_tokenizer()
+    args = LoraArgs(epochs=2, batch_size=4, lr=5e-3)  # 6 steps an epoch, 12 in all
+
+    def trainer(folder: Path, stop_at: int | None = None) -> Lora:
+        def progress(step: int, total: int, loss: float) -> None:
+            if step == stop_at:  # as if killed during the step after the checkpoint
+                raise Interrupted
+
+        backend = HFBackend(tiny_model(tokenizer), tokenizer, source="tiny")
+        return Lora(backend, TEMPLATE, args, folder, seed=3, progress=progress, checkpoint_seconds=0.0)
+
+    whole, _ = trainer(tmp_path / "whole").train(TRAIN)
+    with pytest.raises(Interrupted):
+        trainer(tmp_path / "cut", stop_at=8).train(TRAIN)  # checkpoints after steps 1..7 (a new epoch at 7)
+    assert (tmp_path / "cut" / CHECKPOINT_FILE).is_file()
+    seen: list[int] = []
+    resumed_lora = trainer(tmp_path / "cut")
+    resumed_lora.progress = lambda step, total, loss: seen.append(step)
+    resumed, info = resumed_lora.train(TRAIN)
+    assert seen == list(range(8, 13))  # steps 1-7 were not trained again
+    assert not (tmp_path / "cut" / CHECKPOINT_FILE).exists()
+    prompt = "Input: the film is positive number 3\nOutput:"
+    choices = [" negative", " positive"]
+    assert resumed.score_choices([prompt], choices) == pytest.approx(
+        whole.score_choices([prompt], choices), abs=1e-6
+    )
+    assert info["train_steps"] == 12
+    # A checkpoint from other settings is not continued.
+    with pytest.raises(Interrupted):
+        trainer(tmp_path / "other", stop_at=3).train(TRAIN)
+    other = Lora(
+        HFBackend(tiny_model(tokenizer), tokenizer, source="tiny"),
+        TEMPLATE,
+        LoraArgs(epochs=2, batch_size=4, lr=1e-3),
+        tmp_path / "other",
+        seed=3,
+        progress=lambda step, total, loss: seen.append(-step),
+    )
+    other.train(TRAIN)
+    assert seen[-12:] == [-s for s in range(1, 13)]

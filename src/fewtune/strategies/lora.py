@@ -12,7 +12,7 @@ import random
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,6 +24,13 @@ from fewtune.config import LoraArgs, default_target_modules
 from fewtune.data.load import Example
 from fewtune.prompts.template import PromptTemplate
 from fewtune.strategies.base import Predictor, Strategy
+from fewtune.strategies.checkpoint import (
+    CHECKPOINT_SECONDS,
+    checkpoint_key,
+    load_checkpoint,
+    remove_checkpoint,
+    save_checkpoint,
+)
 from fewtune.sysinfo import PeakMemory, lora_train_flops_per_token, matmul_peak_flops
 
 # Length grouping: shuffle, cut into windows of this many batches, sort each window by length.
@@ -106,6 +113,8 @@ class Lora(Strategy):
     seed: int = 0
     progress: Callable[[int, int, float], None] | None = None
     """Called as ``progress(step, total_steps, loss)`` after each optimizer step."""
+    checkpoint_seconds: float = CHECKPOINT_SECONDS
+    """Training seconds between checkpoints in ``save_dir`` (see :mod:`fewtune.strategies.checkpoint`)."""
 
     def fit(self, train: Sequence[Example]) -> Predictor:
         if not isinstance(self.template, PromptTemplate):
@@ -157,12 +166,17 @@ class Lora(Strategy):
         optimizer = torch.optim.AdamW(params, lr=self.args.lr, weight_decay=0.0)
         scheduler = get_linear_schedule_with_warmup(optimizer, int(WARMUP_RATIO * total_steps), total_steps)
         decoder: Any = model.get_base_model().get_decoder()  # type: ignore[operator]
+        key = checkpoint_key({"args": asdict(self.args), "seed": self.seed, "weights": weights}, features)
+        done = load_checkpoint(self.save_dir, key, model, optimizer, scheduler)
         model.train()
-        step, tokens, answer_tokens = 0, 0, 0
+        step, saved_at = 0, time.perf_counter()
         with PeakMemory(base.device) as peak:
             start = time.perf_counter()
             for _ in range(self.args.epochs):
                 for batch in _batches(lengths, self.args.batch_size, rng, draw):
+                    step += 1
+                    if step <= done.step:
+                        continue  # trained before the run was interrupted: replay the seeded order only
                     ids, mask, predict_at, targets = _collate([features[i] for i in batch], base.pad_id)
                     ids, mask = ids.to(base.device), mask.to(base.device)
                     hidden = decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
@@ -176,21 +190,26 @@ class Lora(Strategy):
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
-                    step += 1
-                    tokens += int(mask.sum())
-                    answer_tokens += len(targets)
+                    done.step = step
+                    done.tokens += int(mask.sum())
+                    done.answer_tokens += len(targets)
                     if self.progress:
                         self.progress(step, total_steps, loss.item())
-            train_seconds = time.perf_counter() - start
+                    if step < total_steps and time.perf_counter() - saved_at >= self.checkpoint_seconds:
+                        done.seconds += time.perf_counter() - start
+                        start = saved_at = time.perf_counter()
+                        save_checkpoint(self.save_dir, key, model, optimizer, scheduler, done)
+            train_seconds = done.seconds + time.perf_counter() - start
         model.eval()
         model.peft_config["default"].base_model_name_or_path = base.source
         self.save_dir.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(str(self.save_dir))
+        remove_checkpoint(self.save_dir)
         adapter_bytes = sum(f.stat().st_size for f in self.save_dir.glob("adapter_model.*"))
         merged = model.merge_and_unload()
-        tokens_per_second = tokens / train_seconds
+        tokens_per_second = done.tokens / train_seconds
         flops_per_token = lora_train_flops_per_token(
-            merged, seq_len=sum(lengths) / len(lengths), answer_share=answer_tokens / tokens
+            merged, seq_len=sum(lengths) / len(lengths), answer_share=done.answer_tokens / done.tokens
         )
         dtype = next(merged.parameters()).dtype
         info: dict[str, Any] = {
