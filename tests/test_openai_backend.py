@@ -5,10 +5,7 @@ chat-only app that has no ``/v1/completions`` (generate mode, like a hosted chat
 from __future__ import annotations
 
 import json
-import socket
 import sqlite3
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +21,7 @@ pytest.importorskip("openai")
 
 from fastapi import FastAPI, Request  # noqa: E402
 from fastapi.responses import JSONResponse  # noqa: E402
+from servers import free_port, serving  # noqa: E402
 from tiny import tiny_model, tiny_tokenizer  # noqa: E402
 
 from fewtune.backends.endpoint import EndpointError, EndpointSpec, Unauthorized, Unreachable  # noqa: E402
@@ -52,29 +50,6 @@ CHOICES = [" positive", " negative", " complaint inquiry"]  # the last is severa
 STOP = "n"  # the tiny model's greedy outputs: some hold it (cut, stopped), some do not
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _serve(app: Any) -> Iterator[str]:
-    """Run ``app`` with uvicorn on a free loopback port until the generator is closed; yields its URL."""
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-
-
 @dataclass
 class Served:
     url: str
@@ -87,7 +62,7 @@ def served() -> Iterator[Served]:
     tokenizer = tiny_tokenizer()
     engine = Engine(AdapterSet(tiny_model(tokenizer, sliding_window=512), tokenizer, BASE), batch_wait_ms=5)
     reference = HFBackend(tiny_model(tokenizer, sliding_window=512), tokenizer)
-    for url in _serve(create_app(engine, api_key=KEY)):
+    with serving(create_app(engine, api_key=KEY)) as url:
         yield Served(url, reference)
 
 
@@ -223,7 +198,7 @@ def test_setup_errors_are_one_line(served: Served, monkeypatch: pytest.MonkeyPat
     assert "sk-wrong-key-42" not in message and "\n" not in message
 
     monkeypatch.setenv(KEY_ENV, KEY)
-    nobody = f"http://127.0.0.1:{_free_port()}"
+    nobody = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(Unreachable) as unreachable:
         OpenAICompatBackend(_spec(nobody, max_retries=0), cache_path=None)
     assert nobody in str(unreachable.value) and "\n" not in str(unreachable.value)
@@ -274,7 +249,7 @@ def chat_only() -> Iterator[Recorded]:
         choice = {"index": 0, "message": message, "finish_reason": finish, "logprobs": None}
         return JSONResponse({"id": "c", "object": "chat.completion", "choices": [choice], "usage": usage})
 
-    for url in _serve(app):
+    with serving(app) as url:
         state.url = url
         yield state
 
@@ -352,7 +327,7 @@ def no_logprobs() -> Iterator[Recorded]:
         usage = {"prompt_tokens": len(prompt.split()) + 1, "completion_tokens": 1}
         return JSONResponse({"id": "x", "object": "text_completion", "choices": [choice], "usage": usage})
 
-    for url in _serve(app):
+    with serving(app) as url:
         state.url = url
         yield state
 

@@ -4,8 +4,6 @@ clients (the ``openai`` client and raw httpx)."""
 from __future__ import annotations
 
 import json
-import socket
-import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -21,6 +19,7 @@ pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
 
+from servers import free_port, serving  # noqa: E402
 from tiny import tiny_model, tiny_tokenizer  # noqa: E402
 
 from fewtune import cli  # noqa: E402
@@ -74,12 +73,6 @@ def _make_adapter(tokenizer: Any, folder: Path, seed: int) -> Path:
     return folder
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
 class Served:
     url: str
@@ -111,14 +104,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     engine = Engine(adapters, max_batch=8, batch_wait_ms=20)
     log = folder / "requests.jsonl"
     app = create_app(engine, api_key=KEY, request_log=log)
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.02)
     references: dict[str | None, HFBackend] = {
         None: HFBackend(tiny_model(tokenizer, sliding_window=512), tokenizer)
     }
@@ -127,9 +112,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             warnings.simplefilter("ignore", FutureWarning)
             model = PeftModel.from_pretrained(tiny_model(tokenizer, sliding_window=512), str(path))
         references[name] = HFBackend(model, tokenizer)
-    yield Served(f"http://127.0.0.1:{port}", log, tokenizer, references, late)
-    server.should_exit = True
-    thread.join(timeout=30)
+    with serving(app) as url:
+        yield Served(url, log, tokenizer, references, late)
 
 
 def _alone(served: Served, adapter: str | None, prompt: str, max_tokens: int, **kwargs: Any) -> Any:
@@ -397,7 +381,7 @@ def test_the_serve_command_serves_until_sigterm(tmp_path: Path, tiny_model_dir: 
     import sys
 
     adapter = _make_adapter(tiny_tokenizer(), tmp_path / "support", seed=1)
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "log.jsonl"
     command = [sys.executable, "-m", "fewtune.cli", "serve", "--model", str(tiny_model_dir), "--no-auth"]
     command += ["--adapter", f"support={adapter}", "--port", str(port), "--request-log", str(log)]

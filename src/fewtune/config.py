@@ -224,7 +224,14 @@ class CostArgs:
 @dataclass
 class RunConfig:
     model: str = DEFAULT_MODEL
-    """'gemma-3-270m' (built in), a local Hugging Face model folder, or a .gguf file."""
+    """'gemma-3-270m' (built in), a local Hugging Face model folder, a .gguf file, or an OpenAI-compatible
+    endpoint as URL#MODEL (prompting only: LoRA needs a local model)."""
+    prompt_model: str | None = None
+    """Model for the prompting rows (zero-shot, few-shot), in --model's forms, e.g. a large served model
+    as URL#MODEL; LoRA still trains on --model. None = --model for every row."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding an endpoint's API key (the key is never written anywhere); 'none' for
+    a server without one."""
     out: str | None = None
     """Run folder; default runs/<timestamp>."""
     seed: int = 0

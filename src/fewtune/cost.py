@@ -5,7 +5,8 @@ their sources, and presets); ``--costs`` names a preset or a file of overrides. 
 
 - per request, self-hosted: ``$/hour / 3600 / measured batched rows per second / utilization``;
 - per request, hosted API: ``(prompt tokens x input price + output tokens x output price) / 1e6``, with the
-  fine-tuned model's prices for fine-tuned methods;
+  fine-tuned model's prices for fine-tuned methods; rows answered by an endpoint (``pricing: hosted-api``
+  in the row, token counts from the server's usage) are priced so whatever the table's pricing;
 - setup, prompting: ``prompt-engineering hours x rate``;
 - setup, fine-tuning: ``engineering hours x rate + examples x $/label + measured train seconds x $/hour``
   (or measured training tokens x $/million training tokens on a hosted API);
@@ -226,7 +227,7 @@ def _seconds_per_request(row: MethodRow) -> tuple[float, str]:
 
 def per_request_cost(row: MethodRow, prices: PriceTable) -> tuple[float, str]:
     """Dollars per request for one results.json method row, and how it was computed."""
-    if prices.pricing == "self-hosted":
+    if row.get("pricing", prices.pricing) == "self-hosted":
         seconds, measured = _seconds_per_request(row)
         dollars = prices.serving_dollars_per_hour / SECONDS_PER_HOUR * seconds / prices.serving_utilization
         return dollars, (

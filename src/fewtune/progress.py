@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -12,17 +14,62 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from fewtune.backends.base import Backend, ProgressFn
 from fewtune.config import RunConfig
 from fewtune.embeddings import Embedder
+from fewtune.errors import ConfigError
+
+# An endpoint's answers, kept in the run folder: a re-run sends nothing, an interrupted one resumes.
+HTTP_CACHE_FILE = "http_cache.sqlite"
 
 
 def load_backend(cfg: RunConfig, console: Console) -> Backend:
+    """The model ``cfg.model`` names: loaded in-process, or an OpenAI-compatible endpoint (probed once,
+    its answers cached in the run folder's ``http_cache.sqlite``)."""
+    from fewtune.backends.endpoint import endpoint_spec, is_endpoint
     from fewtune.backends.hf import HFBackend
     from fewtune.backends.models import load_model, resolve_model
 
+    if is_endpoint(cfg.model):
+        from fewtune.backends.openai_compat import OpenAICompatBackend
+
+        spec = endpoint_spec(cfg.model, cfg.api_key_env)
+        cache = Path(cfg.out) / HTTP_CACHE_FILE if cfg.out else None
+        with console.status(f"Probing {spec.model} at {spec.url}..."):
+            return OpenAICompatBackend(spec, cache_path=cache)
     with console.status(f"Preparing model {cfg.model} (the first run converts it, about a minute)..."):
         folder = resolve_model(cfg.model)
     with console.status(f"Loading {folder}..."):
         model, tokenizer = load_model(folder)
     return HFBackend(model, tokenizer, name=cfg.model, source=str(folder))
+
+
+def load_backends(
+    cfg: RunConfig, console: Console, backend_factory: Callable[[RunConfig, Console], Backend]
+) -> tuple[Backend, Backend]:
+    """The model LoRA trains on (``--model``) and the one the prompting rows ask (``--prompt-model``, or
+    the same). A run that trains LoRA needs a local ``--model``; that is checked before anything loads."""
+    from fewtune.backends.endpoint import is_endpoint
+
+    if is_endpoint(cfg.model) and {"lora", "lora+few-shot"} & set(cfg.eval.methods):
+        raise ConfigError(
+            f"LoRA needs a local model, and --model {cfg.model} is an endpoint: give the endpoint as "
+            "--prompt-model and keep a local --model, or leave lora out of --methods"
+        )
+    backend = backend_factory(cfg, console)
+    if not cfg.prompt_model or cfg.prompt_model == cfg.model:
+        return backend, backend
+    return backend, backend_factory(replace(cfg, model=cfg.prompt_model), console)
+
+
+def describe_backend(backend: Backend) -> dict[str, Any]:
+    describe = getattr(backend, "describe", None)
+    if backend.capabilities.remote and callable(describe):
+        return dict(describe())
+    info: dict[str, Any] = {"backend": backend.name}
+    model = getattr(backend, "model", None)
+    if model is not None:
+        info["model_parameters"] = sum(p.numel() for p in model.parameters())
+        info["device"] = str(getattr(backend, "device", "cpu"))
+        info["model_path"] = getattr(backend, "source", "")
+    return info
 
 
 def progress_bar(console: Console) -> Progress:

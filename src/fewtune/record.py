@@ -53,6 +53,10 @@ class MethodRow(TypedDict, total=False):
     demo_seed: int | None
     calibrated: bool
     constrained: bool
+    model: str
+    """The model that answered: --prompt-model for prompting rows of a two-model run, else --model."""
+    pricing: str
+    """hosted-api for rows answered by an endpoint (priced per token); absent: the price table's pricing."""
     # quality
     primary: Primary
     metrics: dict[str, MetricValue]

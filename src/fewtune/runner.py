@@ -24,7 +24,7 @@ from fewtune.embeddings import Embedder
 from fewtune.errors import ConfigError, ModelError
 from fewtune.evaluate import evaluate
 from fewtune.plan import check_plan, data_files, load_data, resolve_task
-from fewtune.progress import load_backend, load_embedder
+from fewtune.progress import describe_backend, load_backend, load_backends, load_embedder
 from fewtune.prompts.demos import NEAREST, DemoIndex
 from fewtune.prompts.template import DEFAULT_TASK, PromptTemplate, resolve_label_names
 from fewtune.report.terminal import method_table
@@ -33,16 +33,6 @@ from fewtune.store import RunStore, check_run_folder, clear_run, default_run_dir
 from fewtune.strategies.base import Predictor
 from fewtune.sweep import check_context, few_shot_draws, prompt_sets, run_prompt_set
 from fewtune.tasks.base import CLASSIFICATION, SCHEMA_VERSION
-
-
-def _describe_backend(backend: Backend) -> dict[str, Any]:
-    info: dict[str, Any] = {"backend": backend.name}
-    model = getattr(backend, "model", None)
-    if model is not None:
-        info["model_parameters"] = sum(p.numel() for p in model.parameters())
-        info["device"] = str(getattr(backend, "device", "cpu"))
-        info["model_path"] = getattr(backend, "source", "")
-    return info
 
 
 def run(
@@ -73,6 +63,12 @@ def run(
     console.print(f"Task: {cfg.data.task}" + (f" ({why})" if why else ""), highlight=False)
     if cfg.data.task != CLASSIFICATION:
         from fewtune.tasks.session import run_task
+
+        if cfg.prompt_model:
+            raise ConfigError(
+                f"--prompt-model is not available for {cfg.data.task} yet: run the prompting rows with "
+                "--model URL#MODEL and the LoRA rows with a local --model, as two runs"
+            )
 
         return run_task(
             cfg,
@@ -123,10 +119,17 @@ def run(
         console.print(f"Resuming: {len(results['methods'])} finished methods are kept and skipped")
     store.write_results(results)
     try:
-        backend = backend_factory(cfg, console)  # first, so that a bad --model fails before the checks' work
-        results["hardware"].update(_describe_backend(backend))
+        # Models first, so that a bad --model fails before the checks' work.
+        backend, prompt_backend = load_backends(cfg, console, backend_factory)
+        results["hardware"].update(describe_backend(backend))
+        if prompt_backend is not backend or prompt_backend.capabilities.remote:
+            described = describe_backend(prompt_backend)  # an endpoint's own "model" is its served name
+            results["prompt_model"] = {**described, "model": cfg.prompt_model or cfg.model}
         embedder, index = _check_data(cfg, data, store, results, console, embedder_factory or load_embedder)
-        _run_methods(cfg, data, backend, store, results, console, embedder, index)
+        _run_methods(cfg, data, (backend, prompt_backend), store, results, console, embedder, index)
+        if "prompt_model" in results:
+            results["prompt_model"]["usage"] = getattr(prompt_backend, "usage_totals", None)
+            results["prompt_model"]["requests_sent"] = getattr(prompt_backend, "requests_sent", None)
         results["status"] = "complete"
     except KeyboardInterrupt:
         results["status"] = "interrupted"
@@ -212,8 +215,18 @@ def _needs_index(cfg: RunConfig) -> bool:
 class _Recorder:
     """Appends finished rows to results.json (with the curves recomputed) and their predictions."""
 
-    def __init__(self, store: RunStore, results: dict[str, Any], console: Console) -> None:
+    def __init__(
+        self,
+        store: RunStore,
+        results: dict[str, Any],
+        console: Console,
+        prompt_model: str = "",
+        tuned_model: str = "",
+    ) -> None:
         self.store, self.results, self.console = store, results, console
+        self.prompt_model, self.tuned_model = prompt_model, tuned_model
+        self.remote_prompting = False
+        """Prompting rows are answered by an endpoint, priced per token."""
 
     @property
     def done(self) -> set[str]:
@@ -221,6 +234,10 @@ class _Recorder:
         return {row["name"] for row in self.results["methods"]}
 
     def __call__(self, row: dict[str, Any], predictions: list[dict[str, Any]]) -> None:
+        prompting = row.get("method") in ("zero-shot", "few-shot")
+        row.setdefault("model", self.prompt_model if prompting else self.tuned_model)
+        if prompting and self.remote_prompting:
+            row.setdefault("pricing", "hosted-api")
         self.results["methods"].append(row)
         self.results["curves"] = build_curves(self.results["methods"])
         self.store.append_predictions(predictions)
@@ -245,7 +262,7 @@ class _Recorder:
 def _run_methods(
     cfg: RunConfig,
     data: PreparedData,
-    backend: Backend,
+    backends: tuple[Backend, Backend],
     store: RunStore,
     results: dict[str, Any],
     console: Console,
@@ -259,12 +276,20 @@ def _run_methods(
     methods = cfg.eval.methods
     shots = [k for k in cfg.prompt.shots if k > 0]
     texts = [ex.text for ex in data.test]
-    record = _Recorder(store, results, console)
+    backend, prompt_backend = backends
+    record = _Recorder(store, results, console, cfg.prompt_model or cfg.model, cfg.model)
+    record.remote_prompting = prompt_backend.capabilities.remote
 
     def with_progress(title: str, work: Callable[[ProgressFn | None], Any], total: int | None = None) -> Any:
         return bars.with_progress(console, title, len(texts) if total is None else total, work)
 
-    scorer = GenerateAndParse(backend) if cfg.eval.label_scoring == "generate" else backend
+    # An endpoint without prompt log-probabilities can only be asked to answer (its probe said so).
+    generate = cfg.eval.label_scoring == "generate" or not prompt_backend.capabilities.loglikelihood
+    scorer = GenerateAndParse(prompt_backend) if generate else prompt_backend
+    if generate != (cfg.eval.label_scoring == "generate"):
+        record.warn(
+            f"{prompt_backend.name} gives no prompt log-probabilities: labels are generated and parsed"
+        )
     sets = prompt_sets(cfg, data.pool, scorer, template, index)
     # lora+few-shot prompts with the first selection's first demo draw.
     first_selection = cfg.prompt.demo_selection[0]
@@ -273,10 +298,11 @@ def _run_methods(
         for k in (shots if "lora+few-shot" in methods else [])
     }
     checked = [p for s in sets for p in s.draws] + list(lead.values())
-    with console.status("Checking prompt lengths against the model's context..."):
-        warnings = check_context(checked, texts, backend)
-    for warning in warnings:
-        record.warn(warning)
+    if not prompt_backend.capabilities.remote:  # an endpoint would be sent a request per prompt
+        with console.status("Checking prompt lengths against the model's context..."):
+            warnings = check_context(checked, texts, prompt_backend)
+        for warning in warnings:
+            record.warn(warning)
     for pset in sets:
         twin = cfg.prompt.calibrate and pset.first.per_row_demos is None
         if {pset.first.name, *([f"{pset.first.name} calibrated"] if twin else [])} <= record.done:
@@ -322,7 +348,7 @@ def _run_methods(
                 backend, template, cfg.lora, store.adapter_dir(f"lora-n{n}"), seed=cfg.seed, progress=on_step
             ).fit(train)
         )
-        if scorer is not backend:
+        if cfg.eval.label_scoring == "generate":
             adapter = replace(adapter, backend=GenerateAndParse(adapter.backend))
         console.print(
             f"  trained lora n={n} in {adapter.info['train_seconds']:.0f} s "

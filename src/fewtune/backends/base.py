@@ -24,6 +24,9 @@ class Capabilities:
     """A LoRA adapter can be trained on it (a local model)."""
     constrained_decoding: bool = False
     """``generate_batch`` takes a ``constraint`` (a logits-processor factory)."""
+    remote: bool = False
+    """Requests go to a server (an API priced per token): token counts are the server's, and checks that
+    would send a request per prompt are left out."""
 
 
 @dataclass(frozen=True)

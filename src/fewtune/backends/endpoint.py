@@ -119,6 +119,26 @@ class EndpointSpec:
         return asdict(self)
 
 
+NO_KEY_ENV = "none"
+"""``--api-key-env none``: the endpoint takes no key (a local server started with ``--no-auth``)."""
+
+
+def is_endpoint(model: str) -> bool:
+    """A model spec that names a served model, ``URL#MODEL``, rather than a local one."""
+    return bool(re.match(r"^https?://", model))
+
+
+def endpoint_spec(model: str, api_key_env: str) -> EndpointSpec:
+    """``http://127.0.0.1:8000/v1#gemma-3-270m`` -> the endpoint (base URL and model name)."""
+    url, sep, name = model.partition("#")
+    if not sep or not name.strip():
+        raise ConfigError(
+            f"model {model!r}: an endpoint is given as URL#MODEL, e.g. http://127.0.0.1:8000/v1#gemma-3-270m"
+        )
+    key_env = None if api_key_env.strip().lower() == NO_KEY_ENV else api_key_env.strip()
+    return EndpointSpec(base_url=url, model=name.strip(), api_key_env=key_env)
+
+
 def _one_line(text: str) -> str:
     line = " ".join(str(text).split())
     return line if len(line) <= MESSAGE_CHARS else line[: MESSAGE_CHARS - 3] + "..."

@@ -115,6 +115,7 @@ class OpenAICompatBackend(Backend):
             prefix_cache=False,
             trainable=False,
             constrained_decoding=True,
+            remote=True,
         )
 
     def __repr__(self) -> str:

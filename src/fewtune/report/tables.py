@@ -41,13 +41,16 @@ def method_table(methods: Sequence[MethodRow], costs: dict[str, MethodCost], hor
         f"total, {horizon_label}",
     ]
     rows = []
+    two_models = len({row.get("model") for row in methods if row.get("model")}) > 1
     for row in methods:
         cost = costs[row["name"]]
         low, high = row["accuracy_ci95"]
         latency = latency_of(row)
         rows.append(
             [
-                row["name"] + (" (degenerate)" if row.get("degenerate") else ""),
+                row["name"]
+                + (f" on {row.get('model')}" if two_models else "")
+                + (" (degenerate)" if row.get("degenerate") else ""),
                 str(row.get("shots", 0)),
                 str(row.get("train_examples") or "-"),
                 f"{row['accuracy']:.3f} ({low:.3f}-{high:.3f})",
