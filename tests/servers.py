@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 
@@ -34,3 +35,25 @@ def serving(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def make_adapter(tokenizer: Any, folder: Path, seed: int) -> Path:
+    """A random (non-zero) LoRA adapter for the tiny model, saved in peft's layout: it changes outputs."""
+    import warnings
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from tiny import tiny_model
+
+    torch.manual_seed(seed)
+    config = LoraConfig(
+        r=8,
+        lora_alpha=32,
+        target_modules=["q_proj", "v_proj", "o_proj"],
+        init_lora_weights=False,  # random A and B: the adapter changes the outputs
+        task_type="CAUSAL_LM",
+    )
+    with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5
+        warnings.simplefilter("ignore", FutureWarning)
+        get_peft_model(tiny_model(tokenizer, sliding_window=512), config).save_pretrained(str(folder))
+    return folder

@@ -4,7 +4,6 @@ clients (the ``openai`` client and raw httpx)."""
 from __future__ import annotations
 
 import json
-import time
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,17 +18,14 @@ pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
 
-from servers import free_port, serving  # noqa: E402
+from servers import make_adapter, serving  # noqa: E402
 from tiny import tiny_model, tiny_tokenizer  # noqa: E402
 
-from fewtune import cli  # noqa: E402
 from fewtune.backends.generation import generate_batch  # noqa: E402
 from fewtune.backends.hf import HFBackend  # noqa: E402
-from fewtune.errors import ConfigError, ModelError  # noqa: E402
 from fewtune.serve.adapters import AdapterSet  # noqa: E402
 from fewtune.serve.app import create_app  # noqa: E402
 from fewtune.serve.engine import Engine  # noqa: E402
-from fewtune.serve.launch import settings_from_cli  # noqa: E402
 from fewtune.serve.tokens import shared_prefix  # noqa: E402
 
 try:
@@ -56,23 +52,6 @@ INPUTS = [
 PROMPTS = [f"{DEMOS}---\nInput: {text}\nOutput:" for text in INPUTS]
 
 
-def _make_adapter(tokenizer: Any, folder: Path, seed: int) -> Path:
-    from peft import LoraConfig, get_peft_model
-
-    torch.manual_seed(seed)
-    config = LoraConfig(
-        r=8,
-        lora_alpha=32,
-        target_modules=["q_proj", "v_proj", "o_proj"],
-        init_lora_weights=False,  # random A and B: the adapter changes the outputs
-        task_type="CAUSAL_LM",
-    )
-    with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5
-        warnings.simplefilter("ignore", FutureWarning)
-        get_peft_model(tiny_model(tokenizer, sliding_window=512), config).save_pretrained(str(folder))
-    return folder
-
-
 @dataclass
 class Served:
     url: str
@@ -97,8 +76,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 
     folder = tmp_path_factory.mktemp("serve")
     tokenizer = tiny_tokenizer()
-    support = _make_adapter(tokenizer, folder / "support", seed=1)
-    late = _make_adapter(tokenizer, folder / "late", seed=2)
+    support = make_adapter(tokenizer, folder / "support", seed=1)
+    late = make_adapter(tokenizer, folder / "late", seed=2)
     adapters = AdapterSet(tiny_model(tokenizer, sliding_window=512), tokenizer, BASE)
     adapters.load("support", support)
     engine = Engine(adapters, max_batch=8, batch_wait_ms=20)
@@ -336,79 +315,3 @@ def test_chat_uses_the_template_when_the_tokenizer_has_one() -> None:
         "{{ bos_token }}{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}<assistant>"
     )
     assert engine.render_chat(messages) == "<user>hi\n<assistant>yo\n<assistant>"  # BOS comes from encoding
-
-
-def test_cli_settings_need_a_key_and_refuse_no_auth_off_loopback(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.delenv("FEWTUNE_API_KEY", raising=False)
-    for args, message in (
-        (["--model", "m", "--no-auth", "--host", "0.0.0.0"], "only binds a loopback host"),
-        (["--model", "m", "--no-auth", "--api-key", "k"], "contradict"),
-        (["--model", "m"], "an API key is required"),
-        (["--model", "m", "--api-key", "k", "--adapter", "broken"], "NAME=PATH"),
-        ([str(tmp_path), "--api-key", "k"], "not a run folder"),
-    ):
-        monkeypatch.setattr("sys.argv", ["fewtune", "serve", *args])
-        with pytest.raises(SystemExit) as exit_info:
-            cli.main()
-        err = capsys.readouterr().err
-        assert exit_info.value.code == 2 and message in err and "Traceback" not in err
-
-    common: dict[str, Any] = dict(
-        adapter=[], host="127.0.0.1", port=8000, request_log=None, served_model_name=None, max_batch=4,
-        batch_wait_ms=5,
-    )  # fmt: skip
-    assert settings_from_cli(None, model="m", api_key=None, no_auth=True, **common).api_key is None
-    monkeypatch.setenv("FEWTUNE_API_KEY", "from-env")
-    run = tmp_path / "run"
-    (run / "adapters" / "lora-n20").mkdir(parents=True)
-    (run / "adapters" / "lora-n20" / "adapter_config.json").write_text("{}")
-    (run / "config.yaml").write_text("model: /models/tiny-base\nseed: 0\n")
-    settings = settings_from_cli(run, model=None, api_key=None, no_auth=False, **common)
-    assert settings.api_key == "from-env" and settings.served_name == "tiny-base"
-    assert list(settings.adapters) == ["lora-n20"] and settings.request_log == run / "requests.jsonl"
-    with pytest.raises(ModelError, match="no such adapter folder"):
-        settings_from_cli(None, model="m", api_key="k", no_auth=False, **{**common, "adapter": ["a=/nope"]})
-    with pytest.raises(ConfigError, match="give a run folder"):
-        settings_from_cli(None, model=None, api_key="k", no_auth=False, **common)
-
-
-def test_the_serve_command_serves_until_sigterm(tmp_path: Path, tiny_model_dir: Path) -> None:
-    import os
-    import signal
-    import subprocess
-    import sys
-
-    adapter = _make_adapter(tiny_tokenizer(), tmp_path / "support", seed=1)
-    port = free_port()
-    log = tmp_path / "log.jsonl"
-    command = [sys.executable, "-m", "fewtune.cli", "serve", "--model", str(tiny_model_dir), "--no-auth"]
-    command += ["--adapter", f"support={adapter}", "--port", str(port), "--request-log", str(log)]
-    env = {**os.environ, "FEWTUNE_API_KEY": ""}
-    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 180  # importing torch on a busy 2-core machine
-        while True:
-            assert server.poll() is None, server.communicate()[0]
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "fewtune serve did not start"
-            time.sleep(0.2)
-        names = [m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]]
-        assert names == [tiny_model_dir.name, "support"]
-        body = {"model": "support", "prompt": PROMPTS[0], "max_tokens": 2}
-        assert httpx.post(f"{url}/v1/completions", json=body, timeout=60).status_code == 200
-    finally:
-        server.send_signal(signal.SIGTERM)
-        output = server.communicate(timeout=30)[0]
-    assert server.returncode == 0, output
-    assert "Traceback" not in output
-    assert [json.loads(line)["endpoint"] for line in log.read_text().splitlines()] == [
-        "/v1/models",
-        "/v1/completions",
-    ]
