@@ -21,26 +21,35 @@ import sys
 import threading
 import time
 import traceback
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fewtune.backends.base import Generation
 from fewtune.errors import FewtuneError
 from fewtune.serve.adapters import AdapterSet
 from fewtune.serve.tokens import (
+    PrefixState,
     TokenScores,
     generate_scored,
     join,
     legacy_logprobs,
+    prefix_state,
     score_tokens,
     shared_prefix,
 )
 
+if TYPE_CHECKING:
+    from fewtune.backends.hf import HFBackend
+
 MAX_TOP_LOGPROBS = 20
 """Most alternatives per token a request may ask for (vLLM's default limit; OpenAI's is 5)."""
+PREFIXES_KEPT = 4
+"""Shared prefixes (demo blocks) whose KV cache and scores each adapter keeps for scoring requests."""
 SCHEMA_CACHE_SIZE = 32
 """Compiled JSON-schema grammars kept (compiling one against a 262k vocabulary takes about 2 s)."""
 
@@ -123,6 +132,10 @@ class Engine:
         self.context_length: int | None = getattr(config, "max_position_embeddings", None)
         self._queue: queue.Queue[Any] = queue.Queue()
         self._schemas: dict[str, Callable[[], Any]] = {}
+        # Per backend (one per adapter, dropped with it): prefix runs for scoring, most recent last.
+        self._prefixes: weakref.WeakKeyDictionary[HFBackend, OrderedDict[tuple[Any, ...], PrefixState]] = (
+            weakref.WeakKeyDictionary()
+        )
         self._thread: threading.Thread | None = None
 
     # -- names ------------------------------------------------------------------------------------------
@@ -269,8 +282,7 @@ class Engine:
             if self.on_batch is not None:
                 self.on_batch(len(prompts))
             if first.max_tokens == 0:
-                for job, ids in runnable:
-                    job.future.set_result(self._scored_prompts(backend, job, ids))
+                self._scored_prompts(backend, runnable, shared_prefix(prompts))
             elif first.logprobs is not None:
                 for job, ids in runnable:
                     job.future.set_result(self._scored_generations(backend, job, ids))
@@ -300,17 +312,49 @@ class Engine:
                 [Output(g.text, g.prompt_tokens, g.output_tokens, _reason(g)) for g in mine]
             )
 
-    def _scored_prompts(self, backend: Any, job: Job, ids: list[list[int]]) -> list[Output]:
-        """``max_tokens`` 0: the prompts' log-probabilities (with ``echo``) from one batched forward pass."""
-        if job.logprobs is None or not job.echo:
-            empty = None if job.logprobs is None else legacy_logprobs(self.adapters.tokenizer, _NOTHING)
-            return [Output("", len(i), 0, "length", empty) for i in ids]
-        scores = score_tokens(backend, ids, top=job.logprobs, batch_size=self.max_batch)
+    def _scored_prompts(
+        self, backend: HFBackend, runnable: list[tuple[Job, list[list[int]]]], prefix: str
+    ) -> None:
+        """``max_tokens`` 0: the prompts' log-probabilities (with ``echo``), every job of the group in one
+        batched pass per ``logprobs`` value, continuing from the KV cache of the prefix they share."""
         tokenizer = self.adapters.tokenizer
-        return [
-            Output("", len(i), 0, "length", legacy_logprobs(tokenizer, s))
-            for i, s in zip(ids, scores, strict=True)
-        ]
+        wanted: dict[int, list[tuple[Job, list[list[int]]]]] = {}
+        for job, ids in runnable:
+            if job.logprobs is None or not job.echo:
+                empty = None if job.logprobs is None else legacy_logprobs(tokenizer, _NOTHING)
+                job.future.set_result([Output("", len(i), 0, "length", empty) for i in ids])
+            else:
+                wanted.setdefault(job.logprobs, []).append((job, ids))
+        for top, jobs in wanted.items():
+            sequences = [i for _, ids in jobs for i in ids]
+            state = self._prefix(backend, prefix, top)
+            scores = score_tokens(backend, sequences, top=top, batch_size=self.max_batch, prefix=state)
+            at = 0
+            for job, ids in jobs:
+                mine, at = scores[at : at + len(ids)], at + len(ids)
+                job.future.set_result(
+                    [
+                        Output("", len(i), 0, "length", legacy_logprobs(tokenizer, s))
+                        for i, s in zip(ids, mine, strict=True)
+                    ]
+                )
+
+    def _prefix(self, backend: HFBackend, prefix: str, top: int) -> PrefixState | None:
+        """The run of ``prefix`` under ``backend`` (computed once, the last few kept per backend)."""
+        if not prefix or not backend.prefix_caching:
+            return None
+        ids = tuple(backend.encode_prompt(prefix))
+        if len(ids) < 2:
+            return None
+        kept = self._prefixes.setdefault(backend, OrderedDict())
+        key = (ids, top)
+        if key in kept:
+            kept.move_to_end(key)
+        else:
+            kept[key] = prefix_state(backend, ids, top)
+            while len(kept) > PREFIXES_KEPT:
+                kept.popitem(last=False)
+        return kept[key]
 
     def _scored_generations(self, backend: Any, job: Job, ids: list[list[int]]) -> list[Output]:
         """Generations with the log-probabilities of their tokens: one prompt at a time through

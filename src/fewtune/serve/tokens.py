@@ -12,6 +12,7 @@ to the same tokens.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,37 +56,108 @@ class TokenScores:
     top: list[list[tuple[int, float]] | None]
 
 
+@dataclass(frozen=True)
+class PrefixState:
+    """A shared prefix run once: its tokens' scores, the hidden state of its last token (which predicts the
+    first token after it) and its KV cache, for :func:`score_tokens` to continue from."""
+
+    ids: tuple[int, ...]
+    top: int
+    scores: TokenScores
+    last: torch.Tensor
+    cache: Any
+
+
+@torch.inference_mode()
+def prefix_state(backend: HFBackend, prefix_ids: Sequence[int], top: int = 0) -> PrefixState:
+    """Run ``prefix_ids`` once under ``backend``'s model (with its adapter switched on)."""
+    ids = torch.tensor([list(prefix_ids)], dtype=torch.long, device=backend.device)
+    out = backend.model.get_decoder()(input_ids=ids, use_cache=True)
+    hidden = out.last_hidden_state[0]
+    (scores,) = _scores(backend, [hidden[:-1]], [list(prefix_ids)], top)
+    return PrefixState(tuple(prefix_ids), top, scores, hidden[-1], out.past_key_values)
+
+
 @torch.inference_mode()
 def score_tokens(
-    backend: HFBackend, sequences: Sequence[list[int]], top: int = 0, batch_size: int = 16
+    backend: HFBackend,
+    sequences: Sequence[list[int]],
+    top: int = 0,
+    batch_size: int = 16,
+    prefix: PrefixState | None = None,
 ) -> list[TokenScores]:
     """Per-token log-probabilities of ``sequences`` under ``backend``'s model (with its adapter switched on).
 
+    A sequence that starts with ``prefix`` (and that a sliding-window layer holds whole) runs only its own
+    tokens, after a copy of the prefix's KV cache; the prefix's scores are reused. The others run whole.
     Sequences are sorted by length into batches of ``batch_size``; the result keeps the input order.
     """
+    cut = len(prefix.ids) if prefix is not None else 0
+    if prefix is not None and prefix.top != top:
+        raise ValueError(f"the prefix was scored with top={prefix.top}, not {top}")
     results: list[TokenScores | None] = [None] * len(sequences)
     decoder = backend.model.get_decoder()
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        width = max(len(sequences[r]) for r in rows)
-        ids = torch.full((len(rows), width), backend.pad_id, dtype=torch.long)
-        for b, r in enumerate(rows):
-            ids[b, : len(sequences[r])] = torch.tensor(sequences[r], dtype=torch.long)
-        hidden = decoder(input_ids=ids.to(backend.device), use_cache=False).last_hidden_state
-        for b, r in enumerate(rows):
-            results[r] = _row_scores(backend, hidden[b], sequences[r], top)
+    continues = [
+        prefix is not None and len(s) > cut and tuple(s[:cut]) == prefix.ids and backend.fits_window(len(s))
+        for s in sequences
+    ]
+    for skip in (cut, 0) if cut else (0,):
+        members = [i for i, c in enumerate(continues) if c == bool(skip)]
+        order = sorted(members, key=lambda i: len(sequences[i]))
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            _score_batch(backend, decoder, sequences, rows, skip, prefix, top, results)
     return [r for r in results if r is not None]
 
 
-def _row_scores(backend: HFBackend, hidden: torch.Tensor, ids: list[int], top: int) -> TokenScores:
-    """Scores of one row from its hidden states ``[width, H]`` (position ``i`` predicts token ``i + 1``)."""
-    logprobs: list[float | None] = [None]
-    tops: list[list[tuple[int, float]] | None] = [None]
-    targets = torch.tensor(ids[1:], dtype=torch.long)
-    for start in range(0, len(ids) - 1, POSITIONS_PER_SOFTMAX):
-        stop = min(start + POSITIONS_PER_SOFTMAX, len(ids) - 1)
-        table = backend.log_probs(hidden[start:stop]).cpu()
+def _score_batch(
+    backend: HFBackend,
+    decoder: Any,
+    sequences: Sequence[list[int]],
+    rows: list[int],
+    skip: int,
+    prefix: PrefixState | None,
+    top: int,
+    results: list[TokenScores | None],
+) -> None:
+    """One right-padded forward pass over ``rows`` (their tokens after the first ``skip``, which the
+    prefix's cache holds); a causal model never looks ahead, so no real token sees the padding."""
+    tails = [sequences[r][skip:] for r in rows]
+    width = max(len(t) for t in tails)
+    ids = torch.full((len(rows), width), backend.pad_id, dtype=torch.long)
+    for b, tail in enumerate(tails):
+        ids[b, : len(tail)] = torch.tensor(tail, dtype=torch.long)
+    kwargs: dict[str, Any] = {"use_cache": False}
+    if skip and prefix is not None:
+        cache = copy.deepcopy(prefix.cache)
+        cache.batch_repeat_interleave(len(rows))
+        positions = (skip + torch.arange(width)).expand(len(rows), width)
+        kwargs = {"past_key_values": cache, "position_ids": positions.to(backend.device), "use_cache": True}
+    hidden = decoder(input_ids=ids.to(backend.device), **kwargs).last_hidden_state
+    if skip and prefix is not None:
+        # The prefix's last hidden state predicts the first token after it.
+        predictors = [torch.cat([prefix.last[None], hidden[b, : len(t) - 1]]) for b, t in enumerate(tails)]
+        heads = [[prefix.ids[-1], *t] for t in tails]
+        for r, scores in zip(rows, _scores(backend, predictors, heads, top), strict=True):
+            results[r] = join(prefix.scores, _drop_first(scores))
+    else:
+        predictors = [hidden[b, : len(t) - 1] for b, t in enumerate(tails)]
+        for r, scores in zip(rows, _scores(backend, predictors, tails, top), strict=True):
+            results[r] = scores
+
+
+def _scores(
+    backend: HFBackend, predictors: Sequence[torch.Tensor], sequences: Sequence[list[int]], top: int
+) -> list[TokenScores]:
+    """Scores of ``sequences`` given ``predictors[i][j]``, the hidden state that predicts token ``j + 1`` of
+    sequence ``i``. All rows' positions go through the output layer together, a chunk at a time."""
+    flat = torch.cat(list(predictors)) if predictors else torch.empty(0)
+    targets = torch.tensor([t for s in sequences for t in s[1:]], dtype=torch.long)
+    logprobs: list[float | None] = []
+    tops: list[list[tuple[int, float]] | None] = []
+    for start in range(0, len(targets), POSITIONS_PER_SOFTMAX):
+        stop = min(start + POSITIONS_PER_SOFTMAX, len(targets))
+        table = backend.log_probs(flat[start:stop]).cpu()
         logprobs.extend(table.gather(1, targets[start:stop, None]).squeeze(1).tolist())
         if top:
             values, indices = table.topk(top, dim=-1)
@@ -94,7 +166,16 @@ def _row_scores(backend: HFBackend, hidden: torch.Tensor, ids: list[int], top: i
             )
         else:
             tops.extend([] for _ in range(stop - start))
-    return TokenScores(list(ids), logprobs, tops)
+    out, at = [], 0
+    for sequence in sequences:
+        n = max(len(sequence) - 1, 0)
+        out.append(TokenScores(list(sequence), [None, *logprobs[at : at + n]], [None, *tops[at : at + n]]))
+        at += n
+    return out
+
+
+def _drop_first(scores: TokenScores) -> TokenScores:
+    return TokenScores(scores.ids[1:], scores.logprobs[1:], scores.top[1:])
 
 
 def join(first: TokenScores, then: TokenScores) -> TokenScores:
