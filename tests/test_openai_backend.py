@@ -8,6 +8,7 @@ import json
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -125,7 +126,15 @@ def test_loglik_scores_generations_and_counts_equal_the_in_process_model(
     assert [again.count_tokens(c) for c in CHOICES] == counts
     assert again.requests_sent == 0 and again.cache_hits == sent
     assert again.usage_totals == totals
+
+    # Latency samples are sent although their answers are cached, and a later run replays their time.
+    seconds = [again.timed(partial(again.score_choices, [p], CHOICES)) for p in PROMPTS[:2]]
+    assert again.requests_sent == 2 * len(CHOICES) and all(s > 0 for s in seconds)
     again.close()
+    replay = OpenAICompatBackend(_spec(served.url), cache_path=tmp_path / "http_cache.sqlite")
+    assert [replay.timed(partial(replay.score_choices, [p], CHOICES)) for p in PROMPTS[:2]] == seconds
+    assert replay.requests_sent == 0
+    replay.close()
 
 
 def test_an_interrupted_run_resumes_from_the_cache(served: Served, key: None, tmp_path: Path) -> None:

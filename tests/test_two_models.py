@@ -106,6 +106,10 @@ def test_prompting_over_http_and_lora_locally_in_one_report(
     again = run(config(tmp_path / "two", prompt_model=endpoint), overwrite=True)
     assert again["prompt_model"]["requests_sent"] == 0
     assert [r["accuracy"] for r in again["methods"]] == [r["accuracy"] for r in results["methods"]]
+    # Latency is not a cache lookup's: the re-run reports the single requests timed the first time.
+    timed = [r["latency_ms"] for r in results["methods"] if r["method"] != "lora"]
+    assert [r["latency_ms"] for r in again["methods"] if r["method"] != "lora"] == timed
+    assert all(t["requests"] > 0 and t["p50"] > 0 for t in timed)
 
 
 def test_lora_on_an_endpoint_is_refused_before_anything_loads(tmp_path: Path, endpoint: str) -> None:

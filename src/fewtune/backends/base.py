@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -90,6 +91,14 @@ class Backend(abc.ABC):
         called with the prompts finished after each batch; ``constraint`` (with
         ``capabilities.constrained_decoding``) makes a fresh logits processor per batch.
         """
+
+    def timed(self, call: Callable[[], object]) -> float:
+        """Seconds that ``call`` (one request's work on this backend) takes: wall-clock time here. A remote
+        backend answers with its requests' own time, kept with its cached responses, so that a re-run
+        replays the latency it measured rather than timing cache lookups."""
+        start = time.perf_counter()
+        call()
+        return time.perf_counter() - start
 
     def schema_constraint(self, schema: dict[str, Any]) -> Callable[[], Any]:
         """A ``constraint`` for :meth:`generate_batch` that allows only JSON matching ``schema``."""

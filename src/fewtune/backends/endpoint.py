@@ -16,6 +16,9 @@ import json
 import os
 import re
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -178,6 +181,7 @@ class Endpoint:
         self.requests_sent = 0
         self.cache_hits = 0
         self.usage_totals = {"prompt_tokens": 0, "completion_tokens": 0}
+        self._timing: list[tuple[float, float]] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -191,8 +195,10 @@ class Endpoint:
         ``cache_refusals``: the probe's refusals are facts about the server), :class:`EndpointError` for
         everything else that is not an answer.
         """
-        key = request_key(route, self.spec.url, self.spec.model, body)
+        timing = self._timing
+        key = request_key(route, self.spec.url, self.spec.model, body if timing is None else {"timed": body})
         stored = self.cache.get(key) if self.cache is not None else None
+        span: list[float] | None = None
         if stored is not None:
             with self._lock:
                 self.cache_hits += 1
@@ -200,20 +206,38 @@ class Endpoint:
                 refused = stored["refused"]
                 raise Refused(refused["message"], int(refused["status"]), refused.get("code"))
             response = dict(stored["response"])
+            span = stored.get("span")
         else:
             with self._lock:
                 self.requests_sent += 1
             try:
+                started = time.time()
                 response = self._send(route, body)
+                span = [started, time.time()]
             except Refused as err:
                 if cache_refusals and self.cache is not None:
                     refusal = {"message": str(err), "status": err.status, "code": err.code}
                     self.cache.put(key, route, {"refused": refusal})
                 raise
             if self.cache is not None:
-                self.cache.put(key, route, {"response": response})
+                self.cache.put(key, route, {"response": response, "span": span})
+        if timing is not None and span:
+            with self._lock:
+                timing.append((float(span[0]), float(span[1])))
         self._count(response)
         return response
+
+    @contextmanager
+    def timing(self) -> Iterator[list[tuple[float, float]]]:
+        """Requests made inside are latency samples: cached apart from the same request made for its answer
+        (so the first run sends and times it, one call at a time) and stored with their start and end
+        (seconds since the epoch). The list yielded collects those spans, measured or replayed."""
+        spans: list[tuple[float, float]] = []
+        self._timing = spans
+        try:
+            yield spans
+        finally:
+            self._timing = None
 
     def _count(self, response: dict[str, Any]) -> None:
         usage = response.get("usage") or {}

@@ -151,6 +151,14 @@ class OpenAICompatBackend(Backend):
             "cache": str(self.endpoint.cache.path) if self.endpoint.cache is not None else None,
         }
 
+    def timed(self, call: Callable[[], object]) -> float:
+        """Seconds from the first request ``call`` sends to the end of its last answer (requests sent
+        concurrently overlap). Its requests are timing requests (:meth:`Endpoint.timing`): sent the first
+        time even when the same request was already answered, and replayed with their measured time after."""
+        with self.endpoint.timing() as spans:
+            call()
+        return max(end for _, end in spans) - min(start for start, _ in spans) if spans else 0.0
+
     def close(self) -> None:
         self.endpoint.close()
         if self.endpoint.cache is not None:

@@ -6,6 +6,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -113,17 +114,19 @@ def _latency(predictor: TextPredictor, texts: Sequence[str], requests: int) -> d
         spent = time.perf_counter() - began
         if len(timings) >= LATENCY_MIN_REQUESTS and spent > LATENCY_BUDGET_SECONDS:
             break
-        start = time.perf_counter()
-        predictor.backend.generate_batch(
-            [prompt],
-            prefix=predictor.shared_prefix(),
-            max_new_tokens=predictor.max_new_tokens,
-            stop=predictor.stop,
-            batch_size=1,
-            constraint=predictor.constraint,
+        seconds = predictor.backend.timed(
+            partial(
+                predictor.backend.generate_batch,
+                [prompt],
+                prefix=predictor.shared_prefix(),
+                max_new_tokens=predictor.max_new_tokens,
+                stop=predictor.stop,
+                batch_size=1,
+                constraint=predictor.constraint,
+            )
         )
         if i >= LATENCY_WARMUP_REQUESTS:
-            timings.append((time.perf_counter() - start) * 1000)
+            timings.append(seconds * 1000)
     p50, p95 = np.percentile(timings, [50, 95])
     return {"p50": float(p50), "p95": float(p95), "mean": float(np.mean(timings)), "requests": len(timings)}
 
