@@ -10,6 +10,10 @@ and its KV cache reused, also across batches. Greedy decoding of a batch gives t
 request at a time (generate_batch pads so that every row keeps its own positions), so batching changes
 latency, never answers.
 
+Scoring requests (``max_tokens`` 0 with ``echo``) of a group run as one batched pass per ``logprobs`` value
+that continues from the KV cache of the prefix they share (:class:`~fewtune.serve.tokens.PrefixState`; the
+last :data:`PREFIXES_KEPT` per adapter are kept), with the same scores as a full pass.
+
 Adapter loads and unloads go through the same queue, so they happen between batches, in arrival order.
 """
 
