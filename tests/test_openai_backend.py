@@ -295,6 +295,10 @@ def test_a_chat_only_server_is_probed_as_generate_and_parses_labels(
     repeat = GenerateAndParse(again).score_choices(prompts, ["positive", "negative"])
     np.testing.assert_array_equal(repeat, scores)
     assert again.requests_sent == 0 and again.cache_hits == 1 + len(prompts)
+    # Timing through the wrapper times the endpoint's requests: sent, although their answers are cached.
+    wrapped = GenerateAndParse(again)
+    assert wrapped.timed(partial(wrapped.score_choices, prompts[:1], ["positive", "negative"])) > 0
+    assert again.requests_sent == 1
     again.close()
 
 

@@ -95,3 +95,6 @@ class GenerateAndParse(Backend):
 
     def count_tokens(self, text: str) -> int:
         return self.inner.count_tokens(text)
+
+    def timed(self, call: Callable[[], object]) -> float:
+        return self.inner.timed(call)
