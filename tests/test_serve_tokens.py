@@ -1,4 +1,4 @@
-"""The server's prompt scoring: continuing from a shared prefix's KV cache gives the scores of the whole pass."""
+"""The server's prompt scoring: continuing from a shared prefix's KV cache scores as the whole pass does."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def _assert_same(got: list, want: list) -> None:
 def test_scores_after_a_cached_prefix_equal_the_whole_pass(window: int) -> None:
     tokenizer = tiny_tokenizer()
     backend = HFBackend(tiny_model(tokenizer, sliding_window=window), tokenizer)
-    prompts = [f"{DEMOS}---\nInput: {t}\nOutput: {label}" for t in TEXTS for label in ("positive", "negative")]
+    prompts = [f"{DEMOS}---\nInput: {t}\nOutput: {y}" for t in TEXTS for y in ("positive", "negative")]
     prompts.append("Another task altogether\nOutput: x")  # does not start with the prefix: scored whole
     sequences = [backend.encode_prompt(p) for p in prompts]
     prefix = shared_prefix(prompts[:-1])

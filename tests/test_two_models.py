@@ -120,3 +120,40 @@ def test_lora_on_an_endpoint_is_refused_before_anything_loads(tmp_path: Path, en
 
     with pytest.raises(ConfigError, match="LoRA needs a local model"):
         run_fewtune(config(tmp_path, model=endpoint), Console(quiet=True), never)
+
+
+def test_an_extraction_run_asks_the_endpoint_and_trains_locally(
+    tmp_path: Path, endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from task_helpers import extraction_rows
+
+    monkeypatch.setenv(KEY_ENV, KEY)
+    monkeypatch.setattr("fewtune.strategies.lora.matmul_peak_flops", lambda *a, **k: 1e12)
+
+    def extraction(folder: Path, **run: object) -> RunConfig:
+        cfg = config(folder, **run)
+        write_jsonl(Path(cfg.data.data), extraction_rows(8))
+        write_jsonl(Path(cfg.data.test or ""), extraction_rows(3, start=50))
+        cfg.data.task = "extraction"
+        cfg.prompt.shots = [0, 1]
+        return cfg
+
+    local = run(extraction(tmp_path / "local"))
+    results = run(extraction(tmp_path / "two", prompt_model=endpoint))
+    assert results["prompt_model"]["requests_sent"] > 0 and results["task"]["name"] == "extraction"
+    by_name = {row["name"]: row for row in results["methods"]}
+    for row in local["methods"]:  # the same weights answer the prompting rows: the same outputs
+        assert by_name[row["name"]]["primary"]["value"] == pytest.approx(row["primary"]["value"])
+
+    def outputs(folder: Path) -> dict[tuple[str, int], str]:
+        lines = (folder / "run" / "predictions.jsonl").read_text().splitlines()
+        return {(p["name"], p["row"]): p["output"] for p in map(json.loads, lines) if p["method"] != "lora"}
+
+    answered = outputs(tmp_path / "two")
+    assert answered == outputs(tmp_path / "local") and len(set(answered.values())) > 1
+    prompting = [row for row in results["methods"] if row["method"] != "lora"]
+    assert all(row["model"] == endpoint and row["pricing"] == "hosted-api" for row in prompting)
+    assert by_name["lora n=4"]["model"] == results["model"] and "pricing" not in by_name["lora n=4"]
+    assert all("prompt tokens x $" in row["costs"]["per_request_basis"] for row in prompting)
+    report = (tmp_path / "two" / "run" / "report.md").read_text()
+    assert f"Prompting rows on {endpoint}" in report and f"zero-shot on {endpoint}" in report

@@ -15,6 +15,7 @@ from fewtune.backends.base import Backend, ProgressFn
 from fewtune.config import RunConfig
 from fewtune.embeddings import Embedder
 from fewtune.errors import ConfigError
+from fewtune.record import Answerers
 
 # An endpoint's answers, kept in the run folder: a re-run sends nothing, an interrupted one resumes.
 HTTP_CACHE_FILE = "http_cache.sqlite"
@@ -57,6 +58,24 @@ def load_backends(
     if not cfg.prompt_model or cfg.prompt_model == cfg.model:
         return backend, backend
     return backend, backend_factory(replace(cfg, model=cfg.prompt_model), console)
+
+
+def describe_prompt_model(results: dict[str, Any], cfg: RunConfig, backend: Backend, prompt: Backend) -> None:
+    """``results["prompt_model"]``: the model the prompting rows ask, when it is not ``--model`` or is an
+    endpoint (its probe's findings; an endpoint's own ``model`` is its served name, so the spec is kept)."""
+    if prompt is not backend or prompt.capabilities.remote:
+        results["prompt_model"] = {**describe_backend(prompt), "model": cfg.prompt_model or cfg.model}
+
+
+def count_requests(results: dict[str, Any], prompt: Backend) -> None:
+    """An endpoint's token usage and requests sent (0 when the cache answered all), once the rows are done."""
+    if "prompt_model" in results:
+        results["prompt_model"]["usage"] = getattr(prompt, "usage_totals", None)
+        results["prompt_model"]["requests_sent"] = getattr(prompt, "requests_sent", None)
+
+
+def answerers(cfg: RunConfig, prompt: Backend) -> Answerers:
+    return Answerers(cfg.prompt_model or cfg.model, cfg.model, prompt.capabilities.remote)
 
 
 def describe_backend(backend: Backend) -> dict[str, Any]:

@@ -8,7 +8,12 @@ field is a type error (mypy) rather than a ``KeyError`` in a report.
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
+from dataclasses import dataclass
 from typing import Any, TypedDict
+
+PROMPTING_METHODS = ("zero-shot", "few-shot")
+"""Rows that ask the prompt model; every other row runs on ``--model`` (its adapters, the reference)."""
 
 
 class Latency(TypedDict):
@@ -103,6 +108,23 @@ class MethodRow(TypedDict, total=False):
     classifier: str
     # added by the report
     costs: Costs
+
+
+@dataclass(frozen=True)
+class Answerers:
+    """Which model answers a row: ``prompt_model`` the prompting rows, ``tuned_model`` the rest."""
+
+    prompt_model: str
+    tuned_model: str
+    remote_prompting: bool = False
+    """The prompting rows' model is an endpoint: they are priced per token (``pricing: hosted-api``)."""
+
+    def tag(self, row: MutableMapping[str, Any]) -> None:
+        """Write ``model`` (and ``pricing``) into ``row``, unless it has them already."""
+        prompting = row.get("method") in PROMPTING_METHODS
+        row.setdefault("model", self.prompt_model if prompting else self.tuned_model)
+        if prompting and self.remote_prompting:
+            row.setdefault("pricing", "hosted-api")
 
 
 NOT_TIMED = Latency(p50=None, p95=None, mean=None, requests=0)

@@ -24,9 +24,18 @@ from fewtune.embeddings import Embedder
 from fewtune.errors import ConfigError, ModelError
 from fewtune.evaluate import evaluate
 from fewtune.plan import check_plan, data_files, load_data, resolve_task
-from fewtune.progress import describe_backend, load_backend, load_backends, load_embedder
+from fewtune.progress import (
+    answerers,
+    count_requests,
+    describe_backend,
+    describe_prompt_model,
+    load_backend,
+    load_backends,
+    load_embedder,
+)
 from fewtune.prompts.demos import NEAREST, DemoIndex
 from fewtune.prompts.template import DEFAULT_TASK, PromptTemplate, resolve_label_names
+from fewtune.record import Answerers
 from fewtune.report.terminal import method_table
 from fewtune.resume import fingerprint, resume_results
 from fewtune.store import RunStore, check_run_folder, clear_run, default_run_dir, refuse_existing_run
@@ -63,12 +72,6 @@ def run(
     console.print(f"Task: {cfg.data.task}" + (f" ({why})" if why else ""), highlight=False)
     if cfg.data.task != CLASSIFICATION:
         from fewtune.tasks.session import run_task
-
-        if cfg.prompt_model:
-            raise ConfigError(
-                f"--prompt-model is not available for {cfg.data.task} yet: run the prompting rows with "
-                "--model URL#MODEL and the LoRA rows with a local --model, as two runs"
-            )
 
         return run_task(
             cfg,
@@ -122,14 +125,10 @@ def run(
         # Models first, so that a bad --model fails before the checks' work.
         backend, prompt_backend = load_backends(cfg, console, backend_factory)
         results["hardware"].update(describe_backend(backend))
-        if prompt_backend is not backend or prompt_backend.capabilities.remote:
-            described = describe_backend(prompt_backend)  # an endpoint's own "model" is its served name
-            results["prompt_model"] = {**described, "model": cfg.prompt_model or cfg.model}
+        describe_prompt_model(results, cfg, backend, prompt_backend)
         embedder, index = _check_data(cfg, data, store, results, console, embedder_factory or load_embedder)
         _run_methods(cfg, data, (backend, prompt_backend), store, results, console, embedder, index)
-        if "prompt_model" in results:
-            results["prompt_model"]["usage"] = getattr(prompt_backend, "usage_totals", None)
-            results["prompt_model"]["requests_sent"] = getattr(prompt_backend, "requests_sent", None)
+        count_requests(results, prompt_backend)
         results["status"] = "complete"
     except KeyboardInterrupt:
         results["status"] = "interrupted"
@@ -215,18 +214,9 @@ def _needs_index(cfg: RunConfig) -> bool:
 class _Recorder:
     """Appends finished rows to results.json (with the curves recomputed) and their predictions."""
 
-    def __init__(
-        self,
-        store: RunStore,
-        results: dict[str, Any],
-        console: Console,
-        prompt_model: str = "",
-        tuned_model: str = "",
-    ) -> None:
+    def __init__(self, store: RunStore, results: dict[str, Any], console: Console, models: Answerers) -> None:
         self.store, self.results, self.console = store, results, console
-        self.prompt_model, self.tuned_model = prompt_model, tuned_model
-        self.remote_prompting = False
-        """Prompting rows are answered by an endpoint, priced per token."""
+        self.answerers = models
 
     @property
     def done(self) -> set[str]:
@@ -234,10 +224,7 @@ class _Recorder:
         return {row["name"] for row in self.results["methods"]}
 
     def __call__(self, row: dict[str, Any], predictions: list[dict[str, Any]]) -> None:
-        prompting = row.get("method") in ("zero-shot", "few-shot")
-        row.setdefault("model", self.prompt_model if prompting else self.tuned_model)
-        if prompting and self.remote_prompting:
-            row.setdefault("pricing", "hosted-api")
+        self.answerers.tag(row)
         self.results["methods"].append(row)
         self.results["curves"] = build_curves(self.results["methods"])
         self.store.append_predictions(predictions)
@@ -277,8 +264,7 @@ def _run_methods(
     shots = [k for k in cfg.prompt.shots if k > 0]
     texts = [ex.text for ex in data.test]
     backend, prompt_backend = backends
-    record = _Recorder(store, results, console, cfg.prompt_model or cfg.model, cfg.model)
-    record.remote_prompting = prompt_backend.capabilities.remote
+    record = _Recorder(store, results, console, answerers(cfg, prompt_backend))
 
     def with_progress(title: str, work: Callable[[ProgressFn | None], Any], total: int | None = None) -> Any:
         return bars.with_progress(console, title, len(texts) if total is None else total, work)

@@ -101,14 +101,8 @@ def run_line(report: Report) -> str:
         if names
         else ""
     )
-    prompted = results.get("prompt_model") or {}
-    model = f"Model {results.get('model', '?')}"
-    if prompted.get("model") and prompted["model"] != results.get("model"):
-        model = f"Prompting rows on {prompted['model']}, LoRA on {results.get('model', '?')}"
-    if prompted.get("scoring_mode"):
-        model += f" (endpoint scoring: {prompted['scoring_mode']}; {prompted.get('reason', '')})"
     return (
-        f"{model}, {dataset.get('test_size', '?')} test rows, "
+        f"{tables.model_phrase(results)}, {dataset.get('test_size', '?')} test rows, "
         f"{len(report.labels)} labels ({', '.join(report.labels)}); run status {results.get('status', '?')}, "
         f"finished {results.get('finished_at', '?')}; fewtune {results.get('fewtune_version', '?')}.{shown}"
     )

@@ -54,12 +54,12 @@ def metrics_table(report: OutputsReport) -> tables.Table:
         f"total, {report.horizon_label}",
     ]
     rows = []
-    for row in report.methods:
+    for row, title in zip(report.methods, tables.method_titles(report.methods), strict=True):
         latency = latency_of(row)
         metrics = row.get("metrics") or {}
         rows.append(
             [
-                row["name"] + (" (degenerate)" if row.get("degenerate") else ""),
+                title,
                 str(row.get("shots", 0)),
                 str(row.get("train_examples") or "-"),
                 _ci(row.get("primary")),
@@ -95,7 +95,7 @@ def task_line(report: OutputsReport) -> str:
     results, task, dataset = report.results, report.task, report.results.get("dataset") or {}
     schema = f" Output schema {task['schema_source']}." if task.get("schema_source") else ""
     return (
-        f"Task {task.get('name', '?')} on model {results.get('model', '?')}: {dataset.get('test_size', '?')} "
+        f"Task {task.get('name', '?')}. {tables.model_phrase(results)}: {dataset.get('test_size', '?')} "
         f"test rows ({dataset.get('test_source', '?')}), {dataset.get('pool_size', '?')} pool rows. "
         f"Decided on {report.metric.label}.{schema} Run status {results.get('status', '?')}, finished "
         f"{results.get('finished_at', '?')}; fewtune {results.get('fewtune_version', '?')}."

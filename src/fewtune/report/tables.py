@@ -16,6 +16,28 @@ def num(value: Any, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
+def model_phrase(results: dict[str, Any]) -> str:
+    """``Model X``, or for a two-model run ``Prompting rows on X, LoRA on Y``; with how an endpoint scored."""
+    prompted = results.get("prompt_model") or {}
+    phrase = f"Model {results.get('model', '?')}"
+    if prompted.get("model") and prompted["model"] != results.get("model"):
+        phrase = f"Prompting rows on {prompted['model']}, LoRA on {results.get('model', '?')}"
+    if prompted.get("scoring_mode"):
+        phrase += f" (endpoint scoring: {prompted['scoring_mode']}; {prompted.get('reason', '')})"
+    return phrase
+
+
+def method_titles(methods: Sequence[MethodRow]) -> list[str]:
+    """Each row's name, with the model that answered it when two models did, and ``(degenerate)``."""
+    two_models = len({row.get("model") for row in methods if row.get("model")}) > 1
+    return [
+        row["name"]
+        + (f" on {row.get('model')}" if two_models else "")
+        + (" (degenerate)" if row.get("degenerate") else "")
+        for row in methods
+    ]
+
+
 def draws_cell(row: MethodRow) -> str:
     """``0.842 ± 0.031 (3)`` over demo draws, or ``-`` for a row with one draw."""
     if row.get("accuracy_std") is None:
@@ -41,16 +63,13 @@ def method_table(methods: Sequence[MethodRow], costs: dict[str, MethodCost], hor
         f"total, {horizon_label}",
     ]
     rows = []
-    two_models = len({row.get("model") for row in methods if row.get("model")}) > 1
-    for row in methods:
+    for row, title in zip(methods, method_titles(methods), strict=True):
         cost = costs[row["name"]]
         low, high = row["accuracy_ci95"]
         latency = latency_of(row)
         rows.append(
             [
-                row["name"]
-                + (f" on {row.get('model')}" if two_models else "")
-                + (" (degenerate)" if row.get("degenerate") else ""),
+                title,
                 str(row.get("shots", 0)),
                 str(row.get("train_examples") or "-"),
                 f"{row['accuracy']:.3f} ({low:.3f}-{high:.3f})",

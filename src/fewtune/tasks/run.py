@@ -44,7 +44,7 @@ def run_text_methods(
     cfg: RunConfig,
     task: Task,
     data: TaskData,
-    backend: Any,
+    backends: tuple[Any, Any],
     store: RunStore,
     record: Any,
     with_progress: Callable[..., Any],
@@ -57,12 +57,14 @@ def run_text_methods(
     # line only: the shorter requests that fine-tuning buys (the guides' cost argument), and a training
     # run that does not spend most of its tokens on a format block.
     tuned_template = OutputTemplate(instruction, "")
-    cap = max_new_tokens(backend, template, data.pool, cfg.seed)
+    # backend: --model, which LoRA trains on; prompt_backend: the model the prompting rows ask.
+    backend, prompt_backend = backends
+    cap = max_new_tokens(prompt_backend, template, data.pool, cfg.seed)
     methods = cfg.eval.methods
     shots = [k for k in cfg.prompt.shots if k > 0]
-    base = TextPredictor("zero-shot", backend, template, cap, stop=task.stop)
+    base = TextPredictor("zero-shot", prompt_backend, template, cap, stop=task.stop)
     schema = getattr(task, "schema", None)
-    constraint = backend.schema_constraint(schema) if cfg.eval.constrained and schema else None
+    constraint = prompt_backend.schema_constraint(schema) if cfg.eval.constrained and schema else None
 
     def demos_for(predictor: TextPredictor, k: int, selection: str, method: str) -> TextPredictor:
         if selection == NEAREST:
@@ -128,6 +130,8 @@ def run_text_methods(
                 progress=on_step,
             ).train(train)
         )
+        if backend is not prompt_backend:  # the cap counts the trained model's tokens
+            cap = max_new_tokens(backend, template, data.pool, cfg.seed)
         tuned = TextPredictor(
             "lora", adapter[0], tuned_template, cap, stop=task.stop, train_examples=n, info=adapter[1]
         )

@@ -15,7 +15,16 @@ from rich.console import Console
 from fewtune import __version__
 from fewtune.config import RunConfig
 from fewtune.plan import data_files
-from fewtune.progress import train_progress, with_progress
+from fewtune.progress import (
+    answerers,
+    count_requests,
+    describe_backend,
+    describe_prompt_model,
+    load_backends,
+    train_progress,
+    with_progress,
+)
+from fewtune.record import Answerers
 from fewtune.resume import fingerprint, resume_results
 from fewtune.store import RunStore, clear_run, default_run_dir
 from fewtune.tasks.base import EXTRACTION, GENERATION, SCHEMA_VERSION, Task
@@ -35,14 +44,16 @@ def make_task(cfg: RunConfig) -> Task:
 class TextRecorder:
     """Appends finished rows to results.json and their predictions to predictions.jsonl."""
 
-    def __init__(self, store: RunStore, results: dict[str, Any], console: Console) -> None:
+    def __init__(self, store: RunStore, results: dict[str, Any], console: Console, models: Answerers) -> None:
         self.store, self.results, self.console = store, results, console
+        self.answerers = models
 
     @property
     def done(self) -> set[str]:
         return {row["name"] for row in self.results["methods"]}
 
     def __call__(self, row: dict[str, Any], predictions: list[dict[str, Any]]) -> None:
+        self.answerers.tag(row)
         self.results["methods"].append(row)
         self.store.append_predictions(predictions)
         self.store.write_results(self.results)
@@ -140,10 +151,12 @@ def run_task(
         "methods": [],
     }
     results["status"] = "running"
-    record = TextRecorder(store, results, console)
     store.write_results(results)
     try:
-        backend = backend_factory(cfg, console)
+        backend, prompt_backend = load_backends(cfg, console, backend_factory)
+        results["hardware"].update(describe_backend(backend))
+        describe_prompt_model(results, cfg, backend, prompt_backend)
+        record = TextRecorder(store, results, console, answerers(cfg, prompt_backend))
         index = None
         if embedder is not None and NEAREST in cfg.prompt.demo_selection:
             index = with_progress(
@@ -156,13 +169,14 @@ def run_task(
             cfg,
             task,
             data,
-            backend,
+            (backend, prompt_backend),
             store,
             record,
             lambda title, work: with_progress(console, title, len(data.test), work),
             lambda title: train_progress(console, title),
             index,
         )
+        count_requests(results, prompt_backend)
         results["status"] = "complete"
     except KeyboardInterrupt:
         results["status"] = "interrupted"
