@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, TypedDict
 
 PROMPTING_METHODS = ("zero-shot", "few-shot")
-"""Rows that ask the prompt model; every other row runs on ``--model`` (its adapters, the reference)."""
+"""Rows that ask the prompt model; the fine-tuned rows run on ``--model``."""
 
 
 class Latency(TypedDict):
@@ -120,7 +120,10 @@ class Answerers:
     """The prompting rows' model is an endpoint: they are priced per token (``pricing: hosted-api``)."""
 
     def tag(self, row: MutableMapping[str, Any]) -> None:
-        """Write ``model`` (and ``pricing``) into ``row``, unless it has them already."""
+        """Write ``model`` (and ``pricing``) into ``row``, unless it has them already; a reference row
+        (sentence embeddings + a classifier) names its own embedding model instead."""
+        if row.get("method") == "reference":
+            return
         prompting = row.get("method") in PROMPTING_METHODS
         row.setdefault("model", self.prompt_model if prompting else self.tuned_model)
         if prompting and self.remote_prompting:
