@@ -143,8 +143,7 @@ def serving(args: argparse.Namespace, work: Path) -> Iterator[Server]:
     log, output = work / "requests.jsonl", work / "server.out"
     command = [sys.executable, "-m", "fewtune.cli", "serve", "--api-key", KEY, "--host", HOST]
     command += ["--port", str(port), "--request-log", str(log), "--max-batch", str(args.max_batch)]
-    if args.model is not None:
-        command += ["--model", args.model]
+    command += ["--model", args.model]
     with output.open("wb") as sink:
         proc = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     server = Server(proc, url, port, output, log)
@@ -257,7 +256,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     load = workload(train, test, args.shots, args.seed, args.mode)
     with tempfile.TemporaryDirectory(prefix="fewtune-bench-serve-") as tmp:
         work = Path(tmp)
-        adapter = args.adapter_path or make_adapter(args.model or DEFAULT_MODEL, work / "adapter", args.seed)
+        adapter = args.adapter_path or make_adapter(args.model, work / "adapter", args.seed)
         console.print(
             f"workload: {len(load.bodies)} rows of {test}, {len(load.demos)} demos; adapter {adapter}"
         )
@@ -268,7 +267,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default=None, help="model spec for fewtune serve (default: its default)")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="model spec for fewtune serve")
     parser.add_argument("--data", type=Path, default=None, help="folder with train.jsonl and test.jsonl")
     parser.add_argument("--shots", type=int, default=8)
     parser.add_argument("--mode", choices=("generate", "score"), default="generate")

@@ -181,24 +181,27 @@ class Endpoint:
         self.requests_sent = 0
         self.cache_hits = 0
         self.usage_totals = {"prompt_tokens": 0, "completion_tokens": 0}
-        self._timing: list[tuple[float, float]] | None = None
+        self._timing: list[float] | None = None
 
     def __repr__(self) -> str:
         return (
             f"Endpoint({self.spec.url!r}, model={self.spec.model!r}, api_key_env={self.spec.api_key_env!r})"
         )
 
-    def request(self, route: Route, body: dict[str, Any], *, cache_refusals: bool = False) -> dict[str, Any]:
+    def request(
+        self, route: Route, body: dict[str, Any], *, cache_refusals: bool = False, work: bool = True
+    ) -> dict[str, Any]:
         """The response JSON for ``body`` POSTed to ``route``, from the cache when it holds it.
 
         Raises :class:`Refused` for a 4xx answer (stored, and raised again from the cache, when
         ``cache_refusals``: the probe's refusals are facts about the server), :class:`EndpointError` for
-        everything else that is not an answer.
+        everything else that is not an answer. ``work=False`` marks a request that is not part of what
+        :meth:`timing` measures (a token count a client would keep).
         """
-        timing = self._timing
+        timing = self._timing if work else None
         key = request_key(route, self.spec.url, self.spec.model, body if timing is None else {"timed": body})
         stored = self.cache.get(key) if self.cache is not None else None
-        span: list[float] | None = None
+        seconds: float | None = None
         if stored is not None:
             with self._lock:
                 self.cache_hits += 1
@@ -206,36 +209,36 @@ class Endpoint:
                 refused = stored["refused"]
                 raise Refused(refused["message"], int(refused["status"]), refused.get("code"))
             response = dict(stored["response"])
-            span = stored.get("span")
+            seconds = stored.get("seconds")
         else:
             with self._lock:
                 self.requests_sent += 1
             try:
-                started = time.time()
+                started = time.perf_counter()
                 response = self._send(route, body)
-                span = [started, time.time()]
+                seconds = time.perf_counter() - started
             except Refused as err:
                 if cache_refusals and self.cache is not None:
                     refusal = {"message": str(err), "status": err.status, "code": err.code}
                     self.cache.put(key, route, {"refused": refusal})
                 raise
             if self.cache is not None:
-                self.cache.put(key, route, {"response": response, "span": span})
-        if timing is not None and span:
+                self.cache.put(key, route, {"response": response, "seconds": seconds})
+        if timing is not None and seconds is not None:
             with self._lock:
-                timing.append((float(span[0]), float(span[1])))
+                timing.append(float(seconds))
         self._count(response)
         return response
 
     @contextmanager
-    def timing(self) -> Iterator[list[tuple[float, float]]]:
+    def timing(self) -> Iterator[list[float]]:
         """Requests made inside are latency samples: cached apart from the same request made for its answer
-        (so the first run sends and times it, one call at a time) and stored with their start and end
-        (seconds since the epoch). The list yielded collects those spans, measured or replayed."""
-        spans: list[tuple[float, float]] = []
-        self._timing = spans
+        (so the first run sends and times it, one call at a time) and stored with the seconds it took. The
+        list yielded collects those seconds, measured or replayed from the cache."""
+        seconds: list[float] = []
+        self._timing = seconds
         try:
-            yield spans
+            yield seconds
         finally:
             self._timing = None
 

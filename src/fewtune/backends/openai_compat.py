@@ -152,12 +152,13 @@ class OpenAICompatBackend(Backend):
         }
 
     def timed(self, call: Callable[[], object]) -> float:
-        """Seconds from the first request ``call`` sends to the end of its last answer (requests sent
-        concurrently overlap). Its requests are timing requests (:meth:`Endpoint.timing`): sent the first
-        time even when the same request was already answered, and replayed with their measured time after."""
-        with self.endpoint.timing() as spans:
+        """The longest request that ``call`` makes (they are sent at once, so this is its wall time up to
+        the few milliseconds between their starts). Its requests are timing requests
+        (:meth:`Endpoint.timing`): sent the first time even when the same request was already answered,
+        and replayed with their measured seconds after, so a re-run reports the same latency."""
+        with self.endpoint.timing() as seconds:
             call()
-        return max(end for _, end in spans) - min(start for start, _ in spans) if spans else 0.0
+        return max(seconds, default=0.0)
 
     def close(self) -> None:
         self.endpoint.close()
@@ -338,5 +339,6 @@ class OpenAICompatBackend(Backend):
         ``ceil(characters / 4)`` (:data:`CHARS_PER_TOKEN`), as ``describe()["token_counts"]`` records."""
         if not self.probe.exact_token_counts:
             return estimate_tokens(text)
-        response = self.endpoint.request("completions", self._echo_body(text, self.probe.scoring_max_tokens))
+        body = self._echo_body(text, self.probe.scoring_max_tokens)
+        response = self.endpoint.request("completions", body, work=False)
         return int((response.get("usage") or {}).get("prompt_tokens") or 0)
