@@ -145,7 +145,7 @@ def test_training_killed_after_a_checkpoint_resumes_to_the_same_adapter(tmp_path
         backend = HFBackend(tiny_model(tokenizer), tokenizer, source="tiny")
         return Lora(backend, TEMPLATE, args, folder, seed=3, progress=progress, checkpoint_seconds=0.0)
 
-    whole, _ = trainer(tmp_path / "whole").train(TRAIN)
+    whole, whole_info = trainer(tmp_path / "whole").train(TRAIN)
     with pytest.raises(Interrupted):
         trainer(tmp_path / "cut", stop_at=8).train(TRAIN)  # checkpoints after steps 1..7 (a new epoch at 7)
     assert (tmp_path / "cut" / CHECKPOINT_FILE).is_file()
@@ -160,7 +160,8 @@ def test_training_killed_after_a_checkpoint_resumes_to_the_same_adapter(tmp_path
     assert resumed.score_choices([prompt], choices) == pytest.approx(
         whole.score_choices([prompt], choices), abs=1e-6
     )
-    assert info["train_steps"] == 12
+    assert info["train_steps"] == 12 and info["resumed_at_step"] == 7
+    assert whole_info["resumed_at_step"] == 0
     # A checkpoint from other settings is not continued.
     with pytest.raises(Interrupted):
         trainer(tmp_path / "other", stop_at=3).train(TRAIN)

@@ -95,6 +95,8 @@ class MethodRow(TypedDict, total=False):
     train_flops_per_token: float
     train_mfu: float
     train_steps: int
+    resumed_at_step: int
+    """The checkpoint's step that an interrupted training continued from (0: trained in one go)."""
     class_balance: str
     adapter_path: str
     adapter_bytes: int

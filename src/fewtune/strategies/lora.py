@@ -168,6 +168,7 @@ class Lora(Strategy):
         decoder: Any = model.get_base_model().get_decoder()  # type: ignore[operator]
         key = checkpoint_key({"args": asdict(self.args), "seed": self.seed, "weights": weights}, features)
         done = load_checkpoint(self.save_dir, key, model, optimizer, scheduler)
+        resumed_at = done.step
         model.train()
         step, saved_at = 0, time.perf_counter()
         with PeakMemory(base.device) as peak:
@@ -219,6 +220,7 @@ class Lora(Strategy):
             # Model FLOPs utilisation against this machine's measured matmul peak (see sysinfo).
             "train_mfu": tokens_per_second * flops_per_token / matmul_peak_flops(base.device, dtype),
             "train_steps": total_steps,
+            "resumed_at_step": resumed_at,
             "class_balance": self.args.class_balance,
             "adapter_path": str(self.save_dir),
             "adapter_bytes": adapter_bytes,
