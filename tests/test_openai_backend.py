@@ -145,12 +145,16 @@ def test_loglik_scores_generations_and_counts_equal_the_in_process_model(
 def test_an_interrupted_run_resumes_from_the_cache(served: Served, key: None, tmp_path: Path) -> None:
     cache = tmp_path / "http_cache.sqlite"
     first = OpenAICompatBackend(_spec(served.url, concurrency=2), cache_path=cache)
-    part = first.score_choices(PROMPTS[:2], CHOICES)
+    part, seconds = first.pass_seconds(partial(first.score_choices, PROMPTS[:2], CHOICES))
+    assert seconds is not None and seconds > 0  # every request sent: the pass is timed
     first.close()
     rest = OpenAICompatBackend(_spec(served.url, concurrency=2), cache_path=cache)
-    whole = rest.score_choices(PROMPTS, CHOICES)
+    whole, partly = rest.pass_seconds(partial(rest.score_choices, PROMPTS, CHOICES))
+    assert partly is None  # partly answered by the cache: no time to report as its throughput
     np.testing.assert_array_equal(whole[:2], part)
     assert rest.requests_sent == (len(PROMPTS) - 2) * len(CHOICES)
+    # All answered by the cache: the time measured when the same requests were sent.
+    assert rest.pass_seconds(partial(rest.score_choices, PROMPTS[:2], CHOICES))[1] == seconds
     rest.close()
 
 

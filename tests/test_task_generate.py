@@ -18,7 +18,8 @@ from task_helpers import (  # noqa: F401 (one_torch_thread is an autouse fixture
 )
 from tiny import tiny_model, tiny_tokenizer
 
-from fewtune.backends.generation import Generation, generate_batch
+from fewtune.backends.fake import FakeBackend
+from fewtune.backends.generation import Generation, generate_batch, stop_at
 from fewtune.backends.hf import HFBackend
 from fewtune.tasks.base import TaskExample
 from fewtune.tasks.evaluate import TextPredictor, evaluate_text
@@ -121,6 +122,12 @@ def test_a_stop_string_cuts_the_output(wide: HFBackend) -> None:
     cut = generate_batch(wide, prompts[:1], max_new_tokens=12, stop=stop, batch_size=1)[0]
     assert cut.text == text[:at] and cut.text
     assert cut.stopped and cut.output_tokens < 12
+    # The stop-string criteria are built once per tokenizer and string (building reads the whole vocabulary)
+    # and hold no state: a second call with the same stop string stops in the same place.
+    (criteria,) = stop_at(wide.tokenizer, stop)["stopping_criteria"]
+    assert stop_at(wide.tokenizer, stop)["stopping_criteria"][0] is criteria
+    assert stop_at(wide.tokenizer, None) == {}
+    assert generate_batch(wide, prompts[:1], max_new_tokens=12, stop=stop, batch_size=1)[0] == cut
 
 
 # -- evaluate_text -------------------------------------------------------------------------------------------
@@ -141,7 +148,7 @@ def test_evaluate_text_scores_outputs_into_a_row_and_predictions() -> None:
     test = [extraction_example({"a": "x"}, "one"), extraction_example({"a": "y", "b": "z"}, "two")]
     task.fit(test)
     outputs = ('{"a":"x"}', 'garbage {"a":"y"}')
-    predictor = CannedPredictor("zero-shot", None, TEMPLATE, 20, outputs=outputs)
+    predictor = CannedPredictor("zero-shot", FakeBackend(), TEMPLATE, 20, outputs=outputs)
     row, predictions = evaluate_text(predictor, task, test, latency_requests=0, seed=0)
     assert row["primary"]["name"] == "field-f1" and row["primary"]["label"] == "field F1"
     assert row["primary"]["value"] == pytest.approx(2 * 1 / (2 * 1 + 0 + 2))
@@ -163,7 +170,7 @@ def test_evaluate_text_scores_outputs_into_a_row_and_predictions() -> None:
 def test_evaluate_text_for_generation_records_references_of_multi_reference_rows() -> None:
     task = GenerationTask()
     test = [generation_example("the cat sat", "a cat sat"), generation_example("a dog ran")]
-    predictor = CannedPredictor("few-shot", None, TEMPLATE, 20, outputs=("the cat sat", "a dog ran"))
+    predictor = CannedPredictor("few-shot", FakeBackend(), TEMPLATE, 20, outputs=("the cat sat", "a dog ran"))
     row, predictions = evaluate_text(predictor, task, test, latency_requests=0, seed=0)
     assert row["primary"]["name"] == "chrf" and row["primary"]["value"] == pytest.approx(1.0)
     assert "per_field" not in row

@@ -109,6 +109,8 @@ def test_prompting_over_http_and_lora_locally_in_one_report(
     # Latency is not a cache lookup's: the re-run reports the single requests timed the first time.
     timed = [r["latency_ms"] for r in results["methods"] if r["method"] != "lora"]
     assert [r["latency_ms"] for r in again["methods"] if r["method"] != "lora"] == timed
+    speed = [r["throughput_rows_per_second"] for r in results["methods"] if r["method"] != "lora"]
+    assert [r["throughput_rows_per_second"] for r in again["methods"] if r["method"] != "lora"] == speed
     assert all(t["requests"] > 0 and t["p50"] > 0 for t in timed)
 
 

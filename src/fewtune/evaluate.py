@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -55,11 +54,12 @@ def _latencies(predictor: Predictor, texts: Sequence[str], requests: int) -> dic
 
 def score_test(
     predictor: Predictor, texts: Sequence[str], batch_size: int = 8, progress: ProgressFn | None = None
-) -> tuple[np.ndarray, float]:
-    """Raw label log-likelihoods for ``texts`` (before any calibration) and the seconds they took."""
-    start = time.perf_counter()
-    raw = predictor.raw_scores(texts, batch_size=batch_size, progress=progress)
-    return raw, time.perf_counter() - start
+) -> tuple[np.ndarray, float | None]:
+    """Raw label log-likelihoods for ``texts`` (before any calibration) and the seconds they took (None: not
+    measured, see :meth:`~fewtune.backends.base.Backend.pass_seconds`)."""
+    return predictor.backend.pass_seconds(
+        partial(predictor.raw_scores, texts, batch_size=batch_size, progress=progress)
+    )
 
 
 def evaluate(
@@ -70,7 +70,7 @@ def evaluate(
     latency_requests: int = 20,
     seed: int = 0,
     progress: ProgressFn | None = None,
-    scored: tuple[np.ndarray, float] | None = None,
+    scored: tuple[np.ndarray, float | None] | None = None,
     latency: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Return the method's results row and its per-test-row predictions.

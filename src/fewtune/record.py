@@ -87,7 +87,7 @@ class MethodRow(TypedDict, total=False):
     output_tokens_mean: float
     output_tokens_per_second: float | None
     throughput_rows_per_second: float | None
-    scoring_seconds: float
+    scoring_seconds: float | None
     max_new_tokens: int
     # training
     train_seconds: float | None

@@ -12,15 +12,16 @@ Retries are the ``openai`` client's own: connection errors, 408, 409, 429 and 5x
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from fewtune.backends.response_cache import ResponseCache, request_key
 from fewtune.errors import ConfigError, FewtuneError
@@ -157,6 +158,14 @@ def _server_message(err: Any) -> str:
     return _one_line(text) or "no message"
 
 
+T = TypeVar("T")
+
+
+def _pass_key(made: list[tuple[str, bool]]) -> str:
+    """The key of a pass: the SHA-256 of its sorted request keys."""
+    return hashlib.sha256("\n".join(sorted(key for key, _ in made)).encode()).hexdigest()
+
+
 class Endpoint:
     """Sends requests to one endpoint through a :class:`ResponseCache`; safe to call from many threads.
 
@@ -182,6 +191,7 @@ class Endpoint:
         self.cache_hits = 0
         self.usage_totals = {"prompt_tokens": 0, "completion_tokens": 0}
         self._timing: list[float] | None = None
+        self._made: list[tuple[str, bool]] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -224,9 +234,11 @@ class Endpoint:
                 raise
             if self.cache is not None:
                 self.cache.put(key, route, {"response": response, "seconds": seconds})
-        if timing is not None and seconds is not None:
-            with self._lock:
+        with self._lock:
+            if timing is not None and seconds is not None:
                 timing.append(float(seconds))
+            if self._made is not None and work:
+                self._made.append((key, stored is None))
         self._count(response)
         return response
 
@@ -241,6 +253,23 @@ class Endpoint:
             yield seconds
         finally:
             self._timing = None
+
+    def measure(self, call: Callable[[], T]) -> tuple[T, float | None]:
+        """``call()``'s result and its wall-clock seconds when it sent every request it made (the time is
+        then stored under its request keys), else the seconds stored for the same requests, else None."""
+        made: list[tuple[str, bool]] = []
+        self._made = made
+        try:
+            start = time.perf_counter()
+            result = call()
+            seconds = time.perf_counter() - start
+        finally:
+            self._made = None
+        if all(sent for _, sent in made) or self.cache is None:
+            if made and self.cache is not None:
+                self.cache.put_seconds(_pass_key(made), seconds)
+            return result, seconds
+        return result, self.cache.get_seconds(_pass_key(made))
 
     def _count(self, response: dict[str, Any]) -> None:
         usage = response.get("usage") or {}

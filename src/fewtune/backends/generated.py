@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from fewtune.backends.base import Backend, Generation, ProgressFn
+from fewtune.backends.base import Backend, Generation, ProgressFn, T
 
 # The score of every label that was not the parsed answer (and of every label on an unparsed row).
 NOT_ANSWERED = -1e9
@@ -98,3 +98,6 @@ class GenerateAndParse(Backend):
 
     def timed(self, call: Callable[[], object]) -> float:
         return self.inner.timed(call)
+
+    def pass_seconds(self, call: Callable[[], T]) -> tuple[T, float | None]:
+        return self.inner.pass_seconds(call)

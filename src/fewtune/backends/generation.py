@@ -12,12 +12,13 @@ instead, left-padded in front of the prompt: every row's real tokens are then co
 equals position distance, and the window is exact. They pay for the prefix again, but they share batches:
 a long-output task (support replies of a few hundred tokens behind five demos) is dominated by decoding
 steps, which a batch shares, not by the prefix. Generation stops at the end-of-output marker
-(``stop_strings``), at EOS, or at ``max_new_tokens``.
+(:func:`stop_at`), at EOS, or at ``max_new_tokens``.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -40,6 +41,28 @@ class LocalModel(Protocol):
     def prefix_cache(self, prefix_ids: list[int]) -> Any: ...
 
     def fits_window(self, tokens: int) -> bool: ...
+
+
+@functools.lru_cache(maxsize=16)
+def _stop_criteria(tokenizer: Any, stop: str) -> Any:
+    from transformers import StopStringCriteria
+
+    return StopStringCriteria(tokenizer, [stop])
+
+
+def stop_at(tokenizer: Any, stop: str | None) -> dict[str, Any]:
+    """``generate`` keyword arguments that end generation once ``stop`` is written.
+
+    ``stop_strings=`` would build a :class:`~transformers.StopStringCriteria` on every call, which reads and
+    compares the whole vocabulary (1.2 s for Gemma's 262k tokens on 2 CPU cores, measured, against 0.33 s
+    for a whole 8-shot label generation); it is built once per tokenizer and stop string instead. It holds
+    no state between calls.
+    """
+    if not stop:
+        return {}
+    from transformers import StoppingCriteriaList
+
+    return {"stopping_criteria": StoppingCriteriaList([_stop_criteria(tokenizer, stop)])}
 
 
 def _cut(text: str, stop: str | None) -> tuple[str, bool]:
@@ -106,8 +129,7 @@ def generate_batch(
                 batch_cache = copy.deepcopy(cache)
                 batch_cache.batch_repeat_interleave(len(group))
                 kwargs["past_key_values"] = batch_cache
-            if stop:
-                kwargs.update(stop_strings=[stop], tokenizer=tokenizer)
+            kwargs.update(stop_at(tokenizer, stop))
             if constraint is not None:
                 kwargs["logits_processor"] = [constraint()]
             out = model.generate(

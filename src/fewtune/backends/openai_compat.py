@@ -160,6 +160,10 @@ class OpenAICompatBackend(Backend):
             call()
         return max(seconds, default=0.0)
 
+    def pass_seconds(self, call: Callable[[], T]) -> tuple[T, float | None]:
+        """See :meth:`Endpoint.measure`: a re-run answered by the cache reports the pass's measured time."""
+        return self.endpoint.measure(call)
+
     def close(self) -> None:
         self.endpoint.close()
         if self.endpoint.cache is not None:

@@ -1,5 +1,9 @@
 """A persistent cache of HTTP model responses (SQLite), so that a re-run of the same requests sends none.
 
+A pass of requests (a method's scoring of the test rows) also stores the seconds it took when every one of
+its requests was sent, under the SHA-256 of its request keys, so that a re-run answered by the cache reports
+the measured throughput rather than that of cache lookups.
+
 A request's key is the SHA-256 of the canonical JSON (sorted keys, no spaces) of its endpoint, the server's
 base URL, the model and the request body; the API key is never part of a request body, so it is never
 hashed or stored. The value is the response JSON. Each answer is committed as soon as it arrives, so an
@@ -26,6 +30,13 @@ CREATE TABLE IF NOT EXISTS responses (
     key TEXT PRIMARY KEY,
     endpoint TEXT NOT NULL,
     response TEXT NOT NULL,
+    created REAL NOT NULL
+)
+"""
+MEASUREMENTS = """
+CREATE TABLE IF NOT EXISTS measurements (
+    key TEXT PRIMARY KEY,
+    seconds REAL NOT NULL,
     created REAL NOT NULL
 )
 """
@@ -58,6 +69,7 @@ class ResponseCache:
             self._connection.execute("PRAGMA journal_mode=WAL")
             self._connection.execute("PRAGMA synchronous=NORMAL")
             self._connection.execute(SCHEMA)
+            self._connection.execute(MEASUREMENTS)
 
     def get(self, key: str) -> dict[str, Any] | None:
         """The stored response for ``key``, or None."""
@@ -72,6 +84,20 @@ class ResponseCache:
             self._connection.execute(
                 "INSERT OR REPLACE INTO responses (key, endpoint, response, created) VALUES (?, ?, ?, ?)",
                 (key, endpoint, text, time.time()),
+            )
+
+    def get_seconds(self, key: str) -> float | None:
+        """A stored measurement (the seconds a pass of requests took when all were sent), or None."""
+        with self._lock:
+            query = "SELECT seconds FROM measurements WHERE key = ?"
+            row = self._connection.execute(query, (key,)).fetchone()
+        return None if row is None else float(row[0])
+
+    def put_seconds(self, key: str, seconds: float) -> None:
+        with self._lock:
+            self._connection.execute(
+                "INSERT OR REPLACE INTO measurements (key, seconds, created) VALUES (?, ?, ?)",
+                (key, seconds, time.time()),
             )
 
     def __len__(self) -> int:

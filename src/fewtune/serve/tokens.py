@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from fewtune.backends.base import Generation
+from fewtune.backends.generation import stop_at
 from fewtune.backends.hf import HFBackend
 from fewtune.prompts.template import QUERY_LEAD
 
@@ -198,7 +199,7 @@ def generate_scored(
     """
     tokenizer = backend.tokenizer
     ids = torch.tensor([prompt_ids], dtype=torch.long, device=backend.device)
-    kwargs: dict[str, Any] = {"stop_strings": [stop], "tokenizer": tokenizer} if stop else {}
+    kwargs = stop_at(tokenizer, stop)
     out = backend.model.generate(
         input_ids=ids,
         attention_mask=torch.ones_like(ids),

@@ -143,9 +143,8 @@ def evaluate_text(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The method's results row and its predictions.jsonl lines."""
     texts = [ex.text for ex in test]
-    start = time.perf_counter()
-    generations = predictor.generate(texts, batch_size, progress)
-    seconds = time.perf_counter() - start
+    run = partial(predictor.generate, texts, batch_size, progress)
+    generations, seconds = predictor.backend.pass_seconds(run)
     outputs = [g.text for g in generations]
     parsed = [task.parse(text) for text in outputs]
     scores = task.score_rows(test, parsed, outputs)
