@@ -87,7 +87,7 @@ def evaluate(
     predicted = [NO_ANSWER if missing[r] else labels[i] for r, i in enumerate(scores.argmax(axis=1))]
     gold = [ex.label for ex in test]
     backend = predictor.backend
-    prompt_tokens = [backend.count_tokens(p) for p in predictor.prompts(texts)]
+    prompt_tokens = backend.count_tokens_batch(predictor.prompts(texts))
     label_tokens = {
         label: backend.count_tokens(predictor.template.continuation(label)) - 1 for label in labels
     }

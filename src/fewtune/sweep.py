@@ -106,9 +106,9 @@ def check_context(predictors: Sequence[Predictor], texts: Sequence[str], backend
             continue
         if zero_tokens is None:
             zero = replace(predictor, demos=(), per_row_demos=None)
-            zero_tokens = max(backend.count_tokens(p) for p in zero.prompts(texts))
+            zero_tokens = max(backend.count_tokens_batch(zero.prompts(texts)))
         label_tokens = max(backend.count_tokens(c) for c in predictor.choices())
-        longest = max(backend.count_tokens(p) for p in predictor.prompts(texts)) + label_tokens
+        longest = max(backend.count_tokens_batch(predictor.prompts(texts))) + label_tokens
         if limit and longest > limit:
             per_demo = max((longest - zero_tokens) / predictor.shots, 1.0)
             fits = int((limit - zero_tokens - label_tokens) // per_demo)

@@ -120,3 +120,7 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def count_tokens(self, text: str) -> int:
         """Tokens the model would see for ``text`` as a prompt (including any BOS token)."""
+
+    def count_tokens_batch(self, texts: Sequence[str]) -> list[int]:
+        """:meth:`count_tokens` of each text (a remote backend asks for them concurrently)."""
+        return [self.count_tokens(text) for text in texts]

@@ -96,6 +96,9 @@ class GenerateAndParse(Backend):
     def count_tokens(self, text: str) -> int:
         return self.inner.count_tokens(text)
 
+    def count_tokens_batch(self, texts: Sequence[str]) -> list[int]:
+        return self.inner.count_tokens_batch(texts)
+
     def timed(self, call: Callable[[], object]) -> float:
         return self.inner.timed(call)
 

@@ -338,11 +338,22 @@ class OpenAICompatBackend(Backend):
         )
 
     def count_tokens(self, text: str) -> int:
-        """The server's prompt token count for ``text`` (``usage.prompt_tokens`` of a cached echo request,
-        BOS included where the server adds one) when ``/completions`` reports it; otherwise an ESTIMATE,
-        ``ceil(characters / 4)`` (:data:`CHARS_PER_TOKEN`), as ``describe()["token_counts"]`` records."""
+        """The server's prompt token count for ``text`` (``usage.prompt_tokens`` of a cached ``echo``
+        request without log-probabilities, so that the server computes nothing; BOS included where the
+        server adds one) when ``/completions`` reports it; otherwise an ESTIMATE, ``ceil(characters / 4)``
+        (:data:`CHARS_PER_TOKEN`), as ``describe()["token_counts"]`` records."""
         if not self.probe.exact_token_counts:
             return estimate_tokens(text)
-        body = self._echo_body(text, self.probe.scoring_max_tokens)
+        body = {
+            "model": self.spec.model,
+            "prompt": text,
+            "echo": True,
+            "max_tokens": self.probe.scoring_max_tokens,
+            "temperature": 0,
+        }
         response = self.endpoint.request("completions", body, work=False)
         return int((response.get("usage") or {}).get("prompt_tokens") or 0)
+
+    def count_tokens_batch(self, texts: Sequence[str]) -> list[int]:
+        """:meth:`count_tokens` of each text, ``concurrency`` requests at a time."""
+        return self._run([partial(self.count_tokens, text) for text in texts])

@@ -99,7 +99,7 @@ def max_new_tokens(backend: Backend, template: OutputTemplate, pool: Sequence[Ta
     rows = (
         pool if len(pool) <= LENGTH_SAMPLE else [pool[i] for i in rng.choice(len(pool), LENGTH_SAMPLE, False)]
     )
-    longest = max(backend.count_tokens(template.continuation(ex.label)) for ex in rows)
+    longest = max(backend.count_tokens_batch([template.continuation(ex.label) for ex in rows]))
     return math.ceil(longest * MAX_NEW_TOKENS_HEADROOM)
 
 
