@@ -115,9 +115,9 @@ def test_loglik_scores_generations_and_counts_equal_the_in_process_model(
     assert after["completion_tokens"] - before["completion_tokens"] == sum(g.output_tokens for g in expected)
     counts = [backend.count_tokens(c) for c in CHOICES]
     assert counts == [served.reference.count_tokens(c) for c in CHOICES]
-    assert backend.count_tokens_batch(CHOICES) == counts  # concurrently, from the same cached answers
     sent, totals = backend.requests_sent, backend.usage_totals
     assert sent == 1 + len(PROMPTS) * len(CHOICES) + len(PROMPTS) + len(CHOICES)
+    assert backend.count_tokens_batch(CHOICES) == counts and backend.requests_sent == sent  # from the cache
     backend.close()
 
     # A re-run on the same cache sends nothing and gets the same answers and token totals.
