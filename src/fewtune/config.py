@@ -14,6 +14,7 @@ import yaml
 from fewtune.backends.models import DEFAULT_MODEL
 from fewtune.decide.metric import METRIC_CHOICES
 from fewtune.errors import ConfigError
+from fewtune.methods import ALL_METHODS
 from fewtune.prompts.demos import DEMO_SELECTIONS
 from fewtune.prompts.template import AUTO_LABEL_NAMES
 from fewtune.tasks.base import TASKS
@@ -21,9 +22,7 @@ from fewtune.tasks.base import TASKS
 # --metric: classification's two, extraction's field F1, generation's proxies.
 ALL_METRICS = (*METRIC_CHOICES, "field-f1", "chrf", "rouge-l", "semantic")
 
-METHODS = ("zero-shot", "few-shot", "lora", "lora+few-shot", "reference")
-# The reference is no LLM method: sentence embeddings + logistic regression on the LoRA training examples.
-REFERENCE_METHOD = "reference"
+METHODS = ALL_METHODS
 CLASS_BALANCE = ("none", "loss", "sampling")
 LABEL_SCORING = ("loglik", "generate")
 

@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from fewtune.errors import ConfigError
+from fewtune.methods import Method
 from fewtune.record import Costs, MethodRow, latency_of
 
 SECONDS_PER_HOUR = 3600
@@ -35,8 +36,6 @@ DEFAULT_HORIZON_DAYS = 365
 DEFAULT_VOLUME_PER_DAY = 10_000
 PRICINGS = ("self-hosted", "hosted-api")
 AUTO_PRESET = "auto"
-FINE_TUNED_METHODS = ("lora", "lora+few-shot")
-FEW_SHOT_METHODS = ("few-shot", "lora+few-shot")
 PRICE_TABLE_FILE = "costs.yaml"
 
 
@@ -207,12 +206,16 @@ class MethodCost:
         )
 
 
-def is_fine_tuned(row: MethodRow) -> bool:
-    return row.get("method") in FINE_TUNED_METHODS or bool(row.get("train_examples"))
+def is_trained(row: MethodRow) -> bool:
+    """The row's method learns from labelled examples (LoRA, the reference): its setup pays for labelling,
+    training compute and fine-tuning hours."""
+    return Method.of(row).trained
 
 
 def uses_prompt_engineering(row: MethodRow) -> bool:
-    return not is_fine_tuned(row) or row.get("method") in FEW_SHOT_METHODS
+    """Someone writes and tunes its prompt: every LLM method that is not trained, and any that shows demos."""
+    method = Method.of(row)
+    return not method.trained or method.uses_demos
 
 
 def _seconds_per_request(row: MethodRow) -> tuple[float, str]:
@@ -234,7 +237,7 @@ def per_request_cost(row: MethodRow, prices: PriceTable) -> tuple[float, str]:
             f"{measured} x ${prices.serving_dollars_per_hour:g}/h ({prices.serving_hardware})"
             f" / utilization {prices.serving_utilization:g}"
         )
-    tuned = is_fine_tuned(row)
+    tuned = is_trained(row)
     price_in = (
         prices.fine_tuned_input_dollars_per_million_tokens
         if tuned
@@ -267,7 +270,7 @@ def method_cost(row: MethodRow, prices: PriceTable) -> MethodCost:
     """Setup and per-request cost of one results.json method row under ``prices``."""
     hours = prices.prompt_engineering_hours if uses_prompt_engineering(row) else 0.0
     breakdown = {"engineering": 0.0, "labelling": 0.0, "training_compute": 0.0}
-    if is_fine_tuned(row):
+    if is_trained(row):
         hours += prices.fine_tuning_engineering_hours
         breakdown["labelling"] = float(row.get("train_examples") or 0) * prices.labelling_dollars_per_example
         breakdown["training_compute"] = training_compute_cost(row, prices)

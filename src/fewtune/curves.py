@@ -18,11 +18,10 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from fewtune.config import REFERENCE_METHOD
+from fewtune.methods import Method
 from fewtune.record import MethodRow
 
-PROMPTING_METHODS = ("zero-shot", "few-shot")
-LORA_METHOD = "lora"
+LORA_METHOD = Method.LORA.value
 CALIBRATED_SUFFIX = " calibrated"
 
 
@@ -40,7 +39,7 @@ def strategy(row: MethodRow) -> str:
 
 def shot_curve(methods: Sequence[MethodRow]) -> list[dict[str, Any]]:
     """Rows of ``{strategy, k, mean, std, draws, name}``, by strategy (first seen first) then k."""
-    prompting = [m for m in methods if m.get("method") in PROMPTING_METHODS]
+    prompting = [m for m in methods if Method.of(m).prompting]
     zero = {bool(m.get("calibrated")): m for m in prompting if not m.get("shots")}
     few = [m for m in prompting if m.get("shots")]
     strategies = list(dict.fromkeys(strategy(m) for m in few))
@@ -79,7 +78,7 @@ def train_curve(methods: Sequence[MethodRow], method: str = LORA_METHOD) -> list
 
 def best_prompt(methods: Sequence[MethodRow]) -> MethodRow | None:
     """The prompting row with the highest accuracy (mean over draws where there are several)."""
-    prompting = [m for m in methods if m.get("method") in PROMPTING_METHODS]
+    prompting = [m for m in methods if Method.of(m).prompting]
     return max(prompting, key=mean_accuracy) if prompting else None
 
 
@@ -156,7 +155,7 @@ def build_curves(methods: Sequence[MethodRow]) -> dict[str, Any]:
     return {
         "shots": shot_curve(methods),
         "train_examples": train,
-        "reference": train_curve(methods, REFERENCE_METHOD),
+        "reference": train_curve(methods, Method.REFERENCE),
         "crossover": crossover(train, best_prompt(methods)),
     }
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from importlib.resources import files
 
-from fewtune.config import REFERENCE_METHOD, RunConfig
+from fewtune.config import RunConfig
 from fewtune.data.split import PreparedData, prepare_data
 from fewtune.decide.metric import METRIC_CHOICES
 from fewtune.errors import ConfigError, DataError
+from fewtune.methods import Method
 from fewtune.tasks.base import CLASSIFICATION
 
 
@@ -76,12 +77,12 @@ def check_plan(cfg: RunConfig, data: PreparedData) -> None:
 def check_shots_and_sizes(cfg: RunConfig, pool: int) -> None:
     """Shot counts and training sizes the pool can serve (every task)."""
     methods, shots = cfg.eval.methods, [k for k in cfg.prompt.shots if k > 0]
-    for method in ("few-shot", "lora+few-shot"):
-        if method in methods and not shots:
+    for method in methods:
+        if Method(method).uses_demos and not shots:
             raise ConfigError(f"{method} needs a shot count above 0 in --shots (got {cfg.prompt.shots})")
     if shots and max(shots) > pool:
         raise ConfigError(f"--shots {max(shots)} is more than the {pool} examples in the pool")
-    if {"lora", "lora+few-shot", REFERENCE_METHOD} & set(methods):
+    if any(Method(m).trained for m in methods):
         too_big = [n for n in cfg.lora.train_sizes if n > pool]
         if too_big:
             raise ConfigError(

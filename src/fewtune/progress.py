@@ -15,6 +15,7 @@ from fewtune.backends.base import Backend, ProgressFn
 from fewtune.config import RunConfig
 from fewtune.embeddings import Embedder
 from fewtune.errors import ConfigError
+from fewtune.methods import any_fine_tuned
 from fewtune.record import Answerers
 
 # An endpoint's answers, kept in the run folder: a re-run sends nothing, an interrupted one resumes.
@@ -49,7 +50,7 @@ def load_backends(
     the same). A run that trains LoRA needs a local ``--model``; that is checked before anything loads."""
     from fewtune.backends.endpoint import is_endpoint
 
-    if is_endpoint(cfg.model) and {"lora", "lora+few-shot"} & set(cfg.eval.methods):
+    if is_endpoint(cfg.model) and any_fine_tuned(cfg.eval.methods):
         raise ConfigError(
             f"LoRA needs a local model, and --model {cfg.model} is an endpoint: give the endpoint as "
             "--prompt-model and keep a local --model, or leave lora out of --methods"

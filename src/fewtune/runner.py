@@ -16,13 +16,14 @@ from fewtune import __version__
 from fewtune import progress as bars
 from fewtune.backends.base import Backend, ProgressFn
 from fewtune.backends.generated import GenerateAndParse
-from fewtune.config import REFERENCE_METHOD, RunConfig, default_target_modules
+from fewtune.config import RunConfig, default_target_modules
 from fewtune.cost import load_price_table
 from fewtune.curves import build_curves
 from fewtune.data.split import PreparedData, stratified_sample
 from fewtune.embeddings import Embedder
 from fewtune.errors import ConfigError, ModelError
 from fewtune.evaluate import evaluate
+from fewtune.methods import Method, any_fine_tuned
 from fewtune.plan import check_plan, data_files, load_data, resolve_task
 from fewtune.progress import (
     answerers,
@@ -169,7 +170,7 @@ def _check_data(
     try:
         embedder = embedder_factory(cfg, console)
     except ModelError as err:
-        if _needs_index(cfg) or REFERENCE_METHOD in cfg.eval.methods:
+        if _needs_index(cfg) or Method.REFERENCE in cfg.eval.methods:
             raise
         dataset["warnings"].append(f"data checks skipped: {err}")
         console.print(f"[yellow]warning:[/] data checks skipped: {err}", highlight=False)
@@ -207,8 +208,8 @@ def _check_data(
 
 def _needs_index(cfg: RunConfig) -> bool:
     """Nearest-neighbour demos are asked for and some method shows demos."""
-    prompted = {"few-shot", "lora+few-shot"} & set(cfg.eval.methods) and any(k > 0 for k in cfg.prompt.shots)
-    return bool(prompted) and NEAREST in cfg.prompt.demo_selection
+    prompted = any(Method(m).uses_demos for m in cfg.eval.methods) and any(k > 0 for k in cfg.prompt.shots)
+    return prompted and NEAREST in cfg.prompt.demo_selection
 
 
 class _Recorder:
@@ -294,9 +295,9 @@ def _run_methods(
         if {pset.first.name, *([f"{pset.first.name} calibrated"] if twin else [])} <= record.done:
             continue  # finished before --resume
         run_prompt_set(pset, data.test, cfg, record, with_progress, record.describe)
-    if REFERENCE_METHOD in methods and embedder is not None:
+    if Method.REFERENCE in methods and embedder is not None:
         _run_reference(cfg, data, embedder, record, console)
-    if not {"lora", "lora+few-shot"} & set(methods):
+    if not any_fine_tuned(methods):
         return
     from fewtune.backends.hf import HFBackend
     from fewtune.strategies.lora import Lora
@@ -364,7 +365,7 @@ def _run_reference(
     from fewtune.strategies.reference import EmbeddingReference, evaluate_reference
 
     for n in cfg.lora.train_sizes:
-        if f"{REFERENCE_METHOD} n={n}" in record.done:
+        if f"{Method.REFERENCE} n={n}" in record.done:
             continue
         train, _ = stratified_sample(data.pool, n, cfg.seed)
         if len({ex.label for ex in train}) < 2:

@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from fewtune.config import REFERENCE_METHOD
-from fewtune.cost import MethodCost, is_fine_tuned
+from fewtune.cost import MethodCost, is_trained
 from fewtune.decide.evidence import FINE_TUNED, PROMPT, REFERENCE, MethodEvidence, degeneracy
 from fewtune.decide.metric import MetricChoice, label_stats
+from fewtune.methods import Method
 from fewtune.record import MethodRow
 
 # Share of test rows cleanlab flags as likely mislabelled above which the verdict is caveated: at 2% label
@@ -20,9 +20,9 @@ LABEL_NOISE_CAVEAT_SHARE = 0.02
 
 
 def kind_of(row: MethodRow) -> str:
-    if row.get("method") == REFERENCE_METHOD:
+    if Method.of(row) is Method.REFERENCE:
         return REFERENCE
-    return FINE_TUNED if is_fine_tuned(row) else PROMPT
+    return FINE_TUNED if is_trained(row) else PROMPT
 
 
 @dataclass(frozen=True)

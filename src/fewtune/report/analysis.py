@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fewtune.config import REFERENCE_METHOD, CostArgs
+from fewtune.config import CostArgs
 from fewtune.cost import (
     DEFAULT_VOLUME_PER_DAY,
     BreakEven,
@@ -25,6 +25,7 @@ from fewtune.decide.from_run import accuracy_floor, check_caveats, run_evidence
 from fewtune.decide.metric import ACCURACY_METRIC, chance_level, choose_metric
 from fewtune.decide.recommend import Recommendation, Situation, recommend
 from fewtune.decide.thresholds import GOOD_ENOUGH_KAPPA, MARGIN_POINTS
+from fewtune.methods import Method
 from fewtune.record import MethodRow
 from fewtune.report.rollout import Rollout, rollout_plan
 from fewtune.report.run_folder import read_run, saved_setting
@@ -199,7 +200,7 @@ def analyse(folder: str | Path, args: CostArgs) -> Report:
 
 
 def _is_reference(row: MethodRow) -> bool:
-    return row.get("method") == REFERENCE_METHOD
+    return Method.of(row) is Method.REFERENCE
 
 
 def _best_prompt(methods: list[MethodRow]) -> dict[str, Any] | None:

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fewtune.cost import BreakEven, MethodCost, format_count, format_usd, is_fine_tuned
+from fewtune.cost import BreakEven, MethodCost, format_count, format_usd
+from fewtune.methods import Method
 from fewtune.record import MethodRow, latency_of
 
 if TYPE_CHECKING:
@@ -45,9 +46,10 @@ def _png(fig: Figure) -> bytes:
 
 
 def _colour(row: MethodRow) -> str:
-    if row.get("method") == "reference":
+    method = Method.of(row)
+    if method is Method.REFERENCE:
         return REFERENCE_COLOUR
-    return TUNED_COLOUR if is_fine_tuned(row) else PROMPT_COLOUR
+    return TUNED_COLOUR if method.trained else PROMPT_COLOUR
 
 
 def accuracy_plot(methods: Sequence[MethodRow], chance: float, floor: float, chosen: str | None) -> bytes:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fewtune.cost import MethodCost, format_usd, is_fine_tuned
+from fewtune.cost import MethodCost, format_usd, is_trained
 from fewtune.record import MethodRow, Primary, latency_of
 
 # Roll back when live p95 latency exceeds the measured p95 by 50%: beyond the 10-20% run-to-run spread of
@@ -57,7 +57,7 @@ def rollout_plan(row: MethodRow, cost: MethodCost, test_rows: int, chosen: bool)
         label, accuracy, (low, high) = "accuracy", row["accuracy"], row["accuracy_ci95"]
     p95 = latency_of(row)["p95"]
     nearest = row.get("demo_selection") == "nearest"
-    if is_fine_tuned(row):
+    if is_trained(row):
         adapter = row.get("adapter_path") or "the adapter folder"
         size = row.get("adapter_bytes")
         freeze = f"Freeze the adapter ({adapter}" + (f", {size / 1e6:.1f} MB" if size else "") + ")"

@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from fewtune.config import REFERENCE_METHOD
 from fewtune.data.load import Example
 from fewtune.embeddings import Embedder
 from fewtune.evaluate import LATENCY_WARMUP_REQUESTS, prediction_rows
+from fewtune.methods import Method
 from fewtune.metrics import classification_metrics
 
 # Inverse L2 strength of the logistic regression. fewtune's choice: on unit-length MiniLM vectors
@@ -42,7 +42,7 @@ class ReferenceModel:
 
     @property
     def name(self) -> str:
-        return f"{REFERENCE_METHOD} n={self.train_examples}"
+        return f"{Method.REFERENCE.value} n={self.train_examples}"
 
     def score(self, texts: Sequence[str]) -> np.ndarray:
         """Log-probability of every label, ``[len(texts), len(labels)]``."""
@@ -104,7 +104,7 @@ def evaluate_reference(
     predicted = [labels[i] for i in scores.argmax(axis=1)]
     gold = [ex.label for ex in test]
     row: dict[str, Any] = {
-        "method": REFERENCE_METHOD,
+        "method": Method.REFERENCE.value,
         "name": model.name,
         "shots": 0,
         "train_examples": model.train_examples,
@@ -121,7 +121,7 @@ def evaluate_reference(
         "demos": [],
     }
     identity = {
-        "method": REFERENCE_METHOD,
+        "method": Method.REFERENCE.value,
         "name": model.name,
         "shots": 0,
         "train_examples": model.train_examples,

@@ -14,6 +14,7 @@ from typing import Any
 
 from fewtune.config import RunConfig
 from fewtune.errors import ConfigError
+from fewtune.methods import Method, any_fine_tuned
 from fewtune.prompts.demos import NEAREST, DemoIndex, NearestDemos, select_demos
 from fewtune.store import RunStore
 from fewtune.tasks.base import EXTRACTION, Task, TaskExample
@@ -21,7 +22,7 @@ from fewtune.tasks.data import TaskData, stratified
 from fewtune.tasks.evaluate import TextPredictor, evaluate_text, max_new_tokens
 from fewtune.tasks.template import OutputTemplate
 
-TEXT_METHODS = ("zero-shot", "few-shot", "lora", "lora+few-shot")
+TEXT_METHODS = tuple(m.value for m in Method if m.uses_llm)
 
 
 def check_text_plan(cfg: RunConfig, task: Task) -> None:
@@ -103,7 +104,7 @@ def run_text_methods(
         score(predictor)
         if constraint is not None:
             score(replace(predictor, constraint=constraint))
-    if not {"lora", "lora+few-shot"} & set(methods):
+    if not any_fine_tuned(methods):
         return
     from fewtune.backends.hf import HFBackend
     from fewtune.strategies.lora import Lora

@@ -1,0 +1,72 @@
+"""What a method is, as a type: prompting or fine-tuned, with or without demos, an LLM or not.
+
+Every part of fewtune that treats methods differently (which model answers a row, what it costs to set up,
+which family the verdict compares, which rows a curve draws) asks these properties instead of keeping its
+own list of method names. A results row names its method in ``method``; :meth:`Method.of` reads it back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from enum import StrEnum
+from typing import Any
+
+from fewtune.errors import FewtuneError
+
+
+class Method(StrEnum):
+    """The methods ``--methods`` can name, in the order a run executes them."""
+
+    ZERO_SHOT = "zero-shot"
+    FEW_SHOT = "few-shot"
+    LORA = "lora"
+    LORA_FEW_SHOT = "lora+few-shot"
+    REFERENCE = "reference"
+    """Sentence embeddings + a classifier on the LoRA training examples: no LLM."""
+
+    @property
+    def prompting(self) -> bool:
+        """Asks the prompt model (``--prompt-model``) as it is, with or without demos; nothing is trained."""
+        return self in (Method.ZERO_SHOT, Method.FEW_SHOT)
+
+    @property
+    def fine_tuned(self) -> bool:
+        """An LLM with a LoRA adapter trained on the run's training examples (on ``--model``)."""
+        return self in (Method.LORA, Method.LORA_FEW_SHOT)
+
+    @property
+    def trained(self) -> bool:
+        """Learns from labelled training examples (so its setup pays for labelling and training compute):
+        the fine-tuned methods and the reference."""
+        return self.fine_tuned or self is Method.REFERENCE
+
+    @property
+    def uses_demos(self) -> bool:
+        """Its prompts carry k demos (so every request pays for them, and a prompt engineer's hours)."""
+        return self in (Method.FEW_SHOT, Method.LORA_FEW_SHOT)
+
+    @property
+    def uses_llm(self) -> bool:
+        return self is not Method.REFERENCE
+
+    @classmethod
+    def of(cls, row: Mapping[str, Any]) -> Method:
+        """The method of a results row (its ``method`` field)."""
+        name = row.get("method")
+        try:
+            return cls(str(name))
+        except ValueError:
+            raise FewtuneError(
+                f"results row {row.get('name', '?')!r} names an unknown method {name!r}; "
+                f"fewtune knows {', '.join(m.value for m in cls)}"
+            ) from None
+
+
+ALL_METHODS = tuple(m.value for m in Method)
+FINE_TUNED = tuple(m.value for m in Method if m.fine_tuned)
+"""``--methods`` values that train a LoRA adapter."""
+
+
+def any_fine_tuned(methods: Iterable[str]) -> bool:
+    """Some of these ``--methods`` values train a LoRA adapter (and so need a trainable local model)."""
+    return any(Method(m).fine_tuned for m in methods)
