@@ -194,7 +194,11 @@ def test_label_names_are_checked_against_the_labels(names: Any, expected: Any) -
 class ShortContext(FakeBackend):
     def __init__(self, context_length: int) -> None:
         super().__init__()
-        self.context_length = context_length
+        self.limit = context_length
+
+    @property
+    def context_length(self) -> int | None:
+        return self.limit
 
 
 @pytest.mark.parametrize(

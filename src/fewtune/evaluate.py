@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from fewtune.backends.base import ProgressFn
-from fewtune.backends.generated import GenerateAndParse, unanswered
+from fewtune.backends.generated import unanswered
 from fewtune.data.load import Example
 from fewtune.metrics import classification_metrics
 from fewtune.strategies.base import Predictor, log_softmax
@@ -82,7 +82,7 @@ def evaluate(
     labels = list(predictor.template.labels)
     raw, scoring_seconds = scored or score_test(predictor, texts, batch_size, progress)
     scores = predictor.adjust(raw)
-    generated = isinstance(predictor.backend, GenerateAndParse)
+    generated = not predictor.backend.capabilities.loglikelihood  # labels generated and parsed
     missing = unanswered(raw) if generated else np.zeros(len(texts), dtype=bool)
     predicted = [NO_ANSWER if missing[r] else labels[i] for r, i in enumerate(scores.argmax(axis=1))]
     gold = [ex.label for ex in test]

@@ -71,8 +71,8 @@ def describe_prompt_model(results: dict[str, Any], cfg: RunConfig, backend: Back
 def count_requests(results: dict[str, Any], prompt: Backend) -> None:
     """An endpoint's token usage and requests sent (0 when the cache answered all), once the rows are done."""
     if "prompt_model" in results:
-        results["prompt_model"]["usage"] = getattr(prompt, "usage_totals", None)
-        results["prompt_model"]["requests_sent"] = getattr(prompt, "requests_sent", None)
+        results["prompt_model"]["usage"] = prompt.usage_totals
+        results["prompt_model"]["requests_sent"] = prompt.requests_sent
 
 
 def answerers(cfg: RunConfig, prompt: Backend) -> Answerers:
@@ -80,16 +80,7 @@ def answerers(cfg: RunConfig, prompt: Backend) -> Answerers:
 
 
 def describe_backend(backend: Backend) -> dict[str, Any]:
-    describe = getattr(backend, "describe", None)
-    if backend.capabilities.remote and callable(describe):
-        return dict(describe())
-    info: dict[str, Any] = {"backend": backend.name}
-    model = getattr(backend, "model", None)
-    if model is not None:
-        info["model_parameters"] = sum(p.numel() for p in model.parameters())
-        info["device"] = str(getattr(backend, "device", "cpu"))
-        info["model_path"] = getattr(backend, "source", "")
-    return info
+    return dict(backend.describe())
 
 
 def progress_bar(console: Console) -> Progress:

@@ -299,10 +299,9 @@ def _run_methods(
         _run_reference(cfg, data, embedder, record, console)
     if not any_fine_tuned(methods):
         return
-    from fewtune.backends.hf import HFBackend
     from fewtune.strategies.lora import Lora
 
-    if not isinstance(backend, HFBackend):
+    if not backend.capabilities.trainable:
         raise ConfigError(
             f"LoRA needs a local Hugging Face model; backend '{backend.name}' cannot be trained"
         )

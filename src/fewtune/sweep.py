@@ -84,21 +84,11 @@ def prompt_sets(
     return sets
 
 
-def context_length(backend: Backend) -> int | None:
-    """Tokens the model can attend to: ``backend.context_length`` or the model's max_position_embeddings."""
-    explicit = getattr(backend, "context_length", None)
-    if explicit:
-        return int(explicit)
-    config = getattr(getattr(backend, "model", None), "config", None)
-    limit = getattr(config, "max_position_embeddings", None)
-    return int(limit) if limit else None
-
-
 def check_context(predictors: Sequence[Predictor], texts: Sequence[str], backend: Backend) -> list[str]:
     """Refuse (ConfigError) any shot count whose longest prompt would not fit the model's context; return
     warnings for prompts long enough to be slow on CPU."""
-    limit = context_length(backend)
-    on_cpu = str(getattr(backend, "device", "cpu")).startswith("cpu")
+    limit = backend.context_length
+    on_cpu = backend.on_cpu
     warnings: list[str] = []
     zero_tokens: int | None = None
     for predictor in predictors:

@@ -93,6 +93,30 @@ class Backend(abc.ABC):
         ``capabilities.constrained_decoding``) makes a fresh logits processor per batch.
         """
 
+    def describe(self) -> dict[str, Any]:
+        """What results.json's ``hardware`` (or ``prompt_model``) block records about this backend."""
+        return {"backend": self.name}
+
+    @property
+    def context_length(self) -> int | None:
+        """Tokens the model can attend to, when known."""
+        return None
+
+    @property
+    def on_cpu(self) -> bool:
+        """Runs on a CPU here (long prompts are slow): every backend that does not say otherwise."""
+        return True
+
+    @property
+    def requests_sent(self) -> int | None:
+        """Requests sent over the network (a remote backend); None for an in-process model."""
+        return None
+
+    @property
+    def usage_totals(self) -> dict[str, int] | None:
+        """Token usage a server reported (a remote backend); None for an in-process model."""
+        return None
+
     def timed(self, call: Callable[[], object]) -> float:
         """Seconds that ``call`` (one request's work on this backend) takes: wall-clock time here. A remote
         backend answers with its requests' own time, kept with its cached responses, so that a re-run

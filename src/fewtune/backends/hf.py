@@ -43,6 +43,23 @@ class HFBackend(Backend):
         """Reuse the KV cache of a prefix shared by every prompt (the demo block); off = score each whole."""
         self._cached_prefix: tuple[tuple[int, ...], Any] | None = None
 
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": self.name,
+            "model_parameters": sum(p.numel() for p in self.model.parameters()),
+            "device": str(self.device),
+            "model_path": self.source,
+        }
+
+    @property
+    def context_length(self) -> int | None:
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        return int(limit) if limit else None
+
+    @property
+    def on_cpu(self) -> bool:
+        return str(self.device).startswith("cpu")
+
     # -- tokens ---------------------------------------------------------------------------------------
     def encode_prompt(self, text: str) -> list[int]:
         return list(self.tokenizer(text).input_ids)

@@ -14,14 +14,16 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
 
+from fewtune.backends.base import Backend
 from fewtune.backends.hf import HFBackend
 from fewtune.config import LoraArgs, default_target_modules
 from fewtune.data.load import Example
+from fewtune.errors import ConfigError
 from fewtune.prompts.template import PromptTemplate
 from fewtune.strategies.base import Predictor, Strategy
 from fewtune.strategies.checkpoint import (
@@ -106,7 +108,8 @@ class TrainingTemplate(Protocol):
 class Lora(Strategy):
     """Trains one adapter on ``train`` and returns a zero-shot predictor over the merged model."""
 
-    backend: HFBackend
+    backend: Backend
+    """A backend whose ``capabilities.trainable`` is set (a local Hugging Face model)."""
     template: TrainingTemplate
     args: LoraArgs
     save_dir: Path
@@ -115,6 +118,12 @@ class Lora(Strategy):
     """Called as ``progress(step, total_steps, loss)`` after each optimizer step."""
     checkpoint_seconds: float = CHECKPOINT_SECONDS
     """Training seconds between checkpoints in ``save_dir`` (see :mod:`fewtune.strategies.checkpoint`)."""
+
+    def __post_init__(self) -> None:
+        if not self.backend.capabilities.trainable:
+            raise ConfigError(
+                f"LoRA needs a local Hugging Face model; backend '{self.backend.name}' cannot be trained"
+            )
 
     def fit(self, train: Sequence[Example]) -> Predictor:
         if not isinstance(self.template, PromptTemplate):
@@ -132,7 +141,7 @@ class Lora(Strategy):
 
         torch.manual_seed(self.seed)
         rng = random.Random(self.seed)
-        base = self.backend
+        base = cast(HFBackend, self.backend)  # trainable: checked in __post_init__
         model = copy.deepcopy(base.model)  # the base backend stays untouched for the prompting rows
         with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5; not ours to fix
             warnings.simplefilter("ignore", FutureWarning)
