@@ -100,3 +100,20 @@ def test_the_serve_command_serves_until_sigterm(tmp_path: Path, tiny_model_dir: 
         "/v1/models",
         "/v1/completions",
     ]
+
+
+def test_serve_flags_come_from_the_settings_dataclass() -> None:
+    """Every ServeArgs field is a `fewtune serve` flag with its docstring as help, and nothing else is."""
+    from dataclasses import fields
+
+    from typer.main import get_command
+
+    from fewtune.cli import app
+    from fewtune.serve.launch import ServeArgs
+
+    command = get_command(app).commands["serve"]  # type: ignore[attr-defined]
+    options = {opt: param for param in command.params for opt in param.opts if opt.startswith("--")}
+    expected = {"--" + f.name.replace("_", "-") for f in fields(ServeArgs)}
+    assert set(options) - {"--help"} == expected
+    assert options["--max-batch"].help == "Most prompts run together in one batch."
+    assert options["--adapter"].multiple and options["--no-auth"].is_flag

@@ -9,13 +9,14 @@ import inspect
 import signal
 import sys
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
-from fewtune.cli_options import overrides, setting_options
+from fewtune.cli_options import overrides, setting_options, typed_options
 from fewtune.errors import FewtuneError
 
 app = typer.Typer(
@@ -124,56 +125,36 @@ def prepare_model(
     console.print(f"{model}: ready at {folder}")
 
 
-@app.command()
-def serve(
-    run_dir: Annotated[
-        Path | None,
-        typer.Argument(help="A run folder: serves its model and every adapter under adapters/."),
-    ] = None,
-    model: Annotated[str | None, typer.Option(help="Model to serve (instead of the run folder's).")] = None,
-    adapter: Annotated[
-        list[str] | None, typer.Option(help="NAME=PATH of a peft adapter folder to serve too; repeatable.")
-    ] = None,
-    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
-    api_key: Annotated[
-        str | None,
-        typer.Option(help="Key clients send as 'Authorization: Bearer KEY'; FEWTUNE_API_KEY also sets it."),
-    ] = None,
-    no_auth: Annotated[
-        bool, typer.Option("--no-auth", help="Serve without an API key (loopback hosts only).")
-    ] = False,
-    request_log: Annotated[
-        Path | None,
-        typer.Option(help="JSON-lines request log (default: RUN_DIR/requests.jsonl, else ./requests.jsonl)."),
-    ] = None,
-    served_model_name: Annotated[
-        str | None, typer.Option(help="The base model's name in requests (default: the model folder's name).")
-    ] = None,
-    max_batch: Annotated[int, typer.Option(help="Most prompts run together in one batch.")] = 16,
-    batch_wait_ms: Annotated[
-        float, typer.Option(help="How long a batch waits for more requests to join it.")
-    ] = 5.0,
-) -> None:
-    """Serve the model and its LoRA adapters with an OpenAI-compatible API; a request's `model` picks one."""
-    from fewtune.serve.launch import serve as run_server
-    from fewtune.serve.launch import settings_from_cli
+def _build_serve() -> Callable[..., None]:
+    from fewtune.serve.launch import ServeArgs
 
-    settings = settings_from_cli(
-        run_dir,
-        model=model,
-        adapter=adapter or [],
-        host=host,
-        port=port,
-        api_key=api_key,
-        no_auth=no_auth,
-        request_log=request_log,
-        served_model_name=served_model_name,
-        max_batch=max_batch,
-        batch_wait_ms=batch_wait_ms,
+    def serve(run_dir: Path | None = None, **values: Any) -> None:
+        """Serve the model and its LoRA adapters with an OpenAI-compatible API; a request's `model` picks
+        one."""
+        from fewtune.serve.launch import serve as run_server
+        from fewtune.serve.launch import settings_from_cli
+
+        args = ServeArgs(**values)
+        settings = settings_from_cli(run_dir, **{**asdict(args), "adapter": args.adapter or []})
+        console.print(f"Loading {settings.model} and {len(settings.adapters)} adapter(s)...")
+        run_server(settings, say=console.print)
+
+    folder = inspect.Parameter(
+        "run_dir",
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        default=None,
+        annotation=Annotated[
+            Path | None,
+            typer.Argument(help="A run folder: serves its model and every adapter under adapters/."),
+        ],
     )
-    console.print(f"Loading {settings.model} and {len(settings.adapters)} adapter(s)...")
-    run_server(settings, say=console.print)
+    parameters = [folder, *typed_options(ServeArgs)]
+    serve.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    serve.__annotations__ = {p.name: p.annotation for p in parameters}
+    return serve
+
+
+app.command(name="serve")(_build_serve())
 
 
 def _interrupt(signum: int, frame: Any) -> None:

@@ -159,3 +159,23 @@ def overrides(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
         value = values.get(parameter.name)
         result.setdefault(section, {})[name] = None if value is None else convert(value, flag)
     return result
+
+
+def typed_options(cls: type) -> list[inspect.Parameter]:
+    """Typer parameters for a flat settings dataclass (``fewtune serve``'s): a flag per field, named after
+    it, with the field's own type (a list is a repeatable option, a bool a plain switch), default and
+    docstring."""
+    docs = field_docs(cls)
+    hints = typing.get_type_hints(cls)
+    parameters = []
+    for f in fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        parameters.append(
+            inspect.Parameter(
+                f.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=_default(f),
+                annotation=Annotated[hints[f.name], typer.Option(flag, help=docs.get(f.name, ""))],
+            )
+        )
+    return parameters

@@ -25,6 +25,33 @@ REQUEST_LOG_NAME = "requests.jsonl"
 
 
 @dataclass
+class ServeArgs:
+    """``fewtune serve``'s options: each field's type, default and docstring are its flag (as ``run``'s come
+    from :mod:`fewtune.config`); :func:`settings_from_cli` checks them."""
+
+    model: str | None = None
+    """Model to serve (instead of the run folder's)."""
+    adapter: list[str] | None = None
+    """NAME=PATH of a peft adapter folder to serve too; repeatable."""
+    host: str = "127.0.0.1"
+    """Address to bind."""
+    port: int = 8000
+    """Port to listen on."""
+    api_key: str | None = None
+    """Key clients send as 'Authorization: Bearer KEY'; FEWTUNE_API_KEY also sets it."""
+    no_auth: bool = False
+    """Serve without an API key (loopback hosts only)."""
+    request_log: Path | None = None
+    """JSON-lines request log (default: RUN_DIR/requests.jsonl, else ./requests.jsonl)."""
+    served_model_name: str | None = None
+    """The base model's name in requests (default: the model folder's name)."""
+    max_batch: int = 16
+    """Most prompts run together in one batch."""
+    batch_wait_ms: float = 5.0
+    """How long a batch waits for more requests to join it."""
+
+
+@dataclass
 class ServeSettings:
     """What ``fewtune serve`` was asked for, checked by :func:`settings_from_cli`."""
 
