@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fewtune.report.run_folder import read_analysed
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 TREC_NAMES = "ABBR=abbreviation,DESC=description,ENTY=entity,HUM=human,LOC=location,NUM=number"
 
@@ -223,7 +225,7 @@ def run_scenario(s: Scenario, work: Path, report_only: bool) -> dict:
         pool, test = s.data(work)
         again = ["--overwrite"] if results_path.is_file() else []  # an unfinished earlier run
         fewtune("run", "--data", str(pool), "--test", str(test), *s.args, "--out", str(out), *again)
-    results = json.loads(results_path.read_text())
+    results = read_analysed(out)
     rec = results["recommendation"]
     flagged = set(rec.get("degenerate") or {})
     ok = rec["choice"] in s.expert and s.degenerate <= flagged and not (s.not_degenerate & flagged)

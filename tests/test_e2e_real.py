@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from fewtune.report.run_folder import read_analysed
 
 
 @pytest.mark.slow
@@ -38,7 +39,7 @@ def test_fewtune_run_on_the_default_model(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "fewtune: methods on the same test rows" in proc.stdout
-    results = json.loads((out / "results.json").read_text())
+    results = read_analysed(out)
     assert results["status"] == "complete" and results["model"] == "gemma-3-270m"
     rows = {m["method"]: m for m in results["methods"]}
     assert set(rows) == {"zero-shot", "few-shot", "lora", "lora+few-shot", "reference"}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ from fewtune.config import CostArgs
 from fewtune.data.load import Example
 from fewtune.embeddings import FakeEmbedder
 from fewtune.report.build import write_reports
+from fewtune.report.run_folder import read_analysed
 from fewtune.runner import run
 from fewtune.strategies.reference import UNSEEN_LABEL_LOG_PROB, EmbeddingReference, evaluate_reference
 
@@ -48,7 +48,7 @@ def test_reference_rows_are_candidates_compared_on_the_same_rows(tmp_path: Path)
         lora={"train_sizes": [6, 30]},
     )
     folder = run(cfg, Console(quiet=True), fake_factory(FakeBackend()), fake_embedder)
-    results = json.loads((folder / "results.json").read_text())
+    results = read_analysed(folder)
     names = [m["name"] for m in results["methods"]]
     assert names == ["zero-shot", "few-shot k=5 balanced", "reference n=6", "reference n=30"]
     assert [p["n"] for p in results["curves"]["reference"]] == [6, 30]

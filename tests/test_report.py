@@ -22,6 +22,7 @@ from fewtune.backends.fake import FakeBackend
 from fewtune.config import CostArgs, build_config
 from fewtune.metrics import classification_metrics
 from fewtune.report.build import PLOT_FILES, REPORT_HTML, REPORT_MD, write_reports
+from fewtune.report.run_folder import read_analysed
 from fewtune.runner import run
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -130,12 +131,14 @@ def run_cli(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
     return 0
 
 
-def test_report_adds_costs_and_recommendation_to_an_old_results_json(legacy_run: Path) -> None:
+def test_report_writes_costs_and_recommendation_beside_an_old_results_json(legacy_run: Path) -> None:
+    recorded = (legacy_run / "results.json").read_bytes()
     report, written = write_reports(legacy_run, CostArgs(volume_per_day=50_000))
+    assert (legacy_run / "results.json").read_bytes() == recorded  # the run's record is never changed
     # Two shot counts make a shot curve; one LoRA size is no training curve, so report-train.png is not drawn.
     drawn = [file for key, file in PLOT_FILES.items() if key != "train"]
     assert {p.name for p in written} == {REPORT_MD, REPORT_HTML, *drawn}
-    results = json.loads((legacy_run / "results.json").read_text())
+    results = read_analysed(legacy_run)
     for row in results["methods"]:
         assert set(row["costs"]) >= {"setup", "per_request", "total_at_horizon"}
         assert row["costs"]["total_at_horizon"] == pytest.approx(
@@ -197,7 +200,7 @@ def test_cli_report_uses_saved_settings_and_flags(
 ) -> None:
     (legacy_run / "config.yaml").write_text(yaml.safe_dump({"model": "gemma-3-270m", "cost": saved}))
     assert run_cli(monkeypatch, "report", str(legacy_run), *flags) == 0
-    assert json.loads((legacy_run / "results.json").read_text())["recommendation"]["choice"] == choice
+    assert read_analysed(legacy_run)["recommendation"]["choice"] == choice
 
 
 ERROR_CASES = [
@@ -242,7 +245,7 @@ def test_fewtune_run_writes_the_report(tmp_path: Path) -> None:
         },
     )
     folder = run(cfg, Console(quiet=True), lambda cfg, console: FakeBackend())
-    results = json.loads((folder / "results.json").read_text())
+    results = read_analysed(folder)
     assert results["recommendation"]["choice"] == "prompt"
     assert results["break_even_requests"] is None  # no fine-tuned method
     assert all("costs" in row for row in results["methods"])

@@ -25,6 +25,7 @@ from fewtune.config import RunConfig, build_config
 from fewtune.embeddings import FakeEmbedder
 from fewtune.errors import ConfigError
 from fewtune.progress import load_backend
+from fewtune.report.run_folder import read_analysed
 from fewtune.serve.adapters import AdapterSet
 from fewtune.serve.app import create_app
 from fewtune.serve.engine import Engine
@@ -76,7 +77,7 @@ def run(cfg: RunConfig, overwrite: bool = False) -> dict:
     from fewtune.runner import run as run_fewtune
 
     folder = run_fewtune(cfg, Console(quiet=True), backends, lambda c, k: FakeEmbedder(dim=64), overwrite)
-    return json.loads((folder / "results.json").read_text())
+    return read_analysed(folder)
 
 
 def test_prompting_over_http_and_lora_locally_in_one_report(

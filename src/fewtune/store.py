@@ -40,7 +40,14 @@ def check_run_folder(folder: str | Path) -> None:
 
 
 # What `fewtune run` writes into a run folder; --overwrite removes exactly these, never the user's own files.
-RUN_FILES = ("results.json", "predictions.jsonl", "label_issues.jsonl", "report.md", "report.html")
+RUN_FILES = (
+    "results.json",
+    "analysis.json",
+    "predictions.jsonl",
+    "label_issues.jsonl",
+    "report.md",
+    "report.html",
+)
 RUN_FOLDERS = ("adapters",)
 REPORT_IMAGES = "report-*.png"
 

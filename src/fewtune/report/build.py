@@ -1,5 +1,6 @@
 """``fewtune report RUN_DIR``: costs, break-even and a recommendation from a run folder, written as
-report.md and a self-contained report.html, and added to results.json.
+report.md and a self-contained report.html, and recorded in analysis.json beside results.json (which the
+report never changes).
 
 Works on any run folder with a results.json, including ones written before costs existed: every cost is
 recomputed from the measured fields (tokens, throughput, train seconds).
@@ -8,6 +9,7 @@ recomputed from the measured fields (tokens, throughput, train seconds).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -19,6 +21,7 @@ from fewtune.report.analysis import Report, analyse
 from fewtune.report.html import render_html
 from fewtune.report.markdown import metric_line, render_markdown
 from fewtune.report.outputs import OutputsReport, analyse_outputs
+from fewtune.report.run_folder import ANALYSIS_FILE, analysis_of
 from fewtune.store import write_json_atomic
 from fewtune.tasks.base import EXTRACTION, GENERATION
 
@@ -81,12 +84,13 @@ def _cost_plot_methods(report: Report) -> list[MethodRow]:
 
 
 def write_reports(folder: str | Path, args: CostArgs) -> tuple[Report | OutputsReport, list[Path]]:
-    """Compute, update results.json, and write report.md (+ PNGs next to it) and report.html."""
+    """Compute, write analysis.json, report.md (+ PNGs next to it) and report.html; results.json is left as
+    the run wrote it."""
     if is_outputs_run(folder):
         return write_outputs_reports(folder, args)
     report = analyse(folder, args)
     folder = report.folder
-    write_json_atomic(folder / "results.json", report.results)
+    _write_analysis(folder, report.results)
     images = draw_plots(report)
     written = []
     for key, data in images.items():
@@ -117,10 +121,17 @@ def write_outputs_reports(folder: str | Path, args: CostArgs) -> tuple[OutputsRe
 
     report = analyse_outputs(folder, args)
     folder = report.folder
-    write_json_atomic(folder / "results.json", report.results)
+    _write_analysis(folder, report.results)
     (folder / REPORT_MD).write_text(render_outputs_markdown(report), encoding="utf-8")
     (folder / REPORT_HTML).write_text(render_outputs_html(report), encoding="utf-8")
     return report, [folder / REPORT_MD, folder / REPORT_HTML]
+
+
+def _write_analysis(folder: Path, analysed: dict[str, Any]) -> None:
+    """analysis.json: what the report added to the run's results (see :func:`analysis_of`)."""
+    from fewtune.store import read_results
+
+    write_json_atomic(folder / ANALYSIS_FILE, analysis_of(read_results(folder), analysed))
 
 
 def print_summary(console: Console, report: Report | OutputsReport) -> None:

@@ -1,4 +1,6 @@
-"""Reading a run folder: results.json, predictions.jsonl and the settings saved in config.yaml."""
+"""Reading a run folder: results.json, predictions.jsonl and the settings saved in config.yaml; and the
+report's own analysis.json, which holds what the report adds (costs, break-even, the recommendation) so that
+results.json stays as the run wrote it."""
 
 from __future__ import annotations
 
@@ -71,3 +73,37 @@ def saved_setting(folder: Path, section: str, key: str) -> Any:
     except yaml.YAMLError:
         return None
     return ((saved.get(section) or {}) if isinstance(saved, dict) else {}).get(key)
+
+
+ANALYSIS_FILE = "analysis.json"
+
+
+def analysis_of(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """What the report added to or changed in a run's results: top-level keys, and per method row (by name)
+    the row keys, under ``methods``."""
+    added: dict[str, Any] = {
+        k: v for k, v in after.items() if k != "methods" and (k not in before or before[k] != v)
+    }
+    rows_before = {row.get("name", row.get("method")): row for row in before.get("methods") or []}
+    methods = {}
+    for row in after.get("methods") or []:
+        old = rows_before.get(row.get("name"), {})
+        changed = {k: v for k, v in row.items() if k not in old or old[k] != v}
+        if changed:
+            methods[row["name"]] = changed
+    added["methods"] = methods
+    return added
+
+
+def read_analysed(folder: str | Path) -> dict[str, Any]:
+    """results.json with the report's analysis.json laid over it: the view the report shows."""
+    folder = Path(folder)
+    results: dict[str, Any] = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+    path = folder / ANALYSIS_FILE
+    if not path.is_file():
+        return results
+    analysis = json.loads(path.read_text(encoding="utf-8"))
+    rows = analysis.pop("methods", {})
+    for row in results.get("methods") or []:
+        row.update(rows.get(row.get("name"), {}))
+    return {**results, **analysis}
