@@ -359,3 +359,17 @@ def test_rollout_says_what_to_freeze_for_each_demo_selection(
     }
     plan = rollout_plan(row, MethodCost(1.0, 0.001), 300, chosen=True)
     assert fragment in plan.checks[0]
+
+
+def test_analysis_json_is_whole_for_a_folder_whose_results_json_an_older_report_filled(
+    legacy_run: Path,
+) -> None:
+    """Reports before analysis.json wrote their fields into results.json; a new one still writes them all."""
+    write_reports(legacy_run, CostArgs(volume_per_day=50_000))
+    (legacy_run / "results.json").write_text(
+        json.dumps(read_analysed(legacy_run))
+    )  # as an old report left it
+    write_reports(legacy_run, CostArgs(volume_per_day=50_000))
+    analysis = json.loads((legacy_run / "analysis.json").read_text())
+    assert analysis["recommendation"]["choice"] == "fine-tune" and "cost_assumptions" in analysis
+    assert all("costs" in row for row in analysis["methods"].values()) and len(analysis["methods"]) == 4

@@ -76,19 +76,25 @@ def saved_setting(folder: Path, section: str, key: str) -> Any:
 
 
 ANALYSIS_FILE = "analysis.json"
+# What the report computes: always in analysis.json, even where a results.json written by an earlier version
+# (whose report added them there) already holds the same values.
+REPORT_KEYS = ("break_even_requests", "break_even", "cost_assumptions", "recommendation", "curves")
+REPORT_ROW_KEYS = ("costs", "primary", "degenerate")
 
 
 def analysis_of(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     """What the report added to or changed in a run's results: top-level keys, and per method row (by name)
     the row keys, under ``methods``."""
     added: dict[str, Any] = {
-        k: v for k, v in after.items() if k != "methods" and (k not in before or before[k] != v)
+        k: v
+        for k, v in after.items()
+        if k != "methods" and (k in REPORT_KEYS or k not in before or before[k] != v)
     }
     rows_before = {row.get("name", row.get("method")): row for row in before.get("methods") or []}
     methods = {}
     for row in after.get("methods") or []:
         old = rows_before.get(row.get("name"), {})
-        changed = {k: v for k, v in row.items() if k not in old or old[k] != v}
+        changed = {k: v for k, v in row.items() if k in REPORT_ROW_KEYS or k not in old or old[k] != v}
         if changed:
             methods[row["name"]] = changed
     added["methods"] = methods
