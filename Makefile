@@ -32,3 +32,9 @@ test: lint
 # Unit tests only (seconds).
 test-fast: setup
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# Regenerate the generated reference pages (docs/cli.md, docs/results-format.md); tests/test_docs.py fails
+# when they are stale.
+.PHONY: docs
+docs: setup
+	$(PY) -m fewtune.docgen
