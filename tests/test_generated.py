@@ -236,10 +236,12 @@ def test_the_old_prompt_task_key_is_refused_naming_instruction(tmp_path: Path) -
     assert cfg.prompt.instruction == "Classify the review."
 
 
-def test_data_task_takes_the_three_tasks() -> None:
-    with pytest.raises(ConfigError, match="--task takes classification, extraction, generation, got 'bogus'"):
+def test_data_task_takes_the_registered_tasks() -> None:
+    with pytest.raises(
+        ConfigError, match="--task takes classification, extraction, generation, multi-label, got 'bogus'"
+    ):
         DataArgs(task="bogus")
-    for task in ("classification", "extraction", "generation", None):
+    for task in ("classification", "extraction", "generation", "multi-label", None):
         assert DataArgs(task=task).task == task
     with pytest.raises(ConfigError, match="--task takes"):
         build_config({"data": {"task": "bogus"}}, {})

@@ -382,7 +382,7 @@ def test_field_table_gives_precision_recall_f1_and_support_per_field() -> None:
     task = ExtractionTask()
     golds = [extraction_example({"a": "x", "b": "y"}), extraction_example({"a": "z"})]
     parsed = [task.parse('{"a":"X","b":"w","c":"q"}'), task.parse("broken")]
-    table = task.field_table(golds, parsed)
+    table = task.row_details(golds, parsed, None)["per_field"]
     assert list(table) == ["a", "b", "c"]
     assert table["a"] == pytest.approx({"precision": 1.0, "recall": 0.5, "f1": 2 / 3, "support": 2.0})
     assert table["b"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1.0}

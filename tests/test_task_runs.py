@@ -239,7 +239,11 @@ def test_the_reference_among_other_methods_is_dropped(tmp_path: Path, task: str)
     results = run_fake(cfg, Embedders(missing=False))
     assert results["status"] == "complete"
     assert [m["name"] for m in results["methods"]] == ["zero-shot"]
-    assert cfg.eval.methods == ["zero-shot"]
+    # The plan resolves the methods; the caller's settings are left as given, the run's config.yaml says
+    # what ran.
+    assert cfg.eval.methods == ["zero-shot", "reference"]
+    saved = yaml.safe_load((Path(cfg.out or "") / "config.yaml").read_text())
+    assert saved["eval"]["methods"] == ["zero-shot"]
 
 
 def test_metric_choices_are_the_tasks_own() -> None:

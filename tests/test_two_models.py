@@ -24,7 +24,7 @@ from fewtune.backends.hf import HFBackend
 from fewtune.config import RunConfig, build_config
 from fewtune.embeddings import FakeEmbedder
 from fewtune.errors import ConfigError
-from fewtune.progress import load_backend
+from fewtune.loaders import load_backend
 from fewtune.report.run_folder import read_analysed
 from fewtune.serve.adapters import AdapterSet
 from fewtune.serve.app import create_app

@@ -89,8 +89,9 @@ def _build_report() -> Callable[..., None]:
 
         Settings not given here come from the run's config.yaml, then the defaults.
         """
-        from fewtune.report.build import print_summary, write_reports
+        from fewtune.report.build import write_reports
         from fewtune.report.run_folder import cost_args_for
+        from fewtune.ui import print_summary
 
         args = cost_args_for(run_dir, overrides(values)["cost"])
         with console.status("Writing the report..."):

@@ -17,7 +17,6 @@ from fewtune.errors import ConfigError
 from fewtune.methods import ALL_METHODS
 from fewtune.prompts.demos import DEMO_SELECTIONS
 from fewtune.prompts.template import AUTO_LABEL_NAMES
-from fewtune.tasks.base import TASKS
 
 # --metric: classification's two, extraction's field F1, generation's proxies.
 ALL_METRICS = (*METRIC_CHOICES, "field-f1", "chrf", "rouge-l", "semantic")
@@ -42,13 +41,16 @@ class DataArgs:
     test_fraction: float = 0.2
     """Share of ``data`` held out when no ``test`` file is given."""
     task: str | None = None
-    """classification, extraction or generation; None = inferred from the target field and recorded."""
+    """classification, multi-label, extraction or generation; None = inferred from the target field and
+    recorded."""
     schema: str | None = None
     """JSON Schema file for extraction outputs; None = inferred from the pool's targets."""
 
     def __post_init__(self) -> None:
-        if self.task is not None and self.task not in TASKS:
-            raise ConfigError(f"--task takes {', '.join(TASKS)}, got {self.task!r}")
+        if self.task is not None:
+            from fewtune.tasks.registry import task_type
+
+            task_type(self.task)  # one line naming the tasks when it is none of them
         if self.max_test is not None and self.max_test < 1:
             raise ConfigError(f"--max-test must be at least 1, got {self.max_test}")
         if not 0 < self.test_fraction < 1:

@@ -3,32 +3,81 @@ before any model work."""
 
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass
 from importlib.resources import files
+from pathlib import Path
 
-from fewtune.config import RunConfig
+from fewtune.config import RunConfig, default_target_modules
 from fewtune.data.split import PreparedData, prepare_data
 from fewtune.decide.metric import METRIC_CHOICES
 from fewtune.errors import ConfigError, DataError
 from fewtune.methods import Method
+from fewtune.store import check_run_folder, default_run_dir, refuse_existing_run
 from fewtune.tasks.base import CLASSIFICATION
 
 
-def resolve_task(cfg: RunConfig) -> str | None:
-    """Set ``cfg.data.task`` when it was not given (inferred from the target field); return why, or None."""
+def resolve_task(cfg: RunConfig) -> tuple[str, str | None]:
+    """The run's task: ``--task``, or inferred from the target field, with why (None when given)."""
     if cfg.data.task is not None:
-        return None
+        return cfg.data.task, None
     from fewtune.tasks.data import infer_task
 
     data, _ = data_files(cfg)
     if data.lower().endswith(".csv"):
-        cfg.data.task = CLASSIFICATION
-        return "a CSV file holds a label column"
+        return CLASSIFICATION, "a CSV file holds a label column"
     try:
-        cfg.data.task, why = infer_task(data, cfg.data.label_field)
+        return infer_task(data, cfg.data.label_field)
     except DataError:  # unreadable: the classification loader names the file, line and problem
-        cfg.data.task = CLASSIFICATION
-        return "the target field could not be read to infer the task"
-    return why
+        return CLASSIFICATION, "the target field could not be read to infer the task"
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A run's settings resolved once, before any work: the task, the data files, the methods the task
+    runs, the run folder and the adapted layers are filled in; nothing changes them afterwards."""
+
+    cfg: RunConfig
+    data: str
+    test: str | None
+    why: str | None
+    """How the task was inferred (None: ``--task`` was given)."""
+
+    @property
+    def task(self) -> str:
+        assert self.cfg.data.task is not None
+        return self.cfg.data.task
+
+    @property
+    def out(self) -> Path:
+        assert self.cfg.out is not None
+        return Path(self.cfg.out)
+
+
+def resolve_plan(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False) -> RunPlan:
+    """Resolve ``cfg`` into a :class:`RunPlan` (a copy: the caller's settings are left as they are), after
+    the run folder's rules: an ``--out`` that is a file, or that holds a run without ``--resume`` or
+    ``--overwrite``, fails in one line before the data is read."""
+    from fewtune.tasks.registry import task_type
+
+    if cfg.out:
+        check_run_folder(cfg.out)
+        if overwrite and resume:
+            raise ConfigError("--resume and --overwrite exclude each other: keep the run or replace it")
+        refuse_existing_run(cfg.out, overwrite or resume)
+    task, why = resolve_task(cfg)
+    resolved = copy.deepcopy(cfg)
+    resolved.data.task = task
+    resolved.lora.target_modules = cfg.lora.target_modules or default_target_modules(task)
+    resolved.out = str(cfg.out or default_run_dir())
+    if not task_type(task).has_reference:  # e.g. generation: no classifier can write free text
+        resolved.eval.methods = [m for m in cfg.eval.methods if m != Method.REFERENCE]
+        if not resolved.eval.methods:
+            raise ConfigError(
+                f"--methods for {task} takes {', '.join(m.value for m in Method if m.uses_llm)}"
+            )
+    data, test = data_files(resolved)
+    return RunPlan(resolved, data, test, why)
 
 
 BUILTIN_DATASET = "support"

@@ -113,6 +113,11 @@ class MethodRow(TypedDict, total=False):
     """``{label: {precision, recall, f1, support}}``."""
     per_field: dict[str, dict[str, float]]
     """Extraction: ``{field: {precision, recall, f1, support}}``."""
+    per_label: dict[str, dict[str, float]]
+    """Multi-label: ``{label: {precision, recall, f1, support}}`` (support: test rows holding the label)."""
+    degenerate_reason: str
+    """The task's own check, made when the row was scored: why its outputs are not doing the task
+    (multi-label: the same label set on nearly every row, or few known labels); absent when they are."""
     accuracy_draws: list[float]
     """Prompting rows: accuracy of every demo draw (--demo-seeds)."""
     accuracy_mean: float

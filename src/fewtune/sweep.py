@@ -121,12 +121,11 @@ def run_prompt_set(
     cfg: RunConfig,
     record: Record,
     scorer: Callable[[str, Callable[[ProgressFn | None], Any]], Any],
-    describe: Callable[[dict[str, Any]], None],
 ) -> None:
     """Score every draw of one prompting row (and its calibrated twin), then record the combined rows.
 
     ``scorer(title, work)`` runs ``work(progress)`` under a progress bar titled ``title`` and returns its
-    result; ``describe(row)`` prints a finished row.
+    result.
     """
     texts = [ex.text for ex in test]
     first = pset.first
@@ -157,13 +156,9 @@ def run_prompt_set(
             cal_row, cal_preds = evaluate(tuned, test, seed=cfg.seed, scored=(raw, seconds), latency=latency)
             cal_rows.append(cal_row)
             cal_predictions += _tag_draw(cal_preds, tuned, i)
-    combined = combine_draws(rows)
-    record(combined, predictions)
-    describe(combined)
+    record(combine_draws(rows), predictions)
     if cal_rows:
-        combined = combine_draws(cal_rows)
-        record(combined, cal_predictions)
-        describe(combined)
+        record(combine_draws(cal_rows), cal_predictions)
 
 
 def _tag_draw(predictions: list[dict[str, Any]], predictor: Predictor, draw: int) -> list[dict[str, Any]]:

@@ -11,19 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
 from fewtune.config import CostArgs
-from fewtune.cost import format_count
 from fewtune.curves import has_shot_curve, has_train_curve
 from fewtune.record import MethodRow
 from fewtune.report.analysis import Report, analyse
 from fewtune.report.html import render_html
-from fewtune.report.markdown import metric_line, render_markdown
+from fewtune.report.markdown import render_markdown
 from fewtune.report.outputs import OutputsReport, analyse_outputs
 from fewtune.report.run_folder import ANALYSIS_FILE, analysis_of
 from fewtune.store import write_json_atomic
-from fewtune.tasks.base import EXTRACTION, GENERATION
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
@@ -113,7 +109,9 @@ def is_outputs_run(folder: str | Path) -> bool:
         task = (read_results(folder).get("task") or {}).get("name")
     except (OSError, ValueError, AttributeError):  # no or broken results.json: analyse() says which
         return False
-    return task in (EXTRACTION, GENERATION)
+    from fewtune.tasks.base import CLASSIFICATION
+
+    return task is not None and task != CLASSIFICATION
 
 
 def write_outputs_reports(folder: str | Path, args: CostArgs) -> tuple[OutputsReport, list[Path]]:
@@ -132,22 +130,3 @@ def _write_analysis(folder: Path, analysed: dict[str, Any]) -> None:
     from fewtune.store import read_results
 
     write_json_atomic(folder / ANALYSIS_FILE, analysis_of(read_results(folder), analysed))
-
-
-def print_summary(console: Console, report: Report | OutputsReport) -> None:
-    """The recommendation and where the reports are, for the terminal."""
-    rec = report.recommendation
-    console.print(f"[bold]Recommendation:[/] {rec.headline}", highlight=False)
-    if isinstance(report, Report):
-        console.print(f"  {metric_line(report)}", highlight=False)
-    for reason in rec.reasons:
-        console.print(f"  - {reason}", highlight=False)
-    for name, why in rec.degenerate.items():
-        console.print(f"[yellow]degenerate:[/] {name} {why}", highlight=False)
-    for i, step in enumerate(rec.next_steps, 1):
-        console.print(f"  next {i}. {step}", highlight=False)
-    be = report.break_even
-    if be is not None and report.break_even_pair:
-        where = "never" if be.requests is None else f"{format_count(be.requests)} requests"
-        console.print(f"Break-even ({' vs '.join(report.break_even_pair)}): {where}", highlight=False)
-    console.print(f"Report: {report.folder / REPORT_HTML} and {report.folder / REPORT_MD}")

@@ -27,7 +27,7 @@ from fewtune.decide.recommend import Recommendation, Situation, recommend
 from fewtune.record import MethodRow
 from fewtune.report.rollout import Rollout, rollout_plan
 from fewtune.report.run_folder import read_run
-from fewtune.tasks.base import EXTRACTION
+from fewtune.tasks.base import EXTRACTION, Task
 
 SIDE_BY_SIDE_ROWS = 6
 
@@ -64,13 +64,17 @@ class OutputsReport:
         return f"{self.horizon_days:,} days at {self.volume_per_day:,.0f}/day"
 
 
-def primary_metric(task: dict[str, Any]) -> PrimaryMetric:
-    from fewtune.tasks.extraction import FIELD_F1_METRIC
-    from fewtune.tasks.generation import GenerationTask
+def output_task(block: dict[str, Any]) -> Task:
+    """The open-output task a run's ``task`` block names, from the registry."""
+    from fewtune.tasks.registry import task_of_record
 
-    if task.get("name") == EXTRACTION:
-        return FIELD_F1_METRIC
-    return GenerationTask(task.get("primary_metric")).primary
+    task = task_of_record(block)
+    assert isinstance(task, Task), f"{task.name} is not an open-output task"
+    return task
+
+
+def primary_metric(block: dict[str, Any]) -> PrimaryMetric:
+    return output_task(block).primary
 
 
 def degenerate_output(task: str, row: MethodRow, lines: list[dict[str, Any]]) -> tuple[str, str] | None:
@@ -78,6 +82,11 @@ def degenerate_output(task: str, row: MethodRow, lines: list[dict[str, Any]]) ->
     metrics = row.get("metrics") or {}
     tuned = bool(row.get("train_examples"))
     more = "more training examples or --epochs" if tuned else "more shots, nearest demos, or fine-tuning"
+    if row.get("degenerate_reason"):  # the task's own check, made when the row was scored
+        return (
+            str(row["degenerate_reason"]),
+            f"Likely cause: the outputs do not depend on the input; try {more}",
+        )
     if task == EXTRACTION:
         parse_rate, f1 = metrics.get("parse_rate"), metrics.get("field_f1")
         if parse_rate is not None and parse_rate["value"] == 0:

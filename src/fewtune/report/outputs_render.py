@@ -8,12 +8,11 @@ from html import escape
 from typing import Any
 
 from fewtune.cost import format_usd
-from fewtune.record import MethodRow, latency_of
+from fewtune.record import latency_of
 from fewtune.report import tables
 from fewtune.report.html import CHOICE_COLOURS, CSS, list_html, table_html
 from fewtune.report.markdown import break_even_sentence, markdown_table
-from fewtune.report.outputs import OutputsReport
-from fewtune.tasks.base import EXTRACTION
+from fewtune.report.outputs import OutputsReport, output_task
 
 SHOWN_OUTPUT_CHARS = 600
 # Column names for the metrics' keys (others: underscores to spaces).
@@ -78,13 +77,20 @@ def metrics_table(report: OutputsReport) -> tables.Table:
     return headers, rows
 
 
-def field_table(row: MethodRow) -> tables.Table:
-    fields = row.get("per_field") or {}
-    rows = [
-        [name, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", f"{v['support']:.0f}"]
-        for name, v in sorted(fields.items(), key=lambda kv: -kv[1]["support"])
-    ]
-    return ["field", "precision", "recall", "F1", "gold values"], rows
+def breakdowns(row: Mapping[str, Any]) -> list[tuple[str, tables.Table]]:
+    """A row's per-item tables (``per_field``, ``per_label``, any ``per_<item>`` a task writes: each item's
+    precision, recall, F1 and support), most supported first, titled by the item."""
+    found = []
+    for key, items in row.items():
+        if not key.startswith("per_") or not isinstance(items, dict) or not items:
+            continue
+        item = key.removeprefix("per_")
+        rows = [
+            [name, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", f"{v['support']:.0f}"]
+            for name, v in sorted(items.items(), key=lambda kv: (-kv[1]["support"], kv[0]))
+        ]
+        found.append((item, (["" + item, "precision", "recall", "F1", "support (gold)"], rows)))
+    return found
 
 
 def _short(text: str) -> str:
@@ -100,24 +106,6 @@ def task_line(report: OutputsReport) -> str:
         f"Decided on {report.metric.label}.{schema} Run status {results.get('status', '?')}, finished "
         f"{results.get('finished_at', '?')}; fewtune {results.get('fewtune_version', '?')}."
     )
-
-
-NOTES = {
-    EXTRACTION: (
-        "Field precision, recall and F1 are micro-averaged over (field, value) pairs after normalisation "
-        "(Unicode NFC, case folding, collapsed whitespace); an output that is not a JSON object has "
-        "no pairs. Parse rate: outputs that are JSON objects; schema-valid: those that also match the "
-        "schema; exact match: every pair right. 'ended': outputs that ended on their own (not cut at the "
-        "token cap)."
-    ),
-    "generation": (
-        "chrF (sacrebleu), ROUGE-L (rouge-score, stemmed) and semantic similarity (all-MiniLM-L6-v2 cosine) "
-        "are each the best over a row's references; length ratio is output words over the closest "
-        "reference's; slot coverage is the share of the row's field values the output mentions literally. "
-        "All are proxies for what a reader would judge: read the outputs below. "
-        "'ended': outputs that ended on their own (not cut at the token cap)."
-    ),
-}
 
 
 def render_outputs_markdown(report: OutputsReport) -> str:
@@ -141,13 +129,13 @@ def render_outputs_markdown(report: OutputsReport) -> str:
         "",
         markdown_table(metrics_table(report)),
         "",
-        NOTES.get(report.task.get("name", ""), ""),
+        output_task(report.task).metrics_note,
         "",
         break_even_sentence(report),
         "",
     ]
-    if report.focus.get("per_field"):
-        lines += [f"## Per field: {report.focus['name']}", "", markdown_table(field_table(report.focus)), ""]
+    for item, table in breakdowns(report.focus):
+        lines += [f"## Per {item}: {report.focus['name']}", "", markdown_table(table), ""]
     lines += ["## Outputs side by side", ""]
     for shown in report.side_by_side:
         lines += [
@@ -187,12 +175,11 @@ def render_outputs_html(report: OutputsReport) -> str:
     colour = CHOICE_COLOURS.get(rec.choice, "#4a5568")
     steps = f"<h3>Next steps</h3>{list_html(rec.next_steps, ordered=True)}" if rec.next_steps else ""
     caveats = f'<h3>Caveats</h3><div class="caveats">{list_html(rec.caveats)}</div>' if rec.caveats else ""
-    per_field = ""
-    if report.focus.get("per_field"):
-        per_field = (
-            f'<section id="per-field"><h2>Per field: {escape(report.focus["name"])}</h2>'
-            f"{table_html(field_table(report.focus))}</section>"
-        )
+    per_item = "".join(
+        f'<section id="per-{escape(item)}"><h2>Per {escape(item)}: {escape(report.focus["name"])}</h2>'
+        f"{table_html(table)}</section>"
+        for item, table in breakdowns(report.focus)
+    )
     rollout = report.rollout
     css = CSS + "table.side td.out { white-space: pre-wrap; max-width: 820px; }\n"
     parts = [
@@ -211,9 +198,9 @@ def render_outputs_html(report: OutputsReport) -> str:
         "</section>",
         '<section id="methods"><h2>Methods</h2><div class="wide">',
         table_html(metrics_table(report), focus=report.focus["name"]),
-        f'</div><p class="note">{escape(NOTES.get(report.task.get("name", ""), ""))}</p>',
+        f'</div><p class="note">{escape(output_task(report.task).metrics_note)}</p>',
         f"<p>{escape(break_even_sentence(report))}</p></section>",
-        per_field,
+        per_item,
         '<section id="outputs"><h2>Outputs side by side</h2>',
         '<p class="note">Seeded test rows: the input, the reference, and what each method wrote.</p>',
         _side_by_side_html(report),

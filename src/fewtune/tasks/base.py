@@ -2,11 +2,15 @@
 row is scored (after lm-evaluation-harness's ``Task``: ``doc_to_target``, ``process_results``,
 ``aggregation``).
 
-Classification keeps its own path (label log-likelihoods over a closed label set, :mod:`fewtune.evaluate`).
-The two open-output tasks, extraction and generation, share one pipeline: the model generates text after
-``Output:`` until the end of the output block (the ``---`` separator line every demo ends with), the task
-parses it, scores each row, and aggregates. Every task names one :class:`~fewtune.decide.metric.PrimaryMetric`
-over per-row statistics, which is what the verdict's paired comparisons resample.
+Every task is a :class:`TaskType` in the registry (:mod:`fewtune.tasks.registry`): its name, whether a
+target value is its kind (task inference), how it is built from the settings and read back from a run's
+record, and the job that runs its methods. Classification scores a closed label set by label
+log-likelihood (or generate-and-parse where the backend has no log-probabilities; :mod:`fewtune.classify`).
+Open-output tasks (:class:`Task`: extraction, generation, multi-label) share one job: the model generates
+text after ``Output:`` until the end of the output block (the ``---`` separator line every demo ends with),
+the task parses it, scores each row, and aggregates. Every task names one
+:class:`~fewtune.decide.metric.PrimaryMetric` over per-row statistics, which is what the verdict's paired
+comparisons resample.
 """
 
 from __future__ import annotations
@@ -15,22 +19,28 @@ import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fewtune.data.load import Example
 from fewtune.decide.metric import PrimaryMetric
 
+if TYPE_CHECKING:
+    from fewtune.config import RunConfig
+    from fewtune.events import RunEvents
+    from fewtune.plan import RunPlan
+    from fewtune.session import RunSession
+
+Embed = Any
+"""A sentence embedder's ``embed(texts) -> [n, d]`` (see :mod:`fewtune.embeddings`)."""
+
 CLASSIFICATION = "classification"
 EXTRACTION = "extraction"
 GENERATION = "generation"
-TASKS = (CLASSIFICATION, EXTRACTION, GENERATION)
 # The end of an output block: every demo's output is followed by a line holding the prompt's separator.
 END_MARKER = "\n---"
 BOOTSTRAP_RESAMPLES = 1000
-# results.json layout: 2 adds the ``task`` block, and ``primary`` / ``metrics`` on every method row.
-SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -77,10 +87,49 @@ def bootstrap_ci(stats: np.ndarray, aggregate: Any, seed: int) -> tuple[float, f
     return (float(low), float(high))
 
 
-class Task(abc.ABC):
-    """An open-output task: rendering, parsing, per-row scores and their aggregates."""
+class TaskJob(abc.ABC):
+    """Runs one task's methods: ``prepare`` reads and checks the data before any model loads and returns
+    the record's header (``task``, ``dataset``, ...); ``execute`` runs every method, recording each row."""
+
+    @abc.abstractmethod
+    def prepare(self) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    def execute(self, session: RunSession, backends: tuple[Any, Any]) -> None:
+        """``backends``: the model LoRA trains on (``--model``) and the one the prompting rows ask."""
+
+
+class TaskType:
+    """What the pipeline and the report need of every task (class-level: known before any data)."""
 
     name: str
+    has_reference: bool = False
+    """Whether a no-LLM reference exists for the task (run as the ``reference`` method)."""
+
+    @classmethod
+    def claims(cls, values: Sequence[Any], field: str) -> str | None:
+        """Why target values of this shape are this task's (task inference), or None."""
+        return None
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig) -> TaskType:
+        return cls()
+
+    @classmethod
+    def from_record(cls, block: Mapping[str, Any]) -> TaskType:
+        """The task as a run's record describes it (its ``task`` block), for the report."""
+        return cls()
+
+    def job(self, plan: RunPlan, events: RunEvents, embedder_factory: Any) -> TaskJob:
+        from fewtune.tasks.run import TextJob
+
+        assert isinstance(self, Task), f"{self.name} has its own job"
+        return TextJob(plan, self, events, embedder_factory)
+
+
+class Task(TaskType, abc.ABC):
+    """An open-output task: rendering, parsing, per-row scores and their aggregates."""
+
     default_instruction: str
     primary: PrimaryMetric
     """What the verdict decides on."""
@@ -88,6 +137,11 @@ class Task(abc.ABC):
     """What ``--metric`` may name for this task."""
     stop: str = END_MARKER
     """Where generation stops: the end of the output block (one-line outputs stop at the line's end)."""
+    metrics_note: str = ""
+    """The report's note under the methods table: how the metrics are computed."""
+    scores_with_embedder: bool = False
+    """Whether scoring uses sentence embeddings (generation's semantic similarity), set as ``embed``."""
+    embed: Embed | None = None
 
     @abc.abstractmethod
     def read_target(
@@ -121,8 +175,36 @@ class Task(abc.ABC):
         """What splits and samples are stratified by; one stratum (plain random sampling) by default."""
         return ""
 
-    def fit(self, pool: Sequence[TaskExample]) -> None:  # noqa: B027 (optional hook)
+    def fit(self, pool: Sequence[TaskExample]) -> None:
         """Learn what the task needs from the pool (extraction: its schema)."""
+
+    def rerender(self, example: TaskExample) -> TaskExample:
+        """The example rendered again once ``fit`` has run (extraction's key order); unchanged by default."""
+        return example
+
+    def row_details(
+        self, test: Sequence[TaskExample], parsed: Sequence[Parsed], scores: Any
+    ) -> dict[str, Any]:
+        """Extra fields of a method's results row (extraction's per-field table, multi-label's per-label
+        one); none by default."""
+        return {}
+
+    def degenerate(self, examples: Sequence[TaskExample], parsed: Sequence[Parsed]) -> str | None:
+        """Why a method's outputs are not doing the task, in a sentence, beyond the report's generic checks
+        (the same output for every row); None by default."""
+        return None
+
+    def data_summary(
+        self, pool: Sequence[TaskExample], test: Sequence[TaskExample]
+    ) -> tuple[dict[str, Any], list[str]]:
+        """What the data checks record about pool and test (multi-label: examples per label) and their
+        warnings; nothing by default."""
+        return {}, []
+
+    def reference(self, embed: Embed, seed: int = 0) -> Any:
+        """The no-LLM reference's trainer (``fit(train) -> predictor`` with ``predict(texts)`` giving
+        output texts), where :attr:`has_reference`."""
+        raise NotImplementedError(f"{self.name} has no reference")
 
     def describe(self) -> dict[str, Any]:
         """The results' ``task`` block."""

@@ -20,7 +20,7 @@ import numpy as np
 
 from fewtune.data.load import as_text, decode_text
 from fewtune.errors import DataError
-from fewtune.tasks.base import CLASSIFICATION, EXTRACTION, GENERATION, Task, TaskExample
+from fewtune.tasks.base import CLASSIFICATION, GENERATION, Task, TaskExample
 
 # Inference of --task from the target field: text with at most this many distinct values, each seen at
 # least twice on average, is a label set (classification); other text is free output (generation).
@@ -70,8 +70,12 @@ def infer_task(path: str | Path, target_field: str) -> tuple[str, str]:
             break
     if not values:
         raise DataError(path, None, "no examples found (only blank rows)")
-    if any(_is_extraction_target(v) for v in values):
-        return EXTRACTION, f"the target field '{target_field}' holds JSON objects or {{slot, value}} lists"
+    from fewtune.tasks.registry import TASK_TYPES
+
+    for kind in TASK_TYPES:
+        why = kind.claims(values, target_field)
+        if why:
+            return kind.name, why
     texts = [v for v in values if isinstance(v, str) and v.strip()]
     distinct = set(texts)
     words = float(np.median([len(t.split()) for t in texts])) if texts else 0.0
@@ -84,16 +88,6 @@ def infer_task(path: str | Path, target_field: str) -> tuple[str, str]:
     return GENERATION, (
         f"the target field '{target_field}' is free text "
         f"({len(distinct)} distinct values in {len(values)} rows, median {words:.0f} words)"
-    )
-
-
-def _is_extraction_target(value: Any) -> bool:
-    if isinstance(value, dict):
-        return True
-    return (
-        isinstance(value, list)
-        and bool(value)
-        and all(isinstance(item, dict) and {"slot", "value"} <= set(item) for item in value)
     )
 
 
@@ -183,9 +177,8 @@ def prepare_task_data(
     if not pool:
         raise DataError(data, None, "no examples left in the pool after removing duplicates and test leaks")
     task.fit(pool)
-    rerender = getattr(task, "rerender", None)
-    if rerender is not None:  # rendering may depend on what fit learned (extraction's key order)
-        pool, test_rows = [rerender(ex) for ex in pool], [rerender(ex) for ex in test_rows]
+    # Rendering may depend on what fit learned (extraction's key order).
+    pool, test_rows = [task.rerender(ex) for ex in pool], [task.rerender(ex) for ex in test_rows]
     report = {
         "pool_size": len(pool),
         "test_size": len(test_rows),

@@ -13,6 +13,7 @@ import numpy as np
 
 from fewtune.backends.base import Backend, Generation, ProgressFn
 from fewtune.data.load import Example
+from fewtune.methods import Method
 from fewtune.prompts.template import QUERY_LEAD
 from fewtune.strategies.base import PerRowDemos
 from fewtune.tasks.base import END_MARKER, Task, TaskExample, bootstrap_ci
@@ -145,28 +146,12 @@ def evaluate_text(
     texts = [ex.text for ex in test]
     run = partial(predictor.generate, texts, batch_size, progress)
     generations, seconds = predictor.backend.pass_seconds(run)
-    outputs = [g.text for g in generations]
-    parsed = [task.parse(text) for text in outputs]
-    scores = task.score_rows(test, parsed, outputs)
-    stats = task.primary_stats(scores)
-    primary = task.primary
     output_tokens = [g.output_tokens for g in generations]
-    row: dict[str, Any] = {
-        "method": predictor.method,
-        "name": predictor.name,
-        "shots": predictor.shots,
-        "train_examples": predictor.train_examples,
+    measured: dict[str, Any] = {
         "demo_selection": predictor.demo_selection,
         "demo_seed": predictor.demo_seed,
         "calibrated": False,
         "constrained": predictor.constraint is not None,
-        "primary": {
-            "name": primary.name,
-            "label": primary.label,
-            "value": primary.value(stats),
-            "ci95": list(bootstrap_ci(stats, primary.aggregate, seed)),
-        },
-        "metrics": {name: metric.to_dict() for name, metric in task.aggregate(scores, seed).items()},
         "stopped_rate": float(np.mean([g.stopped for g in generations])),
         "latency_ms": _latency(predictor, texts, latency_requests),
         "prompt_tokens_mean": float(np.mean([g.prompt_tokens for g in generations])),
@@ -180,10 +165,48 @@ def evaluate_text(
         **{k: v for k, v in predictor.info.items() if k != "train_seconds"},
         "demos": [{"text": d.text, "output": d.label} for d in predictor.demos],
     }
-    field_table = getattr(task, "field_table", None)
-    if field_table is not None:
-        row["per_field"] = field_table(test, parsed)
-    identity = {k: row[k] for k in ("method", "name", "shots", "train_examples")}
+    identity = {
+        "method": predictor.method,
+        "name": predictor.name,
+        "shots": predictor.shots,
+        "train_examples": predictor.train_examples,
+    }
+    return score_outputs(task, test, [g.text for g in generations], identity, measured, seed, generations)
+
+
+def score_outputs(
+    task: Task,
+    test: Sequence[TaskExample],
+    outputs: Sequence[str],
+    identity: dict[str, Any],
+    measured: dict[str, Any],
+    seed: int,
+    generations: Sequence[Generation] | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A method's results row and predictions from its output texts: parsed, scored per row, aggregated
+    with intervals; ``measured`` holds what the method measured itself (latency, tokens, training)."""
+    parsed = [task.parse(text) for text in outputs]
+    scores = task.score_rows(test, parsed, outputs)
+    stats = task.primary_stats(scores)
+    primary = task.primary
+    head = {k: measured.pop(k) for k in ("demo_selection", "demo_seed", "calibrated", "constrained")}
+    row: dict[str, Any] = {
+        **identity,
+        **head,
+        "primary": {
+            "name": primary.name,
+            "label": primary.label,
+            "value": primary.value(stats),
+            "ci95": list(bootstrap_ci(stats, primary.aggregate, seed)),
+        },
+        "metrics": {name: metric.to_dict() for name, metric in task.aggregate(scores, seed).items()},
+        **measured,
+        **task.row_details(test, parsed, scores),
+    }
+    degenerate = task.degenerate(test, parsed)
+    if degenerate:
+        row["degenerate_reason"] = degenerate
+    stopped = [g.stopped for g in generations] if generations is not None else [True] * len(outputs)
     predictions = [
         {
             **identity,
@@ -193,12 +216,63 @@ def evaluate_text(
             "references": list(ex.references) if len(ex.references) > 1 else None,
             "output": out,
             "parsed": p.value if p.ok else None,
-            "stopped": g.stopped,
+            "stopped": stop,
             "scores": score,
             "primary_stats": stats[i].tolist(),
         }
-        for i, (ex, out, p, g, score) in enumerate(
-            zip(test, outputs, parsed, generations, scores, strict=True)
+        for i, (ex, out, p, stop, score) in enumerate(
+            zip(test, outputs, parsed, stopped, scores, strict=True)
         )
     ]
     return row, predictions
+
+
+def evaluate_reference_outputs(
+    model: Any,
+    task: Task,
+    test: Sequence[TaskExample],
+    train_examples: int,
+    *,
+    latency_requests: int,
+    seed: int,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A no-LLM reference's row (``model.predict(texts)`` gives output texts), shaped like a method's."""
+    texts = [ex.text for ex in test]
+    began = time.perf_counter()
+    outputs = model.predict(texts)
+    seconds = time.perf_counter() - began
+    timings = []
+    for i in range(latency_requests + LATENCY_WARMUP_REQUESTS if latency_requests > 0 and texts else 0):
+        start = time.perf_counter()
+        model.predict([texts[i % len(texts)]])
+        if i >= LATENCY_WARMUP_REQUESTS:
+            timings.append((time.perf_counter() - start) * 1000)
+    latency: dict[str, Any] = {"p50": None, "p95": None, "mean": None, "requests": 0}
+    if timings:
+        p50, p95 = np.percentile(timings, [50, 95])
+        latency = {
+            "p50": float(p50),
+            "p95": float(p95),
+            "mean": float(np.mean(timings)),
+            "requests": len(timings),
+        }
+    identity = {
+        "method": Method.REFERENCE.value,
+        "name": f"{Method.REFERENCE} n={train_examples}",
+        "shots": 0,
+        "train_examples": train_examples,
+    }
+    measured: dict[str, Any] = {
+        "demo_selection": None,
+        "demo_seed": None,
+        "calibrated": False,
+        "constrained": False,
+        "latency_ms": latency,
+        "prompt_tokens_mean": None,
+        "output_tokens_mean": None,
+        "throughput_rows_per_second": len(texts) / seconds if seconds else None,
+        "scoring_seconds": seconds,
+        **model.describe(),
+        "demos": [],
+    }
+    return score_outputs(task, test, outputs, identity, measured, seed)

@@ -20,13 +20,16 @@ import unicodedata
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fewtune.decide.metric import PrimaryMetric
 from fewtune.errors import ConfigError, DataError
 from fewtune.tasks.base import EXTRACTION, Metric, Parsed, Task, TaskExample, bootstrap_ci
+
+if TYPE_CHECKING:
+    from fewtune.config import RunConfig
 
 # A field whose values in the pool take at most this many distinct values (seen at least ENUM_MIN_SEEN
 # times) is shown as an enum in the prompt: the model is told the choices instead of guessing spellings.
@@ -171,11 +174,28 @@ class ExtractionTask(Task):
     primary = FIELD_F1_METRIC
     metric_choices = (FIELD_F1_METRIC.name,)
     stop = "\n"  # the JSON is rendered on one line
+    metrics_note = (
+        "Field precision, recall and F1 are micro-averaged over (field, value) pairs after normalisation "
+        "(Unicode NFC, case folding, collapsed whitespace); an output that is not a JSON object has "
+        "no pairs. Parse rate: outputs that are JSON objects; schema-valid: those that also match the "
+        "schema; exact match: every pair right. 'ended': outputs that ended on their own (not cut at the "
+        "token cap)."
+    )
 
     def __init__(self, schema: dict[str, Any] | None = None) -> None:
         self.schema = schema
         self.given_schema = schema is not None
         self._validator: Any = None
+
+    @classmethod
+    def claims(cls, values: Sequence[Any], field: str) -> str | None:
+        if any(_is_extraction_target(v) for v in values):
+            return f"the target field '{field}' holds JSON objects or {{slot, value}} lists"
+        return None
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig) -> ExtractionTask:
+        return cls(load_schema(cfg.data.schema) if cfg.data.schema else None)
 
     def read_target(
         self, value: Any, record: Mapping[str, Any], path: Path, line: int, field: str = "target"
@@ -277,10 +297,10 @@ class ExtractionTask(Task):
         }
         return {name: Metric(fn(stats), bootstrap_ci(stats, fn, seed)) for name, fn in functions.items()}
 
-    def field_table(
-        self, examples: Sequence[TaskExample], parsed: Sequence[Parsed]
-    ) -> dict[str, dict[str, float]]:
-        return field_table(examples, parsed)
+    def row_details(
+        self, test: Sequence[TaskExample], parsed: Sequence[Parsed], scores: Any
+    ) -> dict[str, Any]:
+        return {"per_field": field_table(test, parsed)}
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -315,3 +335,14 @@ def field_table(examples: Sequence[TaskExample], parsed: Sequence[Parsed]) -> di
             "support": float(tp + fn),
         }
     return table
+
+
+def _is_extraction_target(value: Any) -> bool:
+    """A JSON object, or a list of ``{slot, value}`` records (snips-style slots)."""
+    if isinstance(value, dict):
+        return True
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(item, dict) and {"slot", "value"} <= set(item) for item in value)
+    )

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,6 +23,9 @@ from fewtune.decide.metric import PrimaryMetric
 from fewtune.errors import ConfigError, DataError
 from fewtune.tasks.base import GENERATION, Metric, Parsed, Task, TaskExample, bootstrap_ci
 from fewtune.tasks.extraction import normalise
+
+if TYPE_CHECKING:
+    from fewtune.config import RunConfig
 
 DEFAULT_INSTRUCTION = "Write the output for the input."
 METRIC_NAMES = ("chrf", "rouge_l", "semantic_similarity", "length_ratio", "slot_coverage")
@@ -50,6 +53,14 @@ class GenerationTask(Task):
     name = GENERATION
     default_instruction = DEFAULT_INSTRUCTION
     metric_choices = PRIMARY_CHOICES
+    scores_with_embedder = True
+    metrics_note = (
+        "chrF (sacrebleu), ROUGE-L (rouge-score, stemmed) and semantic similarity (all-MiniLM-L6-v2 cosine) "
+        "are each the best over a row's references; length ratio is output words over the closest "
+        "reference's; slot coverage is the share of the row's field values the output mentions literally. "
+        "All are proxies for what a reader would judge: read the outputs below. "
+        "'ended': outputs that ended on their own (not cut at the token cap)."
+    )
 
     def __init__(self, metric: str | None = None, embed: Embed | None = None) -> None:
         self.metric = metric or "chrf"
@@ -62,6 +73,14 @@ class GenerationTask(Task):
             per_row_correct=False,
         )
         self.embed = embed
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig) -> GenerationTask:
+        return cls(cfg.cost.metric if cfg.cost.metric in PRIMARY_CHOICES else None)
+
+    @classmethod
+    def from_record(cls, block: Mapping[str, Any]) -> GenerationTask:
+        return cls(block.get("primary_metric"))
 
     def read_target(
         self, value: Any, record: Mapping[str, Any], path: Path, line: int, field: str = "target"

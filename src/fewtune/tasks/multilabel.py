@@ -52,6 +52,7 @@ from fewtune.errors import ConfigError, DataError
 from fewtune.tasks.base import Metric, Parsed, Task, TaskExample, bootstrap_ci
 
 if TYPE_CHECKING:
+    from fewtune.config import RunConfig
     from fewtune.tasks.multilabel_reference import MultiLabelReference
 
 MULTI_LABEL = "multi-label"
@@ -154,6 +155,14 @@ class MultiLabelTask(Task):
     default_instruction = DEFAULT_INSTRUCTION
     metric_choices = METRIC_CHOICES
     stop = "\n"  # the label list is one line
+    metrics_note = (
+        "Micro-F1 counts every (row, label) decision; macro-F1 averages per-label F1 over the labels the "
+        "test rows hold; example-F1 averages each row's F1 between its predicted and gold label sets. "
+        "Exact match: the whole set right; Hamming loss: wrong (row, label) decisions over rows x labels "
+        "(lower is better). Parse rate: outputs naming a known label; valid rate: every item a known label. "
+        "An unparseable output predicts no labels; the reference is one-vs-rest logistic regression on "
+        "sentence embeddings."
+    )
 
     def __init__(self, metric: str | None = None) -> None:
         self.metric = metric or MICRO_F1
@@ -164,6 +173,29 @@ class MultiLabelTask(Task):
         """The pool's labels in canonical order (after ``fit``): what the prompt lists and parse accepts."""
         self._lookup: dict[str, str] = {}
         self._counts: Counter[str] = Counter()
+
+    has_reference = True
+
+    @classmethod
+    def claims(cls, values: Sequence[Any], field: str) -> str | None:
+        if any(is_multi_label_value(v) for v in values):
+            return f"the target field '{field}' holds lists of labels"
+        return None
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig) -> MultiLabelTask:
+        return cls(cfg.cost.metric if cfg.cost.metric in METRIC_CHOICES else None)
+
+    @classmethod
+    def from_record(cls, block: Mapping[str, Any]) -> MultiLabelTask:
+        task = cls(block.get("primary_metric"))
+        task.labels = list(block.get("labels") or [])
+        return task
+
+    def row_details(
+        self, test: Sequence[TaskExample], parsed: Sequence[Parsed], scores: Any
+    ) -> dict[str, Any]:
+        return {"per_label": self.per_label(scores)}
 
     def read_target(
         self, value: Any, record: Mapping[str, Any], path: Path, line: int, field: str = "target"

@@ -1,25 +1,31 @@
-"""``fewtune run`` for extraction and generation: every method generates on the same test rows.
+"""The job of every open-output task (extraction, generation, multi-label): every method generates on the
+same test rows.
 
 Rows: zero-shot and k-shot prompts (demo selections random or nearest; ``balanced`` has no labels to
-balance here and draws at random), each also schema-constrained with ``--constrained`` (extraction), then a
-LoRA adapter per training size, alone and with the first k-shot prompt. Results are written as each row
-finishes, as for classification.
+balance here and draws at random), each also schema-constrained with ``--constrained`` (extraction), the
+task's no-LLM reference per training size where it has one (multi-label), then a LoRA adapter per training
+size, alone and with the first k-shot prompt. Results are recorded as each row finishes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from fewtune.config import RunConfig
-from fewtune.errors import ConfigError
+from fewtune.errors import ConfigError, ModelError
+from fewtune.events import RunEvents
+from fewtune.loaders import answerers
 from fewtune.methods import Method, any_fine_tuned
+from fewtune.plan import RunPlan, check_shots_and_sizes
 from fewtune.prompts.demos import NEAREST, DemoIndex, NearestDemos, select_demos
-from fewtune.store import RunStore
-from fewtune.tasks.base import EXTRACTION, Task, TaskExample
-from fewtune.tasks.data import TaskData, stratified
-from fewtune.tasks.evaluate import TextPredictor, evaluate_text, max_new_tokens
+from fewtune.resume import fingerprint
+from fewtune.session import RunSession
+from fewtune.tasks.base import Task, TaskExample, TaskJob
+from fewtune.tasks.data import TaskData, prepare_task_data, stratified
+from fewtune.tasks.evaluate import TextPredictor, evaluate_reference_outputs, evaluate_text, max_new_tokens
 from fewtune.tasks.template import OutputTemplate
 
 TEXT_METHODS = tuple(m.value for m in Method if m.uses_llm)
@@ -27,18 +33,107 @@ TEXT_METHODS = tuple(m.value for m in Method if m.uses_llm)
 
 def check_text_plan(cfg: RunConfig, task: Task) -> None:
     """Settings that make no sense for an open-output task fail before any work."""
-    methods = [m for m in cfg.eval.methods if m in TEXT_METHODS]
-    if not methods:
-        raise ConfigError(f"--methods for {task.name} takes {', '.join(TEXT_METHODS)}")
-    cfg.eval.methods = methods  # the reference classifies labels: it has no open-output form
     if cfg.cost.metric is not None and cfg.cost.metric not in task.metric_choices:
         raise ConfigError(f"--metric for {task.name} takes {', '.join(task.metric_choices)}")
     if cfg.lora.class_balance != "none":
-        raise ConfigError(f"--class-balance needs labels; {task.name} has none")
-    if cfg.eval.constrained and task.name != EXTRACTION:
+        raise ConfigError(f"--class-balance needs one label per row; {task.name} has none")
+    if cfg.eval.constrained and not hasattr(task, "schema"):
         raise ConfigError("--constrained needs an output schema: it applies to --task extraction")
     if cfg.prompt.calibrate or cfg.prompt.label_names:
         raise ConfigError(f"--calibrate and --label-names apply to classification, not {task.name}")
+
+
+class TextJob(TaskJob):
+    def __init__(
+        self, plan: RunPlan, task: Task, events: RunEvents, embedder_factory: Callable[[Any, RunEvents], Any]
+    ) -> None:
+        self.plan, self.cfg, self.task, self.events = plan, plan.cfg, task, events
+        self.embedder_factory = embedder_factory
+        self.embedder: Any = None
+        self.data: TaskData | None = None
+
+    def _needs_reference(self) -> bool:
+        return self.task.has_reference and Method.REFERENCE in self.cfg.eval.methods
+
+    def _load_embedder(self) -> Any:
+        """The sentence embedder, when something uses it: nearest demos or the reference (required), or
+        the task's own scoring (generation's semantic similarity: left out, with a warning, when the
+        embedder cannot load)."""
+        cfg, task = self.cfg, self.task
+        needed = NEAREST in cfg.prompt.demo_selection or self._needs_reference()
+        if not needed and not task.scores_with_embedder:
+            return None
+        try:
+            return self.embedder_factory(cfg, self.events)
+        except ModelError as err:
+            if needed or cfg.cost.metric == "semantic":
+                raise
+            self.events.warn(f"semantic similarity left out: {err}")
+            return None
+
+    def prepare(self) -> dict[str, Any]:
+        cfg, task, plan = self.cfg, self.task, self.plan
+        check_text_plan(cfg, task)  # before anything loads
+        self.embedder = self._load_embedder()
+        if self.embedder is not None and task.scores_with_embedder:
+            task.embed = self.embedder.embed
+        data = self.data = prepare_task_data(
+            task,
+            plan.data,
+            plan.test,
+            input_field=cfg.data.input_field,
+            target_field=cfg.data.label_field,
+            max_test=cfg.data.max_test,
+            test_fraction=cfg.data.test_fraction,
+            seed=cfg.seed,
+        )
+        check_shots_and_sizes(cfg, len(data.pool))
+        self.events.info(
+            f"[bold]fewtune[/] {task.name}: {len(data.pool)} pool rows, {len(data.test)} test rows; removed "
+            f"{data.report['duplicates_removed']} duplicates and {data.report['leaks_removed']} test leaks "
+            f"from the pool. Run folder: {plan.out}"
+        )
+        dataset = {**data.report, **fingerprint(plan.data, plan.test)}
+        summary, warnings = task.data_summary(data.pool, data.test)
+        if summary:
+            dataset["summary"] = summary
+        if warnings:
+            dataset["warnings"] = [*dataset.get("warnings", []), *warnings]
+        for warning in warnings:
+            self.events.warn(warning)
+        return {"task": task.describe(), "dataset": dataset}
+
+    def execute(self, session: RunSession, backends: tuple[Any, Any]) -> None:
+        data = self.data
+        assert data is not None, "prepare() first"
+        session.answerers = answerers(self.cfg, backends[1])
+        index = None
+        if self.embedder is not None and NEAREST in self.cfg.prompt.demo_selection:
+            index = self.events.progress(
+                f"Embedding the {len(data.pool)} pool examples",
+                len(data.pool),
+                lambda progress: DemoIndex.build(data.pool, self.embedder, progress),
+            )
+        reference = (lambda: self._run_reference(session)) if self._needs_reference() else None
+        run_text_methods(self.cfg, self.task, data, backends, session, self.events, index, reference)
+
+    def _run_reference(self, session: RunSession) -> None:
+        """The task's no-LLM reference on the same training examples as each LoRA adapter."""
+        cfg, task, data = self.cfg, self.task, self.data
+        assert data is not None
+        for n in cfg.lora.train_sizes:
+            if f"{Method.REFERENCE} n={n}" in session.done:
+                continue
+            train = [data.pool[i] for i in stratified(data.pool, n, task, cfg.seed)]
+            with self.events.status(
+                f"Fitting reference n={n} (sentence embeddings + logistic regression)..."
+            ):
+                model = task.reference(self.embedder.embed, cfg.seed).fit(train)
+                model.info["embedding_model"] = self.embedder.name
+                row, predictions = evaluate_reference_outputs(
+                    model, task, data.test, n, latency_requests=cfg.eval.latency_requests, seed=cfg.seed
+                )
+            session.record(row, predictions)
 
 
 def run_text_methods(
@@ -46,12 +141,13 @@ def run_text_methods(
     task: Task,
     data: TaskData,
     backends: tuple[Any, Any],
-    store: RunStore,
-    record: Any,
-    with_progress: Callable[..., Any],
-    train_progress: Callable[[str], Any],
+    session: RunSession,
+    events: RunEvents,
     index: DemoIndex | None,
+    reference: Callable[[], None] | None = None,
 ) -> None:
+    """Every LLM method of the plan, then (between the prompts and LoRA, as for classification) the
+    ``reference`` rows when given."""
     instruction = cfg.prompt.instruction or task.default_instruction
     template = OutputTemplate(instruction, task.output_format())
     # An adapter learns the output format from its training targets, so its prompts carry the instruction
@@ -75,10 +171,11 @@ def run_text_methods(
         return predictor.with_demos(picked, method, "random", demo_seed=cfg.seed)
 
     def score(predictor: TextPredictor) -> None:
-        if predictor.name in record.done:
+        if predictor.name in session.done:
             return
-        row, predictions = with_progress(
+        row, predictions = events.progress(
             f"Generating {predictor.name}",
+            len(data.test),
             lambda progress: evaluate_text(
                 predictor,
                 task,
@@ -89,8 +186,7 @@ def run_text_methods(
                 progress=progress,
             ),
         )
-        record(row, predictions)
-        record.describe(row)
+        session.record(row, predictions)
 
     prompts: list[TextPredictor] = []
     if "zero-shot" in methods and 0 in cfg.prompt.shots:
@@ -104,6 +200,8 @@ def run_text_methods(
         score(predictor)
         if constraint is not None:
             score(replace(predictor, constraint=constraint))
+    if reference is not None:
+        reference()
     if not any_fine_tuned(methods):
         return
     from fewtune.strategies.lora import Lora
@@ -117,18 +215,13 @@ def run_text_methods(
     for n in cfg.lora.train_sizes:
         names = [f"lora n={n}"] if "lora" in methods else []
         adapter_rows = names + [f"lora+few-shot n={n} k={k}" for k in shots if "lora+few-shot" in methods]
-        if all(any(done.startswith(name) for done in record.done) for name in adapter_rows):
+        if all(any(done.startswith(name) for done in session.done) for name in adapter_rows):
             continue
         train: list[TaskExample] = [data.pool[i] for i in stratified(data.pool, n, task, cfg.seed)]
-        adapter = train_progress(f"Training lora n={n}")(
-            lambda on_step, train=train, n=n: Lora(
-                backend,
-                tuned_template,
-                cfg.lora,
-                store.adapter_dir(f"lora-n{n}"),
-                seed=cfg.seed,
-                progress=on_step,
-            ).train(train)
+        lora = Lora(backend, tuned_template, cfg.lora, session.store.adapter_dir(f"lora-n{n}"), seed=cfg.seed)
+        adapter = events.training(
+            f"Training lora n={n}",
+            partial(_train, lora, train),
         )
         if backend is not prompt_backend:  # the cap counts the trained model's tokens
             cap = max_new_tokens(backend, template, data.pool, cfg.seed)
@@ -140,3 +233,8 @@ def run_text_methods(
         if "lora+few-shot" in methods:
             for k in shots:
                 score(demos_for(tuned, k, lead if lead == NEAREST else "random", "lora+few-shot"))
+
+
+def _train(lora: Any, train: Any, on_step: Any) -> tuple[Any, dict[str, Any]]:
+    """Train ``lora`` on ``train``, reporting each step to ``on_step``."""
+    return replace(lora, progress=on_step).train(train)

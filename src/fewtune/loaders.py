@@ -1,5 +1,5 @@
-"""What a run shows and loads: progress bars for long steps, and the default model and embedder loaders
-(shared by every task's run)."""
+"""What a run loads: the model(s) it asks and trains and the sentence embedder (shared by every task's run),
+and what it records about them. Long steps are shown through the run's :class:`~fewtune.events.RunEvents`."""
 
 from __future__ import annotations
 
@@ -8,13 +8,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-from fewtune.backends.base import Backend, ProgressFn
+from fewtune.backends.base import Backend
 from fewtune.config import RunConfig
 from fewtune.embeddings import Embedder
 from fewtune.errors import ConfigError
+from fewtune.events import RunEvents
 from fewtune.methods import any_fine_tuned
 from fewtune.record import Answerers
 
@@ -22,7 +20,7 @@ from fewtune.record import Answerers
 HTTP_CACHE_FILE = "http_cache.sqlite"
 
 
-def load_backend(cfg: RunConfig, console: Console) -> Backend:
+def load_backend(cfg: RunConfig, events: RunEvents) -> Backend:
     """The model ``cfg.model`` names: loaded in-process, or an OpenAI-compatible endpoint (probed once,
     its answers cached in the run folder's ``http_cache.sqlite``)."""
     from fewtune.backends.endpoint import endpoint_spec, is_endpoint
@@ -34,17 +32,17 @@ def load_backend(cfg: RunConfig, console: Console) -> Backend:
 
         spec = endpoint_spec(cfg.model, cfg.api_key_env)
         cache = Path(cfg.out) / HTTP_CACHE_FILE if cfg.out else None
-        with console.status(f"Probing {spec.model} at {spec.url}..."):
+        with events.status(f"Probing {spec.model} at {spec.url}..."):
             return OpenAICompatBackend(spec, cache_path=cache)
-    with console.status(f"Preparing model {cfg.model} (the first run converts it, about a minute)..."):
+    with events.status(f"Preparing model {cfg.model} (the first run converts it, about a minute)..."):
         folder = resolve_model(cfg.model)
-    with console.status(f"Loading {folder}..."):
+    with events.status(f"Loading {folder}..."):
         model, tokenizer = load_model(folder)
     return HFBackend(model, tokenizer, name=cfg.model, source=str(folder))
 
 
 def load_backends(
-    cfg: RunConfig, console: Console, backend_factory: Callable[[RunConfig, Console], Backend]
+    cfg: RunConfig, events: RunEvents, backend_factory: Callable[[RunConfig, RunEvents], Backend]
 ) -> tuple[Backend, Backend]:
     """The model LoRA trains on (``--model``) and the one the prompting rows ask (``--prompt-model``, or
     the same). A run that trains LoRA needs a local ``--model``; that is checked before anything loads."""
@@ -55,10 +53,10 @@ def load_backends(
             f"LoRA needs a local model, and --model {cfg.model} is an endpoint: give the endpoint as "
             "--prompt-model and keep a local --model, or leave lora out of --methods"
         )
-    backend = backend_factory(cfg, console)
+    backend = backend_factory(cfg, events)
     if not cfg.prompt_model or cfg.prompt_model == cfg.model:
         return backend, backend
-    return backend, backend_factory(replace(cfg, model=cfg.prompt_model), console)
+    return backend, backend_factory(replace(cfg, model=cfg.prompt_model), events)
 
 
 def describe_prompt_model(results: dict[str, Any], cfg: RunConfig, backend: Backend, prompt: Backend) -> None:
@@ -83,40 +81,8 @@ def describe_backend(backend: Backend) -> dict[str, Any]:
     return dict(backend.describe())
 
 
-def progress_bar(console: Console) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[extra]}"),
-        console=console,
-    )
-
-
-def with_progress(console: Console, title: str, total: int, work: Callable[[ProgressFn], Any]) -> Any:
-    with progress_bar(console) as progress:
-        task = progress.add_task(title, total=total, extra="")
-        return work(lambda n: progress.advance(task, n))
-
-
-def train_progress(console: Console, title: str) -> Callable[[Callable[..., Any]], Any]:
-    """``train_progress(console, title)(fit)`` runs ``fit(on_step)`` under a progress bar of its steps."""
-
-    def go(fit: Callable[..., Any]) -> Any:
-        with progress_bar(console) as progress:
-            task = progress.add_task(title, total=None, extra="")
-
-            def on_step(step: int, total: int, loss: float) -> None:
-                progress.update(task, completed=step, total=total, extra=f"loss {loss:.3f}")
-
-            return fit(on_step)
-
-    return go
-
-
-def load_embedder(cfg: RunConfig, console: Console) -> Embedder:
+def load_embedder(cfg: RunConfig, events: RunEvents) -> Embedder:
     from fewtune.embeddings import EMBEDDING_MODEL, SentenceEmbedder
 
-    with console.status(f"Loading the sentence embedder {EMBEDDING_MODEL}..."):
+    with events.status(f"Loading the sentence embedder {EMBEDDING_MODEL}..."):
         return SentenceEmbedder()

@@ -1,0 +1,262 @@
+"""Classification's job: every method scores a closed label set on the same test rows.
+
+Rows: zero-shot and k-shot prompts (each demo selection, several demo draws, a calibrated twin with
+``--calibrate``), the no-LLM reference per training size, then a LoRA adapter per training size, alone and
+with the first selection's k-shot demos. How a row is scored is chosen here, once: by the labels'
+log-likelihoods, or by generating an answer and parsing it where ``--label-scoring generate`` asks for it or
+the prompt model gives no prompt log-probabilities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, replace
+from functools import partial
+from typing import Any
+
+from fewtune.backends.base import Backend, ProgressFn
+from fewtune.backends.generated import GenerateAndParse
+from fewtune.cost import load_price_table
+from fewtune.curves import build_curves
+from fewtune.data.split import PreparedData, stratified_sample
+from fewtune.embeddings import Embedder
+from fewtune.errors import ConfigError, ModelError
+from fewtune.evaluate import evaluate
+from fewtune.events import RunEvents
+from fewtune.loaders import answerers
+from fewtune.methods import Method, any_fine_tuned
+from fewtune.plan import RunPlan, check_plan, load_data
+from fewtune.prompts.demos import NEAREST, DemoIndex
+from fewtune.prompts.template import DEFAULT_TASK, PromptTemplate, resolve_label_names
+from fewtune.record import method_rows
+from fewtune.resume import fingerprint
+from fewtune.session import RunSession
+from fewtune.strategies.base import Predictor
+from fewtune.sweep import check_context, few_shot_draws, prompt_sets, run_prompt_set
+from fewtune.tasks.base import CLASSIFICATION, TaskJob
+
+
+def generates_labels(label_scoring: str, prompt_backend: Backend) -> bool:
+    """Whether rows are scored by generate-and-parse rather than label log-likelihood: asked for, or the
+    prompt model (an endpoint whose probe found no prompt log-probabilities) cannot score labels."""
+    return label_scoring == "generate" or not prompt_backend.capabilities.loglikelihood
+
+
+class ClassificationJob(TaskJob):
+    def __init__(
+        self, plan: RunPlan, events: RunEvents, embedder_factory: Callable[[Any, RunEvents], Embedder]
+    ) -> None:
+        self.plan, self.cfg, self.events = plan, plan.cfg, events
+        self.embedder_factory = embedder_factory
+        self.data: PreparedData | None = None
+
+    def prepare(self) -> dict[str, Any]:
+        cfg = self.cfg
+        data = self.data = load_data(cfg)
+        check_plan(cfg, data)
+        resolve_label_names(data.labels, cfg.prompt.label_names)  # a bad --label-names fails before any work
+        load_price_table(cfg.cost.costs)  # a bad --costs file fails now, not after training
+        report = data.report
+        self.events.info(
+            f"[bold]fewtune[/] {report.pool_size} pool rows, {report.test_size} test rows, "
+            f"{len(data.labels)} labels; removed {report.duplicates_removed} duplicates and "
+            f"{report.leaks_removed} test leaks from the pool. Run folder: {self.plan.out}"
+        )
+        for warning in report.warnings:
+            self.events.warn(warning)
+        return {
+            "task": {"name": CLASSIFICATION, "label_scoring": cfg.eval.label_scoring},
+            "dataset": {**asdict(report), **fingerprint(self.plan.data, self.plan.test)},
+            "labels": data.labels,
+        }
+
+    def execute(self, session: RunSession, backends: tuple[Any, Any]) -> None:
+        assert self.data is not None, "prepare() first"
+        session.answerers = answerers(self.cfg, backends[1])
+        session.derive = lambda rows: {"curves": build_curves(method_rows({"methods": rows}))}
+        embedder, index = self._check_data(session)
+        self._run_methods(session, backends, embedder, index)
+
+    def _needs_index(self) -> bool:
+        """Nearest-neighbour demos are asked for and some method shows demos."""
+        cfg = self.cfg
+        prompted = any(Method(m).uses_demos for m in cfg.eval.methods) and any(
+            k > 0 for k in cfg.prompt.shots
+        )
+        return prompted and NEAREST in cfg.prompt.demo_selection
+
+    def _check_data(self, session: RunSession) -> tuple[Embedder | None, DemoIndex | None]:
+        """Load the sentence embedder (and the nearest-demo index), then run the data checks once.
+
+        Writes ``dataset.checks`` and ``label_issues.jsonl`` and shows the checks' warnings. Without the
+        embedder package the checks are skipped with a warning, unless a method needs the embedder.
+        """
+        from fewtune.data.checks import check_steps, run_data_checks, write_label_issues
+
+        cfg, data, events = self.cfg, self.data, self.events
+        assert data is not None
+        try:
+            embedder = self.embedder_factory(cfg, events)
+        except ModelError as err:
+            if self._needs_index() or Method.REFERENCE in cfg.eval.methods:
+                raise
+            session.warn_data(f"data checks skipped: {err}")
+            return None, None
+        index = None
+        if self._needs_index():
+            index = events.progress(
+                f"Embedding the {len(data.pool)} pool examples",
+                len(data.pool),
+                lambda progress: DemoIndex.build(data.pool, embedder, progress),
+            )
+        checks = events.progress(
+            "Checking the data (label issues, near duplicates)",
+            check_steps(len(data.pool), len(data.test), pool_embedded=index is not None),
+            lambda progress: run_data_checks(
+                data.pool,
+                data.test,
+                data.labels,
+                embedder,
+                cfg.seed,
+                progress,
+                pool_vectors=None if index is None else index.vectors,
+            ),
+        )
+        session.results["dataset"]["checks"] = checks.to_dict()
+        write_label_issues(session.store.label_issues_path, checks)
+        for warning in checks.warnings:
+            session.warn_data(warning)
+        session.write()
+        return embedder, index
+
+    def _run_methods(
+        self,
+        session: RunSession,
+        backends: tuple[Backend, Backend],
+        embedder: Embedder | None,
+        index: DemoIndex | None,
+    ) -> None:
+        cfg, data, events = self.cfg, self.data, self.events
+        assert data is not None
+        names = resolve_label_names(data.labels, cfg.prompt.label_names)
+        template = PromptTemplate(tuple(data.labels), cfg.prompt.instruction or DEFAULT_TASK, names)
+        if names:
+            session.results["label_names"] = names
+        methods = cfg.eval.methods
+        shots = [k for k in cfg.prompt.shots if k > 0]
+        texts = [ex.text for ex in data.test]
+        backend, prompt_backend = backends
+
+        def with_progress(title: str, work: Callable[[ProgressFn | None], Any]) -> Any:
+            return events.progress(title, len(texts), work)
+
+        generate = generates_labels(cfg.eval.label_scoring, prompt_backend)
+        scorer = GenerateAndParse(prompt_backend) if generate else prompt_backend
+        if generate != (cfg.eval.label_scoring == "generate"):
+            session.warn(
+                f"{prompt_backend.name} gives no prompt log-probabilities: labels are generated and parsed"
+            )
+        sets = prompt_sets(cfg, data.pool, scorer, template, index)
+        # lora+few-shot prompts with the first selection's first demo draw.
+        first_selection = cfg.prompt.demo_selection[0]
+        lead = {
+            k: few_shot_draws(scorer, template, data.pool, k, first_selection, cfg.seed, 1, index)[0]
+            for k in (shots if "lora+few-shot" in methods else [])
+        }
+        checked = [p for s in sets for p in s.draws] + list(lead.values())
+        if not prompt_backend.capabilities.remote:  # an endpoint would be sent a request per prompt
+            with events.status("Checking prompt lengths against the model's context..."):
+                warnings = check_context(checked, texts, prompt_backend)
+            for warning in warnings:
+                session.warn(warning)
+        for pset in sets:
+            twin = cfg.prompt.calibrate and pset.first.per_row_demos is None
+            if {pset.first.name, *([f"{pset.first.name} calibrated"] if twin else [])} <= session.done:
+                continue  # finished before --resume
+            run_prompt_set(pset, data.test, cfg, session.record, with_progress)
+        if Method.REFERENCE in methods and embedder is not None:
+            self._run_reference(session, embedder)
+        if not any_fine_tuned(methods):
+            return
+        from fewtune.strategies.lora import Lora
+
+        if not backend.capabilities.trainable:
+            raise ConfigError(
+                f"LoRA needs a local Hugging Face model; backend '{backend.name}' cannot be trained"
+            )
+
+        def score(predictor: Predictor) -> None:
+            if predictor.name in session.done:
+                return
+            row, predictions = with_progress(
+                f"Scoring {predictor.name}",
+                lambda progress: evaluate(
+                    predictor,
+                    data.test,
+                    batch_size=cfg.eval.batch_size,
+                    latency_requests=cfg.eval.latency_requests,
+                    seed=cfg.seed,
+                    progress=progress,
+                ),
+            )
+            session.record(row, predictions)
+
+        for n in cfg.lora.train_sizes:
+            rows = [f"lora n={n}"] if "lora" in methods else []
+            rows += [f"lora+few-shot n={n} k={k} {lead[k].demo_selection}" for k in lead]
+            if set(rows) <= session.done:
+                continue  # every row of this adapter finished before --resume
+            train, _ = stratified_sample(data.pool, n, cfg.seed)
+            lora = Lora(backend, template, cfg.lora, session.store.adapter_dir(f"lora-n{n}"), seed=cfg.seed)
+            adapter = events.training(
+                f"Training lora n={n}",
+                partial(_fit, lora, train),
+            )
+            if generate:
+                adapter = replace(adapter, backend=GenerateAndParse(adapter.backend))
+            events.info(
+                f"  trained lora n={n} in {adapter.info['train_seconds']:.0f} s "
+                f"({adapter.info['train_tokens_per_second']:.0f} tokens/s); "
+                f"adapter {adapter.info['adapter_path']}"
+            )
+            if "lora" in methods:
+                score(adapter)
+            if "lora+few-shot" in methods:
+                for k in shots:
+                    demos = lead[k]
+                    score(
+                        adapter.with_demos(
+                            demos.demos,
+                            "lora+few-shot",
+                            demos.demo_selection,
+                            per_row_demos=demos.per_row_demos,
+                            demo_seed=demos.demo_seed,
+                        )
+                    )
+
+    def _run_reference(self, session: RunSession, embedder: Embedder) -> None:
+        """Embeddings + logistic regression on the same training examples as each LoRA adapter."""
+        from fewtune.strategies.reference import EmbeddingReference, evaluate_reference
+
+        cfg, data = self.cfg, self.data
+        assert data is not None
+        for n in cfg.lora.train_sizes:
+            if f"{Method.REFERENCE} n={n}" in session.done:
+                continue
+            train, _ = stratified_sample(data.pool, n, cfg.seed)
+            if len({ex.label for ex in train}) < 2:
+                session.warn(f"reference n={n} skipped: its {n} training examples have only one label")
+                continue
+            with self.events.status(
+                f"Fitting reference n={n} (sentence embeddings + logistic regression)..."
+            ):
+                model = EmbeddingReference(embedder, tuple(data.labels), cfg.seed).fit(train)
+                row, predictions = evaluate_reference(
+                    model, data.test, latency_requests=cfg.eval.latency_requests, seed=cfg.seed
+                )
+            session.record(row, predictions)
+
+
+def _fit(lora: Any, train: Any, on_step: Any) -> Predictor:
+    """Train ``lora`` on ``train``, reporting each step to ``on_step``."""
+    return replace(lora, progress=on_step).fit(train)

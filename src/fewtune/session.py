@@ -1,0 +1,147 @@
+"""A run's folder and its record, for every task: the one module that writes results.json.
+
+:meth:`RunSession.open` applies the run folder's rules (an ``--overwrite`` clears the earlier run's files, a
+``--resume`` keeps its finished methods once its settings and data files match, see :mod:`fewtune.resume`)
+and writes the record's header; :meth:`RunSession.record` appends each finished method row, its predictions
+and what is derived from the rows (classification's learning curves), rewriting results.json atomically;
+:meth:`RunSession.running` records how the run ended (complete, interrupted, failed with its error). So an
+interrupted or crashed run leaves its finished parts readable and resumable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from fewtune import __version__
+from fewtune.config import RunConfig
+from fewtune.events import RunEvents
+from fewtune.record import Answerers
+from fewtune.resume import resume_results
+from fewtune.store import RunStore, clear_run
+
+# results.json layout: 2 adds the ``task`` block, and ``primary`` / ``metrics`` on every method row.
+SCHEMA_VERSION = 2
+# Fields of an earlier run's record that a resumed run says again or that are no longer true.
+STALE_ON_RESUME = ("warnings", "error", "finished_at")
+Derive = Callable[[list[dict[str, Any]]], Mapping[str, Any]]
+"""Top-level fields recomputed from the method rows after each one (classification: ``curves``)."""
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class RunSession:
+    """The record of one run in its folder; every write of results.json goes through here."""
+
+    def __init__(self, store: RunStore, results: dict[str, Any], events: RunEvents) -> None:
+        self.store, self.results, self.events = store, results, events
+        self.answerers: Answerers | None = None
+        self.derive: Derive | None = None
+
+    @classmethod
+    def open(
+        cls,
+        cfg: RunConfig,
+        header: Mapping[str, Any],
+        events: RunEvents,
+        *,
+        overwrite: bool = False,
+        resume: bool = False,
+    ) -> RunSession:
+        """Start (or, with ``resume``, continue) the run in ``cfg.out``. ``header`` holds the task block,
+        the dataset's report with the data files' hashes, and what else the task records up front."""
+        assert cfg.out, "the plan resolves the run folder"
+        store = RunStore(cfg.out)
+        if overwrite:
+            clear_run(store.folder)
+        dataset = header["dataset"]
+        files = {k: dataset.get(k) for k in ("data_sha256", "test_sha256")}
+        earlier = None
+        if resume and store.results_path.is_file():
+            earlier = resume_results(store, cfg.to_dict(), files)
+        hardware = {"platform": platform.platform(), "cpu_count": os.cpu_count()}
+        if earlier is None:
+            cfg.save(store.folder / "config.yaml")
+            store.predictions_path.unlink(missing_ok=True)
+            results: dict[str, Any] = {
+                "schema_version": SCHEMA_VERSION,
+                "fewtune_version": __version__,
+                "task": header["task"],
+                "status": "running",
+                "started_at": _now(),
+                "model": cfg.model,
+                "seed": cfg.seed,
+                **{k: v for k, v in header.items() if k != "task"},
+                "hardware": hardware,
+                "methods": [],
+            }
+        else:  # keep what the earlier run finished; the data checks run again
+            results = {**earlier, **{k: v for k, v in header.items() if k != "task"}, "hardware": hardware}
+            for stale in STALE_ON_RESUME:
+                results.pop(stale, None)
+            events.info(f"Resuming: {len(results['methods'])} finished methods are kept and skipped")
+        session = cls(store, results, events)
+        session.write()
+        return session
+
+    @property
+    def folder(self) -> Path:
+        return self.store.folder
+
+    @property
+    def methods(self) -> list[dict[str, Any]]:
+        return self.results["methods"]
+
+    @property
+    def done(self) -> set[str]:
+        """Names of the finished rows (a resumed run starts with the earlier run's)."""
+        return {row["name"] for row in self.methods}
+
+    def write(self) -> None:
+        self.store.write_results(self.results)
+
+    def record(self, row: dict[str, Any], predictions: list[dict[str, Any]]) -> None:
+        """A finished method: its row (tagged with the model that answered it), its predictions."""
+        if self.answerers is not None:
+            self.answerers.tag(row)
+        self.methods.append(row)
+        if self.derive is not None:
+            self.results.update(self.derive(self.methods))
+        self.store.append_predictions(predictions)
+        self.write()
+        self.events.finished(row)
+
+    def warn(self, message: str) -> None:
+        """A run-level warning, kept in results.json and shown."""
+        self.results.setdefault("warnings", []).append(message)
+        self.events.warn(message)
+
+    def warn_data(self, message: str) -> None:
+        """A warning about the data, kept in the dataset block and shown."""
+        self.results["dataset"].setdefault("warnings", []).append(message)
+        self.events.warn(message)
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[RunSession]:
+        """Record how the run ends: complete, interrupted (Ctrl-C, SIGTERM) or failed with its error."""
+        self.results["status"] = "running"
+        try:
+            yield self
+            self.results["status"] = "complete"
+        except KeyboardInterrupt:
+            self.results["status"] = "interrupted"
+            raise
+        except BaseException as err:
+            self.results["status"] = "failed"
+            self.results["error"] = f"{type(err).__name__}: {err}"
+            raise
+        finally:
+            self.results["finished_at"] = _now()
+            self.write()

@@ -1,0 +1,158 @@
+"""The terminal: what ``fewtune run`` and ``fewtune report`` show while they work (rich progress bars, one
+line per finished method, the methods table, the recommendation). The only module besides the CLI that
+prints; the pipeline reports through :class:`fewtune.events.RunEvents`."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fewtune.backends.base import ProgressFn
+from fewtune.events import TrainStep
+from fewtune.report.tables import draws_cell
+
+if TYPE_CHECKING:
+    from fewtune.report.analysis import Report
+    from fewtune.report.outputs import OutputsReport
+
+T = TypeVar("T")
+
+
+def progress_bar(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[extra]}"),
+        console=console,
+    )
+
+
+def describe_row(row: Mapping[str, Any]) -> str:
+    """One finished method in a line: its primary metric with the interval, then the others."""
+    if "primary" in row:  # a generated-output row: every metric of its task
+        from fewtune.report.outputs_render import metric_name
+
+        primary = row["primary"]
+        low, high = primary["ci95"]
+        others = ", ".join(
+            f"{metric_name(name)} {m['value']:.3f}"
+            for name, m in row["metrics"].items()
+            if name.replace("_", "-") != primary["name"]
+        )
+        return f"  {row['name']}: {primary['label']} {primary['value']:.3f} [{low:.3f}, {high:.3f}]; {others}"
+    low, high = row["accuracy_ci95"]
+    spread = ""
+    if row.get("accuracy_std") is not None:
+        draws = len(row.get("accuracy_draws") or [])
+        spread = f"; over {draws} demo draws {row['accuracy_mean']:.3f} ± {row['accuracy_std']:.3f}"
+    return (
+        f"  {row['name']}: accuracy {row['accuracy']:.3f} [{low:.3f}, {high:.3f}], "
+        f"macro-F1 {row['macro_f1']:.3f}{spread}"
+    )
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def method_table(rows: Sequence[Mapping[str, Any]]) -> Table:
+    """The classification methods side by side (open outputs print a line per method instead)."""
+    table = Table(title="fewtune: methods on the same test rows")
+    with_draws = any(row.get("accuracy_std") is not None for row in rows)
+    headers = [
+        "method",
+        "shots",
+        "train ex.",
+        "accuracy (95% CI)",
+        *(["mean ± std (draws)"] if with_draws else []),
+        "macro-F1",
+        "p50 ms",
+        "p95 ms",
+        "prompt tok",
+        "train s",
+    ]
+    for header in headers:
+        table.add_column(header, justify="left" if header == "method" else "right")
+    for row in rows:
+        low, high = row["accuracy_ci95"]
+        table.add_row(
+            row.get("name") or row["method"],
+            str(row["shots"]),
+            str(row["train_examples"] or "-"),
+            f"{row['accuracy']:.3f} ({low:.3f}-{high:.3f})",
+            *([draws_cell(row)] if with_draws else []),  # type: ignore[arg-type]
+            f"{row['macro_f1']:.3f}",
+            _num(row["latency_ms"]["p50"], ".0f"),
+            _num(row["latency_ms"]["p95"], ".0f"),
+            _num(row.get("prompt_tokens_mean"), ".0f"),
+            _num(row.get("train_seconds"), ".0f"),
+        )
+    return table
+
+
+class RichEvents:
+    """:class:`~fewtune.events.RunEvents` on a rich console."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console()
+
+    def info(self, message: str) -> None:
+        self.console.print(message, highlight=False)
+
+    def warn(self, message: str) -> None:
+        self.console.print(f"[yellow]warning:[/] {message}", highlight=False)
+
+    def finished(self, row: Mapping[str, Any]) -> None:
+        self.console.print(describe_row(row), highlight=False)
+
+    def summary(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        if rows and all("accuracy" in row for row in rows):
+            self.console.print(method_table(rows))
+
+    def status(self, message: str) -> contextlib.AbstractContextManager[Any]:
+        return self.console.status(message)
+
+    def progress(self, title: str, total: int, work: Callable[[ProgressFn], T]) -> T:
+        with progress_bar(self.console) as bar:
+            task = bar.add_task(title, total=total, extra="")
+            return work(lambda n: bar.advance(task, n))
+
+    def training(self, title: str, fit: Callable[[TrainStep], T]) -> T:
+        with progress_bar(self.console) as bar:
+            task = bar.add_task(title, total=None, extra="")
+
+            def on_step(step: int, total: int, loss: float) -> None:
+                bar.update(task, completed=step, total=total, extra=f"loss {loss:.3f}")
+
+            return fit(on_step)
+
+
+def print_summary(console: Console, report: Report | OutputsReport) -> None:
+    """The recommendation and where the reports are, for the terminal."""
+    from fewtune.cost import format_count
+    from fewtune.report.analysis import Report
+    from fewtune.report.build import REPORT_HTML, REPORT_MD
+    from fewtune.report.markdown import metric_line
+
+    rec = report.recommendation
+    console.print(f"[bold]Recommendation:[/] {rec.headline}", highlight=False)
+    if isinstance(report, Report):
+        console.print(f"  {metric_line(report)}", highlight=False)
+    for reason in rec.reasons:
+        console.print(f"  - {reason}", highlight=False)
+    for name, why in rec.degenerate.items():
+        console.print(f"[yellow]degenerate:[/] {name} {why}", highlight=False)
+    for i, step in enumerate(rec.next_steps, 1):
+        console.print(f"  next {i}. {step}", highlight=False)
+    be = report.break_even
+    if be is not None and report.break_even_pair:
+        where = "never" if be.requests is None else f"{format_count(be.requests)} requests"
+        console.print(f"Break-even ({' vs '.join(report.break_even_pair)}): {where}", highlight=False)
+    console.print(f"Report: {report.folder / REPORT_HTML} and {report.folder / REPORT_MD}")
