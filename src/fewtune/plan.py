@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
-from fewtune.config import RunConfig, default_target_modules
+from fewtune.config import DataArgs, RunConfig, default_target_modules
 from fewtune.data.split import PreparedData, prepare_data
 from fewtune.decide.metric import METRIC_CHOICES
 from fewtune.errors import ConfigError, DataError
@@ -65,8 +65,12 @@ def resolve_plan(cfg: RunConfig, *, overwrite: bool = False, resume: bool = Fals
         if overwrite and resume:
             raise ConfigError("--resume and --overwrite exclude each other: keep the run or replace it")
         refuse_existing_run(cfg.out, overwrite or resume)
-    task, why = resolve_task(cfg)
+    from fewtune.tasks.data import infer_target_field
+
     resolved = copy.deepcopy(cfg)
+    data, _ = data_files(cfg)
+    resolved.data.label_field = infer_target_field(data, cfg.data.label_field, DataArgs.label_field)
+    task, why = resolve_task(resolved)
     resolved.data.task = task
     resolved.lora.target_modules = cfg.lora.target_modules or default_target_modules(task)
     resolved.out = str(cfg.out or default_run_dir())

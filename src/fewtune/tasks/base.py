@@ -103,6 +103,8 @@ class TaskType:
     """What the pipeline and the report need of every task (class-level: known before any data)."""
 
     name: str
+    target_field: str = "label"
+    """The field a row's target is read from unless ``--target-field`` names another."""
     has_reference: bool = False
     """Whether a no-LLM reference exists for the task (run as the ``reference`` method)."""
 

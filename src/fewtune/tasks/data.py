@@ -58,6 +58,25 @@ def _field(record: dict[str, Any], name: str, path: Path, line: int, option: str
     return record[name]
 
 
+def infer_target_field(path: str | Path, field: str, default: str) -> str:
+    """The target field to read: ``field``; or, when that is the default and the first record lacks it
+    but holds a task's own target field (multi-label's ``labels``), that one."""
+    from fewtune.tasks.registry import TASK_TYPES
+
+    if field != default or str(path).lower().endswith(".csv"):
+        return field
+    try:
+        _, record = next(_records(Path(path)))
+    except (DataError, StopIteration):  # the loader names the problem
+        return field
+    if field in record:
+        return field
+    for kind in TASK_TYPES:
+        if kind.target_field in record:
+            return kind.target_field
+    return field
+
+
 def infer_task(path: str | Path, target_field: str) -> tuple[str, str]:
     """The task the target field implies, and why (a sentence for the terminal and results)."""
     path = Path(path)

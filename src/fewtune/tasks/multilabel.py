@@ -175,6 +175,7 @@ class MultiLabelTask(Task):
         self._counts: Counter[str] = Counter()
 
     has_reference = True
+    target_field = "labels"
 
     @classmethod
     def claims(cls, values: Sequence[Any], field: str) -> str | None:
