@@ -73,3 +73,59 @@ def test_no_isinstance_on_a_backend_class_outside_backends() -> None:
                 if classes & BACKEND_CLASSES:
                     offenders.append(f"{path.relative_to(SRC)}:{node.lineno}")
     assert not offenders, f"ask backend.capabilities instead of isinstance: {offenders}"
+
+
+# -- the typed run record ------------------------------------------------------------------------------------
+
+
+def test_a_run_record_reads_and_writes_results_unchanged() -> None:
+    from fewtune.run_record import RunRecord
+
+    results = {
+        "schema_version": 2,
+        "fewtune_version": "0",
+        "task": {"name": "multi-label", "primary_metric": "micro-f1"},
+        "status": "complete",
+        "model": "m",
+        "seed": 0,
+        "methods": [
+            {
+                "method": "zero-shot",
+                "name": "zero-shot",
+                "shots": 0,
+                "metrics": {"micro_f1": {"value": 0.5, "ci95": [0.4, 0.6]}},
+            },
+            {
+                "method": "lora",
+                "name": "lora n=8",
+                "shots": 0,
+                "train_examples": 8,
+                "accuracy": 0.9,
+                "accuracy_ci95": [0.8, 1.0],
+                "macro_f1": 0.7,
+            },
+        ],
+    }
+    record = RunRecord.from_dict(results)
+    assert record.to_dict() == results and list(record.to_dict()) == list(results)
+    assert record.task_name == "multi-label"
+    assert record.method("zero-shot").metrics["micro_f1"]["value"] == 0.5
+    lora = record.method("lora n=8")
+    assert lora.method.fine_tuned and lora.train_examples == 8
+    assert (
+        lora.metrics["accuracy"] == {"value": 0.9, "ci95": [0.8, 1.0]}
+        and lora.metrics["macro_f1"]["ci95"] == []
+    )
+
+
+def test_a_version_1_record_is_read_and_a_newer_one_refused() -> None:
+    from fewtune.errors import FewtuneError
+    from fewtune.run_record import SCHEMA_VERSION, RunRecord
+
+    old = RunRecord.from_dict({"status": "complete", "methods": [{"method": "few-shot", "shots": 4}]})
+    assert old.schema_version == SCHEMA_VERSION and old.task_name == "classification"
+    assert old.methods[0].name == "few-shot"
+    with pytest.raises(FewtuneError, match=r"results\.json: schema_version 3 is newer"):
+        RunRecord.from_dict({"schema_version": 3, "methods": []})
+    with pytest.raises(FewtuneError, match="unknown method 'magic'"):
+        RunRecord.from_dict({"methods": [{"method": "magic"}]})

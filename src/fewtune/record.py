@@ -12,8 +12,7 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
-PROMPTING_METHODS = ("zero-shot", "few-shot")
-"""Rows that ask the prompt model; the fine-tuned rows run on ``--model``."""
+from fewtune.methods import Method
 
 
 class Latency(TypedDict):
@@ -291,9 +290,10 @@ class Answerers:
     def tag(self, row: MutableMapping[str, Any]) -> None:
         """Write ``model`` (and ``pricing``) into ``row``, unless it has them already; a reference row
         (sentence embeddings + a classifier) names its own embedding model instead."""
-        if row.get("method") == "reference":
+        method = Method.of(row)
+        if method is Method.REFERENCE:
             return
-        prompting = row.get("method") in PROMPTING_METHODS
+        prompting = method.prompting  # the prompt model answers; the fine-tuned rows run on --model
         row.setdefault("model", self.prompt_model if prompting else self.tuned_model)
         if prompting and self.remote_prompting:
             row.setdefault("pricing", "hosted-api")

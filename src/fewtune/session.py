@@ -23,10 +23,9 @@ from fewtune.config import RunConfig
 from fewtune.events import RunEvents
 from fewtune.record import Answerers
 from fewtune.resume import resume_results
+from fewtune.run_record import SCHEMA_VERSION, MethodResult, RunRecord
 from fewtune.store import RunStore, clear_run
 
-# results.json layout: 2 adds the ``task`` block, and ``primary`` / ``metrics`` on every method row.
-SCHEMA_VERSION = 2
 # Fields of an earlier run's record that a resumed run says again or that are no longer true.
 STALE_ON_RESUME = ("warnings", "error", "finished_at")
 Derive = Callable[[list[dict[str, Any]]], Mapping[str, Any]]
@@ -40,8 +39,8 @@ def _now() -> str:
 class RunSession:
     """The record of one run in its folder; every write of results.json goes through here."""
 
-    def __init__(self, store: RunStore, results: dict[str, Any], events: RunEvents) -> None:
-        self.store, self.results, self.events = store, results, events
+    def __init__(self, store: RunStore, run: RunRecord, events: RunEvents) -> None:
+        self.store, self.run, self.events = store, run, events
         self.answerers: Answerers | None = None
         self.derive: Derive | None = None
 
@@ -87,7 +86,7 @@ class RunSession:
             for stale in STALE_ON_RESUME:
                 results.pop(stale, None)
             events.info(f"Resuming: {len(results['methods'])} finished methods are kept and skipped")
-        session = cls(store, results, events)
+        session = cls(store, RunRecord.from_dict(results, store.results_path), events)
         session.write()
         return session
 
@@ -96,22 +95,28 @@ class RunSession:
         return self.store.folder
 
     @property
+    def results(self) -> dict[str, Any]:
+        """The record's other top-level fields (model, dataset, hardware, ...), for a job to fill in."""
+        return self.run.header
+
+    @property
     def methods(self) -> list[dict[str, Any]]:
-        return self.results["methods"]
+        """The finished rows, as results.json holds them."""
+        return [dict(m.to_dict()) for m in self.run.methods]
 
     @property
     def done(self) -> set[str]:
         """Names of the finished rows (a resumed run starts with the earlier run's)."""
-        return {row["name"] for row in self.methods}
+        return {m.name for m in self.run.methods}
 
     def write(self) -> None:
-        self.store.write_results(self.results)
+        self.store.write_results(self.run.to_dict())
 
     def record(self, row: dict[str, Any], predictions: list[dict[str, Any]]) -> None:
         """A finished method: its row (tagged with the model that answered it), its predictions."""
         if self.answerers is not None:
             self.answerers.tag(row)
-        self.methods.append(row)
+        self.run.methods.append(MethodResult.from_dict(row, str(self.store.results_path)))
         if self.derive is not None:
             self.results.update(self.derive(self.methods))
         self.store.append_predictions(predictions)
@@ -131,15 +136,15 @@ class RunSession:
     @contextlib.contextmanager
     def running(self) -> Iterator[RunSession]:
         """Record how the run ends: complete, interrupted (Ctrl-C, SIGTERM) or failed with its error."""
-        self.results["status"] = "running"
+        self.run.status = "running"
         try:
             yield self
-            self.results["status"] = "complete"
+            self.run.status = "complete"
         except KeyboardInterrupt:
-            self.results["status"] = "interrupted"
+            self.run.status = "interrupted"
             raise
         except BaseException as err:
-            self.results["status"] = "failed"
+            self.run.status = "failed"
             self.results["error"] = f"{type(err).__name__}: {err}"
             raise
         finally:

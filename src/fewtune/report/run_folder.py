@@ -25,10 +25,12 @@ def read_run(folder: str | Path) -> tuple[dict[str, Any], dict[str, list[dict[st
         results = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise FewtuneError(f"{path}:{err.lineno}: malformed JSON ({err.msg})") from None
-    if not isinstance(results, dict) or not results.get("methods"):
+    from fewtune.run_record import RunRecord
+
+    record = RunRecord.from_dict(results, path)  # earlier versions are read as this one
+    if not record.methods:
         raise FewtuneError(f"{path}: no finished methods to report yet")
-    for row in results["methods"]:
-        row.setdefault("name", row["method"])
+    results = record.to_dict()
     predictions: dict[str, list[dict[str, Any]]] = defaultdict(list)
     pred_path = folder / "predictions.jsonl"
     if pred_path.is_file():

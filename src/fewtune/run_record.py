@@ -1,0 +1,132 @@
+"""The run record as types: a :class:`RunRecord` of :class:`MethodResult` rows, versioned, read from and
+written to results.json through ``from_dict`` / ``to_dict`` (the field-by-field format is
+:class:`fewtune.record.RunResults` and :class:`fewtune.record.MethodRow`, documented in
+docs/results-format.md).
+
+Every task's row has the same typed core: the method (a :class:`~fewtune.methods.Method`), its name, shots,
+training examples, and a ``metrics`` map of ``{name: {value, ci95}}``; classification rows keep their
+label fields (accuracy, per_class, ...) as written and show accuracy and macro-F1 in the map too. What a
+row holds beyond the core stays in it, so a record read and written again is unchanged.
+
+Versions: 2 (this one) adds the ``task`` block and per-row ``primary``/``metrics`` for open outputs; a
+version-1 record (classification, rows possibly without ``name``) is read as version 2; a newer version than
+this fewtune knows is refused in one line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fewtune.errors import FewtuneError
+from fewtune.methods import Method
+from fewtune.record import MethodRow, MetricValue
+from fewtune.tasks.base import CLASSIFICATION
+
+SCHEMA_VERSION = 2
+"""results.json's layout: 2 adds the ``task`` block, and ``primary`` / ``metrics`` on every method row."""
+# Classification's label metrics, as the map names them: (value field, interval field).
+LABEL_METRICS = {"accuracy": ("accuracy", "accuracy_ci95"), "macro_f1": ("macro_f1", "macro_f1_ci95")}
+
+
+@dataclass
+class MethodResult:
+    """One method's row of a run."""
+
+    method: Method
+    name: str
+    shots: int
+    train_examples: int | None
+    metrics: dict[str, MetricValue]
+    """Every metric with its 95% interval (``ci95`` is empty where the row recorded none)."""
+    row: dict[str, Any] = field(repr=False)
+    """The row as results.json holds it."""
+
+    @property
+    def primary_value(self) -> float | None:
+        """The row's own primary score (open outputs record it; classification's is chosen by the report)."""
+        primary = self.row.get("primary")
+        return float(primary["value"]) if primary else None
+
+    @classmethod
+    def from_dict(cls, row: Mapping[str, Any], where: str = "results.json") -> MethodResult:
+        if not isinstance(row, Mapping) or "method" not in row:
+            raise FewtuneError(f"{where}: a method row without a 'method' field")
+        method = Method.of(row)
+        data = dict(row)
+        data.setdefault("name", str(row["method"]))  # version 1 rows may lack a name
+        metrics: dict[str, MetricValue] = dict(data.get("metrics") or {})
+        for key, (value, interval) in LABEL_METRICS.items():
+            if value in data and key not in metrics:
+                metrics[key] = MetricValue(value=float(data[value]), ci95=list(data.get(interval) or []))
+        return cls(
+            method=method,
+            name=str(data["name"]),
+            shots=int(data.get("shots") or 0),
+            train_examples=data.get("train_examples"),
+            metrics=metrics,
+            row=data,
+        )
+
+    def to_dict(self) -> MethodRow:
+        return MethodRow(**self.row)  # type: ignore[typeddict-item]
+
+
+@dataclass
+class RunRecord:
+    """A run: what it measured on which data, and each finished method."""
+
+    schema_version: int
+    task: dict[str, Any]
+    status: str
+    methods: list[MethodResult]
+    header: dict[str, Any] = field(repr=False)
+    """Every other top-level field as written (model, seed, dataset, hardware, labels, curves, ...)."""
+
+    @property
+    def task_name(self) -> str:
+        return str(self.task.get("name") or CLASSIFICATION)
+
+    def method(self, name: str) -> MethodResult:
+        for result in self.methods:
+            if result.name == name:
+                return result
+        raise KeyError(name)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str | Path = "results.json") -> RunRecord:
+        """A record as results.json holds it; one-line errors name ``where`` when it is not one."""
+        if not isinstance(data, Mapping):
+            raise FewtuneError(f"{where}: expected a JSON object, got {type(data).__name__}")
+        version = int(data.get("schema_version") or 1)
+        if version > SCHEMA_VERSION:
+            raise FewtuneError(
+                f"{where}: schema_version {version} is newer than this fewtune reads ({SCHEMA_VERSION}); "
+                "upgrade fewtune"
+            )
+        rows = data.get("methods") or []
+        if not isinstance(rows, list):
+            raise FewtuneError(f"{where}: 'methods' must be a list")
+        header = {k: v for k, v in data.items() if k not in ("schema_version", "task", "status", "methods")}
+        return cls(
+            schema_version=SCHEMA_VERSION,
+            task=dict(data.get("task") or {"name": CLASSIFICATION}),
+            status=str(data.get("status") or "unknown"),
+            methods=[MethodResult.from_dict(row, str(where)) for row in rows],
+            header=header,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record for results.json, in the order ``fewtune run`` writes its fields."""
+        head = {k: self.header[k] for k in ("fewtune_version",) if k in self.header}
+        rest = {k: v for k, v in self.header.items() if k not in head}
+        return {
+            "schema_version": self.schema_version,
+            **head,
+            "task": self.task,
+            "status": self.status,
+            **rest,
+            "methods": [m.to_dict() for m in self.methods],
+        }
