@@ -14,10 +14,11 @@ from fewtune.backends.fake import FakeBackend
 from fewtune.config import CostArgs
 from fewtune.data.load import Example
 from fewtune.embeddings import FakeEmbedder
+from fewtune.evaluate import evaluate_reference
 from fewtune.report.build import write_reports
 from fewtune.report.run_folder import read_analysed
 from fewtune.runner import run
-from fewtune.strategies.reference import UNSEEN_LABEL_LOG_PROB, EmbeddingReference, evaluate_reference
+from fewtune.strategies.reference import UNSEEN_LABEL_LOG_PROB, EmbeddingReference
 
 TRAIN = [Example(f"{word} thing {i}", word) for i in range(5) for word in ("good", "bad")]
 TEST = [Example(f"so {word} {i}", word) for i in range(3) for word in ("good", "bad", "meh")]

@@ -236,7 +236,8 @@ class ClassificationJob(TaskJob):
 
     def _run_reference(self, session: RunSession, embedder: Embedder) -> None:
         """Embeddings + logistic regression on the same training examples as each LoRA adapter."""
-        from fewtune.strategies.reference import EmbeddingReference, evaluate_reference
+        from fewtune.evaluate import evaluate_reference
+        from fewtune.strategies.reference import EmbeddingReference
 
         cfg, data = self.cfg, self.data
         assert data is not None

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fewtune.backends.base import ProgressFn
 from fewtune.backends.generated import unanswered
 from fewtune.data.load import Example
+from fewtune.latency import time_requests, wall_seconds
+from fewtune.methods import Method
 from fewtune.metrics import classification_metrics
 from fewtune.strategies.base import Predictor, log_softmax
+
+if TYPE_CHECKING:
+    from fewtune.strategies.reference import ReferenceModel
 
 # Requests run and discarded before timing, so one-off costs (allocations, kernel selection) don't count.
 LATENCY_WARMUP_REQUESTS = 2
@@ -23,16 +29,12 @@ NO_ANSWER = "(no answer)"
 
 def measure_latency(predictor: Predictor, texts: Sequence[str], requests: int) -> dict[str, Any]:
     """Milliseconds per request, one request at a time, as a deployment serving single calls sees them."""
-    if requests <= 0 or not texts:
-        return {"p50": None, "p95": None, "mean": None, "requests": 0}
-    sample = [texts[i % len(texts)] for i in range(requests + LATENCY_WARMUP_REQUESTS)]
-    timings = []
-    for i, text in enumerate(sample):
-        seconds = predictor.backend.timed(partial(predictor.score, [text], batch_size=1))
-        if i >= LATENCY_WARMUP_REQUESTS:
-            timings.append(seconds * 1000)
-    p50, p95 = np.percentile(timings, [50, 95])
-    return {"p50": float(p50), "p95": float(p95), "mean": float(np.mean(timings)), "requests": len(timings)}
+    return time_requests(
+        lambda text: predictor.backend.timed(partial(predictor.score, [text], batch_size=1)),
+        texts,
+        requests,
+        warmup=LATENCY_WARMUP_REQUESTS,
+    )
 
 
 def _latencies(predictor: Predictor, texts: Sequence[str], requests: int) -> dict[str, Any]:
@@ -169,3 +171,49 @@ def combine_draws(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     # Sample standard deviation across draws; undefined for one draw.
     first["accuracy_std"] = float(np.std(accuracies, ddof=1)) if len(rows) > 1 else None
     return first
+
+
+def _reference_latency(model: ReferenceModel, texts: Sequence[str], requests: int) -> dict[str, Any]:
+    return time_requests(
+        lambda text: wall_seconds(lambda: model.score([text])),
+        texts,
+        requests,
+        warmup=LATENCY_WARMUP_REQUESTS,
+    )
+
+
+def evaluate_reference(
+    model: ReferenceModel, test: Sequence[Example], *, latency_requests: int = 20, seed: int = 0
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The reference's results row and per-test-row predictions, shaped like ``evaluate``'s."""
+    texts = [ex.text for ex in test]
+    labels = list(model.labels)
+    start = time.perf_counter()
+    scores = model.score(texts)
+    scoring_seconds = time.perf_counter() - start
+    predicted = [labels[i] for i in scores.argmax(axis=1)]
+    gold = [ex.label for ex in test]
+    row: dict[str, Any] = {
+        "method": Method.REFERENCE.value,
+        "name": model.name,
+        "shots": 0,
+        "train_examples": model.train_examples,
+        "demo_selection": None,
+        "calibrated": False,
+        "demo_seed": None,
+        **classification_metrics(gold, predicted, labels, seed=seed),
+        "latency_ms": _reference_latency(model, texts, latency_requests),
+        "prompt_tokens_mean": None,
+        "output_tokens_mean": None,
+        "throughput_rows_per_second": len(texts) / scoring_seconds if scoring_seconds else None,
+        "scoring_seconds": scoring_seconds,
+        **model.info,
+        "demos": [],
+    }
+    identity = {
+        "method": Method.REFERENCE.value,
+        "name": model.name,
+        "shots": 0,
+        "train_examples": model.train_examples,
+    }
+    return row, prediction_rows(identity, test, predicted, scores, labels)

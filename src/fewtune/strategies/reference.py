@@ -2,7 +2,7 @@
 
 A team whose labels a 22M-parameter sentence encoder and a linear classifier already separate may not need an
 LLM at all, so this row sits next to the prompting and fine-tuning rows, on the same test rows and the same
-training examples. It has no prompt and no demos, so it is not a :class:`Predictor`; it produces a results
+training examples. It has no prompt and no demos, so it is not a :class:`Predictor`; :func:`fewtune.evaluate.evaluate_reference` scores it into a results
 row with the same fields (``method`` is "reference"; the LLM-only fields are None).
 """
 
@@ -17,9 +17,7 @@ import numpy as np
 
 from fewtune.data.load import Example
 from fewtune.embeddings import Embedder
-from fewtune.evaluate import LATENCY_WARMUP_REQUESTS, prediction_rows
 from fewtune.methods import Method
-from fewtune.metrics import classification_metrics
 
 # Inverse L2 strength of the logistic regression. fewtune's choice: on unit-length MiniLM vectors
 # scikit-learn's default C=1 underfits small training sets (trec, 300 test rows: n=50 0.57 at C=1 vs 0.66 at
@@ -77,53 +75,3 @@ class EmbeddingReference:
             "classifier": f"LogisticRegression(C={REFERENCE_C:g})",
         }
         return ReferenceModel(self.embedder, classifier, self.labels, len(train), info)
-
-
-def _latency(model: ReferenceModel, texts: Sequence[str], requests: int) -> dict[str, Any]:
-    if requests <= 0 or not texts:
-        return {"p50": None, "p95": None, "mean": None, "requests": 0}
-    timings = []
-    for i in range(requests + LATENCY_WARMUP_REQUESTS):
-        start = time.perf_counter()
-        model.score([texts[i % len(texts)]])
-        if i >= LATENCY_WARMUP_REQUESTS:
-            timings.append((time.perf_counter() - start) * 1000)
-    p50, p95 = np.percentile(timings, [50, 95])
-    return {"p50": float(p50), "p95": float(p95), "mean": float(np.mean(timings)), "requests": len(timings)}
-
-
-def evaluate_reference(
-    model: ReferenceModel, test: Sequence[Example], *, latency_requests: int = 20, seed: int = 0
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The reference's results row and per-test-row predictions, shaped like ``evaluate``'s."""
-    texts = [ex.text for ex in test]
-    labels = list(model.labels)
-    start = time.perf_counter()
-    scores = model.score(texts)
-    scoring_seconds = time.perf_counter() - start
-    predicted = [labels[i] for i in scores.argmax(axis=1)]
-    gold = [ex.label for ex in test]
-    row: dict[str, Any] = {
-        "method": Method.REFERENCE.value,
-        "name": model.name,
-        "shots": 0,
-        "train_examples": model.train_examples,
-        "demo_selection": None,
-        "calibrated": False,
-        "demo_seed": None,
-        **classification_metrics(gold, predicted, labels, seed=seed),
-        "latency_ms": _latency(model, texts, latency_requests),
-        "prompt_tokens_mean": None,
-        "output_tokens_mean": None,
-        "throughput_rows_per_second": len(texts) / scoring_seconds if scoring_seconds else None,
-        "scoring_seconds": scoring_seconds,
-        **model.info,
-        "demos": [],
-    }
-    identity = {
-        "method": Method.REFERENCE.value,
-        "name": model.name,
-        "shots": 0,
-        "train_examples": model.train_examples,
-    }
-    return row, prediction_rows(identity, test, predicted, scores, labels)

@@ -13,6 +13,7 @@ import numpy as np
 
 from fewtune.backends.base import Backend, Generation, ProgressFn
 from fewtune.data.load import Example
+from fewtune.latency import time_requests, wall_seconds
 from fewtune.methods import Method
 from fewtune.prompts.template import QUERY_LEAD
 from fewtune.strategies.base import PerRowDemos
@@ -106,19 +107,12 @@ def max_new_tokens(backend: Backend, template: OutputTemplate, pool: Sequence[Ta
 
 def _latency(predictor: TextPredictor, texts: Sequence[str], requests: int) -> dict[str, Any]:
     """Single-request latency; long outputs stop the timing early (:data:`LATENCY_BUDGET_SECONDS`)."""
-    if requests <= 0 or not texts:
-        return {"p50": None, "p95": None, "mean": None, "requests": 0}
-    timings: list[float] = []
-    prompts = predictor.prompts([texts[i % len(texts)] for i in range(requests + LATENCY_WARMUP_REQUESTS)])
-    began = time.perf_counter()
-    for i, prompt in enumerate(prompts):
-        spent = time.perf_counter() - began
-        if len(timings) >= LATENCY_MIN_REQUESTS and spent > LATENCY_BUDGET_SECONDS:
-            break
-        seconds = predictor.backend.timed(
+
+    def one(text: str) -> float:
+        return predictor.backend.timed(
             partial(
                 predictor.backend.generate_batch,
-                [prompt],
+                predictor.prompts([text]),
                 prefix=predictor.shared_prefix(),
                 max_new_tokens=predictor.max_new_tokens,
                 stop=predictor.stop,
@@ -126,10 +120,15 @@ def _latency(predictor: TextPredictor, texts: Sequence[str], requests: int) -> d
                 constraint=predictor.constraint,
             )
         )
-        if i >= LATENCY_WARMUP_REQUESTS:
-            timings.append(seconds * 1000)
-    p50, p95 = np.percentile(timings, [50, 95])
-    return {"p50": float(p50), "p95": float(p95), "mean": float(np.mean(timings)), "requests": len(timings)}
+
+    return time_requests(
+        one,
+        texts,
+        requests,
+        warmup=LATENCY_WARMUP_REQUESTS,
+        budget_seconds=LATENCY_BUDGET_SECONDS,
+        min_requests=LATENCY_MIN_REQUESTS,
+    )
 
 
 def evaluate_text(
@@ -241,21 +240,12 @@ def evaluate_reference_outputs(
     began = time.perf_counter()
     outputs = model.predict(texts)
     seconds = time.perf_counter() - began
-    timings = []
-    for i in range(latency_requests + LATENCY_WARMUP_REQUESTS if latency_requests > 0 and texts else 0):
-        start = time.perf_counter()
-        model.predict([texts[i % len(texts)]])
-        if i >= LATENCY_WARMUP_REQUESTS:
-            timings.append((time.perf_counter() - start) * 1000)
-    latency: dict[str, Any] = {"p50": None, "p95": None, "mean": None, "requests": 0}
-    if timings:
-        p50, p95 = np.percentile(timings, [50, 95])
-        latency = {
-            "p50": float(p50),
-            "p95": float(p95),
-            "mean": float(np.mean(timings)),
-            "requests": len(timings),
-        }
+    latency = time_requests(
+        lambda text: wall_seconds(lambda: model.predict([text])),
+        texts,
+        latency_requests,
+        warmup=LATENCY_WARMUP_REQUESTS,
+    )
     identity = {
         "method": Method.REFERENCE.value,
         "name": f"{Method.REFERENCE} n={train_examples}",
