@@ -58,7 +58,7 @@ class ClassificationJob(TaskJob):
         load_price_table(cfg.cost.costs)  # a bad --costs file fails now, not after training
         report = data.report
         self.events.info(
-            f"[bold]fewtune[/] {report.pool_size} pool rows, {report.test_size} test rows, "
+            f"fewtune {report.pool_size} pool rows, {report.test_size} test rows, "
             f"{len(data.labels)} labels; removed {report.duplicates_removed} duplicates and "
             f"{report.leaks_removed} test leaks from the pool. Run folder: {self.plan.out}"
         )

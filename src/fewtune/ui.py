@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -103,14 +104,15 @@ class RichEvents:
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console()
 
+    # Messages are plain text (rows hold data such as "[NAME]" that rich would read as markup).
     def info(self, message: str) -> None:
-        self.console.print(message, highlight=False)
+        self.console.print(escape(message), highlight=False)
 
     def warn(self, message: str) -> None:
-        self.console.print(f"[yellow]warning:[/] {message}", highlight=False)
+        self.console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
 
     def finished(self, row: Mapping[str, Any]) -> None:
-        self.console.print(describe_row(row), highlight=False)
+        self.console.print(escape(describe_row(row)), highlight=False)
 
     def summary(self, rows: Sequence[Mapping[str, Any]]) -> None:
         if rows and all("accuracy" in row for row in rows):

@@ -89,7 +89,7 @@ class TextJob(TaskJob):
         )
         check_shots_and_sizes(cfg, len(data.pool))
         self.events.info(
-            f"[bold]fewtune[/] {task.name}: {len(data.pool)} pool rows, {len(data.test)} test rows; removed "
+            f"fewtune {task.name}: {len(data.pool)} pool rows, {len(data.test)} test rows; removed "
             f"{data.report['duplicates_removed']} duplicates and {data.report['leaks_removed']} test leaks "
             f"from the pool. Run folder: {plan.out}"
         )
