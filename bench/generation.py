@@ -26,12 +26,11 @@ from fewtune.backends.generation import generate_batch
 from fewtune.backends.hf import HFBackend
 from fewtune.backends.models import load_model, resolve_model
 from fewtune.prompts.demos import select_demos
-from fewtune.prompts.template import QUERY_LEAD
+from fewtune.prompts.template import QUERY_LEAD, OutputTemplate
 from fewtune.tasks.base import END_MARKER
 from fewtune.tasks.data import load_task_examples
 from fewtune.tasks.evaluate import max_new_tokens
 from fewtune.tasks.generation import GenerationTask
-from fewtune.tasks.template import OutputTemplate
 
 console = Console(stderr=True)
 

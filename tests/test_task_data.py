@@ -16,13 +16,13 @@ from task_helpers import (  # noqa: F401 (one_torch_thread is an autouse fixture
 )
 
 from fewtune.errors import DataError
+from fewtune.prompts.template import OutputTemplate
 from fewtune.tasks.base import END_MARKER, TaskExample
 from fewtune.tasks.data import infer_task, load_task_examples, prepare_task_data
 from fewtune.tasks.extraction import (
     ExtractionTask,
 )
 from fewtune.tasks.generation import GenerationTask
-from fewtune.tasks.template import OutputTemplate
 
 # -- data ---------------------------------------------------------------------------------------------------
 

@@ -21,13 +21,13 @@ from tiny import tiny_model, tiny_tokenizer
 from fewtune.backends.fake import FakeBackend
 from fewtune.backends.generation import Generation, generate_batch, stop_at
 from fewtune.backends.hf import HFBackend
+from fewtune.prompts.template import OutputTemplate
 from fewtune.tasks.base import TaskExample
 from fewtune.tasks.evaluate import TextPredictor, evaluate_text
 from fewtune.tasks.extraction import (
     ExtractionTask,
 )
 from fewtune.tasks.generation import GenerationTask
-from fewtune.tasks.template import OutputTemplate
 
 # -- batched generation on the tiny model ------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
-"""The few-shot prompt pattern from the practitioners' guides.
+"""The few-shot prompt pattern from the practitioners' guides, one for every task.
 
-A task line, the exact output format (the label set), then ``---``-separated ``Input:``/``Output:`` examples,
-all in the same format, ending with ``Output:`` and nothing else::
+A task line, the exact output format (classification: the label set), then ``---``-separated
+``Input:``/``Output:`` examples, all in the same format, ending with ``Output:`` and nothing else::
 
     Classify the input into exactly one label.
     Labels: negative, positive
@@ -14,15 +14,18 @@ all in the same format, ending with ``Output:`` and nothing else::
     Output:
 
 Everything up to and including the last ``Input:`` is the same for every test row when the demos are fixed,
-so a backend can compute it once (prefix caching). The label is scored as the continuation ``" " + name``,
-where ``name`` is the label's readable name (``--label-names``, e.g. trec's ``DESC`` shown as
-``description``) or the label itself. Results always keep the data's own labels.
+so a backend can compute it once (prefix caching). A classification label is scored as the continuation
+``" " + name``, where ``name`` is the label's readable name (``--label-names``, e.g. trec's ``DESC`` shown
+as ``description``) or the label itself; results always keep the data's own labels. An open output
+(:class:`OutputTemplate`) is followed by the ``---`` line in demos and in what LoRA learns, so a model
+that learned the pattern ends its answer with it: the end-of-output marker generation stops at.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from fewtune.data.load import Example
 from fewtune.errors import ConfigError
@@ -31,6 +34,8 @@ DEFAULT_TASK = "Classify the input into exactly one label."
 SEPARATOR = "---"
 # What every query starts with; part of the prefix a backend caches when the demos are fixed.
 QUERY_LEAD = "Input:"
+# The end of an output block: every demo's output is followed by a line holding the separator.
+END_MARKER = "\n" + SEPARATOR
 # ``--label-names auto``: underscores and hyphens become spaces (banking77's ``card_arrival``).
 AUTO_LABEL_NAMES = "auto"
 
@@ -71,9 +76,50 @@ def resolve_label_names(labels: Sequence[str], names: Mapping[str, str] | str | 
     return resolved
 
 
+class PromptPattern:
+    """The pattern itself: ``instruction`` and ``output_format`` lines, demos, the query; what an output
+    shows (``shown``) and what follows it (``end``) are the task's."""
+
+    end: ClassVar[str] = ""
+    """What follows an output in what the model learns (open outputs: the end-of-output marker)."""
+
+    instruction: str
+    """The role/task line."""
+    output_format: str
+    """The line(s) stating the exact output format; empty for an adapter's prompts."""
+
+    def shown(self, output: str) -> str:
+        """What the prompt shows for a demo's output (classification: the label's readable name)."""
+        return output
+
+    def header(self) -> str:
+        """The instruction line and the output format (left out when empty: an adapter's prompt)."""
+        return f"{self.instruction}\n" + (f"{self.output_format}\n" if self.output_format else "")
+
+    def prefix(self, demos: Sequence[Example]) -> str:
+        """Everything before the test input: header and demos, ending with the separator line."""
+        parts = [self.header()]
+        for demo in demos:
+            parts.append(
+                f"{SEPARATOR}\n{QUERY_LEAD} {one_line(demo.text)}\nOutput: {self.shown(demo.label)}\n"
+            )
+        parts.append(f"{SEPARATOR}\n")
+        return "".join(parts)
+
+    def query(self, text: str) -> str:
+        return f"{QUERY_LEAD} {one_line(text)}\nOutput:"
+
+    def render(self, text: str, demos: Sequence[Example] = ()) -> str:
+        return self.prefix(demos) + self.query(text)
+
+    def continuation(self, output: str) -> str:
+        """What the model is scored on (and trained to produce) after ``Output:``."""
+        return f" {self.shown(output)}{self.end}"
+
+
 @dataclass(frozen=True)
-class PromptTemplate:
-    """Builds prompts for one label set; ``task`` is the role/task line.
+class PromptTemplate(PromptPattern):
+    """Classification's prompts for one label set; ``task`` is the role/task line.
 
     ``names`` maps a label to the readable name the model sees and is scored on (missing = the label).
     """
@@ -87,28 +133,25 @@ class PromptTemplate:
         if unknown:
             raise ValueError(f"names for unknown labels: {sorted(unknown)}")
 
-    def shown(self, label: str) -> str:
-        """What the prompt shows for ``label``."""
-        return self.names.get(label, label)
+    @property
+    def instruction(self) -> str:  # type: ignore[override]
+        return self.task
 
-    def header(self) -> str:
+    @property
+    def output_format(self) -> str:  # type: ignore[override]
         shown = ", ".join(self.shown(label) for label in self.labels)
-        return f"{self.task}\nLabels: {shown}\nAnswer with the label only.\n"
+        return f"Labels: {shown}\nAnswer with the label only."
 
-    def prefix(self, demos: Sequence[Example]) -> str:
-        """Everything before the test input: header and demos, ending with the separator line."""
-        parts = [self.header()]
-        for demo in demos:
-            parts.append(f"{SEPARATOR}\nInput: {one_line(demo.text)}\nOutput: {self.shown(demo.label)}\n")
-        parts.append(f"{SEPARATOR}\n")
-        return "".join(parts)
+    def shown(self, output: str) -> str:
+        """What the prompt shows for the label ``output``."""
+        return self.names.get(output, output)
 
-    def query(self, text: str) -> str:
-        return f"{QUERY_LEAD} {one_line(text)}\nOutput:"
 
-    def render(self, text: str, demos: Sequence[Example] = ()) -> str:
-        return self.prefix(demos) + self.query(text)
+@dataclass(frozen=True)
+class OutputTemplate(PromptPattern):
+    """An open-output task's prompts: its instruction and output-format lines (an adapter's prompts leave
+    the format out: it learned it from its targets)."""
 
-    def continuation(self, label: str) -> str:
-        """What the model is scored on (and trained to produce) after ``Output:``."""
-        return f" {self.shown(label)}"
+    instruction: str
+    output_format: str
+    end: ClassVar[str] = END_MARKER

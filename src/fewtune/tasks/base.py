@@ -25,6 +25,7 @@ import numpy as np
 
 from fewtune.data.load import Example
 from fewtune.decide.metric import PrimaryMetric
+from fewtune.prompts.template import END_MARKER
 
 if TYPE_CHECKING:
     from fewtune.config import RunConfig
@@ -38,8 +39,6 @@ Embed = Any
 CLASSIFICATION = "classification"
 EXTRACTION = "extraction"
 GENERATION = "generation"
-# The end of an output block: every demo's output is followed by a line holding the prompt's separator.
-END_MARKER = "\n---"
 BOOTSTRAP_RESAMPLES = 1000
 
 

@@ -15,10 +15,9 @@ from fewtune.backends.base import Backend, Generation, ProgressFn
 from fewtune.data.load import Example
 from fewtune.latency import time_requests, wall_seconds
 from fewtune.methods import Method
-from fewtune.prompts.template import QUERY_LEAD
+from fewtune.prompts.template import QUERY_LEAD, OutputTemplate
 from fewtune.strategies.base import PerRowDemos
 from fewtune.tasks.base import END_MARKER, Task, TaskExample, bootstrap_ci
-from fewtune.tasks.template import OutputTemplate
 
 # New tokens allowed per output: the longest pool target (plus the end marker), with this much headroom.
 MAX_NEW_TOKENS_HEADROOM = 1.25

@@ -21,12 +21,12 @@ from fewtune.loaders import answerers
 from fewtune.methods import Method, any_fine_tuned
 from fewtune.plan import RunPlan, check_shots_and_sizes
 from fewtune.prompts.demos import NEAREST, DemoIndex, NearestDemos, select_demos
+from fewtune.prompts.template import OutputTemplate
 from fewtune.resume import fingerprint
 from fewtune.session import RunSession
 from fewtune.tasks.base import Task, TaskExample, TaskJob
 from fewtune.tasks.data import TaskData, prepare_task_data, stratified
 from fewtune.tasks.evaluate import TextPredictor, evaluate_reference_outputs, evaluate_text, max_new_tokens
-from fewtune.tasks.template import OutputTemplate
 
 TEXT_METHODS = tuple(m.value for m in Method if m.uses_llm)
 
