@@ -129,3 +129,15 @@ def test_a_version_1_record_is_read_and_a_newer_one_refused() -> None:
         RunRecord.from_dict({"schema_version": 3, "methods": []})
     with pytest.raises(FewtuneError, match="unknown method 'magic'"):
         RunRecord.from_dict({"methods": [{"method": "magic"}]})
+
+
+def test_one_module_writes_results_json() -> None:
+    """results.json is written through RunSession only (the report writes analysis.json beside it)."""
+    writers = set()
+    for path in SRC.rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                if node.func.attr == "write_results":
+                    writers.add(path.relative_to(SRC).as_posix())
+    assert writers == {"session.py"}
