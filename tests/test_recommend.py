@@ -19,6 +19,7 @@ from fewtune.decide.verdict import (
     CHOICE_PROMPT,
     CHOICE_REFERENCE,
     CHOICE_RETRIEVAL,
+    CHOICE_UNDECIDABLE,
     Recommendation,
     Situation,
 )
@@ -92,11 +93,23 @@ CASES = [
         reasons=["no prompting method with 5 or more examples", "zero-shot, lora n=200", "--shots 0,5"],
     ),
     Case(
-        "prompt within 5 points (significant)",
+        "a significant lead whose interval straddles the 5-point margin keeps the prompt",
         [prompt(range(170)), tuned(range(178))],
         CHOICE_PROMPT,
         K5,
-        reasons=["within 5 points", "0.890 vs few-shot k=5 balanced 0.850", "+4.0 points", "p=0.008"],
+        reasons=[
+            "not shown to be more than 5 points behind",
+            "0.890 vs few-shot k=5 balanced 0.850",
+            "+4.0 points",
+            "p=0.008",
+        ],
+    ),
+    Case(
+        "prompt shown to be within 5 points (the interval's upper bound below the margin)",
+        [prompt(range(850), rows=1000), tuned(range(880), rows=1000)],
+        CHOICE_PROMPT,
+        K5,
+        reasons=["shown to be within 5 points of", "+3.0 points"],
     ),
     Case(
         "prompt ahead of fine-tuning",
@@ -106,26 +119,43 @@ CASES = [
         reasons=["ahead of the best fine-tuned", "-10.0 points"],
     ),
     Case(
-        "fine-tune: 15+ points ahead at 100,000+/day",
-        [prompt(range(140)), tuned(range(180))],
+        "fine-tune: shown 15+ points ahead at 100,000+/day",
+        [prompt(range(130)), tuned(range(180))],
         CHOICE_FINE_TUNE,
         "lora n=200",
         volume=150_000,
         reasons=[
-            "ahead by 15+ points",
-            "0.900 vs few-shot k=5 balanced 0.700",
+            "more than 15 points ahead",
+            "0.900 vs few-shot k=5 balanced 0.650",
             "p<0.001",
             "150,000 calls/day",
         ],
     ),
     Case(
-        "fine-tune at any volume when 15+ points ahead, with the cost stated",
-        [prompt(range(140)), tuned(range(180))],
+        "fine-tune at any volume when shown 15+ points ahead, with the cost stated",
+        [prompt(range(130)), tuned(range(180))],
         CHOICE_FINE_TUNE,
         "lora n=200",
         volume=2_000,
         # (7e-6 - 1.3e-6) x 2,000 = $0.011/day against $3,060 more setup
-        reasons=["ahead by 15+ points", "cost at 2,000 calls/day", "saves $0.011/day against $3,060 more"],
+        reasons=[
+            "more than 15 points ahead",
+            "cost at 2,000 calls/day",
+            "saves $0.011/day against $3,060 more",
+        ],
+    ),
+    Case(
+        "just above the 15-point margin: the interval's lower bound above it fine-tunes",
+        [prompt(range(700), rows=1000), tuned(range(880), rows=1000)],  # +18, 95% CI about [15.6, 20.4]
+        CHOICE_FINE_TUNE,
+        "lora n=200",
+        reasons=["more than 15 points ahead", "+18.0 points"],
+    ),
+    Case(
+        "a +16-point lead whose interval reaches below 15 is the 5-15 band",
+        [prompt(range(700), rows=1000), tuned(range(860), rows=1000)],  # +16, 95% CI about [13.7, 18.3]
+        CHOICE_DEPENDS,
+        reasons=["more than 5 points ahead, but not more than 15", "+16.0 points"],
     ),
     Case(
         "a near-chance prompt has no value to protect",
@@ -142,8 +172,8 @@ CASES = [
         [prompt(range(160)), tuned(range(180))],
         CHOICE_DEPENDS,
         reasons=[
-            "ahead by 10.0 points",
-            "below 15",
+            "more than 5 points ahead, but not more than 15",
+            "+10.0 points",
             "fine-tuning pays when one more correct answer is worth",
         ],
     ),
@@ -186,14 +216,28 @@ CASES = [
         reasons=["no significant difference at n=200", "a 5-point gap (the smallest", "Connor 1987"],
     ),
     Case(
-        "no per-row predictions: no paired test, no claimed difference",
+        "no per-row predictions: undecidable, with what is missing",
         [
             MethodEvidence(K5, PROMPT, 0.70, PROMPT_COST, 5, demo_selection="balanced"),
             MethodEvidence("lora n=200", FINE_TUNED, 0.90, TUNED_COST, 0, 200),
         ],
-        CHOICE_PROMPT,
-        K5,
-        reasons=["no significant difference can be shown", "no per-row predictions"],
+        CHOICE_UNDECIDABLE,
+        reasons=["have no per-row predictions", "re-run both methods into one run folder"],
+    ),
+    Case(
+        "missing evidence on one side does not favour the prompt",  # prompt 0.60 vs LoRA 0.90
+        [
+            MethodEvidence(K5, PROMPT, 0.60, PROMPT_COST, 5, demo_selection="balanced"),
+            tuned(range(180)),
+        ],
+        CHOICE_UNDECIDABLE,
+        reasons=["few-shot k=5 balanced has no per-row predictions"],
+    ),
+    Case(
+        "predictions on other rows are no paired evidence",
+        [prompt(range(150)), tuned(range(170), rows=190)],
+        CHOICE_UNDECIDABLE,
+        reasons=["on 200 rows and lora n=200 on 190"],
     ),
     Case(
         "low scores alone are no knowledge gap: not good enough yet, with next steps",
@@ -220,7 +264,7 @@ CASES = [
     ),
     Case(
         "nearest demos beat fixed demos but not fine-tuning: no retrieval",
-        [prompt(range(100)), prompt(range(150), selection="nearest"), tuned(range(190))],
+        [prompt(range(100)), prompt(range(130), selection="nearest"), tuned(range(190))],
         CHOICE_FINE_TUNE,
         "lora n=200",
         volume=150_000,
@@ -230,7 +274,28 @@ CASES = [
         [prompt(range(150)), tuned(range(170)), reference(range(196))],
         CHOICE_REFERENCE,
         "reference n=200",
-        reasons=["ahead of the best LLM method", "no LLM"],
+        reasons=["the no-LLM classifier is ahead of lora n=200", "no LLM"],
+    ),
+    Case(
+        "the reference is held against the method that ships, not the best-scoring row",
+        # prompt 0.80, LoRA 0.84 (not shown 5 points ahead: the prompt ships), reference 0.78
+        [prompt(range(320), rows=400), tuned(range(336), rows=400), reference(range(312), rows=400)],
+        CHOICE_REFERENCE,
+        "reference n=200",
+        reasons=["few-shot k=5 balanced 0.800 vs reference n=200 0.780"],
+    ),
+    Case(
+        "an LLM lead of +5.5 points with an interval below 5 at its low end is within the margin",
+        [prompt(range(342), rows=400), reference(range(320), rows=400)],  # 95% CI about [3.3, 7.8]
+        CHOICE_REFERENCE,
+        "reference n=200",
+        reasons=["not shown to be more than 5 points ahead", "+5.5 points"],
+    ),
+    Case(
+        "an LLM lead shown to be more than 5 points: the LLM method ships",
+        [prompt(range(352), rows=400), reference(range(320), rows=400)],  # +8, 95% CI about [5.3, 10.8]
+        CHOICE_PROMPT,
+        K5,
     ),
     Case(
         "the reference within 5 points ships",
@@ -284,7 +349,7 @@ CASES = [
     ),
     Case(
         "one training size: the sweep that would tell",
-        [prompt(range(140)), tuned(range(180))],
+        [prompt(range(130)), tuned(range(180))],
         CHOICE_FINE_TUNE,
         "lora n=200",
         steps=["one training size (200)", "--train-sizes 50,100,200,400"],
@@ -335,7 +400,7 @@ def test_recommendation_rules(case: Case) -> None:
         for fragment in fragments:
             assert fragment in joined, f"{fragment!r} not in {kind}: {joined}"
     assert rec.headline and rec.reasons
-    ships_nothing = case.choice in (CHOICE_NOT_GOOD_ENOUGH, CHOICE_MEASURE_PROMPTING)
+    ships_nothing = case.choice in (CHOICE_NOT_GOOD_ENOUGH, CHOICE_MEASURE_PROMPTING, CHOICE_UNDECIDABLE)
     assert rec.shipped == (None if ships_nothing else case.method)
     as_dict = rec.to_dict()
     assert set(as_dict) >= {"choice", "reasons", "caveats", "next_steps", "metric", "degenerate"}

@@ -7,7 +7,7 @@ from fewtune.cost import format_usd
 from fewtune.decide.evidence import PROMPT, Comparison, MethodEvidence, compare, not_significant, versus
 from fewtune.decide.money import Volume, cost_reason
 from fewtune.decide.thresholds import MARGIN_POINTS
-from fewtune.decide.verdict import CHOICE_REFERENCE, CHOICE_RETRIEVAL, Situation, Verdict, best
+from fewtune.decide.verdict import CHOICE_REFERENCE, CHOICE_RETRIEVAL, Situation, Verdict, best, undecidable
 
 
 def retrieval_verdict(
@@ -43,7 +43,8 @@ def retrieval_verdict(
 def reference_verdict(
     reference: MethodEvidence, llm_best: MethodEvidence | None, s: Situation, out: list[Comparison]
 ) -> Verdict | None:
-    """Rule 8: the no-LLM classifier ships unless an LLM method is significantly more than 5 points ahead."""
+    """Rule 8: the no-LLM classifier ships unless the LLM method the verdict would ship (``llm_best``) is
+    shown to be more than 5 points ahead of it: the paired interval's lower bound is above the margin."""
     label = s.metric.label
     tail = (
         f"setup {format_usd(reference.cost.setup)}, {format_usd(reference.cost.per_request)}/request, no LLM "
@@ -57,14 +58,19 @@ def reference_verdict(
         return Verdict(CHOICE_REFERENCE, reference, f"Ship the no-LLM classifier: {reference.name}", reasons)
     c = compare(reference, llm_best, s.metric, s.seed)
     out.append(c)
-    if c.significantly_ahead and c.lead_points > MARGIN_POINTS:
+    if not c.paired:  # missing evidence favours neither side
+        return undecidable(c, {m.name: m for m in (reference, llm_best)})
+    if c.ahead_by_more_than(MARGIN_POINTS):
         return None
     if c.lead_points <= 0:
-        why = f"the no-LLM classifier is ahead of the best LLM method: {versus(c, label)}"
+        why = f"the no-LLM classifier is ahead of {llm_best.name}: {versus(c, label)}"
     elif not c.significant:
         why = not_significant(c, label)
     else:
-        why = f"the best LLM method is within {MARGIN_POINTS:.0f} points: {versus(c, label)}"
+        why = (
+            f"{llm_best.name} is not shown to be more than {MARGIN_POINTS:.0f} points ahead (the paired "
+            f"interval's lower bound is not above it): {versus(c, label)}"
+        )
     v = Volume(s.volume_per_day, s.horizon_days)
     reasons = [why, tail, cost_reason(reference, llm_best, v)]
     return Verdict(CHOICE_REFERENCE, reference, f"Ship the no-LLM classifier: {reference.name}", reasons)

@@ -140,6 +140,22 @@ class Comparison:
     def significantly_ahead(self) -> bool:
         return self.significant and self.lead_points > 0
 
+    @property
+    def paired(self) -> bool:
+        """Both methods had per-row statistics on the same rows, so the comparison was tested."""
+        return self.lead_ci95 is not None and self.p_value is not None
+
+    def ahead_by_more_than(self, points: float) -> bool:
+        """The candidate is shown to be more than ``points`` ahead: the paired 95% interval's lower bound
+        is above the margin (a one-sided test at 2.5% against a lead of ``points``), not the point
+        estimate."""
+        return self.lead_ci95 is not None and self.lead_ci95[0] > points
+
+    def within(self, points: float) -> bool:
+        """The candidate is shown to be less than ``points`` ahead (non-inferiority of the baseline at
+        margin ``points``): the interval's upper bound is below the margin."""
+        return self.lead_ci95 is not None and self.lead_ci95[1] < points
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "baseline": self.baseline,
@@ -218,6 +234,17 @@ def _paired(
         rows_needed=needed,
         rows_needed_points=points,
     )
+
+
+def missing_evidence(c: Comparison, methods: dict[str, MethodEvidence]) -> str:
+    """Which of the compared methods lack per-row statistics (or have them on other rows), in a clause."""
+    a, b = methods.get(c.baseline), methods.get(c.candidate)
+    lacking = [m.name for m in (a, b) if m is not None and (m.stats is None or len(m.stats) == 0)]
+    if lacking:
+        return f"{' and '.join(lacking)} {'has' if len(lacking) == 1 else 'have'} no per-row predictions"
+    if a is not None and b is not None and a.stats is not None and b.stats is not None:
+        return f"{a.name} has per-row predictions on {len(a.stats)} rows and {b.name} on {len(b.stats)}"
+    return "no per-row predictions"
 
 
 def describe(c: Comparison) -> str:

@@ -60,10 +60,12 @@ from fewtune.decide.verdict import (
     CHOICE_NOT_GOOD_ENOUGH,
     CHOICE_PROMPT,
     CHOICE_RETRIEVAL,
+    CHOICE_UNDECIDABLE,
     Recommendation,
     Situation,
     Verdict,
     best,
+    undecidable,
 )
 
 
@@ -99,6 +101,8 @@ def _llm_verdict(
             ],
         )
     assert c is not None
+    if not c.paired:
+        return undecidable(c, {m.name: m for m in (prompt, tuned)})
     be = break_even(prompt.cost, tuned.cost)
     cost = cost_reason(prompt, tuned, v, be)
     low_volume = [low_volume_reason(prompt, tuned, v)] if s.volume_per_day < LOW_VOLUME_PER_DAY else []
@@ -116,17 +120,23 @@ def _llm_verdict(
                 *low_volume,
             ],
         )
-    if lead <= MARGIN_POINTS:
-        where = "ahead of" if lead < 0 else f"within {MARGIN_POINTS:.0f} points of"
+    if not c.ahead_by_more_than(MARGIN_POINTS):
+        if lead < 0:
+            where = "ahead of"
+        elif c.within(MARGIN_POINTS):
+            where = f"shown to be within {MARGIN_POINTS:.0f} points of"
+        else:  # the interval straddles the margin: a lead above it is not shown
+            where = f"not shown to be more than {MARGIN_POINTS:.0f} points behind"
         return Verdict(
             CHOICE_PROMPT,
             prompt,
             f"Ship the prompt: {prompt.name}",
             [f"the best prompt is {where} the best fine-tuned method: {versus(c, label)}", cost, *low_volume],
         )
-    if lead >= FINE_TUNE_LEAD_POINTS:
+    if c.ahead_by_more_than(FINE_TUNE_LEAD_POINTS):
         reasons = [
-            f"fine-tuning is significantly ahead by {FINE_TUNE_LEAD_POINTS:.0f}+ points: {versus(c, label)}"
+            f"fine-tuning is shown to be more than {FINE_TUNE_LEAD_POINTS:.0f} points ahead (the paired "
+            f"interval's lower bound is above it): {versus(c, label)}"
         ]
         if s.kappa.get(prompt.name, 1.0) < NEAR_CHANCE_KAPPA:
             reasons.append(
@@ -142,8 +152,8 @@ def _llm_verdict(
         return Verdict(CHOICE_FINE_TUNE, tuned, f"Fine-tune: {tuned.name}", reasons)
     value = value_of_correct(prompt, tuned, v)
     why = (
-        f"fine-tuning is significantly ahead by {lead:.1f} points, above the "
-        f"{MARGIN_POINTS:.0f}-point margin but below {FINE_TUNE_LEAD_POINTS:.0f}: {versus(c, label)}"
+        f"fine-tuning is shown to be more than {MARGIN_POINTS:.0f} points ahead, but not more than "
+        f"{FINE_TUNE_LEAD_POINTS:.0f}: {versus(c, label)}"
     )
     reasons = [why, value_reason(value, tuned.name, v, label), cost, *low_volume]
     per = value.break_even_value
@@ -216,11 +226,12 @@ def recommend(s: Situation) -> Recommendation:
         )
     else:
         verdict = retrieval_verdict(viable, tuned, s, comparisons) or _llm_verdict(prompt, tuned, s, c)
-        llm_best = best([m for m in (prompt, tuned) if m])
-        if reference is not None and (verdict is None or verdict.choice != CHOICE_RETRIEVAL):
-            verdict = reference_verdict(reference, llm_best, s, comparisons) or verdict
-        elif reference is not None and verdict is not None and verdict.method is not None:
-            verdict = reference_verdict(reference, verdict.method, s, comparisons) or verdict
+        if reference is not None and (verdict is None or verdict.choice != CHOICE_UNDECIDABLE):
+            # The reference is held against what the LLM verdict ships (the better LLM method when it
+            # ships none: "it depends"), never merely against the best-scoring row.
+            shipped = verdict.method if verdict is not None and verdict.method is not None else None
+            against = shipped or best([m for m in (prompt, tuned) if m])
+            verdict = reference_verdict(reference, against, s, comparisons) or verdict
     top = best(viable)
     steps = low_steps(s.methods, s.kappa, s.class_balance, prompt, top)
     kappa = s.kappa.get(top.name) if top else None

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from fewtune.decide.evidence import Comparison, MethodEvidence
+from fewtune.decide.evidence import Comparison, MethodEvidence, missing_evidence
 from fewtune.decide.metric import ACCURACY_METRIC, PrimaryMetric
 
 CHOICE_PROMPT = "prompt"
@@ -16,6 +16,7 @@ CHOICE_RETRIEVAL = "retrieval"
 CHOICE_REFERENCE = "reference"
 CHOICE_NOT_GOOD_ENOUGH = "not-good-enough"
 CHOICE_MEASURE_PROMPTING = "measure-prompting-first"
+CHOICE_UNDECIDABLE = "undecidable"
 
 
 @dataclass(frozen=True)
@@ -105,3 +106,19 @@ class Verdict:
     method: MethodEvidence | None
     headline: str
     reasons: list[str]
+
+
+def undecidable(c: Comparison, methods: dict[str, MethodEvidence]) -> Verdict:
+    """A comparison the verdict turns on has no paired evidence: neither side wins by default."""
+    return Verdict(
+        CHOICE_UNDECIDABLE,
+        None,
+        f"Undecidable: {c.candidate} and {c.baseline} cannot be compared on the same rows",
+        [
+            f"{missing_evidence(c, methods)}, so no paired test can say which is better "
+            f"({c.candidate} {c.candidate_score:.3f}, {c.baseline} {c.baseline_score:.3f}); a verdict on "
+            "averages alone would favour whichever side the rules default to",
+            "to decide: re-run both methods into one run folder (fewtune run --resume keeps the finished "
+            "ones), so predictions.jsonl holds each method's per-row predictions on the same test rows",
+        ],
+    )
