@@ -158,7 +158,11 @@ def test_report_writes_costs_and_recommendation_beside_an_old_results_json(legac
     # Fine-tuning is shown more than 15 points ahead: fine-tune at any volume, with the cost stated.
     assert recommendation["choice"] == "fine-tune" and recommendation["method"] == "lora n=100"
     assert any(r.startswith("cost at 50,000 calls/day") for r in recommendation["reasons"])
-    assert recommendation["metric"] == "accuracy" and recommendation["comparison"]["test"] == "exact McNemar"
+    # The best of 2 prompt rows against the best of 2 fine-tuned rows, picked on the same test rows.
+    assert (
+        recommendation["metric"] == "accuracy" and recommendation["comparison"]["test"] == "max-t bootstrap"
+    )
+    assert recommendation["comparison"]["candidates"] == 4
     assert all(
         row["primary"]["metric"] == "accuracy" and row["degenerate"] is None for row in results["methods"]
     )

@@ -4,8 +4,9 @@ reference classifier (when no LLM method is clearly ahead of it)."""
 from __future__ import annotations
 
 from fewtune.cost import format_usd
-from fewtune.decide.evidence import PROMPT, Comparison, MethodEvidence, compare, not_significant, versus
+from fewtune.decide.evidence import PROMPT, Comparison, MethodEvidence, not_significant, versus
 from fewtune.decide.money import Volume, cost_reason
+from fewtune.decide.selection import compare_selected
 from fewtune.decide.thresholds import MARGIN_POINTS
 from fewtune.decide.verdict import CHOICE_REFERENCE, CHOICE_RETRIEVAL, Situation, Verdict, best, undecidable
 
@@ -20,7 +21,9 @@ def retrieval_verdict(
     if nearest is None or fixed is None:
         return None
     label = s.metric.label
-    against_fixed = compare(fixed, nearest, s.metric, s.seed)
+    nearest_rows = [m for m in prompts if m.demo_selection == "nearest"]
+    fixed_rows = [m for m in prompts if m.demo_selection != "nearest"]
+    against_fixed = compare_selected(fixed_rows, nearest_rows, fixed, nearest, s.metric, s.seed)
     out.append(against_fixed)
     if not against_fixed.significantly_ahead:
         return None
@@ -29,7 +32,8 @@ def retrieval_verdict(
         "what the model lacks is found in similar examples, which is what retrieval supplies"
     ]
     if tuned is not None:
-        against_tuned = compare(tuned, nearest, s.metric, s.seed)
+        tuned_rows = [m for m in viable if m.kind == tuned.kind]
+        against_tuned = compare_selected(tuned_rows, nearest_rows, tuned, nearest, s.metric, s.seed)
         out.append(against_tuned)
         if not against_tuned.significantly_ahead:
             return None
@@ -41,7 +45,12 @@ def retrieval_verdict(
 
 
 def reference_verdict(
-    reference: MethodEvidence, llm_best: MethodEvidence | None, s: Situation, out: list[Comparison]
+    reference: MethodEvidence,
+    llm_best: MethodEvidence | None,
+    s: Situation,
+    out: list[Comparison],
+    references: list[MethodEvidence] | None = None,
+    llm_rows: list[MethodEvidence] | None = None,
 ) -> Verdict | None:
     """Rule 8: the no-LLM classifier ships unless the LLM method the verdict would ship (``llm_best``) is
     shown to be more than 5 points ahead of it: the paired interval's lower bound is above the margin."""
@@ -56,7 +65,10 @@ def reference_verdict(
             tail,
         ]
         return Verdict(CHOICE_REFERENCE, reference, f"Ship the no-LLM classifier: {reference.name}", reasons)
-    c = compare(reference, llm_best, s.metric, s.seed)
+    # Both sides were picked on the test rows (the best reference size, the best LLM row): test as such.
+    c = compare_selected(
+        references or [reference], llm_rows or [llm_best], reference, llm_best, s.metric, s.seed
+    )
     out.append(c)
     if not c.paired:  # missing evidence favours neither side
         return undecidable(c, {m.name: m for m in (reference, llm_best)})

@@ -126,6 +126,10 @@ class Comparison:
     """The gap rows_needed is for: the observed gap, or 5 points when the observed gap is smaller."""
     baseline_accuracy: float | None = None
     candidate_accuracy: float | None = None
+    candidates: int = 1
+    """(baseline, candidate) pairs the compared pair was chosen among (1: chosen in advance)."""
+    selection: str | None = None
+    """How the pair was chosen and how the test allows for it, when chosen among several."""
 
     @property
     def lead_points(self) -> float:
@@ -174,6 +178,8 @@ class Comparison:
             "rows_needed": self.rows_needed,
             "rows_needed_points": self.rows_needed_points,
             "significant": self.significant,
+            "candidates": self.candidates,
+            "selection": self.selection,
         }
 
 
@@ -253,8 +259,11 @@ def describe(c: Comparison) -> str:
         return "no per-row predictions, so no paired test"
     low, high = c.lead_ci95
     p_value = "<0.001" if c.p_value < 0.001 else f"={c.p_value:.3f}"
-    test = "McNemar" if c.test == "exact McNemar" else "paired bootstrap"
-    return f"{test} p{p_value}, 95% CI {low:+.1f} to {high:+.1f} points, n={c.rows}"
+    test = {"exact McNemar": "McNemar", "max-t bootstrap": "max-t bootstrap"}.get(
+        c.test or "", "paired bootstrap"
+    )
+    chosen = f", best of {c.candidates} compared pairs" if c.candidates > 1 else ""
+    return f"{test} p{p_value}, 95% CI {low:+.1f} to {high:+.1f} points, n={c.rows}{chosen}"
 
 
 def versus(c: Comparison, label: str) -> str:

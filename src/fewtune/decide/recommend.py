@@ -32,7 +32,6 @@ from fewtune.decide.evidence import (
     REFERENCE,
     Comparison,
     MethodEvidence,
-    compare,
     not_significant,
     versus,
 )
@@ -43,6 +42,7 @@ from fewtune.decide.money import (
     value_of_correct,
     value_reason,
 )
+from fewtune.decide.selection import compare_selected
 from fewtune.decide.steps import degenerate_caveat, low_steps
 from fewtune.decide.thresholds import (
     FINE_TUNE_LEAD_POINTS,
@@ -207,7 +207,13 @@ def recommend(s: Situation) -> Recommendation:
     tuned = best([m for m in viable if m.kind == FINE_TUNED])
     reference = best([m for m in viable if m.kind == REFERENCE])
     comparisons: list[Comparison] = []
-    c = compare(prompt, tuned, s.metric, s.seed) if prompt and tuned else None
+    prompts_viable = [m for m in viable if m.kind == PROMPT]
+    tuned_viable = [m for m in viable if m.kind == FINE_TUNED]
+    c = (
+        compare_selected(prompts_viable, tuned_viable, prompt, tuned, s.metric, s.seed)
+        if prompt and tuned
+        else None
+    )
     if c is not None:
         comparisons.append(c)
     verdict: Verdict | None
@@ -231,7 +237,9 @@ def recommend(s: Situation) -> Recommendation:
             # ships none: "it depends"), never merely against the best-scoring row.
             shipped = verdict.method if verdict is not None and verdict.method is not None else None
             against = shipped or best([m for m in (prompt, tuned) if m])
-            verdict = reference_verdict(reference, against, s, comparisons) or verdict
+            llm_rows = [m for m in viable if m.kind in (PROMPT, FINE_TUNED)]
+            references = [m for m in viable if m.kind == REFERENCE]
+            verdict = reference_verdict(reference, against, s, comparisons, references, llm_rows) or verdict
     top = best(viable)
     steps = low_steps(s.methods, s.kappa, s.class_balance, prompt, top)
     kappa = s.kappa.get(top.name) if top else None
