@@ -18,6 +18,7 @@ from fewtune.config import RunConfig, build_config
 from fewtune.embeddings import FakeEmbedder
 from fewtune.errors import ConfigError, ModelError
 from fewtune.runner import run
+from fewtune.store import MANIFEST, record_written
 
 CONTRACT_METHOD_FIELDS = {
     "method",
@@ -267,17 +268,51 @@ def test_an_existing_run_is_never_silently_replaced(tmp_path: Path) -> None:
 def test_overwrite_replaces_the_run_files_and_keeps_the_users(tmp_path: Path) -> None:
     cfg = config(tmp_path)
     folder = run(cfg, Console(quiet=True), fake_factory(FakeBackend()), fake_embedder)
-    stale = folder / "adapters" / "lora-n999"  # an adapter the new run does not train
+    record_written(folder, "adapters/lora-n999")  # an adapter fewtune trained, which the new run does not
+    stale = folder / "adapters" / "lora-n999"
     stale.mkdir(parents=True)
     (stale / "adapter_model.safetensors").write_bytes(b"stale")
+    theirs = folder / "adapters" / "mine"  # the user's, beside fewtune's
+    theirs.mkdir()
+    (theirs / "weights.bin").write_bytes(b"mine")
     (folder / "notes.txt").write_text("mine")
+    (folder / "report-old.png").write_bytes(b"mine too")  # named like a report image, not fewtune's
     again = config(tmp_path, eval={"methods": ["zero-shot"]})
+    with pytest.raises(ConfigError, match=r"holds files fewtune did not write \(notes.txt, report-old.png\)"):
+        run(again, Console(quiet=True), fake_factory(FakeBackend()), fake_embedder, resume=False)
     run(again, Console(quiet=True), fake_factory(FakeBackend()), fake_embedder, overwrite=True)
     results = json.loads((folder / "results.json").read_text())
     assert [m["name"] for m in results["methods"]] == ["zero-shot"]
     lines = (folder / "predictions.jsonl").read_text().splitlines()
     assert {json.loads(line)["name"] for line in lines} == {"zero-shot"}
     assert not stale.exists() and (folder / "notes.txt").read_text() == "mine"
+    assert (theirs / "weights.bin").read_bytes() == b"mine" and (folder / "report-old.png").is_file()
+
+
+def test_an_out_folder_with_the_users_files_is_refused_and_left_alone(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text("mine: true\n")
+    (out / "predictions.jsonl").write_text("my own lines\n")
+    cfg = config(tmp_path)
+    with pytest.raises(
+        ConfigError, match=r"--out .* holds files fewtune did not write \(config.yaml, predictions"
+    ):
+        run(cfg, Console(quiet=True), fake_factory(FakeBackend()), fake_embedder)
+    assert (out / "config.yaml").read_text() == "mine: true\n"
+    assert (out / "predictions.jsonl").read_text() == "my own lines\n"
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "predictions.jsonl"]
+
+
+def test_overwrite_of_a_folder_from_before_the_manifest_removes_the_run_files_by_name(tmp_path: Path) -> None:
+    folder = run(config(tmp_path), Console(quiet=True), fake_factory(FakeBackend()), fake_embedder)
+    (folder / MANIFEST).unlink()  # as an earlier fewtune left it
+    (folder / "notes.txt").write_text("mine")
+    again = config(tmp_path, eval={"methods": ["zero-shot"]})
+    run(again, Console(quiet=True), fake_factory(FakeBackend()), fake_embedder, overwrite=True)
+    assert (folder / "notes.txt").read_text() == "mine"
+    assert [m["name"] for m in json.loads((folder / "results.json").read_text())["methods"]] == ["zero-shot"]
+    assert "notes.txt" not in json.loads((folder / MANIFEST).read_text())["written"]
 
 
 # Fields that differ between any two runs (clocks, and the costs priced from them), left out of comparisons.

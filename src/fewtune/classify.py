@@ -123,6 +123,7 @@ class ClassificationJob(TaskJob):
             ),
         )
         session.results["dataset"]["checks"] = checks.to_dict()
+        session.store.written(session.store.label_issues_path.name)
         write_label_issues(session.store.label_issues_path, checks)
         for warning in checks.warnings:
             session.warn_data(warning)

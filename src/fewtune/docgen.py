@@ -41,6 +41,9 @@ SWITCH_DEFAULTS = {"False": "off", "True": "on"}
 # What each run-folder file holds (every name in fewtune.store's RUN_FILES, RUN_FOLDERS and REPORT_IMAGES
 # must be here: a new one without a description fails `make docs` and the docs test).
 RUN_FILE_NOTES = {
+    "fewtune-manifest.json": "Every file and folder fewtune wrote here (`written`). An `--out` holding "
+    "anything else is refused unless `--overwrite`, which removes only what this lists (for a folder from "
+    "before the manifest: the files named here), so the user's own files are never touched.",
     "results.json": "The run's record (below), rewritten after every finished method, so an interrupted or "
     "crashed run keeps its finished parts.",
     "analysis.json": "What the report added (costs, break-even, the recommendation; per method row, by name, "
@@ -292,9 +295,9 @@ def record_fields(source: str) -> dict[str, tuple[str, list[tuple[str, str, str,
 
 
 def _run_folder_section() -> list[str]:
-    from fewtune.store import REPORT_IMAGES, RUN_FILES, RUN_FOLDERS
+    from fewtune.store import MANIFEST, REPORT_IMAGES, RUN_FILES, RUN_FOLDERS
 
-    names = [*RUN_FILES, *RUN_FOLDERS, REPORT_IMAGES]
+    names = [*RUN_FILES, *RUN_FOLDERS, REPORT_IMAGES, MANIFEST]
     missing = [n for n in names if n not in RUN_FILE_NOTES]
     if missing:
         raise SystemExit(f"fewtune.docgen: describe {', '.join(missing)} in RUN_FILE_NOTES")
@@ -304,13 +307,14 @@ def _run_folder_section() -> list[str]:
         "## The run folder",
         "",
         "`fewtune run --out DIR` (default `runs/<timestamp>`) refuses, with a one-line error, a folder that "
-        "already holds a run, unless given `--resume` or `--overwrite`. `--resume` finishes the interrupted "
+        "already holds a run, unless given `--resume` or `--overwrite`, and a folder holding files fewtune "
+        "did not write, unless given `--overwrite` (which then writes beside them). `--resume` finishes the interrupted "
         "run: its finished methods are kept and skipped; the settings must equal its `config.yaml` and the "
         "data files must hash the same (SHA-256), or a one-line error names the difference; a LoRA adapter "
         "that was training continues from its last checkpoint. `--overwrite` replaces the run.",
         "",
-        "What `fewtune run` and `fewtune report` write (`--overwrite` removes exactly these, never other "
-        "files):",
+        "What `fewtune run` and `fewtune report` write, each listed in `fewtune-manifest.json` as it is "
+        "written (`--overwrite` removes exactly what the manifest lists, never other files):",
         "",
         *_table(["file", "holds"], rows),
         "",

@@ -32,6 +32,11 @@ def load_backend(cfg: RunConfig, events: RunEvents) -> Backend:
 
         spec = endpoint_spec(cfg.model, cfg.api_key_env)
         cache = Path(cfg.out) / HTTP_CACHE_FILE if cfg.out else None
+        if cfg.out:
+            from fewtune.store import record_written
+
+            Path(cfg.out).mkdir(parents=True, exist_ok=True)
+            record_written(cfg.out, HTTP_CACHE_FILE)
         with events.status(f"Probing {spec.model} at {spec.url}..."):
             return OpenAICompatBackend(spec, cache_path=cache)
     with events.status(f"Preparing model {cfg.model} (the first run converts it, about a minute)..."):

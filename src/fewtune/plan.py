@@ -64,7 +64,7 @@ def resolve_plan(cfg: RunConfig, *, overwrite: bool = False, resume: bool = Fals
         check_run_folder(cfg.out)
         if overwrite and resume:
             raise ConfigError("--resume and --overwrite exclude each other: keep the run or replace it")
-        refuse_existing_run(cfg.out, overwrite or resume)
+        refuse_existing_run(cfg.out, overwrite, resume)
     from fewtune.tasks.data import infer_target_field
 
     resolved = copy.deepcopy(cfg)

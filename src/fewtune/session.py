@@ -67,6 +67,7 @@ class RunSession:
             earlier = resume_results(store, cfg.to_dict(), files)
         hardware = {"platform": platform.platform(), "cpu_count": os.cpu_count()}
         if earlier is None:
+            store.written("config.yaml")
             cfg.save(store.folder / "config.yaml")
             store.predictions_path.unlink(missing_ok=True)
             results: dict[str, Any] = {

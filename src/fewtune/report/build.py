@@ -19,7 +19,7 @@ from fewtune.report.html import render_html
 from fewtune.report.markdown import render_markdown
 from fewtune.report.outputs import OutputsReport, analyse_outputs
 from fewtune.report.run_folder import ANALYSIS_FILE, analysis_of
-from fewtune.store import write_json_atomic
+from fewtune.store import owned, record_written, write_json_atomic, write_text_atomic
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
@@ -89,15 +89,18 @@ def write_reports(folder: str | Path, args: CostArgs) -> tuple[Report | OutputsR
     _write_analysis(folder, report.results)
     images = draw_plots(report)
     written = []
+    record_written(folder, *(PLOT_FILES[key] for key in images))
     for key, data in images.items():
         path = folder / PLOT_FILES[key]
         path.write_bytes(data)
         written.append(path)
+    mine = owned(folder)
     for key in CURVE_PLOTS:
-        if key not in images:  # a curve an earlier report drew but this one has no data for
+        if key not in images and PLOT_FILES[key] in mine:  # an earlier report's curve, no data for it now
             (folder / PLOT_FILES[key]).unlink(missing_ok=True)
-    (folder / REPORT_MD).write_text(render_markdown(report, PLOT_FILES), encoding="utf-8")
-    (folder / REPORT_HTML).write_text(render_html(report, images), encoding="utf-8")
+    record_written(folder, REPORT_MD, REPORT_HTML)
+    write_text_atomic(folder / REPORT_MD, render_markdown(report, PLOT_FILES))
+    write_text_atomic(folder / REPORT_HTML, render_html(report, images))
     return report, [folder / REPORT_MD, folder / REPORT_HTML, *written]
 
 
@@ -120,8 +123,9 @@ def write_outputs_reports(folder: str | Path, args: CostArgs) -> tuple[OutputsRe
     report = analyse_outputs(folder, args)
     folder = report.folder
     _write_analysis(folder, report.results)
-    (folder / REPORT_MD).write_text(render_outputs_markdown(report), encoding="utf-8")
-    (folder / REPORT_HTML).write_text(render_outputs_html(report), encoding="utf-8")
+    record_written(folder, REPORT_MD, REPORT_HTML)
+    write_text_atomic(folder / REPORT_MD, render_outputs_markdown(report))
+    write_text_atomic(folder / REPORT_HTML, render_outputs_html(report))
     return report, [folder / REPORT_MD, folder / REPORT_HTML]
 
 
@@ -129,4 +133,5 @@ def _write_analysis(folder: Path, analysed: dict[str, Any]) -> None:
     """analysis.json: what the report added to the run's results (see :func:`analysis_of`)."""
     from fewtune.store import read_results
 
+    record_written(folder, ANALYSIS_FILE)
     write_json_atomic(folder / ANALYSIS_FILE, analysis_of(read_results(folder), analysed))
