@@ -309,9 +309,10 @@ def _run_folder_section() -> list[str]:
         "`fewtune run --out DIR` (default `runs/<timestamp>`) refuses, with a one-line error, a folder that "
         "already holds a run, unless given `--resume` or `--overwrite`, and a folder holding files fewtune "
         "did not write, unless given `--overwrite` (which then writes beside them). `--resume` finishes the "
-        "interrupted run: its finished methods are kept and skipped; the settings must equal its `config.yaml` and the "
-        "data files must hash the same (SHA-256), or a one-line error names the difference; a LoRA adapter "
-        "that was training continues from its last checkpoint. `--overwrite` replaces the run.",
+        "interrupted run: its finished methods are kept and skipped; the settings must equal its "
+        "`config.yaml` and the data files must hash the same (SHA-256), or a one-line error names the "
+        "difference; a LoRA adapter that was training continues from its last checkpoint. `--overwrite` "
+        "replaces the run.",
         "",
         "What `fewtune run` and `fewtune report` write, each listed in `fewtune-manifest.json` as it is "
         "written (`--overwrite` removes exactly what the manifest lists, never other files):",
