@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -262,7 +263,12 @@ def build_config(file_values: dict[str, Any] | None, overrides: dict[str, dict[s
         raise ConfigError(f"unknown config keys: {', '.join(unknown)}")
     sections = {}
     for name, cls in _SECTIONS.items():
-        values = dict(file_values.pop(name, None) or {})
+        given = file_values.pop(name, None) or {}
+        if not isinstance(given, dict):
+            raise ConfigError(
+                f"config section '{name}' must be a mapping of settings, got {type(given).__name__}"
+            )
+        values = _coerce(name, cls, given)
         if name == "prompt" and "task" in values:
             raise ConfigError(
                 "config key prompt.task was renamed prompt.instruction (the prompt's first line); "
@@ -274,9 +280,57 @@ def build_config(file_values: dict[str, Any] | None, overrides: dict[str, dict[s
             raise ConfigError(f"unknown keys in config section '{name}': {', '.join(bad)}")
         values.update({k: v for k, v in overrides.get(name, {}).items() if v is not None})
         sections[name] = cls(**values)
-    top = {k: v for k, v in file_values.items()}
+    top = _coerce("run", RunConfig, {k: v for k, v in file_values.items() if k not in _SECTIONS})
     top.update({k: v for k, v in overrides.get("run", {}).items() if v is not None})
     return RunConfig(**top, **sections)
+
+
+def _coerce(section: str, cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """A config file's values as their fields' types: YAML reads ``5e-4`` as text and ``shots: 5`` as one
+    number, both of which the settings accept (as 0.0005 and [5]); a value that is none of its field's
+    types is a one-line error naming the key."""
+    hints = get_type_hints(cls)
+    return {
+        key: _as_type(f"{section}.{key}", hints[key], value) if key in hints else value
+        for key, value in values.items()
+    }
+
+
+def _as_type(where: str, hint: Any, value: Any) -> Any:
+    options = (
+        [a for a in get_args(hint) if a is not type(None)]
+        if get_origin(hint) in (Union, UnionType)
+        else [hint]
+    )
+    if value is None:
+        if type(None) in get_args(hint):
+            return None
+        raise ConfigError(f"config {where}: needs a value")
+    kind = options[0]
+    if get_origin(kind) is list:
+        (item,) = get_args(kind) or (Any,)
+        items = value if isinstance(value, list) else [value]
+        return [_as_type(where, item, v) for v in items]
+    if any(isinstance(value, o) for o in options if isinstance(o, type) and o not in (int, float)):
+        return value
+    if kind in (int, float) and not isinstance(value, bool):
+        try:
+            number = float(value) if kind is float else int(value)
+        except (TypeError, ValueError):
+            pass
+        else:
+            if kind is float or not isinstance(value, float) or value.is_integer():
+                return number
+        raise ConfigError(
+            f"config {where}: expected {'a number' if kind is float else 'a whole number'}, got {value!r}"
+        )
+    if kind is bool and not isinstance(value, bool):
+        raise ConfigError(f"config {where}: expected true or false, got {value!r}")
+    if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if kind in (str, bool) and not isinstance(value, kind):
+        raise ConfigError(f"config {where}: expected {kind.__name__}, got {type(value).__name__}")
+    return value
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

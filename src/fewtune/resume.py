@@ -60,8 +60,20 @@ def resume_results(store: RunStore, config: dict[str, Any], files: dict[str, str
     done = {row["name"] for row in results.get("methods") or []}
     kept = []
     if store.predictions_path.is_file():
-        for line in store.predictions_path.read_text(encoding="utf-8").splitlines():
-            name = json.loads(line).get("name", "") if line.strip() else ""
+        lines = store.predictions_path.read_text(encoding="utf-8").split("\n")
+        last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                name = str(json.loads(line).get("name", ""))
+            except (ValueError, AttributeError):
+                if number - 1 == last:  # cut off mid-write: a method that had not finished
+                    continue
+                raise ConfigError(
+                    f"--resume: {store.predictions_path}:{number}: not a predictions line (malformed JSON); "
+                    "use --overwrite to start the run again"
+                ) from None
             if name.split(DRAW_SUFFIX)[0] in done:
                 kept.append(line + "\n")
     # Lines of a method that was cut off before results.json listed it are dropped with it.

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,37 @@ def decode_text(path: Path, raw: bytes) -> str:
         raise DataError(
             path, line, f"not valid UTF-8 (byte 0x{raw[err.start]:02x}); save the file as UTF-8"
         ) from None
+
+
+# A lone UTF-16 surrogate (a "\\ud83d" escape without its pair) decodes from JSON but cannot be written as
+# UTF-8; it is read as U+FFFD, the replacement character, so the row is kept and the run never fails later.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+# The CSV module's default limit is 131,072 characters a field; a long support reply or document may be more.
+CSV_FIELD_LIMIT = 64 * 1024 * 1024
+
+
+def _without_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_without_surrogates(v) for v in value]
+    if isinstance(value, dict):
+        return {_without_surrogates(k): _without_surrogates(v) for k, v in value.items()}
+    return value
+
+
+def read_json_line(line: str, path: Path, line_no: int) -> Any:
+    """One JSON Lines record; a one-line :class:`DataError` naming file and line for anything that is not
+    one (malformed, nested too deeply to read, a number too long to convert)."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise DataError(path, line_no, f"malformed JSON ({err.msg} at column {err.colno})") from None
+    except RecursionError:
+        raise DataError(path, line_no, "JSON nested too deeply to read") from None
+    except ValueError as err:  # e.g. an integer of more than 4,300 digits
+        raise DataError(path, line_no, f"unreadable JSON value ({err})") from None
+    return _without_surrogates(record) if "\\u" in line else record
 
 
 def as_text(value: Any, field: str, path: Path, line: int) -> str:
@@ -73,10 +105,7 @@ def _read_jsonl(path: Path, content: str, input_field: str, label_field: str) ->
         line = raw_line.removesuffix("\r")
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(path, line_no, f"malformed JSON ({err.msg} at column {err.colno})") from None
+        record = read_json_line(line, path, line_no)
         if not isinstance(record, dict):
             raise DataError(path, line_no, f"expected a JSON object, got {type(record).__name__}")
         if "messages" in record and input_field not in record:
@@ -97,8 +126,19 @@ def _read_jsonl(path: Path, content: str, input_field: str, label_field: str) ->
 
 
 def _read_csv(path: Path, content: str, input_field: str, label_field: str) -> list[Example]:
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
     reader = csv.DictReader(io.StringIO(content, newline=""))
+    try:
+        return _csv_rows(path, reader, input_field, label_field)
+    except csv.Error as err:
+        raise DataError(path, reader.line_num or None, f"unreadable CSV ({err})") from None
+
+
+def _csv_rows(path: Path, reader: csv.DictReader[str], input_field: str, label_field: str) -> list[Example]:
     header = reader.fieldnames or []
+    twice = sorted({name for name in header if list(header).count(name) > 1})
+    if twice:
+        raise DataError(path, 1, f"the header names column '{twice[0]}' twice; which one to read is unclear")
     for field in (input_field, label_field):
         if field not in header:
             raise DataError(

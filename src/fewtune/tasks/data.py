@@ -8,7 +8,6 @@ stratified by the task's stratum, is held out or kept (``--max-test``).
 
 from __future__ import annotations
 
-import json
 import random
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -18,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from fewtune.data.load import as_text, decode_text
+from fewtune.data.load import as_text, decode_text, read_json_line
 from fewtune.errors import DataError
 from fewtune.tasks.base import CLASSIFICATION, GENERATION, Task, TaskExample
 
@@ -42,10 +41,7 @@ def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         line = raw.removesuffix("\r")
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(path, line_no, f"malformed JSON ({err.msg} at column {err.colno})") from None
+        record = read_json_line(line, path, line_no)
         if not isinstance(record, dict):
             raise DataError(path, line_no, f"expected a JSON object, got {type(record).__name__}")
         yield line_no, record
