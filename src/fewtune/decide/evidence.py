@@ -289,7 +289,7 @@ def not_significant(c: Comparison, label: str) -> str:
             if c.discordant_share is not None
             else ""
         )
-        source = "Connor 1987" if c.test == "exact McNemar" else "normal approximation, bootstrap SE"
+        source = "Connor 1987" if c.discordant_share is not None else "normal approximation, bootstrap SE"
         text += (
             f"; settling {gap}{rate} takes about {c.rows_needed:,} test rows, {more:,} more than measured "
             f"(80% power, {source})"
