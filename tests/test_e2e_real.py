@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -45,7 +46,11 @@ def test_fewtune_run_on_the_default_model(tmp_path: Path) -> None:
     assert set(rows) == {"zero-shot", "few-shot", "lora", "lora+few-shot", "reference"}
     # The 270M base model is near chance with 5 shots on the built-in data (0.339 on all 118 test rows;
     # chance 0.25), so only LoRA gets a floor: LoRA(200) measured 0.831 there, (60) stays well above 0.4.
-    assert 0 <= rows["few-shot"]["accuracy"] <= 1
+    lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    for name in ("few-shot", "lora"):  # each row's accuracy is its predictions' share of correct rows
+        mine = [p for p in lines if p["name"] == rows[name]["name"]]
+        assert len(mine) == results["dataset"]["test_size"]
+        assert rows[name]["accuracy"] == pytest.approx(sum(p["correct"] for p in mine) / len(mine))
     assert rows["lora"]["accuracy"] >= 0.4
     assert rows["lora"]["prompt_tokens_mean"] < rows["few-shot"]["prompt_tokens_mean"]
     assert rows["few-shot"]["demo_selection"] == "balanced" and rows["reference"]["train_examples"] == 60

@@ -14,29 +14,24 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from servers import free_port, serving
+from tiny import tiny_model, tiny_tokenizer
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("fastapi")
-uvicorn = pytest.importorskip("uvicorn")
-pytest.importorskip("openai")
-
-from fastapi import FastAPI, Request  # noqa: E402
-from fastapi.responses import JSONResponse  # noqa: E402
-from servers import free_port, serving  # noqa: E402
-from tiny import tiny_model, tiny_tokenizer  # noqa: E402
-
-from fewtune.backends.endpoint import EndpointError, EndpointSpec, Unauthorized, Unreachable  # noqa: E402
-from fewtune.backends.generated import GenerateAndParse, unanswered  # noqa: E402
-from fewtune.backends.hf import HFBackend  # noqa: E402
-from fewtune.backends.openai_compat import (  # noqa: E402
+from fewtune.backends.endpoint import EndpointError, EndpointSpec, Unauthorized, Unreachable
+from fewtune.backends.generated import GenerateAndParse, unanswered
+from fewtune.backends.hf import HFBackend
+from fewtune.backends.openai_compat import (
     OpenAICompatBackend,
     TokenBoundaryError,
     continuation_logprob,
 )
-from fewtune.errors import ConfigError  # noqa: E402
-from fewtune.serve.adapters import AdapterSet  # noqa: E402
-from fewtune.serve.app import create_app  # noqa: E402
-from fewtune.serve.engine import Engine  # noqa: E402
+from fewtune.errors import ConfigError
+from fewtune.serve.adapters import AdapterSet
+from fewtune.serve.app import create_app
+from fewtune.serve.engine import Engine
 
 KEY = "sk-test-0123456789abcdef"
 KEY_ENV = "FEWTUNE_TEST_ENDPOINT_KEY"

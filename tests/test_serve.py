@@ -11,22 +11,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
+import torch
+from servers import make_adapter, serving
+from tiny import tiny_model, tiny_tokenizer
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("fastapi")
-uvicorn = pytest.importorskip("uvicorn")
-openai = pytest.importorskip("openai")
-
-from servers import make_adapter, serving  # noqa: E402
-from tiny import tiny_model, tiny_tokenizer  # noqa: E402
-
-from fewtune.backends.generation import generate_batch  # noqa: E402
-from fewtune.backends.hf import HFBackend  # noqa: E402
-from fewtune.serve.adapters import AdapterSet  # noqa: E402
-from fewtune.serve.app import create_app  # noqa: E402
-from fewtune.serve.engine import Engine  # noqa: E402
-from fewtune.serve.tokens import shared_prefix  # noqa: E402
+from fewtune.backends.generation import generate_batch
+from fewtune.backends.hf import HFBackend
+from fewtune.serve.adapters import AdapterSet
+from fewtune.serve.app import create_app
+from fewtune.serve.engine import Engine
+from fewtune.serve.tokens import shared_prefix
 
 try:
     import httpx2 as httpx

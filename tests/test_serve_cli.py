@@ -9,10 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-pytest.importorskip("fastapi")
-pytest.importorskip("uvicorn")
-
 from servers import free_port, make_adapter
 from tiny import tiny_tokenizer
 

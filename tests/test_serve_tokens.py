@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from tiny import tiny_model, tiny_tokenizer
 
-torch = pytest.importorskip("torch")
-
-from tiny import tiny_model, tiny_tokenizer  # noqa: E402
-
-from fewtune.backends.hf import HFBackend  # noqa: E402
-from fewtune.serve.tokens import prefix_state, score_tokens, shared_prefix  # noqa: E402
+from fewtune.backends.hf import HFBackend
+from fewtune.serve.tokens import prefix_state, score_tokens, shared_prefix
 
 DEMOS = "Classify the input.\n---\nInput: a fine film\nOutput: positive\n---\nInput: dull\nOutput: negative\n"
 TEXTS = ["great acting", "a bore", "not bad at all, a real surprise of a film", "meh"]

@@ -384,3 +384,23 @@ def test_reference_labels_default_to_the_training_rows_and_need_rows() -> None:
     assert model.labels == ("anger", "joy", "love", "neutral")
     with pytest.raises(ValueError, match="at least one training example"):
         MultiLabelTask().reference(fake_embed).fit([])
+
+
+def test_goemotions_reads_as_the_datasets_readme_describes_it(shared_datasets: Path) -> None:
+    """On the shared GoEmotions files (skipped, saying so, where ../shared/datasets is absent): inferred as
+    multi-label from its ``labels`` field, 28 labels, about 16% of rows with two or more."""
+    from fewtune.tasks.data import infer_target_field, infer_task, prepare_task_data
+
+    train, test = shared_datasets / "goemotions" / "train.jsonl", shared_datasets / "goemotions" / "test.jsonl"
+    field = infer_target_field(train, "label", "label")
+    assert field == "labels"
+    assert infer_task(train, field)[0] == MULTI_LABEL
+    task = MultiLabelTask()
+    data = prepare_task_data(
+        task, train, test, input_field="text", target_field=field, max_test=300, test_fraction=0.2, seed=0
+    )
+    assert len(task.labels) == 28 and "neutral" in task.labels
+    summary, _ = task.data_summary(data.pool, data.test)
+    assert 0.14 < summary["pool"]["multi_label_share"] < 0.19
+    assert sum(summary["test"]["label_counts"].values()) == sum(len(ex.target) for ex in data.test)
+    assert len(data.test) == 300
