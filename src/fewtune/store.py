@@ -68,6 +68,8 @@ RUN_FILES = (
 RUN_FOLDERS = ("adapters",)
 REPORT_IMAGES = "report-*.png"
 MANIFEST = "fewtune-manifest.json"
+# fewtune's, but kept by --overwrite: an endpoint's cached answers (a re-run sends nothing).
+KEPT_ON_OVERWRITE = ("http_cache.sqlite",)
 # What an earlier fewtune (before the manifest) wrote: recognised by name when its results.json is there.
 LEGACY_FILES = (*RUN_FILES, "config.yaml", "http_cache.sqlite", *RUN_FOLDERS)
 
@@ -138,7 +140,8 @@ def refuse_existing_run(folder: str | Path, overwrite: bool, resume: bool = Fals
 def clear_run(folder: str | Path) -> None:
     """Remove what an earlier run wrote into ``folder`` (for --overwrite): the manifest's entries only."""
     folder = Path(folder)
-    for name in sorted(owned(folder), key=lambda n: n.count("/"), reverse=True):
+    kept = set(KEPT_ON_OVERWRITE)
+    for name in sorted(owned(folder) - kept, key=lambda n: n.count("/"), reverse=True):
         path = folder / name
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
