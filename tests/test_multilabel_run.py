@@ -87,7 +87,8 @@ def test_a_multi_label_run_is_inferred_and_runs_every_method(
     counts = results["dataset"]["summary"]["pool"]["label_counts"]
     assert sum(counts.values()) == sum(len(r["labels"]) for r in rows(16))
     lines = (folder / "predictions.jsonl").read_text().splitlines()
-    assert len(lines) == len(names) * 6
+    assert len(lines) == (len(names) + 1) * 6  # and the floor's rows
+    assert results["floor"]["output"].startswith(("the pool's most common output", "the input copied"))
     reference = [json.loads(line) for line in lines if json.loads(line)["name"] == "reference n=8"]
     assert all(p["parsed"] is not None for p in reference)  # the reference always names known labels
     analysed = read_analysed(folder)

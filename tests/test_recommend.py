@@ -448,3 +448,26 @@ def test_connor_sample_size() -> None:
     assert mcnemar_sample_size(0.50, 0.40) == 23
     assert mcnemar_sample_size(0.10, 0.0) is None
     assert mcnemar_sample_size(0.105, 0.05) > mcnemar_sample_size(0.105, 0.10)
+
+
+def _floor(correct: range, rows: int = 200) -> MethodEvidence:
+    s = stats(correct, rows)
+    score = ACCURACY_METRIC.value(s)
+    return MethodEvidence("the floor (the input copied)", "floor", score, MethodCost(0, 0), stats=s)
+
+
+def _with_floor(methods: list[MethodEvidence], floor: MethodEvidence) -> Recommendation:
+    return recommend(Situation(methods=tuple(methods), volume_per_day=50_000, horizon_days=365, floor=floor))
+
+
+def test_a_method_no_better_than_the_floor_is_not_good_enough() -> None:
+    # The prompt would ship (LoRA is not ahead), but it is within noise of copying the input.
+    rec = _with_floor([prompt(range(60)), tuned(range(62))], _floor(range(58)))
+    assert rec.choice == CHOICE_NOT_GOOD_ENOUGH and rec.method == K5
+    assert "not significantly better than the floor (the input copied)" in rec.reasons[0]
+    assert "the verdict among the methods would be: Ship the prompt" in rec.reasons[0]
+
+
+def test_a_method_clearly_above_the_floor_keeps_its_verdict() -> None:
+    rec = _with_floor([prompt(range(170)), tuned(range(172))], _floor(range(20)))
+    assert rec.choice == CHOICE_PROMPT and rec.method == K5

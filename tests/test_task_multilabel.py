@@ -391,7 +391,10 @@ def test_goemotions_reads_as_the_datasets_readme_describes_it(shared_datasets: P
     multi-label from its ``labels`` field, 28 labels, about 16% of rows with two or more."""
     from fewtune.tasks.data import infer_target_field, infer_task, prepare_task_data
 
-    train, test = shared_datasets / "goemotions" / "train.jsonl", shared_datasets / "goemotions" / "test.jsonl"
+    train, test = (
+        shared_datasets / "goemotions" / "train.jsonl",
+        shared_datasets / "goemotions" / "test.jsonl",
+    )
     field = infer_target_field(train, "label", "label")
     assert field == "labels"
     assert infer_task(train, field)[0] == MULTI_LABEL

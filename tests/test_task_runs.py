@@ -72,8 +72,11 @@ def check_run_folder(folder: Path, task: str, primary: str) -> dict[str, Any]:
     for row in results["methods"]:
         assert row["primary"]["name"] == primary
         assert 0 <= row["primary"]["value"] <= 1
-    predictions = (folder / "predictions.jsonl").read_text().splitlines()
-    assert len(predictions) == 3 * results["dataset"]["test_size"]
+    predictions = [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines()]
+    # Each method's rows, and the floor's (what needs no model), which the verdict holds the methods against.
+    assert len(predictions) == 4 * results["dataset"]["test_size"]
+    floor = [p for p in predictions if p["name"] == "floor"]
+    assert len(floor) == results["dataset"]["test_size"] and results["floor"]["primary"]["name"] == primary
     assert (folder / "report.html").is_file()
     assert "Outputs side by side" in (folder / "report.md").read_text()
     return results

@@ -231,6 +231,10 @@ class RunResults(TypedDict, total=False):
     token_counts ("server" | "estimate: ..."), cache, usage {prompt_tokens, completion_tokens} (the answers
     this invocation used, cached ones included; a --resume counts only the rows it ran), requests_sent (of
     this invocation: 0 when the cache answered everything)}``."""
+    floor: dict[str, Any]
+    """Open outputs: ``{output, primary}``, the better of two outputs that need no model (the pool's most
+    common output for every row, the input copied); its per-row statistics are predictions.jsonl's
+    ``floor`` lines. The verdict calls a method not significantly better than it not good enough."""
     # the data
     dataset: dict[str, Any]
     """``{pool_size, test_size, label_counts {pool, test}, duplicates_removed, conflicting_labels,

@@ -32,6 +32,7 @@ from fewtune.decide.evidence import (
     REFERENCE,
     Comparison,
     MethodEvidence,
+    compare,
     not_significant,
     versus,
 )
@@ -263,6 +264,8 @@ def recommend(s: Situation) -> Recommendation:
                 *verdict.reasons,
             ],
         )
+    if s.floor is not None and verdict.choice not in (CHOICE_NOT_GOOD_ENOUGH, CHOICE_UNDECIDABLE):
+        verdict = _floor_verdict(verdict, top, s, comparisons) or verdict
     steps = _steps(s, verdict, tuned, prompt) + steps
     be = break_even(prompt.cost, tuned.cost) if prompt and tuned else None
     return Recommendation(
@@ -278,6 +281,34 @@ def recommend(s: Situation) -> Recommendation:
         comparisons,
         degenerate,
         be,
+    )
+
+
+def _floor_verdict(
+    verdict: Verdict, top: MethodEvidence | None, s: Situation, out: list[Comparison]
+) -> Verdict | None:
+    """Open outputs' quality floor (kappa's counterpart): the method that would ship must be significantly
+    better than an output that needs no model; otherwise it is not good enough yet."""
+    chosen = verdict.method or top
+    if chosen is None or s.floor is None:
+        return None
+    c = compare(s.floor, chosen, s.metric, s.seed)
+    out.append(c)
+    if c.paired and c.significantly_ahead:
+        return None
+    label = s.metric.label
+    why = (
+        f"{chosen.name} is not significantly better than {s.floor.name}, which needs no model: "
+        f"{versus(c, label)}"
+        if c.paired
+        else f"{chosen.name} cannot be compared with {s.floor.name} on the same rows (no per-row predictions)"
+    )
+    leaning = f" (the verdict among the methods would be: {verdict.headline})" if verdict.method else ""
+    return Verdict(
+        CHOICE_NOT_GOOD_ENOUGH,
+        chosen,
+        f"Not good enough yet: the best, {chosen.name}, does no better than {s.floor.name}",
+        [why + leaning, *verdict.reasons],
     )
 
 

@@ -39,6 +39,9 @@ class Situation:
     """The LoRA trainer's --class-balance setting, for the degenerate-method advice."""
     extra_caveats: tuple[str, ...] = ()
     seed: int = 0
+    floor: MethodEvidence | None = None
+    """Open outputs: what needs no model (the most common output, or the input copied), with its per-row
+    statistics; a method that is not significantly better than it is not good enough."""
 
 
 @dataclass

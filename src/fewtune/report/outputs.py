@@ -157,6 +157,17 @@ def analyse_outputs(folder: str | Path, args: CostArgs) -> OutputsReport:
                 degenerate_cause=flag[1] if flag else None,
             )
         )
+    floor = None
+    floor_lines = predictions.get("floor") or []
+    if results.get("floor") and floor_lines:
+        floor_stats = np.array([p["primary_stats"] for p in floor_lines], dtype=float)
+        floor = MethodEvidence(
+            name=f"the floor ({results['floor']['output']})",
+            kind="floor",
+            score=metric.value(floor_stats),
+            cost=MethodCost(setup=0.0, per_request=0.0),
+            stats=floor_stats,
+        )
     caveats = (
         [f"{metric.label} is a proxy for quality: read the outputs side by side before shipping"]
         if task.get("metrics_are_proxies")
@@ -176,6 +187,7 @@ def analyse_outputs(folder: str | Path, args: CostArgs) -> OutputsReport:
             value_per_correct=args.value_per_correct,
             extra_caveats=tuple(caveats),
             seed=int(results.get("seed") or 0),
+            floor=floor,
         )
     )
     by_name = {row["name"]: row for row in methods}

@@ -187,7 +187,7 @@ def score_outputs(
     scores = task.score_rows(test, parsed, outputs)
     stats = task.primary_stats(scores)
     primary = task.primary
-    head = {k: measured.pop(k) for k in ("demo_selection", "demo_seed", "calibrated", "constrained")}
+    head = {k: measured.pop(k, None) for k in ("demo_selection", "demo_seed", "calibrated", "constrained")}
     row: dict[str, Any] = {
         **identity,
         **head,

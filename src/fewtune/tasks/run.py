@@ -26,9 +26,17 @@ from fewtune.resume import fingerprint
 from fewtune.session import RunSession
 from fewtune.tasks.base import Task, TaskExample, TaskJob
 from fewtune.tasks.data import TaskData, prepare_task_data, stratified
-from fewtune.tasks.evaluate import TextPredictor, evaluate_reference_outputs, evaluate_text, max_new_tokens
+from fewtune.tasks.evaluate import (
+    TextPredictor,
+    evaluate_reference_outputs,
+    evaluate_text,
+    max_new_tokens,
+    score_outputs,
+)
 
 TEXT_METHODS = tuple(m.value for m in Method if m.uses_llm)
+# The name of the floor's lines in predictions.jsonl (not a method: nothing ships it).
+FLOOR = "floor"
 
 
 def check_text_plan(cfg: RunConfig, task: Task) -> None:
@@ -114,8 +122,35 @@ class TextJob(TaskJob):
                 len(data.pool),
                 lambda progress: DemoIndex.build(data.pool, self.embedder, progress),
             )
+        self._record_floor(session)
         reference = (lambda: self._run_reference(session)) if self._needs_reference() else None
         run_text_methods(self.cfg, self.task, data, backends, session, self.events, index, reference)
+
+    def _record_floor(self, session: RunSession) -> None:
+        """The task's floor, which the verdict holds the shipped method against: the better of two outputs
+        that need no model, the pool's most common output for every row and the input copied. Its
+        per-row statistics go to predictions.jsonl under the name ``floor``; ``results["floor"]`` says
+        which it is and how it scores."""
+        from collections import Counter
+
+        data = self.data
+        assert data is not None
+        common = min(Counter(ex.label for ex in data.pool).items(), key=lambda kv: (-kv[1], kv[0]))[0]
+        best: tuple[float, str, dict[str, Any], list[dict[str, Any]]] | None = None
+        for what, outputs in (
+            (f"the pool's most common output for every row ({common[:80]!r})", [common] * len(data.test)),
+            ("the input copied", [ex.text for ex in data.test]),
+        ):
+            identity = {"method": FLOOR, "name": FLOOR, "shots": 0, "train_examples": 0}
+            row, predictions = score_outputs(self.task, data.test, outputs, identity, {}, self.cfg.seed)
+            value = float(row["primary"]["value"])
+            if best is None or value > best[0]:
+                best = (value, what, row, predictions)
+        assert best is not None
+        _, what, row, predictions = best
+        session.results["floor"] = {"output": what, "primary": row["primary"]}
+        session.store.append_predictions(predictions)
+        session.write()
 
     def _run_reference(self, session: RunSession) -> None:
         """The task's no-LLM reference on the same training examples as each LoRA adapter."""
