@@ -74,6 +74,20 @@ def test_majority_collapse_is_degenerate() -> None:
     assert degeneracy(gold, good) is None
 
 
+def test_a_point_estimate_above_the_majority_guess_within_noise_is_degenerate() -> None:
+    # One false alarm and 2 of 13 spam rows caught: macro-F1 0.592 beats always-'ham' (0.465) by its point
+    # estimate, but resampling the rows finds it no better; 4 caught rows is beyond noise.
+    gold = ["ham"] * 87 + ["spam"] * 13
+    lucky = ["ham"] * 86 + ["spam"] + ["spam"] * 2 + ["ham"] * 11
+    why = degeneracy(gold, lucky)
+    assert (
+        why is not None
+        and "macro-F1 0.592 is no better than always predicting 'ham' (0.465) beyond noise" in why
+    )
+    assert degeneracy(gold, ["ham"] * 86 + ["spam"] + ["spam"] * 4 + ["ham"] * 9) is None
+    assert degeneracy(gold, lucky, seed=3) == degeneracy(gold, lucky, seed=3)  # seeded
+
+
 def _evidence(name: str, gold: np.ndarray, predicted: np.ndarray) -> MethodEvidence:
     stats = np.stack([gold, predicted], axis=1)
     return MethodEvidence(name, PROMPT, MACRO_F1_METRIC.value(stats), COST, 5, stats=stats)

@@ -69,11 +69,14 @@ class MethodEvidence:
         return self.degenerate is None
 
 
-def degeneracy(gold: list[str], predicted: list[str]) -> str | None:
+def degeneracy(gold: list[str], predicted: list[str], seed: int = 0) -> str | None:
     """Why a classifier's predictions are degenerate, or None.
 
-    Degenerate: every row gets the same label while the test rows have several, or macro-F1 no better than
-    always predicting the most common test label (the collapse that accuracy hides on imbalanced data).
+    Degenerate: every row gets the same label while the test rows have several, or macro-F1 not
+    significantly better than always predicting the most common test label (the collapse that accuracy
+    hides on imbalanced data). "Significantly": the one-sided 95% paired bootstrap bound of the difference
+    (rows resampled jointly, seeded) is above zero, so a point estimate a hair above the majority guess on a
+    few rows does not pass, and noise does not decide either way.
     """
     if not gold:
         return None
@@ -85,13 +88,24 @@ def degeneracy(gold: list[str], predicted: list[str]) -> str | None:
     majority = labels[int(values[counts.argmax()])]
     if len(set(gold)) > 1 and len(set(predicted)) == 1:
         return f"predicts '{predicted[0]}' for every test row"
+    if len(set(gold)) == 1:
+        return None
+    always = np.full_like(g, index[majority])
     score = macro_f1_from_indices(g, p, len(labels))
-    always = macro_f1_from_indices(g, np.full_like(g, index[majority]), len(labels))
-    if len(set(gold)) > 1 and score <= always + 1e-9:
+    floor = macro_f1_from_indices(g, always, len(labels))
+    rows = np.random.default_rng(seed).integers(0, len(g), (BOOTSTRAP_RESAMPLES, len(g)))
+    diffs = np.array(
+        [
+            macro_f1_from_indices(g[r], p[r], len(labels))
+            - macro_f1_from_indices(g[r], always[r], len(labels))
+            for r in rows
+        ]
+    )
+    if float(np.quantile(diffs, 0.05)) <= 0:
         top, share = _top_prediction(predicted)
         return (
-            f"macro-F1 {score:.3f} is no better than always predicting '{majority}' ({always:.3f}); "
-            f"{share:.0%} of its predictions are '{top}'"
+            f"macro-F1 {score:.3f} is no better than always predicting '{majority}' ({floor:.3f}) beyond "
+            f"noise (one-sided 95% paired bootstrap); {share:.0%} of its predictions are '{top}'"
         )
     return None
 
