@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Container
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,17 +32,24 @@ TUNED_COST = MethodCost(setup=3820, per_request=1.3e-6)
 REFERENCE_COST = MethodCost(setup=3500, per_request=2e-7)
 
 
-def stats(correct: range, rows: int) -> np.ndarray:
+def stats(correct: Container[int], rows: int) -> np.ndarray:
     """Per-row (gold, predicted) for a binary task, right on exactly the rows in ``correct``."""
     gold = np.arange(rows) % 2
     predicted = np.where([i in correct for i in range(rows)], gold, 1 - gold)
     return np.stack([gold, predicted], axis=1)
 
 
+def mixed(right: int, only_a: int, only_b: int) -> tuple[range, set[int]]:
+    """Correct-row sets that disagree both ways, as real methods do: both right on ``right`` rows, then A
+    alone on ``only_a`` rows and B alone on ``only_b`` (nested sets, where every disagreement favours one
+    side, make McNemar's p as small as it can be)."""
+    return range(right + only_a), {*range(right), *range(right + only_a, right + only_a + only_b)}
+
+
 def method(
     name: str,
     kind: str,
-    correct: range,
+    correct: Container[int],
     rows: int = 200,
     shots: int = 0,
     train: int | None = None,
@@ -54,16 +62,20 @@ def method(
     return MethodEvidence(name, kind, score, cost, shots, train, selection, False, s, score, degenerate)
 
 
-def prompt(correct: range, rows: int = 200, shots: int = 5, selection: str = "balanced") -> MethodEvidence:
+def prompt(
+    correct: Container[int], rows: int = 200, shots: int = 5, selection: str = "balanced"
+) -> MethodEvidence:
     name = "zero-shot" if shots == 0 else f"few-shot k={shots} {selection}"
     return method(name, PROMPT, correct, rows, shots, selection=selection if shots else None)
 
 
-def tuned(correct: range, rows: int = 200, n: int = 200, degenerate: str | None = None) -> MethodEvidence:
+def tuned(
+    correct: Container[int], rows: int = 200, n: int = 200, degenerate: str | None = None
+) -> MethodEvidence:
     return method(f"lora n={n}", FINE_TUNED, correct, rows, train=n, degenerate=degenerate)
 
 
-def reference(correct: range, rows: int = 200, n: int = 200) -> MethodEvidence:
+def reference(correct: Container[int], rows: int = 200, n: int = 200) -> MethodEvidence:
     return method(f"reference n={n}", REFERENCE, correct, rows, train=n)
 
 
@@ -110,6 +122,19 @@ CASES = [
         CHOICE_PROMPT,
         K5,
         reasons=["shown to be within 5 points of", "+3.0 points"],
+    ),
+    Case(
+        "disagreement both ways: LoRA +10 on 400 rows (60 vs 20 rows alone) is shown past 5, not past 15",
+        [prompt(mixed(280, 20, 60)[0], rows=400), tuned(mixed(280, 20, 60)[1], rows=400)],
+        CHOICE_DEPENDS,
+        reasons=["more than 5 points ahead, but not more than 15", "+10.0 points"],
+    ),
+    Case(
+        "disagreement both ways: LoRA +5.5 on 400 rows (44 vs 22 alone) is not shown past the margin",
+        [prompt(mixed(300, 22, 44)[0], rows=400), tuned(mixed(300, 22, 44)[1], rows=400)],
+        CHOICE_PROMPT,
+        K5,
+        reasons=["not shown to be more than 5 points behind", "+5.5 points"],
     ),
     Case(
         "prompt ahead of fine-tuning",
