@@ -163,6 +163,8 @@ def test_report_writes_costs_and_recommendation_beside_an_old_results_json(legac
         recommendation["metric"] == "accuracy" and recommendation["comparison"]["test"] == "max-t bootstrap"
     )
     assert recommendation["comparison"]["candidates"] == 4
+    # The report says how the compared pair was chosen and what the test allowed for.
+    assert any("best of 2 x 2 rows on the same test rows" in c for c in recommendation["caveats"])
     assert all(
         row["primary"]["metric"] == "accuracy" and row["degenerate"] is None for row in results["methods"]
     )

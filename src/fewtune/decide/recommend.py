@@ -266,6 +266,11 @@ def recommend(s: Situation) -> Recommendation:
         )
     if s.floor is not None and verdict.choice not in (CHOICE_NOT_GOOD_ENOUGH, CHOICE_UNDECIDABLE):
         verdict = _floor_verdict(verdict, top, s, comparisons) or verdict
+    caveats += [
+        f"{x.candidate} vs {x.baseline}: {x.selection}"
+        for x in comparisons
+        if x.candidates > 1 and x.selection
+    ][:1]
     steps = _steps(s, verdict, tuned, prompt) + steps
     be = break_even(prompt.cost, tuned.cost) if prompt and tuned else None
     return Recommendation(
