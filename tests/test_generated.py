@@ -236,15 +236,17 @@ def test_the_old_prompt_task_key_is_refused_naming_instruction(tmp_path: Path) -
     assert cfg.prompt.instruction == "Classify the review."
 
 
-def test_data_task_takes_the_registered_tasks() -> None:
+def test_data_task_takes_the_registered_tasks(tmp_path: Path) -> None:
+    from fewtune.plan import resolve_plan
+
+    for task in ("classification", "extraction", "generation", "multi-label", None):
+        assert DataArgs(task=task).task == task
+    bogus = build_config({"data": {"task": "bogus"}, "out": str(tmp_path / "run")}, {})
     with pytest.raises(
         ConfigError, match="--task takes classification, extraction, generation, multi-label, got 'bogus'"
     ):
-        DataArgs(task="bogus")
-    for task in ("classification", "extraction", "generation", "multi-label", None):
-        assert DataArgs(task=task).task == task
-    with pytest.raises(ConfigError, match="--task takes"):
-        build_config({"data": {"task": "bogus"}}, {})
+        resolve_plan(bogus)
+    assert not (tmp_path / "run").exists()
 
 
 # -- classification runs ------------------------------------------------------------------------------------

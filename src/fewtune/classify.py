@@ -23,6 +23,7 @@ from fewtune.embeddings import Embedder
 from fewtune.errors import ConfigError, ModelError
 from fewtune.evaluate import evaluate
 from fewtune.events import RunEvents
+from fewtune.job import TaskJob
 from fewtune.loaders import answerers
 from fewtune.methods import Method, any_fine_tuned
 from fewtune.plan import RunPlan, check_plan, load_data
@@ -33,7 +34,7 @@ from fewtune.resume import fingerprint
 from fewtune.session import RunSession
 from fewtune.strategies.base import Predictor
 from fewtune.sweep import check_context, few_shot_draws, prompt_sets, run_prompt_set
-from fewtune.tasks.base import CLASSIFICATION, TaskJob
+from fewtune.tasks.base import CLASSIFICATION
 
 
 def generates_labels(label_scoring: str, prompt_backend: Backend) -> bool:

@@ -48,10 +48,7 @@ class DataArgs:
     """JSON Schema file for extraction outputs; None = inferred from the pool's targets."""
 
     def __post_init__(self) -> None:
-        if self.task is not None:
-            from fewtune.tasks.registry import task_type
-
-            task_type(self.task)  # one line naming the tasks when it is none of them
+        # ``task`` is checked against the task registry when the plan is resolved (plan.resolve_plan).
         if self.max_test is not None and self.max_test < 1:
             raise ConfigError(f"--max-test must be at least 1, got {self.max_test}")
         if not 0 < self.test_fraction < 1:

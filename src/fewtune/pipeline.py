@@ -9,16 +9,28 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fewtune.backends.base import Backend
+from fewtune.classify import ClassificationJob
 from fewtune.config import RunConfig
 from fewtune.embeddings import Embedder
 from fewtune.events import RunEvents
+from fewtune.job import TaskJob
 from fewtune.loaders import count_requests, describe_backend, describe_prompt_model, load_backends
-from fewtune.plan import resolve_plan
+from fewtune.plan import RunPlan, resolve_plan
 from fewtune.session import RunSession
+from fewtune.tasks.base import Task, TaskType
 from fewtune.tasks.registry import make_task
+from fewtune.tasks.run import TextJob
 
 BackendFactory = Callable[[RunConfig, RunEvents], Backend]
 EmbedderFactory = Callable[[RunConfig, RunEvents], Embedder]
+
+
+def job_for(task: TaskType, plan: RunPlan, events: RunEvents, embedder_factory: EmbedderFactory) -> TaskJob:
+    """The job that runs ``task``'s methods: every open-output task shares the generate-parse-score job;
+    classification scores its closed label set (label log-likelihood or generate-and-parse)."""
+    if isinstance(task, Task):
+        return TextJob(plan, task, events, embedder_factory)
+    return ClassificationJob(plan, events, embedder_factory)
 
 
 def run_pipeline(
@@ -34,7 +46,7 @@ def run_pipeline(
     predictions.jsonl). ``cfg`` itself is not changed: it is resolved into a frozen plan first."""
     plan = resolve_plan(cfg, overwrite=overwrite, resume=resume)
     events.info(f"Task: {plan.task}" + (f" ({plan.why})" if plan.why else ""))
-    job = make_task(plan.cfg).job(plan, events, embedder_factory)
+    job = job_for(make_task(plan.cfg), plan, events, embedder_factory)
     header = job.prepare()  # data read and checked before any model loads
     session = RunSession.open(plan.cfg, header, events, overwrite=overwrite, resume=resume)
     with session.running():

@@ -60,6 +60,8 @@ def resolve_plan(cfg: RunConfig, *, overwrite: bool = False, resume: bool = Fals
     ``--overwrite``, fails in one line before the data is read."""
     from fewtune.tasks.registry import task_type
 
+    if cfg.data.task is not None:
+        task_type(cfg.data.task)  # one line naming the registered tasks when it is none of them
     if cfg.out:
         check_run_folder(cfg.out)
         if overwrite and resume:

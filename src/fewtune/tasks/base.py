@@ -4,8 +4,9 @@ row is scored (after lm-evaluation-harness's ``Task``: ``doc_to_target``, ``proc
 
 Every task is a :class:`TaskType` in the registry (:mod:`fewtune.tasks.registry`): its name, whether a
 target value is its kind (task inference), how it is built from the settings and read back from a run's
-record, and the job that runs its methods. Classification scores a closed label set by label
-log-likelihood (or generate-and-parse where the backend has no log-probabilities; :mod:`fewtune.classify`).
+record. The pipeline gives it the job that runs its methods (:func:`fewtune.pipeline.job_for`).
+Classification scores a closed label set by label log-likelihood (or generate-and-parse where the backend
+has no log-probabilities; :mod:`fewtune.classify`).
 Open-output tasks (:class:`Task`: extraction, generation, multi-label) share one job: the model generates
 text after ``Output:`` until the end of the output block (the ``---`` separator line every demo ends with),
 the task parses it, scores each row, and aggregates. Every task names one
@@ -29,9 +30,6 @@ from fewtune.prompts.template import END_MARKER
 
 if TYPE_CHECKING:
     from fewtune.config import RunConfig
-    from fewtune.events import RunEvents
-    from fewtune.plan import RunPlan
-    from fewtune.session import RunSession
 
 Embed = Any
 """A sentence embedder's ``embed(texts) -> [n, d]`` (see :mod:`fewtune.embeddings`)."""
@@ -86,18 +84,6 @@ def bootstrap_ci(stats: np.ndarray, aggregate: Any, seed: int) -> tuple[float, f
     return (float(low), float(high))
 
 
-class TaskJob(abc.ABC):
-    """Runs one task's methods: ``prepare`` reads and checks the data before any model loads and returns
-    the record's header (``task``, ``dataset``, ...); ``execute`` runs every method, recording each row."""
-
-    @abc.abstractmethod
-    def prepare(self) -> dict[str, Any]: ...
-
-    @abc.abstractmethod
-    def execute(self, session: RunSession, backends: tuple[Any, Any]) -> None:
-        """``backends``: the model LoRA trains on (``--model``) and the one the prompting rows ask."""
-
-
 class TaskType:
     """What the pipeline and the report need of every task (class-level: known before any data)."""
 
@@ -120,12 +106,6 @@ class TaskType:
     def from_record(cls, block: Mapping[str, Any]) -> TaskType:
         """The task as a run's record describes it (its ``task`` block), for the report."""
         return cls()
-
-    def job(self, plan: RunPlan, events: RunEvents, embedder_factory: Any) -> TaskJob:
-        from fewtune.tasks.run import TextJob
-
-        assert isinstance(self, Task), f"{self.name} has its own job"
-        return TextJob(plan, self, events, embedder_factory)
 
 
 class Task(TaskType, abc.ABC):

@@ -9,12 +9,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from fewtune.tasks.base import CLASSIFICATION, TaskJob, TaskType
+from fewtune.tasks.base import CLASSIFICATION, TaskType
 
 if TYPE_CHECKING:
     from fewtune.config import RunConfig
-    from fewtune.events import RunEvents
-    from fewtune.plan import RunPlan
 
 
 class ClassificationTask(TaskType):
@@ -34,8 +32,3 @@ class ClassificationTask(TaskType):
 
     def describe(self) -> dict[str, Any]:
         return {"name": CLASSIFICATION, "label_scoring": self.label_scoring}
-
-    def job(self, plan: RunPlan, events: RunEvents, embedder_factory: Any) -> TaskJob:
-        from fewtune.classify import ClassificationJob
-
-        return ClassificationJob(plan, events, embedder_factory)

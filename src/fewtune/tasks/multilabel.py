@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,6 +50,9 @@ import numpy as np
 from fewtune.decide.metric import PrimaryMetric
 from fewtune.errors import ConfigError, DataError
 from fewtune.tasks.base import Metric, Parsed, Task, TaskExample, bootstrap_ci
+from fewtune.tasks.multilabel_text import SEPARATOR, SEPARATORS, STRIP_CHARS, Embed, normalise, render
+
+__all__ = ["MULTI_LABEL", "MultiLabelTask", "is_multi_label_value", "normalise", "render"]
 
 if TYPE_CHECKING:
     from fewtune.config import RunConfig
@@ -57,11 +60,6 @@ if TYPE_CHECKING:
 
 MULTI_LABEL = "multi-label"
 DEFAULT_INSTRUCTION = "Tag the input with every label that applies."
-SEPARATOR = ", "
-# Characters that separate labels in an output (parse splits on each), so no label may contain them.
-SEPARATORS = (",", ";", "\n")
-# Wrapping a model may add around a label ("[anger", "joy.", "'love'"), stripped when the item does not match.
-STRIP_CHARS = " \t'\"`.[](){}*-"
 MICRO_F1, MACRO_F1, EXAMPLE_F1 = "micro-f1", "macro-f1", "example-f1"
 METRIC_CHOICES = (MICRO_F1, MACRO_F1, EXAMPLE_F1)
 # primary_stats layout: four row totals, then (tp, fp, fn) for each label of the row universe.
@@ -72,22 +70,11 @@ SAME_SET_SHARE = 0.95
 MIN_PARSE_RATE = 0.5
 # A label with fewer pool rows than this is too rare to learn or to measure (a data_summary warning).
 RARE_LABEL_ROWS = 10
-Embed = Callable[[Sequence[str]], np.ndarray]
 
 
 def is_multi_label_value(value: Any) -> bool:
     """Whether a target value is a list of label texts (what task inference reads as multi-label)."""
     return isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value)
-
-
-def normalise(label: str) -> str:
-    """The form labels are matched in: case-folded, underscores as spaces, whitespace collapsed."""
-    return " ".join(label.casefold().replace("_", " ").split())
-
-
-def render(labels: Iterable[str]) -> str:
-    """The output text of a label set: its labels in canonical (alphabetical) order, joined by ", "."""
-    return SEPARATOR.join(sorted(labels))
 
 
 def _f1(tp: float, fp: float, fn: float) -> float:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from fewtune.tasks.base import TaskExample
-from fewtune.tasks.multilabel import Embed, render
+from fewtune.tasks.multilabel_text import Embed, render
 
 # The reference's per-label decision threshold on the predicted probability.
 REFERENCE_THRESHOLD = 0.5

@@ -17,6 +17,7 @@ from typing import Any
 from fewtune.config import RunConfig
 from fewtune.errors import ConfigError, ModelError
 from fewtune.events import RunEvents
+from fewtune.job import TaskJob
 from fewtune.loaders import answerers
 from fewtune.methods import Method, any_fine_tuned
 from fewtune.plan import RunPlan, check_shots_and_sizes
@@ -24,7 +25,7 @@ from fewtune.prompts.demos import NEAREST, DemoIndex, NearestDemos, select_demos
 from fewtune.prompts.template import OutputTemplate
 from fewtune.resume import fingerprint
 from fewtune.session import RunSession
-from fewtune.tasks.base import Task, TaskExample, TaskJob
+from fewtune.tasks.base import Task, TaskExample
 from fewtune.tasks.data import TaskData, prepare_task_data, stratified
 from fewtune.tasks.evaluate import (
     TextPredictor,
