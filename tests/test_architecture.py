@@ -21,13 +21,12 @@ def _modules() -> dict[str, Path]:
     return found
 
 
-def _top_level_imports(path: Path, modules: dict[str, Path]) -> set[str]:
-    """fewtune modules imported when ``path`` is imported (module level, outside TYPE_CHECKING)."""
+def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
+    """Every fewtune module ``path`` imports: at module level, inside functions (lazy) and for type
+    checking alike, since each is a dependency of the code's structure."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     names: set[str] = set()
-    for node in tree.body:
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            continue
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -44,7 +43,7 @@ def test_no_file_is_past_the_line_limit(path: Path) -> None:
 
 def test_no_import_circles() -> None:
     modules = _modules()
-    graph = {name: _top_level_imports(path, modules) for name, path in modules.items()}
+    graph = {name: _imports(path, modules) for name, path in modules.items()}
     state: dict[str, str] = {}
 
     def visit(name: str, trail: list[str]) -> None:
