@@ -322,3 +322,10 @@ def test_open_output_degeneracy_names_the_failure_and_a_fix() -> None:
     same = [{"output": " x "}, {"output": "x"}]
     assert degenerate_output("generation", {}, same)[0] == "gives the same output for every test row"
     assert degenerate_output("generation", {}, lines) is None
+    # One stray among 40 rows does not hide a constant answer; varied outputs are not flagged.
+    stray = [{"output": "x", "gold": f"g{i}"} for i in range(39)] + [{"output": "y", "gold": "g"}]
+    assert degenerate_output("generation", {}, stray)[0].startswith(
+        "gives the same output for 98% of the test rows"
+    )
+    varied = [{"output": f"o{i % 4}", "gold": f"g{i}"} for i in range(40)]
+    assert degenerate_output("generation", {}, varied) is None

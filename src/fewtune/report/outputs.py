@@ -5,6 +5,7 @@ seeded rows shown side by side."""
 from __future__ import annotations
 
 import random
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,10 @@ from fewtune.report.run_folder import read_run
 from fewtune.tasks.base import EXTRACTION, Task
 
 SIDE_BY_SIDE_ROWS = 6
+# Degenerate open outputs: one output on at least this share of the rows (from this many rows on), while the
+# test rows' own most common output holds less: a constant answer with a few strays, not only an exact one.
+SAME_OUTPUT_SHARE = 0.95
+SAME_OUTPUT_MIN_ROWS = 20
 
 
 @dataclass
@@ -99,10 +104,19 @@ def degenerate_output(task: str, row: MethodRow, lines: list[dict[str, Any]]) ->
                 "gets no field value right",
                 f"Likely cause: the output follows the format but not the input; try {more}",
             )
-    outputs = {str(p.get("output", "")).strip() for p in lines}
+    outputs = Counter(str(p.get("output", "")).strip() for p in lines)
+    golds = Counter(str(p.get("gold", "")).strip() for p in lines)
     if len(lines) > 1 and len(outputs) == 1:
         return (
             "gives the same output for every test row",
+            f"Likely cause: the output does not depend on the input; try {more}",
+        )
+    # Nearly every row the same (a stray different output must not hide it), while the gold varies more.
+    top, count = outputs.most_common(1)[0] if outputs else ("", 0)
+    gold_share = max(golds.values()) / len(lines) if golds else 1.0
+    if len(lines) >= SAME_OUTPUT_MIN_ROWS and count / len(lines) >= SAME_OUTPUT_SHARE > gold_share:
+        return (
+            f"gives the same output for {count / len(lines):.0%} of the test rows ({top[:60]!r})",
             f"Likely cause: the output does not depend on the input; try {more}",
         )
     return None
