@@ -104,6 +104,14 @@ def test_v1_needs_the_api_key_and_health_does_not(served: Served) -> None:
         assert response.json()["error"]["code"] == "invalid_api_key"
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(api_key="nope", base_url=f"{served.url}/v1", max_retries=0).models.list()
+    # A key that is not ASCII is a wrong key (401), not a server error.
+    odd = httpx.post(
+        f"{served.url}/v1/completions",
+        json=body,
+        headers={"Authorization": "Bearer clé".encode()},
+        timeout=60,
+    )
+    assert odd.status_code == 401
     assert httpx.get(f"{served.url}/health").status_code == 200
 
 

@@ -93,7 +93,9 @@ class _Observe:
         headers = dict(scope.get("headers") or [])
         given = headers.get(b"authorization", b"").decode("latin-1")
         scheme, _, token = given.partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip(), self.api_key)
+        # Compared as bytes: compare_digest refuses non-ASCII text, which would make a 500 of a bad key.
+        presented = token.strip().encode("latin-1", "replace")
+        return scheme.lower() == "bearer" and hmac.compare_digest(presented, self.api_key.encode("utf-8"))
 
 
 def _record(request: Request) -> RequestRecord:
