@@ -119,6 +119,8 @@ def test_models_lists_the_base_and_its_adapters(served: Served) -> None:
     models = {m.id: m for m in served.client().models.list().data}
     assert BASE in models and "support" in models
     assert getattr(models["support"], "parent", None) == BASE
+    listed = httpx.get(f"{served.url}/v1/models", headers={"Authorization": f"Bearer {KEY}"}).text
+    assert "/" not in "".join(m.get("root", "") for m in json.loads(listed)["data"])  # no server paths shown
 
 
 def _log_probs(model: Any, ids: list[int]) -> torch.Tensor:

@@ -175,7 +175,7 @@ def create_app(engine: Engine, *, api_key: str | None = None, request_log: Path 
                 "object": "model",
                 "created": created,
                 "owned_by": "fewtune",
-                "root": engine.adapters.source or base,
+                "root": base,  # names only: the server's file paths are not the caller's business
             }
         ]
         data += [
@@ -184,10 +184,10 @@ def create_app(engine: Engine, *, api_key: str | None = None, request_log: Path 
                 "object": "model",
                 "created": created,
                 "owned_by": "fewtune",
-                "root": path,
+                "root": name,
                 "parent": base,
             }
-            for name, path in engine.adapters.names().items()
+            for name in engine.adapters.names()
         ]
         return {"object": "list", "data": data}
 
