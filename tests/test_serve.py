@@ -321,3 +321,26 @@ def test_chat_uses_the_template_when_the_tokenizer_has_one() -> None:
         "{{ bos_token }}{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}<assistant>"
     )
     assert engine.render_chat(messages) == "<user>hi\n<assistant>yo\n<assistant>"  # BOS comes from encoding
+
+
+def test_one_request_cannot_ask_for_more_than_the_server_allows(served: Served) -> None:
+    from fewtune.serve.limits import Limits
+
+    limits = Limits()
+    too_long = served.post(
+        "/v1/completions", {"model": BASE, "prompt": "x", "max_tokens": limits.max_tokens + 1}
+    )
+    assert too_long.status_code == 400 and too_long.json()["error"]["param"] == "max_tokens"
+    chat = {"model": BASE, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10**6}
+    assert served.post("/v1/chat/completions", chat).status_code == 400
+    many = served.post(
+        "/v1/completions", {"model": BASE, "prompt": ["x"] * (limits.max_prompts + 1), "max_tokens": 1}
+    )
+    assert many.status_code == 400 and "prompts per request" in many.json()["error"]["message"]
+    huge = served.post(
+        "/v1/completions", {"model": BASE, "prompt": "x" * (limits.max_body_bytes + 1), "max_tokens": 1}
+    )
+    assert huge.status_code == 413 and "request body" in huge.json()["error"]["message"]
+    # The server still answers after each of them.
+    ok = served.post("/v1/completions", {"model": BASE, "prompt": "x", "max_tokens": 1})
+    assert ok.status_code == 200

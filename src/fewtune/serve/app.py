@@ -24,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from fewtune.errors import FewtuneError
 from fewtune.serve.adapters import check_adapter_folder
 from fewtune.serve.engine import BadRequest, Engine, Job, UnknownModel
+from fewtune.serve.limits import Limits
 from fewtune.serve.observe import Metrics, RequestLog, RequestRecord
 from fewtune.serve.protocol import (
     APIError,
@@ -55,11 +56,27 @@ ENDPOINTS = frozenset(
 class _Observe:
     """ASGI middleware for ``/v1``: checks the API key, then times the request and records its outcome."""
 
-    def __init__(self, app: ASGIApp, *, api_key: str | None, metrics: Metrics, log: RequestLog) -> None:
+    def __init__(
+        self, app: ASGIApp, *, api_key: str | None, metrics: Metrics, log: RequestLog, max_body_bytes: int
+    ) -> None:
         self.app = app
         self.api_key = api_key
         self.metrics = metrics
         self.log = log
+        self.max_body_bytes = max_body_bytes
+
+    async def _bounded_body(self, receive: Any) -> bytes | None:
+        """The request body, read whole, or None when it is over the limit (read no further)."""
+        body = b""
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return body
+            body += message.get("body", b"")
+            if len(body) > self.max_body_bytes:
+                return None
+            if not message.get("more_body"):
+                return body
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
@@ -81,8 +98,22 @@ class _Observe:
             if self.api_key is not None and not self._authorized(scope):
                 error = APIError(401, "invalid or missing API key (send Authorization: Bearer KEY)")
                 await JSONResponse(error.body(), status_code=401)(scope, receive, send_and_note)
-            else:
-                await self.app(scope, receive, send_and_note)
+                return
+            body = await self._bounded_body(receive)
+            if body is None:
+                error = APIError(413, f"the request body is over this server's {self.max_body_bytes:,} bytes")
+                await JSONResponse(error.body(), status_code=413)(scope, receive, send_and_note)
+                return
+            sent = False
+
+            async def replay() -> dict[str, Any]:
+                nonlocal sent
+                if sent:
+                    return await receive()  # the client's disconnect, when it comes
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            await self.app(scope, replay, send_and_note)
         finally:
             seconds = time.perf_counter() - start
             self.metrics.observe(record, endpoint, seconds, status)
@@ -125,7 +156,24 @@ def _resolve(engine: Engine, record: RequestRecord, model: str) -> str | None:
     return adapter
 
 
-def create_app(engine: Engine, *, api_key: str | None = None, request_log: Path | None = None) -> FastAPI:
+def _within(limits: Limits, prompts: int, tokens: int) -> None:
+    """A 400 naming the limit a request is over."""
+    if prompts > limits.max_prompts:
+        raise APIError(
+            400, f"at most {limits.max_prompts} prompts per request, got {prompts}", param="prompt"
+        )
+    if tokens > limits.max_tokens:
+        message = f"max_tokens is at most {limits.max_tokens} on this server, got {tokens}"
+        raise APIError(400, message, param="max_tokens")
+
+
+def create_app(
+    engine: Engine,
+    *,
+    api_key: str | None = None,
+    request_log: Path | None = None,
+    limits: Limits | None = None,
+) -> FastAPI:
     """The server's ASGI app over ``engine``; starts the engine's worker with the app, closes it after.
 
     ``api_key`` None serves ``/v1`` without authentication (the CLI allows that only on loopback).
@@ -133,6 +181,7 @@ def create_app(engine: Engine, *, api_key: str | None = None, request_log: Path 
     """
     metrics = Metrics()
     log = RequestLog(request_log)
+    limits = limits or Limits()
     engine.on_batch = metrics.batch_prompts.observe
 
     @asynccontextmanager
@@ -143,7 +192,9 @@ def create_app(engine: Engine, *, api_key: str | None = None, request_log: Path 
 
     app = FastAPI(title="fewtune serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.metrics = metrics
-    app.add_middleware(_Observe, api_key=api_key, metrics=metrics, log=log)
+    app.add_middleware(
+        _Observe, api_key=api_key, metrics=metrics, log=log, max_body_bytes=limits.max_body_bytes
+    )
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, err: APIError) -> JSONResponse:
@@ -197,10 +248,12 @@ def create_app(engine: Engine, *, api_key: str | None = None, request_log: Path 
         adapter = _resolve(engine, record, body.model)
         body.check()
         prompts = body.prompts()
+        max_tokens = body.max_tokens if body.max_tokens is not None else 16
+        _within(limits, len(prompts), max_tokens)
         job = Job(
             adapter,
             prompts,
-            max_tokens=body.max_tokens if body.max_tokens is not None else 16,
+            max_tokens=max_tokens,
             stop=body.stop_string(),
             logprobs=body.logprobs,
             echo=body.echo,
@@ -215,6 +268,7 @@ def create_app(engine: Engine, *, api_key: str | None = None, request_log: Path 
         record = _record(request)
         adapter = _resolve(engine, record, body.model)
         body.check()
+        _within(limits, 1, body.new_tokens())
         schema = body.output_schema()
         try:
             prompt = engine.render_chat(body.messages)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from fewtune.errors import ConfigError
 from fewtune.serve.adapters import check_adapter_folder, find_adapters
+from fewtune.serve.limits import Limits
 
 if TYPE_CHECKING:
     from fewtune.serve.engine import Engine
@@ -49,6 +50,12 @@ class ServeArgs:
     """Most prompts run together in one batch."""
     batch_wait_ms: float = 5.0
     """How long a batch waits for more requests to join it."""
+    max_tokens_limit: int = 1024
+    """Most new tokens one request may ask for (a limit far below the context length)."""
+    max_prompts: int = 64
+    """Most prompts in one request."""
+    max_body_bytes: int = 1_048_576
+    """Largest request body, in bytes (413 above)."""
 
 
 @dataclass
@@ -67,6 +74,7 @@ class ServeSettings:
     request_log: Path | None = None
     max_batch: int = 16
     batch_wait_ms: float = 5.0
+    limits: Limits = field(default_factory=Limits)
 
 
 def is_loopback(host: str) -> bool:
@@ -151,6 +159,9 @@ def settings_from_cli(
     served_model_name: str | None,
     max_batch: int,
     batch_wait_ms: float,
+    max_tokens_limit: int = Limits.max_tokens,
+    max_prompts: int = Limits.max_prompts,
+    max_body_bytes: int = Limits.max_body_bytes,
 ) -> ServeSettings:
     """Check every ``fewtune serve`` option (before any model loads) and resolve the defaults."""
     key = check_auth(host, api_key, no_auth)
@@ -158,6 +169,13 @@ def settings_from_cli(
         raise ConfigError(f"--port must be between 1 and 65535, got {port}")
     if max_batch < 1:
         raise ConfigError(f"--max-batch must be at least 1, got {max_batch}")
+    for flag, value in (
+        ("--max-tokens-limit", max_tokens_limit),
+        ("--max-prompts", max_prompts),
+        ("--max-body-bytes", max_body_bytes),
+    ):
+        if value < 1:
+            raise ConfigError(f"{flag} must be at least 1, got {value}")
     if batch_wait_ms < 0:
         raise ConfigError(f"--batch-wait-ms must be 0 or more, got {batch_wait_ms}")
     adapters: dict[str, Path] = {}
@@ -186,6 +204,7 @@ def settings_from_cli(
         request_log=request_log or default_log,
         max_batch=max_batch,
         batch_wait_ms=batch_wait_ms,
+        limits=Limits(max_tokens_limit, max_prompts, max_body_bytes),
     )
 
 
@@ -211,7 +230,9 @@ def serve(settings: ServeSettings, say: Callable[[str], None] = print) -> None:
     from fewtune.serve.app import create_app
 
     engine = build_engine(settings)
-    app = create_app(engine, api_key=settings.api_key, request_log=settings.request_log)
+    app = create_app(
+        engine, api_key=settings.api_key, request_log=settings.request_log, limits=settings.limits
+    )
     names = ", ".join([settings.served_name, *settings.adapters])
     auth = "API key required" if settings.api_key else "no authentication (loopback only)"
     say(f"serving {names} at http://{settings.host}:{settings.port}/v1 ({auth}; log: {settings.request_log})")
