@@ -1,4 +1,4 @@
-"""Shared pieces of the open-output task tests (extraction, generation)."""
+"""Shared pieces of the open-output task tests (extraction, generation, multi-label)."""
 
 from __future__ import annotations
 
@@ -52,3 +52,18 @@ def extraction_rows(count: int, start: int = 0) -> list[dict]:
         {"text": f"play song {i} by artist {i}", "label": {"song": f"s{i}", "artist": f"a{i}"}}
         for i in range(start, start + count)
     ]
+
+
+def multilabel_example(*labels: str, text: str = "an input") -> TaskExample:
+    from fewtune.tasks.multilabel import render
+
+    return TaskExample(text=text, label=render(labels), target=labels)
+
+
+def fitted_multilabel(*labels: str, metric: str | None = None) -> Any:
+    """A multi-label task fitted on one row per label (its label set is ``labels``)."""
+    from fewtune.tasks.multilabel import MultiLabelTask
+
+    task = MultiLabelTask(metric)
+    task.fit([multilabel_example(label) for label in labels])
+    return task

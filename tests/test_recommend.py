@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Container
-from dataclasses import dataclass, field
-
-import numpy as np
 import pytest
+from recommend_helpers import (
+    K5,
+    PROMPT_COST,
+    TUNED_COST,
+    Case,
+    decide,
+    method,
+    mixed,
+    prompt,
+    reference,
+    tuned,
+)
 
-from fewtune.cost import MethodCost
-from fewtune.decide.evidence import FINE_TUNED, PROMPT, REFERENCE, MethodEvidence
-from fewtune.decide.metric import ACCURACY_METRIC, MACRO_F1_METRIC, PrimaryMetric
-from fewtune.decide.recommend import recommend
+from fewtune.decide.evidence import FINE_TUNED, PROMPT, MethodEvidence
 from fewtune.decide.verdict import (
     CHOICE_DEPENDS,
     CHOICE_FINE_TUNE,
@@ -21,82 +26,8 @@ from fewtune.decide.verdict import (
     CHOICE_REFERENCE,
     CHOICE_RETRIEVAL,
     CHOICE_UNDECIDABLE,
-    Recommendation,
-    Situation,
 )
-from fewtune.metrics import mcnemar_sample_size
 
-# Costs shaped like the sst2 run: prompting is cheap to set up, fine-tuning cheaper per request.
-PROMPT_COST = MethodCost(setup=760, per_request=7e-6)
-TUNED_COST = MethodCost(setup=3820, per_request=1.3e-6)
-REFERENCE_COST = MethodCost(setup=3500, per_request=2e-7)
-
-
-def stats(correct: Container[int], rows: int) -> np.ndarray:
-    """Per-row (gold, predicted) for a binary task, right on exactly the rows in ``correct``."""
-    gold = np.arange(rows) % 2
-    predicted = np.where([i in correct for i in range(rows)], gold, 1 - gold)
-    return np.stack([gold, predicted], axis=1)
-
-
-def mixed(right: int, only_a: int, only_b: int) -> tuple[range, set[int]]:
-    """Correct-row sets that disagree both ways, as real methods do: both right on ``right`` rows, then A
-    alone on ``only_a`` rows and B alone on ``only_b`` (nested sets, where every disagreement favours one
-    side, make McNemar's p as small as it can be)."""
-    return range(right + only_a), {*range(right), *range(right + only_a, right + only_a + only_b)}
-
-
-def method(
-    name: str,
-    kind: str,
-    correct: Container[int],
-    rows: int = 200,
-    shots: int = 0,
-    train: int | None = None,
-    selection: str | None = None,
-    degenerate: str | None = None,
-) -> MethodEvidence:
-    s = stats(correct, rows)
-    cost = {PROMPT: PROMPT_COST, FINE_TUNED: TUNED_COST, REFERENCE: REFERENCE_COST}[kind]
-    score = ACCURACY_METRIC.value(s)
-    return MethodEvidence(name, kind, score, cost, shots, train, selection, False, s, score, degenerate)
-
-
-def prompt(
-    correct: Container[int], rows: int = 200, shots: int = 5, selection: str = "balanced"
-) -> MethodEvidence:
-    name = "zero-shot" if shots == 0 else f"few-shot k={shots} {selection}"
-    return method(name, PROMPT, correct, rows, shots, selection=selection if shots else None)
-
-
-def tuned(
-    correct: Container[int], rows: int = 200, n: int = 200, degenerate: str | None = None
-) -> MethodEvidence:
-    return method(f"lora n={n}", FINE_TUNED, correct, rows, train=n, degenerate=degenerate)
-
-
-def reference(correct: Container[int], rows: int = 200, n: int = 200) -> MethodEvidence:
-    return method(f"reference n={n}", REFERENCE, correct, rows, train=n)
-
-
-@dataclass
-class Case:
-    name: str
-    methods: list[MethodEvidence]
-    choice: str
-    method: str | None = None
-    volume: float = 50_000
-    gap: str | None = None
-    kappa: dict[str, float] = field(default_factory=dict)
-    value_per_correct: float | None = None
-    volume_given: bool = True
-    reasons: list[str] = field(default_factory=list)
-    """Fragments that must appear in the reasons (figures included)."""
-    caveats: list[str] = field(default_factory=list)
-    steps: list[str] = field(default_factory=list)
-
-
-K5 = "few-shot k=5 balanced"
 CASES = [
     Case(
         "prompting with 5+ examples not measured first",
@@ -397,21 +328,6 @@ CASES = [
 ]
 
 
-def decide(case: Case, metric: PrimaryMetric = ACCURACY_METRIC) -> Recommendation:
-    return recommend(
-        Situation(
-            methods=tuple(case.methods),
-            volume_per_day=case.volume,
-            horizon_days=365,
-            metric=metric,
-            kappa=case.kappa,
-            volume_given=case.volume_given,
-            gap=case.gap,
-            value_per_correct=case.value_per_correct,
-        )
-    )
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_recommendation_rules(case: Case) -> None:
     rec = decide(case)
@@ -434,65 +350,3 @@ def test_recommendation_rules(case: Case) -> None:
 def test_degenerate_methods_are_listed() -> None:
     rec = decide(CASES[[c.name for c in CASES].index("a degenerate LoRA is flagged and never recommended")])
     assert rec.degenerate == {"lora n=200": "predicts 'ham' for every test row"}
-
-
-def test_cost_reason_cites_totals_and_break_even() -> None:
-    rec = decide(Case("", [prompt(range(170)), tuned(range(178))], CHOICE_PROMPT))
-    cost = next(r for r in rec.reasons if r.startswith("cost at"))
-    # 18.25M requests: 760 + 7e-6 x 18.25M = $887.75; 3820 + 1.3e-6 x 18.25M = $3,844
-    assert "18.2 million requests" in cost and "$887.75" in cost and "$3,844" in cost
-    assert "breaks even after" in cost and "beyond the 365-day horizon" in cost
-
-
-def test_value_per_correct_threshold_figure() -> None:
-    # Extra cost over 365 days at 50,000/day (18.25M requests): (3820 + 1.3e-6 x 18.25M) - (760 + 7e-6 x
-    # 18.25M) = $2,955.98; extra correct answers: 18.25M x 0.10 = 1.825M -> $0.0016 per correct answer.
-    rec = decide(Case("", [prompt(range(160)), tuned(range(180))], CHOICE_DEPENDS))
-    assert "$0.0016" in rec.headline
-
-
-def test_macro_f1_decisions_use_a_paired_bootstrap() -> None:
-    rows = 300
-    gold = np.array([0] * 240 + [1] * 60)
-    collapsed = np.stack([gold, np.zeros(rows, dtype=int)], axis=1)
-    good = np.stack([gold, np.where(np.arange(rows) % 10 == 0, 1 - gold, gold)], axis=1)
-    few = MethodEvidence(
-        K5, PROMPT, MACRO_F1_METRIC.value(collapsed), PROMPT_COST, 5, None, "balanced", stats=collapsed
-    )
-    lora = MethodEvidence(
-        "lora n=200", FINE_TUNED, MACRO_F1_METRIC.value(good), TUNED_COST, 0, 200, stats=good
-    )
-    rec = decide(Case("", [few, lora], CHOICE_FINE_TUNE), MACRO_F1_METRIC)
-    assert rec.comparison is not None and rec.comparison.test == "paired bootstrap"
-    assert rec.comparison.significant and rec.choice == CHOICE_FINE_TUNE
-    assert rec.metric == "macro-f1" and "macro-F1" in " ".join(rec.reasons)
-
-
-def test_connor_sample_size() -> None:
-    # Connor (1987) worked example as in standard calculators: p01=0.45, p10=0.05 -> 23 pairs.
-    assert mcnemar_sample_size(0.50, 0.40) == 23
-    assert mcnemar_sample_size(0.10, 0.0) is None
-    assert mcnemar_sample_size(0.105, 0.05) > mcnemar_sample_size(0.105, 0.10)
-
-
-def _floor(correct: range, rows: int = 200) -> MethodEvidence:
-    s = stats(correct, rows)
-    score = ACCURACY_METRIC.value(s)
-    return MethodEvidence("the floor (the input copied)", "floor", score, MethodCost(0, 0), stats=s)
-
-
-def _with_floor(methods: list[MethodEvidence], floor: MethodEvidence) -> Recommendation:
-    return recommend(Situation(methods=tuple(methods), volume_per_day=50_000, horizon_days=365, floor=floor))
-
-
-def test_a_method_no_better_than_the_floor_is_not_good_enough() -> None:
-    # The prompt would ship (LoRA is not ahead), but it is within noise of copying the input.
-    rec = _with_floor([prompt(range(60)), tuned(range(62))], _floor(range(58)))
-    assert rec.choice == CHOICE_NOT_GOOD_ENOUGH and rec.method == K5
-    assert "not significantly better than the floor (the input copied)" in rec.reasons[0]
-    assert "the verdict among the methods would be: Ship the prompt" in rec.reasons[0]
-
-
-def test_a_method_clearly_above_the_floor_keeps_its_verdict() -> None:
-    rec = _with_floor([prompt(range(170)), tuned(range(172))], _floor(range(20)))
-    assert rec.choice == CHOICE_PROMPT and rec.method == K5
