@@ -55,3 +55,38 @@ def test_a_cached_prefix_is_run_once_across_calls() -> None:
     # Two batches of two rows, each running only the rows' own tokens after the demo block.
     longest_tail = max(len(backend.encode_prompt(p)) - len(state.ids) for p in prompts)
     assert len(seen) == 2 and max(seen) == longest_tail
+
+
+def test_generated_logprobs_keep_only_the_chosen_token_and_its_top_alternatives() -> None:
+    """generate is not asked for every step's full-vocabulary logits (1 MiB a token on a 262k vocabulary);
+    what each step keeps still equals a full forward pass's log-probabilities."""
+    import torch
+
+    from fewtune.serve.tokens import generate_scored
+
+    tokenizer = tiny_tokenizer()
+    backend = HFBackend(tiny_model(tokenizer, sliding_window=512), tokenizer)
+    asked: list[dict] = []
+    returned: list[object] = []
+    generate = backend.model.generate
+
+    def spy(*args: object, **kwargs: object) -> object:
+        asked.append(kwargs)
+        returned.append(out := generate(*args, **kwargs))
+        return out
+
+    backend.model.generate = spy
+    ids = backend.encode_prompt(f"{DEMOS}---\nInput: {TEXTS[0]}\nOutput:")
+    generation, scores = generate_scored(backend, ids, max_new_tokens=12, stop=None, top=3)
+    (kwargs,) = asked
+    assert not any(kwargs.get(k) for k in ("output_logits", "output_scores", "return_dict_in_generate"))
+    assert isinstance(returned[0], torch.Tensor)  # the tokens only, no per-step logits
+    assert generation.output_tokens == len(scores.ids) == 12
+    with torch.no_grad():
+        full = torch.log_softmax(backend.model(torch.tensor([ids + scores.ids])).logits[0].float(), dim=-1)
+    rows = full[len(ids) - 1 : -1]
+    chosen = rows.gather(1, torch.tensor(scores.ids)[:, None]).squeeze(1).tolist()
+    assert scores.logprobs == pytest.approx(chosen, abs=1e-4)
+    for row, top in zip(rows, scores.top, strict=True):
+        assert top is not None and len(top) == 3
+        assert [t for t, _ in top] == row.topk(3).indices.tolist()
