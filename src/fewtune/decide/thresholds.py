@@ -20,3 +20,22 @@ SIGNIFICANCE_ALPHA = 0.05
 # treated as near chance (not doing the task).
 GOOD_ENOUGH_KAPPA = 0.4
 NEAR_CHANCE_KAPPA = 0.2
+
+# Release thresholds, shared by the report's rollout plan, `fewtune gate` and `fewtune monitor` (a policy
+# file overrides them). They are fewtune's defaults, not an industry standard.
+# Roll back when live p95 latency exceeds the measured p95 by 50%: beyond the 10-20% run-to-run spread of
+# p95 over 20 timed requests (fewtune default).
+ROLLBACK_P95_FACTOR = 1.5
+# Roll back when more than 1% of requests fail (timeouts, errors, answers that are not a label): a common
+# 99% availability objective (fewtune default).
+ROLLBACK_ERROR_RATE = 0.01
+# Roll back when the billed cost per request exceeds the estimate by 20% (fewtune default).
+ROLLBACK_COST_FACTOR = 1.2
+# Share of traffic on the new method before full rollout, and for how long (fewtune default).
+CANARY_TRAFFIC_SHARE = 0.05
+CANARY_HOURS = 24
+# Per-class (per-label, per-field) floor for a release: a candidate may not lose more than this many points
+# of a class's recall against the baseline (fewtune default: twice the overall margin, because one class is
+# measured on a fraction of the rows). A class fails only when its recall is shown to be below the floor: the
+# one-sided Clopper-Pearson upper bound, Bonferroni-corrected across the classes checked, is under it.
+CLASS_DROP_POINTS = 10.0

@@ -113,18 +113,26 @@ def _cost_caveats(
     return caveats
 
 
+def method_costs(results: dict[str, Any], args: CostArgs) -> tuple[PriceTable, dict[str, MethodCost]]:
+    """The price table for a run's hardware and each method's cost, by name. The reference runs no LLM, so
+    it has no tokens to price on an API: it is priced as self-hosted."""
+    device = (results.get("hardware") or {}).get("device")
+    prices = load_price_table(args.costs, device)
+    local_prices = prices if prices.pricing == "self-hosted" else load_price_table(None, device)
+    rows = results["methods"]
+    return prices, {
+        row["name"]: method_cost(row, local_prices if _is_reference(row) else prices) for row in rows
+    }
+
+
 def analyse(folder: str | Path, args: CostArgs) -> Report:
     """Costs, break-even, recommendation and rollout for a run folder (nothing is written)."""
     folder = Path(folder)
     results, predictions = read_run(folder)
     methods = results["methods"]
     labels = list(results.get("labels") or sorted({p["gold"] for rows in predictions.values() for p in rows}))
-    device = (results.get("hardware") or {}).get("device")
-    prices = load_price_table(args.costs, device)
+    prices, costs = method_costs(results, args)
     volume = float(args.volume_per_day or DEFAULT_VOLUME_PER_DAY)
-    # The reference runs no LLM, so it has no tokens to price on an API: it is priced as self-hosted.
-    local_prices = prices if prices.pricing == "self-hosted" else load_price_table(None, device)
-    costs = {row["name"]: method_cost(row, local_prices if _is_reference(row) else prices) for row in methods}
     dataset = results.get("dataset") or {}
     test_counts = (dataset.get("label_counts") or {}).get("test") or {}
     choice = choose_metric(test_counts, args.metric)

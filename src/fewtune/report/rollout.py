@@ -1,7 +1,8 @@
 """Rollout plan for the chosen method: pre-deploy checks and rollback triggers, with measured baselines.
 
-The trigger factors are fewtune's defaults, not an industry standard: replace them with your service's
-SLOs. The canary step follows the practice in Google's SRE Workbook, chapter 16 ("Canarying Releases").
+The trigger factors (:mod:`fewtune.decide.thresholds`, shared with ``fewtune gate`` and ``fewtune monitor``)
+are fewtune's defaults, not an industry standard: replace them with your service's SLOs in a gate policy
+file. The canary step follows the practice in Google's SRE Workbook, chapter 16 ("Canarying Releases").
 """
 
 from __future__ import annotations
@@ -9,19 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fewtune.cost import MethodCost, format_usd, is_trained
+from fewtune.decide.thresholds import (
+    CANARY_HOURS,
+    CANARY_TRAFFIC_SHARE,
+    ROLLBACK_COST_FACTOR,
+    ROLLBACK_ERROR_RATE,
+    ROLLBACK_P95_FACTOR,
+)
 from fewtune.record import MethodRow, Primary, latency_of
-
-# Roll back when live p95 latency exceeds the measured p95 by 50%: beyond the 10-20% run-to-run spread of
-# p95 over 20 timed requests (fewtune default).
-ROLLBACK_P95_FACTOR = 1.5
-# Roll back when more than 1% of requests fail (timeouts, errors, answers that are not a label): a common
-# 99% availability objective (fewtune default).
-ROLLBACK_ERROR_RATE = 0.01
-# Roll back when the billed cost per request exceeds the estimate by 20% (fewtune default).
-ROLLBACK_COST_FACTOR = 1.2
-# Share of traffic on the new method before full rollout, and for how long (fewtune default).
-CANARY_TRAFFIC_SHARE = 0.05
-CANARY_HOURS = 24
 
 
 @dataclass(frozen=True)
