@@ -91,12 +91,13 @@ def _build_report() -> Callable[..., None]:
         """
         from fewtune.report.build import write_reports
         from fewtune.report.run_folder import cost_args_for
-        from fewtune.ui import print_summary
+        from fewtune.ui import print_summary, register_run
 
         args = cost_args_for(run_dir, overrides(values)["cost"])
         with console.status("Writing the report..."):
             built, _ = write_reports(run_dir, args)
         print_summary(console, built)
+        register_run(console, run_dir)
 
     folder = inspect.Parameter(
         "run_dir",
@@ -156,6 +157,13 @@ def _build_serve() -> Callable[..., None]:
 
 
 app.command(name="serve")(_build_serve())
+
+
+from fewtune import cli_release  # noqa: E402  (the release commands register below)
+
+app.command(name="gate")(cli_release.gate)
+app.command(name="runbook")(cli_release.runbook_list)
+app.add_typer(cli_release.runs_app, name="runs")
 
 
 def _interrupt(signum: int, frame: Any) -> None:

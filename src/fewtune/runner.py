@@ -14,7 +14,7 @@ from fewtune.embeddings import Embedder
 from fewtune.events import RunEvents
 from fewtune.loaders import load_backend, load_embedder
 from fewtune.pipeline import run_pipeline
-from fewtune.ui import RichEvents, print_summary
+from fewtune.ui import RichEvents, print_summary, register_run
 
 
 def run(
@@ -48,4 +48,5 @@ def run(
     with console.status("Writing the report..."):
         built, _ = write_reports(folder, cfg.cost)
     print_summary(console, built)
+    register_run(console, folder)
     return folder

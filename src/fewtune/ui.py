@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from rich.console import Console
@@ -158,3 +159,17 @@ def print_summary(console: Console, report: Report | OutputsReport) -> None:
         where = "never" if be.requests is None else f"{format_count(be.requests)} requests"
         console.print(f"Break-even ({' vs '.join(report.break_even_pair)}): {where}", highlight=False)
     console.print(f"Report: {report.folder / REPORT_HTML} and {report.folder / REPORT_MD}")
+
+
+def register_run(console: Console, folder: Path) -> None:
+    """Record the run in the run registry (:mod:`fewtune.release.registry`); a registry that cannot be
+    written is a warning, never a lost report."""
+    from fewtune.errors import FewtuneError
+    from fewtune.release.registry import record_run
+
+    try:
+        run_id, path = record_run(folder)
+    except FewtuneError as err:
+        console.print(f"[yellow]warning:[/] run not recorded in the registry: {err}", highlight=False)
+        return
+    console.print(f"Recorded as run {run_id} in {path}", highlight=False)

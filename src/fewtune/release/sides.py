@@ -1,0 +1,164 @@
+"""One side of a release comparison: ``RUN[:METHOD]`` read into its per-row evidence.
+
+RUN is a run folder (or a run id from the registry); METHOD is a method's name as results.json and the report
+show it (``runs/sst2:few-shot k=8 balanced``). Without METHOD the side is the run's recommended method.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fewtune.cost import MethodCost
+from fewtune.errors import FewtuneError
+from fewtune.record import latency_of
+from fewtune.report.run_folder import ANALYSIS_FILE, cost_args_for, read_run
+from fewtune.tasks.base import CLASSIFICATION, EXTRACTION
+
+
+@dataclass(frozen=True)
+class Side:
+    """A method of a run, with what the gate compares."""
+
+    spec: str
+    """As given, e.g. ``runs/sst2:lora n=200``."""
+    folder: Path
+    method: str
+    task: dict[str, Any]
+    labels: list[str]
+    row: dict[str, Any]
+    """The method's results.json row."""
+    lines: list[dict[str, Any]]
+    """Its predictions, in row order."""
+    cost: MethodCost
+    hardware: dict[str, Any]
+
+    @property
+    def task_name(self) -> str:
+        return str(self.task.get("name") or CLASSIFICATION)
+
+    @property
+    def rows_hash(self) -> str | None:
+        """sha256 of the test rows the method was scored on (row number, input, gold), in order."""
+        if not self.lines:
+            return None
+        rows = [[p["row"], p.get("text"), p.get("gold")] for p in self.lines]
+        return hashlib.sha256(json.dumps(rows, ensure_ascii=False).encode()).hexdigest()
+
+    @property
+    def p95_ms(self) -> float | None:
+        value = latency_of(self.row).get("p95")  # type: ignore[arg-type]
+        return float(value) if value else None
+
+    def failed(self) -> np.ndarray:
+        """Per row, 1 where the method gave no valid answer: not one of the labels, unparsed, or not valid
+        for the schema."""
+        if self.task_name == CLASSIFICATION:
+            known = set(self.labels)
+            return np.array([float(str(p["predicted"]) not in known) for p in self.lines])
+        scores = [p.get("scores") or {} for p in self.lines]
+        for key in ("schema_valid", "valid", "parsed"):
+            if scores and all(key in s for s in scores):
+                return np.array([1.0 - float(s[key]) for s in scores])
+        return np.zeros(len(self.lines))
+
+    def class_hits(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per class (label, field): per-row (hits, chances), whose ratio is the class's recall."""
+        n = len(self.lines)
+        groups: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+        def add(name: str, row: int, hit: float, chances: float) -> None:
+            if name not in groups:
+                groups[name] = (np.zeros(n), np.zeros(n))
+            groups[name][0][row] += hit
+            groups[name][1][row] += chances
+
+        for i, p in enumerate(self.lines):
+            if self.task_name == CLASSIFICATION:
+                add(str(p["gold"]), i, float(p["predicted"] == p["gold"]), 1.0)
+            elif self.task_name == EXTRACTION:
+                from fewtune.tasks.extraction import pairs
+
+                gold = pairs(_json_object(p.get("gold")))
+                found = pairs(p.get("parsed") if isinstance(p.get("parsed"), dict) else None)
+                for (key, value), count in gold.items():
+                    add(key, i, float(min(count, found[(key, value)])), float(count))
+            else:  # multi-label: per-label true positives and misses
+                scores = p.get("scores") or {}
+                for key, value in scores.items():
+                    kind, _, label = key.partition(":")
+                    if label and kind in ("tp", "fn"):
+                        add(label, i, float(value) if kind == "tp" else 0.0, float(value))
+        return groups
+
+
+def _json_object(text: Any) -> dict[str, Any] | None:
+    if isinstance(text, dict):
+        return text
+    try:
+        value = json.loads(text) if isinstance(text, str) else None
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def split_spec(spec: str) -> tuple[Path, str | None]:
+    """``RUN[:METHOD]`` -> (folder, method or None). A folder whose name holds ':' is taken whole."""
+    whole = Path(spec)
+    if whole.is_dir() or ":" not in spec:
+        return whole, None
+    folder, _, method = spec.rpartition(":")
+    return Path(folder), method.strip() or None
+
+
+def recommended(folder: Path) -> str | None:
+    """The method the run's report recommends, if the report was written and recommends one."""
+    path = folder / ANALYSIS_FILE
+    if not path.is_file():
+        return None
+    try:
+        analysis = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    method = (analysis.get("recommendation") or {}).get("method")
+    return str(method) if method else None
+
+
+def read_side(spec: str, folder: Path | None = None) -> Side:
+    """The side ``spec`` names (``folder`` when the registry already resolved RUN to one)."""
+    from fewtune.report.analysis import method_costs
+
+    path, method = split_spec(spec)
+    folder = folder or path
+    results, predictions = read_run(folder)
+    names = [row["name"] for row in results["methods"]]
+    if method is None:
+        method = recommended(folder)
+        if method is None:
+            raise FewtuneError(
+                f"{spec}: the run recommends no method (or has no report yet); name one as "
+                f"{folder}:METHOD, one of: {', '.join(names)}"
+            )
+    if method not in names:
+        raise FewtuneError(f"{spec}: no method {method!r} in {folder}; its methods: {', '.join(names)}")
+    _, costs = method_costs(results, cost_args_for(folder))
+    labels = list(results.get("labels") or [])
+    if not labels and results.get("task", {}).get("name", CLASSIFICATION) == CLASSIFICATION:
+        labels = sorted(Counter(str(p["gold"]) for rows in predictions.values() for p in rows))
+    return Side(
+        spec=spec,
+        folder=folder,
+        method=method,
+        task=dict(results.get("task") or {"name": CLASSIFICATION}),
+        labels=labels,
+        row=next(row for row in results["methods"] if row["name"] == method),
+        lines=predictions.get(method) or [],
+        cost=costs[method],
+        hardware=dict(results.get("hardware") or {}),
+    )

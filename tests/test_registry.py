@@ -1,0 +1,124 @@
+"""The run registry (SQLite), ``fewtune runs``, the gate policy file and ``fewtune runbook``."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from gate_helpers import Arm, labelled_rows, with_accuracy, write_run
+
+from fewtune import cli
+from fewtune.errors import ConfigError, FewtuneError
+from fewtune.release.policy import Policy, load_policy
+from fewtune.release.registry import find_run, list_runs, record_run, registry_path
+from fewtune.release.runbook import entries
+
+
+def fewtune(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
+    monkeypatch.setattr("sys.argv", ["fewtune", *args])
+    try:
+        cli.main()
+    except SystemExit as exit_info:
+        return int(exit_info.code or 0)
+    return 0
+
+
+def a_run(folder: Path, accuracy: float = 0.8, seed: int = 0) -> Path:
+    texts, gold = labelled_rows({"a": 60, "b": 60}, seed=seed)
+    return write_run(
+        folder, texts, gold, [Arm("zero-shot", "zero-shot", with_accuracy(gold, ["a", "b"], accuracy, 1))]
+    )
+
+
+def test_a_reported_run_is_recorded_once_and_found_by_id_prefix(tmp_path: Path) -> None:
+    from fewtune.config import CostArgs
+    from fewtune.report.build import write_reports
+
+    run = a_run(tmp_path / "runs" / "first")
+    write_reports(run, CostArgs())
+    run_id, path = record_run(run)
+    assert path == tmp_path / "runs" / "fewtune-runs.sqlite"
+    record_run(run)  # recording again updates, never duplicates
+    runs = list_runs(path)
+    assert [r["run_id"] for r in runs] == [run_id] and runs[0]["task"] == "classification"
+    found = find_run(path, run_id[:-3])
+    (method,) = found["methods"]
+    assert method["name"] == "zero-shot" and method["p95_ms"] == 50.0 and method["cost_per_request"] > 0
+    assert method["metric"] == "accuracy" and method["ci_low"] < method["value"] < method["ci_high"]
+    with pytest.raises(FewtuneError, match="no run 'nope'"):
+        find_run(path, "nope")
+
+
+def test_runs_commands_list_show_compare_and_the_gate_takes_a_run_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    first, second = a_run(Path("runs/one"), 0.8), a_run(Path("runs/two"), 0.9)
+    assert fewtune(monkeypatch, "report", str(first)) == 0
+    assert fewtune(monkeypatch, "report", str(second)) == 0  # the report records the run
+    capsys.readouterr()
+    assert fewtune(monkeypatch, "runs") == 0
+    listing = " ".join(capsys.readouterr().out.split())
+    assert "2 runs" in listing and "one-" in listing and "two-" in listing
+    one, two = (r["run_id"] for r in list_runs(registry_path("runs")))
+    assert fewtune(monkeypatch, "runs", "show", one) == 0
+    assert "zero-shot" in capsys.readouterr().out
+    assert fewtune(monkeypatch, "runs", "compare", one, two) == 0
+    assert "test_sha256" in capsys.readouterr().out
+    code = fewtune(monkeypatch, "gate", "--baseline", f"{one}:zero-shot", "--candidate", f"{two}:zero-shot",
+                   "--json", "--no-runbook")  # fmt: skip
+    assert code == 0, capsys.readouterr()
+    assert json.loads(capsys.readouterr().out)["decision"] == "pass"
+
+
+def test_a_broken_registry_file_is_a_one_line_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "fewtune-runs.sqlite").write_bytes(b"not a database at all" * 100)
+    assert fewtune(monkeypatch, "runs", "--root", str(tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert "not a readable run registry" in err and "Traceback" not in err
+    assert fewtune(monkeypatch, "runs", "--root", str(tmp_path / "none")) == 2
+    assert "no run registry here yet" in capsys.readouterr().err
+    sqlite3.connect(tmp_path / "ok.sqlite").close()
+
+
+def test_policy_file_overrides_and_its_errors_name_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text("margin_points: 2\nclass_floors: {refund: 0.9}\np95_ratio: null\n")
+    policy = load_policy(path)
+    assert policy == Policy(margin_points=2.0, class_floors={"refund": 0.9}, p95_ratio=None)
+    for text, message in [
+        ("margin: 2\n", "unknown policy keys: margin"),
+        ("margin_points: [1\n", ":2: invalid YAML"),
+        ("margin_points: lots\n", "expected a number"),
+        ("class_floors: {refund: 2}\n", "class_floors.refund must be a recall"),
+        ("- 1\n", "a policy is a mapping"),
+        ("cost_ratio: 0\n", "cost_ratio must be > 0"),
+    ]:
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=message) as info:
+            load_policy(path)
+        assert str(path) in str(info.value)
+    with pytest.raises(ConfigError, match="policy file not found"):
+        load_policy(tmp_path / "missing.yaml")
+
+
+def test_runbook_lists_entries_and_survives_a_stray_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = a_run(tmp_path / "run")
+    book = tmp_path / "book"
+    for _ in range(2):  # two decisions in the same second get two files
+        args = ["--baseline", f"{run}:zero-shot", "--candidate", f"{run}:zero-shot", "--owner", "bob"]
+        assert fewtune(monkeypatch, "gate", *args, "--runbook", str(book)) == 0
+    (book / "notes.md").write_text("team notes, not an entry\n")
+    found = entries(book)
+    assert [e["decision"] for e in found if e["file"] != "notes.md"] == ["pass", "pass"]
+    assert {e["owner"] for e in found if e["file"] != "notes.md"} == {"bob"}
+    assert next(e for e in found if e["file"] == "notes.md")["decision"] == "unreadable"
+    capsys.readouterr()
+    assert fewtune(monkeypatch, "runbook", str(book)) == 0
+    assert "3 decisions" in " ".join(capsys.readouterr().out.split())
