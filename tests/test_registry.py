@@ -122,3 +122,21 @@ def test_runbook_lists_entries_and_survives_a_stray_file(
     capsys.readouterr()
     assert fewtune(monkeypatch, "runbook", str(book)) == 0
     assert "3 decisions" in " ".join(capsys.readouterr().out.split())
+
+
+def test_mlflow_logging_records_params_metrics_and_the_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mlflow = pytest.importorskip("mlflow", reason="the mlflow extra (in dev) is not installed")
+    monkeypatch.chdir(tmp_path)  # the sqlite store keeps artifacts under ./mlruns
+    run = a_run(Path("runs/one"))
+    (run / "config.yaml").write_text("model: tiny\nseed: 0\nprompt:\n  shots: [0, 8]\n")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert fewtune(monkeypatch, "report", str(run), "--mlflow", uri) == 0
+    assert "Logged to MLflow" in " ".join(capsys.readouterr().out.split())
+    mlflow.set_tracking_uri(uri)
+    (found,) = mlflow.search_runs(experiment_names=["fewtune"], output_format="list")
+    assert found.data.params["prompt.shots"] == "[0, 8]"
+    assert 0 < found.data.metrics["zero-shot.primary"] < 1 and found.data.metrics["zero-shot.p95_ms"] == 50.0
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(found.info.run_id)}
+    assert {"report.md", "results.json", "config.yaml"} <= artifacts

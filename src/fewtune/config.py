@@ -235,6 +235,9 @@ class RunConfig:
     """Run folder; default runs/<timestamp>."""
     seed: int = 0
     """Seed for splits, demos, training-row samples, LoRA init and bootstrap."""
+    mlflow: str | None = None
+    """MLflow tracking URI (e.g. http://mlflow:5000, sqlite:///mlflow.db) to log the run to: params,
+    metrics, the report and adapters (needs the mlflow extra). None = no MLflow."""
     data: DataArgs = field(default_factory=DataArgs)
     prompt: PromptArgs = field(default_factory=PromptArgs)
     lora: LoraArgs = field(default_factory=LoraArgs)

@@ -48,5 +48,5 @@ def run(
     with console.status("Writing the report..."):
         built, _ = write_reports(folder, cfg.cost)
     print_summary(console, built)
-    register_run(console, folder)
+    register_run(console, folder, cfg.mlflow)
     return folder

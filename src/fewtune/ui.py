@@ -161,15 +161,24 @@ def print_summary(console: Console, report: Report | OutputsReport) -> None:
     console.print(f"Report: {report.folder / REPORT_HTML} and {report.folder / REPORT_MD}")
 
 
-def register_run(console: Console, folder: Path) -> None:
-    """Record the run in the run registry (:mod:`fewtune.release.registry`); a registry that cannot be
-    written is a warning, never a lost report."""
+def register_run(console: Console, folder: Path, mlflow: str | None = None) -> None:
+    """Record the run in the run registry (:mod:`fewtune.release.registry`) and, given a tracking URI, in
+    MLflow; a registry or tracking server that cannot be written is a warning, never a lost report."""
     from fewtune.errors import FewtuneError
     from fewtune.release.registry import record_run
 
+    run_id = None
     try:
         run_id, path = record_run(folder)
+        console.print(f"Recorded as run {run_id} in {path}", highlight=False)
     except FewtuneError as err:
         console.print(f"[yellow]warning:[/] run not recorded in the registry: {err}", highlight=False)
-        return
-    console.print(f"Recorded as run {run_id} in {path}", highlight=False)
+    if mlflow:
+        from fewtune.release.mlflow_log import log_run
+
+        try:
+            with console.status(f"Logging to MLflow at {mlflow}..."):
+                logged = log_run(folder, mlflow, run_id)
+            console.print(f"Logged to MLflow ({mlflow}) as run {logged}", highlight=False)
+        except FewtuneError as err:
+            console.print(f"[yellow]warning:[/] not logged to MLflow: {err}", highlight=False)

@@ -1,7 +1,8 @@
 """One side of a release comparison: ``RUN[:METHOD]`` read into its per-row evidence.
 
 RUN is a run folder (or a run id from the registry); METHOD is a method's name as results.json and the report
-show it (``runs/sst2:few-shot k=8 balanced``). Without METHOD the side is the run's recommended method.
+show it (``runs/sst2:few-shot k=8 balanced``). Without METHOD the side is the run's recommended method (or
+its only method).
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ def read_side(spec: str, folder: Path | None = None) -> Side:
     results, predictions = read_run(folder)
     names = [row["name"] for row in results["methods"]]
     if method is None:
-        method = recommended(folder)
+        method = recommended(folder) or (names[0] if len(names) == 1 else None)
         if method is None:
             raise FewtuneError(
                 f"{spec}: the run recommends no method (or has no report yet); name one as "

@@ -77,6 +77,16 @@ def saved_setting(folder: Path, section: str, key: str) -> Any:
     return ((saved.get(section) or {}) if isinstance(saved, dict) else {}).get(key)
 
 
+def saved_setting_top(folder: Path, key: str) -> Any:
+    """A top-level value of the run's config.yaml (``model``, ``mlflow``, ...), or None."""
+    config = folder / "config.yaml"
+    try:
+        saved = yaml.safe_load(config.read_text(encoding="utf-8")) if config.is_file() else None
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return None
+    return saved.get(key) if isinstance(saved, dict) else None
+
+
 ANALYSIS_FILE = "analysis.json"
 # What the report computes: always in analysis.json, even where a results.json written by an earlier version
 # (whose report added them there) already holds the same values.
