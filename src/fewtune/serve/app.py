@@ -1,17 +1,19 @@
 """The FastAPI app: OpenAI-compatible routes over an :class:`~fewtune.serve.engine.Engine`.
 
 ``/v1/*`` needs ``Authorization: Bearer <api key>`` when the app has a key; ``/health`` and ``/metrics``
-are open, as in vLLM (a load balancer and a Prometheus scraper hold no key). Every ``/v1`` request, refused
-ones included, is timed into the metrics and written as one line to the request log.
+are open, as in vLLM (a load balancer and a Prometheus scraper hold no key). Without a key, only the
+allowed Host names are answered (:mod:`fewtune.serve.guard`, which also times and logs every request).
+
+A request waits for its answer at most the server's request timeout (504 past it) and no longer than its
+client stays connected; either way its work is cancelled (:meth:`~fewtune.serve.jobs.Job.cancel`). A full
+queue is a 429 with ``Retry-After``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from concurrent.futures import Future
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,7 +25,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from fewtune.errors import FewtuneError
 from fewtune.serve.adapters import check_adapter_folder
-from fewtune.serve.engine import BadRequest, Engine, Job, UnknownModel
+from fewtune.serve.engine import Engine
+from fewtune.serve.guard import RECORD_KEY, Guard, allowed_hosts
+from fewtune.serve.jobs import Abandoned, BadRequest, Job, Output, QueueFull, TimedOut, UnknownModel
 from fewtune.serve.limits import Limits
 from fewtune.serve.observe import Metrics, RequestLog, RequestRecord
 from fewtune.serve.protocol import (
@@ -36,97 +40,10 @@ from fewtune.serve.protocol import (
     completion_response,
 )
 
-Scope = MutableMapping[str, Any]
-ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
 T = TypeVar("T")
 
-RECORD_KEY = "fewtune.record"
-"""Where the middleware leaves the request's :class:`RequestRecord` in the ASGI scope for the endpoint."""
-ENDPOINTS = frozenset(
-    {
-        "/v1/completions",
-        "/v1/chat/completions",
-        "/v1/models",
-        "/v1/load_lora_adapter",
-        "/v1/unload_lora_adapter",
-    }
-)
-
-
-class _Observe:
-    """ASGI middleware for ``/v1``: checks the API key, then times the request and records its outcome."""
-
-    def __init__(
-        self, app: ASGIApp, *, api_key: str | None, metrics: Metrics, log: RequestLog, max_body_bytes: int
-    ) -> None:
-        self.app = app
-        self.api_key = api_key
-        self.metrics = metrics
-        self.log = log
-        self.max_body_bytes = max_body_bytes
-
-    async def _bounded_body(self, receive: Any) -> bytes | None:
-        """The request body, read whole, or None when it is over the limit (read no further)."""
-        body = b""
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return body
-            body += message.get("body", b"")
-            if len(body) > self.max_body_bytes:
-                return None
-            if not message.get("more_body"):
-                return body
-
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        endpoint = scope["path"] if scope["path"] in ENDPOINTS else "other"
-        record = RequestRecord()
-        scope[RECORD_KEY] = record
-        status = 500
-
-        async def send_and_note(message: MutableMapping[str, Any]) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
-        try:
-            if self.api_key is not None and not self._authorized(scope):
-                error = APIError(401, "invalid or missing API key (send Authorization: Bearer KEY)")
-                await JSONResponse(error.body(), status_code=401)(scope, receive, send_and_note)
-                return
-            body = await self._bounded_body(receive)
-            if body is None:
-                error = APIError(413, f"the request body is over this server's {self.max_body_bytes:,} bytes")
-                await JSONResponse(error.body(), status_code=413)(scope, receive, send_and_note)
-                return
-            sent = False
-
-            async def replay() -> dict[str, Any]:
-                nonlocal sent
-                if sent:
-                    return await receive()  # the client's disconnect, when it comes
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-
-            await self.app(scope, replay, send_and_note)
-        finally:
-            seconds = time.perf_counter() - start
-            self.metrics.observe(record, endpoint, seconds, status)
-            self.log.write(record, endpoint, seconds, status)
-
-    def _authorized(self, scope: Scope) -> bool:
-        assert self.api_key is not None
-        headers = dict(scope.get("headers") or [])
-        given = headers.get(b"authorization", b"").decode("latin-1")
-        scheme, _, token = given.partition(" ")
-        # Compared as bytes: compare_digest refuses non-ASCII text, which would make a 500 of a bad key.
-        presented = token.strip().encode("latin-1", "replace")
-        return scheme.lower() == "bearer" and hmac.compare_digest(presented, self.api_key.encode("utf-8"))
+RETRY_AFTER_S = 1
+"""Seconds a client refused for a full queue is told to wait (``Retry-After``)."""
 
 
 def _record(request: Request) -> RequestRecord:
@@ -134,16 +51,62 @@ def _record(request: Request) -> RequestRecord:
     return record if isinstance(record, RequestRecord) else RequestRecord()
 
 
-async def _wait(future: Future[T]) -> T:
+def _late(limits: Limits) -> APIError:
+    message = f"the request ran past this server's time limit ({limits.request_timeout_s:g} s)"
+    return APIError(504, message + "; its work was stopped", "timeout_error")
+
+
+async def _wait(answer: Awaitable[T], limits: Limits) -> T:
     """The engine's answer, its errors turned into HTTP ones."""
     try:
-        return await asyncio.wrap_future(future)
+        return await answer
+    except TimedOut:
+        raise _late(limits) from None
+    except Abandoned as err:
+        raise APIError(499, str(err)) from None
     except UnknownModel as err:
         raise APIError(404, str(err), param="model") from None
     except FewtuneError as err:
         raise APIError(400, str(err)) from None
     except Exception as err:  # the worker printed the traceback; the client gets one line
         raise APIError(500, f"internal error ({type(err).__name__}: {err})", "internal_error") from None
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns once the client has closed the connection (the body was read before: what comes is the
+    disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _run(engine: Engine, job: Job, request: Request, limits: Limits) -> list[Output]:
+    """Submit ``job`` and wait for its outputs, until its deadline at most and while the client stays
+    connected; a job given up on is cancelled (dropped from the queue, or stopped at its next step)."""
+    job.deadline = time.monotonic() + limits.request_timeout_s
+    try:
+        future = engine.submit(job)
+    except QueueFull as err:
+        raise APIError(
+            429, f"{err}; retry later", "rate_limit_error", headers={"Retry-After": str(RETRY_AFTER_S)}
+        ) from None
+    except BadRequest as err:
+        raise APIError(400, str(err)) from None
+    answer = asyncio.wrap_future(future)
+    gone = asyncio.ensure_future(_disconnected(request))
+    waiting: list[asyncio.Future[Any]] = [answer, gone]
+    try:
+        done, _ = await asyncio.wait(
+            waiting, timeout=limits.request_timeout_s, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        gone.cancel()
+    if answer not in done:
+        answer.cancel()  # so that the worker's late answer or error is not left unread
+        job.cancel()
+        if gone in done:  # nobody reads this answer; the log and the metrics do
+            raise APIError(499, "the client closed the request; its work was stopped")
+        raise _late(limits)
+    return await _wait(answer, limits)
 
 
 def _resolve(engine: Engine, record: RequestRecord, model: str) -> str | None:
@@ -173,16 +136,19 @@ def create_app(
     api_key: str | None = None,
     request_log: Path | None = None,
     limits: Limits | None = None,
+    hosts: Sequence[str] = (),
 ) -> FastAPI:
     """The server's ASGI app over ``engine``; starts the engine's worker with the app, closes it after.
 
     ``api_key`` None serves ``/v1`` without authentication (the CLI allows that only on loopback).
-    ``request_log`` None writes no request log.
+    ``request_log`` None writes no request log. ``hosts``: Host names answered besides the loopback ones
+    when there is no key.
     """
     metrics = Metrics()
     log = RequestLog(request_log)
     limits = limits or Limits()
     engine.on_batch = metrics.batch_prompts.observe
+    engine.max_queue = limits.max_queue
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -193,12 +159,17 @@ def create_app(
     app = FastAPI(title="fewtune serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.metrics = metrics
     app.add_middleware(
-        _Observe, api_key=api_key, metrics=metrics, log=log, max_body_bytes=limits.max_body_bytes
+        Guard,
+        api_key=api_key,
+        hosts=allowed_hosts(hosts),
+        metrics=metrics,
+        log=log,
+        max_body_bytes=limits.max_body_bytes,
     )
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, err: APIError) -> JSONResponse:
-        return JSONResponse(err.body(), status_code=err.status)
+        return err.response()
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, err: RequestValidationError) -> JSONResponse:
@@ -258,7 +229,7 @@ def create_app(
             logprobs=body.logprobs,
             echo=body.echo,
         )
-        outputs = await _wait(_submit(engine, job))
+        outputs = await _run(engine, job, request, limits)
         record.prompt_tokens = sum(o.prompt_tokens for o in outputs)
         record.completion_tokens = sum(o.completion_tokens for o in outputs)
         return completion_response(body.model, prompts, outputs, body.echo)
@@ -275,7 +246,7 @@ def create_app(
         except Exception as err:  # jinja raises for messages a template does not accept
             raise APIError(400, f"messages: chat template failed ({err})", param="messages") from None
         job = Job(adapter, [prompt], max_tokens=body.new_tokens(), stop=body.stop_string(), schema=schema)
-        (output,) = await _wait(_submit(engine, job))
+        (output,) = await _run(engine, job, request, limits)
         record.prompt_tokens, record.completion_tokens = output.prompt_tokens, output.completion_tokens
         return chat_response(body.model, output, structured=schema is not None)
 
@@ -287,7 +258,7 @@ def create_app(
             check_adapter_folder(body.lora_path)
         except FewtuneError as err:
             raise APIError(400, str(err), param="lora_path") from None
-        await _wait(engine.load_adapter(body.lora_name, body.lora_path))
+        await _wait(asyncio.wrap_future(engine.load_adapter(body.lora_name, body.lora_path)), limits)
         record.served, record.adapter = True, body.lora_name
         return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' added successfully.")
 
@@ -298,14 +269,7 @@ def create_app(
         if not engine.adapters.has(body.lora_name):
             raise APIError(404, f"The adapter `{body.lora_name}` is not loaded", param="lora_name")
         record.served, record.adapter = True, body.lora_name
-        await _wait(engine.unload_adapter(body.lora_name))
+        await _wait(asyncio.wrap_future(engine.unload_adapter(body.lora_name)), limits)
         return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")
 
     return app
-
-
-def _submit(engine: Engine, job: Job) -> Future[Any]:
-    try:
-        return engine.submit(job)
-    except BadRequest as err:
-        raise APIError(400, str(err)) from None

@@ -15,6 +15,10 @@ that continues from the KV cache of the prefix they share (:class:`~fewtune.serv
 last :data:`PREFIXES_KEPT` per adapter are kept), with the same scores as a full pass.
 
 Adapter loads and unloads go through the same queue, so they happen between batches, in arrival order.
+
+The queue is bounded: :meth:`Engine.submit` refuses a job (:class:`~fewtune.serve.jobs.QueueFull`) while
+``max_queue`` jobs are waiting or running. A job whose client has gone or whose deadline has passed is
+dropped from the queue, or stopped at its next decoding step (:mod:`fewtune.serve.jobs`).
 """
 
 from __future__ import annotations
@@ -29,13 +33,22 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fewtune.backends.base import Generation
 from fewtune.errors import FewtuneError
 from fewtune.serve.adapters import AdapterSet
+from fewtune.serve.jobs import (
+    Abandoned,
+    BadRequest,
+    Control,
+    Job,
+    Output,
+    QueueFull,
+    UnknownModel,
+    stop_when_abandoned,
+)
 from fewtune.serve.tokens import (
     PrefixState,
     TokenScores,
@@ -58,59 +71,6 @@ SCHEMA_CACHE_SIZE = 32
 """Compiled JSON-schema grammars kept (compiling one against a 262k vocabulary takes about 2 s)."""
 
 
-class UnknownModel(FewtuneError):
-    """A request named a model that is neither the base nor a loaded adapter (HTTP 404)."""
-
-
-class BadRequest(FewtuneError):
-    """A request the server cannot run as asked: too long, a broken schema, a bad adapter (HTTP 400)."""
-
-
-@dataclass
-class Job:
-    """One request's prompts and how to continue them (greedy)."""
-
-    adapter: str | None
-    """Adapter name, or None for the bare base model."""
-    prompts: list[str]
-    max_tokens: int
-    """New tokens at most; 0 scores the prompt without generating."""
-    stop: str | None = None
-    schema: dict[str, Any] | None = None
-    """Constrain the output to JSON matching this schema (xgrammar)."""
-    logprobs: int | None = None
-    """Alternatives per token to return with its log-probability; None = no log-probabilities."""
-    echo: bool = False
-    """Log-probabilities cover the prompt tokens too (the text itself is echoed by the caller)."""
-    future: Future[list[Output]] = field(default_factory=Future)
-
-    def key(self) -> tuple[Any, ...]:
-        """Jobs with equal keys run together (one generate_batch call, or one scoring pass)."""
-        schema = json.dumps(self.schema, sort_keys=True) if self.schema is not None else None
-        scored = self.logprobs is not None and self.max_tokens > 0  # generated one at a time
-        return (self.adapter, self.max_tokens, self.stop, schema, scored)
-
-
-@dataclass(frozen=True)
-class Output:
-    """One prompt's result: the completion (without the prompt), counts, and the legacy logprobs object."""
-
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str
-    """``stop`` (the stop string or EOS) or ``length`` (``max_tokens`` reached)."""
-    logprobs: dict[str, Any] | None = None
-
-
-@dataclass
-class _Control:
-    """A change to the model (adapter load or unload), run by the worker between batches."""
-
-    action: Callable[[], None]
-    future: Future[None] = field(default_factory=Future)
-
-
 _STOP = object()
 _NOTHING = TokenScores([], [], [])
 
@@ -122,11 +82,17 @@ def _reason(generation: Generation) -> str:
 class Engine:
     """Serves one base model and its adapters; :meth:`start` runs the worker, :meth:`close` ends it."""
 
-    def __init__(self, adapters: AdapterSet, *, max_batch: int = 16, batch_wait_ms: float = 5.0) -> None:
+    def __init__(
+        self, adapters: AdapterSet, *, max_batch: int = 16, batch_wait_ms: float = 5.0, max_queue: int = 256
+    ) -> None:
         self.adapters = adapters
         self.on_batch: Callable[[int], None] | None = None
         """Called with the number of prompts of each group run together (the metrics' batch sizes)."""
         self.max_batch = max_batch
+        self.max_queue = max_queue
+        """Most jobs waiting or running at once; :meth:`submit` refuses more."""
+        self._held = 0
+        self._held_lock = threading.Lock()
         self.batch_wait_s = batch_wait_ms / 1000
         tokenizer = adapters.tokenizer
         bos = tokenizer.bos_token_id
@@ -141,6 +107,8 @@ class Engine:
             weakref.WeakKeyDictionary()
         )
         self._thread: threading.Thread | None = None
+        self.abandoned_runs = 0
+        """Groups stopped before their end because every job in them was abandoned."""
 
     # -- names ------------------------------------------------------------------------------------------
     @property
@@ -176,8 +144,22 @@ class Engine:
             raise BadRequest(f"logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {job.logprobs}")
         if job.max_tokens < 0:
             raise BadRequest(f"max_tokens must be 0 or more, got {job.max_tokens}")
+        with self._held_lock:
+            if self._held >= self.max_queue:
+                raise QueueFull(f"the server is busy: {self.max_queue} requests are already queued")
+            self._held += 1
+        job.future.add_done_callback(self._release)
         self._queue.put(job)
         return job.future
+
+    @property
+    def held(self) -> int:
+        """Jobs waiting or running now."""
+        return self._held
+
+    def _release(self, _future: Future[Any]) -> None:
+        with self._held_lock:
+            self._held -= 1
 
     def load_adapter(self, name: str, path: str | Path) -> Future[None]:
         """Load an adapter between batches (the future raises :class:`BadRequest` if it does not load)."""
@@ -187,7 +169,7 @@ class Engine:
         return self._control(lambda: self.adapters.unload(name))
 
     def _control(self, action: Callable[[], None]) -> Future[None]:
-        control = _Control(action)
+        control = Control(action)
         self._queue.put(control)
         return control.future
 
@@ -235,7 +217,7 @@ class Engine:
             prompts += len(item.prompts)
         return items
 
-    def _run_control(self, control: _Control) -> None:
+    def _run_control(self, control: Control) -> None:
         try:
             control.action()
         except FewtuneError as err:
@@ -249,17 +231,24 @@ class Engine:
     def _run_jobs(self, jobs: list[Job]) -> None:
         groups: dict[tuple[Any, ...], list[Job]] = {}
         for job in jobs:
-            if job.future.set_running_or_notify_cancel():
+            if not job.future.set_running_or_notify_cancel():
+                continue  # cancelled while it waited: dropped, nothing run
+            reason = job.abandoned()
+            if reason is not None:
+                job.future.set_exception(reason)
+            else:
                 groups.setdefault(job.key(), []).append(job)
         for group in groups.values():
             try:
                 self._run_group(group)
             except Exception as err:  # one group's failure must not stop the worker or the others
-                if not isinstance(err, FewtuneError):
+                if isinstance(err, Abandoned):
+                    self.abandoned_runs += 1
+                elif not isinstance(err, FewtuneError):
                     traceback.print_exc(file=sys.stderr)
                 for job in group:
                     if not job.future.done():
-                        job.future.set_exception(err)
+                        job.future.set_exception(job.abandoned() or err)
 
     def _run_group(self, group: list[Job]) -> None:
         """Generate (or score) every prompt of ``group``: one adapter, one set of decoding settings."""
@@ -285,13 +274,21 @@ class Engine:
             prompts = [p for job, _ in runnable for p in job.prompts]
             if self.on_batch is not None:
                 self.on_batch(len(prompts))
-            if first.max_tokens == 0:
-                self._scored_prompts(backend, runnable, shared_prefix(prompts))
-            elif first.logprobs is not None:
+            decoder = backend.model.get_decoder()  # one forward pass per decoding step
+            if first.logprobs is not None and first.max_tokens > 0:  # one job at a time
                 for job, ids in runnable:
-                    job.future.set_result(self._scored_generations(backend, job, ids))
-            else:
-                self._generate(backend, first, runnable, prompts)
+                    try:
+                        with stop_when_abandoned(decoder, [job]):
+                            job.future.set_result(self._scored_generations(backend, job, ids))
+                    except Abandoned as reason:
+                        self.abandoned_runs += 1
+                        job.future.set_exception(reason)
+                return
+            with stop_when_abandoned(decoder, [job for job, _ in runnable]):
+                if first.max_tokens == 0:
+                    self._scored_prompts(backend, runnable, shared_prefix(prompts))
+                else:
+                    self._generate(backend, first, runnable, prompts)
 
     def _generate(
         self, backend: Any, first: Job, runnable: list[tuple[Job, list[list[int]]]], prompts: list[str]

@@ -56,6 +56,12 @@ class ServeArgs:
     """Most prompts in one request."""
     max_body_bytes: int = 1_048_576
     """Largest request body, in bytes (413 above)."""
+    max_queue: int = 256
+    """Most requests waiting or running at once (429 with Retry-After above)."""
+    request_timeout_s: float = 300.0
+    """Seconds a request may take, queueing included; past them it is a 504 and its work is stopped."""
+    allowed_host: list[str] | None = None
+    """A Host name answered besides localhost, 127.0.0.1 and [::1] when serving without a key; repeatable."""
 
 
 @dataclass
@@ -75,6 +81,8 @@ class ServeSettings:
     max_batch: int = 16
     batch_wait_ms: float = 5.0
     limits: Limits = field(default_factory=Limits)
+    allowed_hosts: list[str] = field(default_factory=list)
+    """Host names answered besides the loopback ones (without a key; ``--allowed-host``)."""
 
 
 def is_loopback(host: str) -> bool:
@@ -162,6 +170,9 @@ def settings_from_cli(
     max_tokens_limit: int = Limits.max_tokens,
     max_prompts: int = Limits.max_prompts,
     max_body_bytes: int = Limits.max_body_bytes,
+    max_queue: int = Limits.max_queue,
+    request_timeout_s: float = Limits.request_timeout_s,
+    allowed_host: Sequence[str] | None = None,
 ) -> ServeSettings:
     """Check every ``fewtune serve`` option (before any model loads) and resolve the defaults."""
     key = check_auth(host, api_key, no_auth)
@@ -173,9 +184,16 @@ def settings_from_cli(
         ("--max-tokens-limit", max_tokens_limit),
         ("--max-prompts", max_prompts),
         ("--max-body-bytes", max_body_bytes),
+        ("--max-queue", max_queue),
     ):
         if value < 1:
             raise ConfigError(f"{flag} must be at least 1, got {value}")
+    if not request_timeout_s > 0:
+        raise ConfigError(f"--request-timeout-s must be more than 0, got {request_timeout_s}")
+    hosts = [h.strip() for h in allowed_host or []]
+    for name in hosts:
+        if not name or any(c in name for c in "/ @?#"):
+            raise ConfigError(f"--allowed-host takes a host name (such as box.lan), got {name!r}")
     if batch_wait_ms < 0:
         raise ConfigError(f"--batch-wait-ms must be 0 or more, got {batch_wait_ms}")
     adapters: dict[str, Path] = {}
@@ -204,7 +222,8 @@ def settings_from_cli(
         request_log=request_log or default_log,
         max_batch=max_batch,
         batch_wait_ms=batch_wait_ms,
-        limits=Limits(max_tokens_limit, max_prompts, max_body_bytes),
+        limits=Limits(max_tokens_limit, max_prompts, max_body_bytes, max_queue, request_timeout_s),
+        allowed_hosts=[*hosts, *([host] if is_loopback(host) else [])],
     )
 
 
@@ -231,7 +250,11 @@ def serve(settings: ServeSettings, say: Callable[[str], None] = print) -> None:
 
     engine = build_engine(settings)
     app = create_app(
-        engine, api_key=settings.api_key, request_log=settings.request_log, limits=settings.limits
+        engine,
+        api_key=settings.api_key,
+        request_log=settings.request_log,
+        limits=settings.limits,
+        hosts=settings.allowed_hosts,
     )
     names = ", ".join([settings.served_name, *settings.adapters])
     auth = "API key required" if settings.api_key else "no authentication (loopback only)"

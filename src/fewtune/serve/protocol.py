@@ -11,9 +11,10 @@ import time
 import uuid
 from typing import Any, Literal
 
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from fewtune.serve.engine import Output
+from fewtune.serve.jobs import Output
 
 DEFAULT_CHAT_MAX_TOKENS = 256
 """Chat requests without ``max_tokens``: OpenAI has no limit, a CPU server needs one."""
@@ -23,17 +24,33 @@ class APIError(Exception):
     """An error answered as OpenAI's ``{"error": {message, type, param, code}}`` with an HTTP status."""
 
     def __init__(
-        self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None
+        self,
+        status: int,
+        message: str,
+        kind: str = "invalid_request_error",
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
     ):
         super().__init__(message)
         self.status = status
         self.message = message
         self.kind = kind
         self.param = param
+        self.headers = headers
 
     def body(self) -> dict[str, Any]:
-        code = {401: "invalid_api_key", 404: "model_not_found"}.get(self.status)
-        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": code}}
+        code = {401: "invalid_api_key", 404: "model_not_found", 429: "rate_limit_exceeded", 504: "timeout"}
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.kind,
+                "param": self.param,
+                "code": code.get(self.status),
+            }
+        }
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
 class _Request(BaseModel):

@@ -1,0 +1,156 @@
+"""What every ``/v1`` request passes before an endpoint sees it, and what it leaves behind.
+
+In order: the ``Host`` header (served without an API key, only the loopback names and those allowed by
+``--allowed-host``: a web page whose own domain a DNS rebinding points at 127.0.0.1 sends its domain as the
+Host, so it cannot read the server's answers), the API key (``Authorization: Bearer KEY``), and the body's
+size (read no further than ``--max-body-bytes``: a 413). Each refusal is an OpenAI-style error. Every
+request, refused ones included, is timed into the metrics and written as one line to the request log.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
+
+from fewtune.serve.observe import Metrics, RequestLog, RequestRecord
+from fewtune.serve.protocol import APIError
+
+Scope = MutableMapping[str, Any]
+ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
+
+RECORD_KEY = "fewtune.record"
+"""Where the guard leaves the request's :class:`RequestRecord` in the ASGI scope for the endpoint."""
+ENDPOINTS = frozenset(
+    {
+        "/v1/completions",
+        "/v1/chat/completions",
+        "/v1/models",
+        "/v1/load_lora_adapter",
+        "/v1/unload_lora_adapter",
+    }
+)
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+"""The Host names a server without an API key answers by default."""
+
+
+def host_name(header: str) -> str | None:
+    """The name in a ``Host`` header, lower-case, without its port (``[::1]:8000`` -> ``::1``); None when
+    the header is not a name with an optional numeric port."""
+    value = header.strip().lower()
+    if value.startswith("["):
+        name, bracket, rest = value[1:].partition("]")
+    else:
+        name, bracket, rest = value.rpartition(":") if ":" in value else (value, "", "")
+        rest = f":{rest}" if bracket else ""
+    if rest and not (rest.startswith(":") and rest[1:].isdigit()):
+        return None
+    return name or None
+
+
+def allowed_hosts(extra: Iterable[str] = ()) -> frozenset[str]:
+    """The loopback names and ``extra`` (``--allowed-host``), as :func:`host_name` reads them."""
+    names = {host_name(h) or h.lower() for h in extra} | set(LOOPBACK_HOSTS)
+    return frozenset(names)
+
+
+class Guard:
+    """ASGI middleware for ``/v1``: checks the Host (without a key), the key and the body size, then times
+    the request and records its outcome."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        api_key: str | None,
+        hosts: frozenset[str],
+        metrics: Metrics,
+        log: RequestLog,
+        max_body_bytes: int,
+    ) -> None:
+        self.app = app
+        self.api_key = api_key
+        self.hosts = hosts
+        self.metrics = metrics
+        self.log = log
+        self.max_body_bytes = max_body_bytes
+
+    async def _bounded_body(self, receive: Any) -> bytes | None:
+        """The request body, read whole, or None when it is over the limit (read no further)."""
+        body = b""
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return body
+            body += message.get("body", b"")
+            if len(body) > self.max_body_bytes:
+                return None
+            if not message.get("more_body"):
+                return body
+
+    def _refusal(self, scope: Scope, *, key: bool = True) -> APIError | None:
+        """Why the request is refused (None: it is not): its Host without an API key, else its key."""
+        headers = dict(scope.get("headers") or [])
+        if self.api_key is None:
+            host = host_name(headers.get(b"host", b"").decode("latin-1"))
+            if host not in self.hosts:
+                # A DNS-rebinding page sends its own domain: without a key, only known names are served.
+                message = "Host not allowed: this server has no API key and answers only localhost, "
+                message += "127.0.0.1, [::1] and the names given with --allowed-host"
+                return APIError(400, message, param="host")
+            return None
+        if not key:
+            return None
+        given = headers.get(b"authorization", b"").decode("latin-1")
+        scheme, _, token = given.partition(" ")
+        # Compared as bytes: compare_digest refuses non-ASCII text, which would make a 500 of a bad key.
+        presented = token.strip().encode("latin-1", "replace")
+        if scheme.lower() == "bearer" and hmac.compare_digest(presented, self.api_key.encode("utf-8")):
+            return None
+        return APIError(401, "invalid or missing API key (send Authorization: Bearer KEY)")
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if not scope["path"].startswith("/v1/"):
+            refused = self._refusal(scope, key=False)  # /health and /metrics: no key, but the Host
+            await (refused.response() if refused else self.app)(scope, receive, send)
+            return
+        start = time.perf_counter()
+        endpoint = scope["path"] if scope["path"] in ENDPOINTS else "other"
+        record = RequestRecord()
+        scope[RECORD_KEY] = record
+        status = 500
+
+        async def send_and_note(message: MutableMapping[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            refused = self._refusal(scope)
+            if refused is not None:
+                await refused.response()(scope, receive, send_and_note)
+                return
+            body = await self._bounded_body(receive)
+            if body is None:
+                error = APIError(413, f"the request body is over this server's {self.max_body_bytes:,} bytes")
+                await error.response()(scope, receive, send_and_note)
+                return
+            sent = False
+
+            async def replay() -> dict[str, Any]:
+                nonlocal sent
+                if sent:
+                    return await receive()  # the client's disconnect, when it comes
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            await self.app(scope, replay, send_and_note)
+        finally:
+            seconds = time.perf_counter() - start
+            self.metrics.observe(record, endpoint, seconds, status)
+            self.log.write(record, endpoint, seconds, status)
