@@ -136,14 +136,15 @@ def make_adapter(model_spec: str, folder: Path, seed: int) -> Path:
 
 
 @contextmanager
-def serving(args: argparse.Namespace, work: Path) -> Iterator[Server]:
-    """Start ``fewtune serve``, wait for ``/health``, and SIGTERM it on the way out, whatever happened."""
+def serving(args: argparse.Namespace, work: Path, adapter_root: Path) -> Iterator[Server]:
+    """Start ``fewtune serve``, wait for ``/health``, and SIGTERM it on the way out, whatever happened.
+    ``adapter_root``: where the adapter loaded at run time lies (the server loads only from its roots)."""
     port = args.port or free_port()
     url = loopback_url(HOST, port)
     log, output = work / "requests.jsonl", work / "server.out"
     command = [sys.executable, "-m", "fewtune.cli", "serve", "--api-key", KEY, "--host", HOST]
     command += ["--port", str(port), "--request-log", str(log), "--max-batch", str(args.max_batch)]
-    command += ["--model", args.model]
+    command += ["--model", args.model, "--adapter-root", str(adapter_root)]
     with output.open("wb") as sink:
         proc = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     server = Server(proc, url, port, output, log)
@@ -260,7 +261,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         console.print(
             f"workload: {len(load.bodies)} rows of {test}, {len(load.demos)} demos; adapter {adapter}"
         )
-        with serving(args, work) as server:
+        with serving(args, work, Path(adapter).resolve().parent) as server:
             console.print(f"fewtune serve (pid {server.proc.pid}) healthy at {server.url}")
             return asyncio.run(measure(args, server, load, adapter))
 

@@ -19,7 +19,7 @@ from tiny import tiny_model, tiny_tokenizer
 
 from fewtune.backends.generation import generate_batch
 from fewtune.backends.hf import HFBackend
-from fewtune.serve.adapters import AdapterSet
+from fewtune.serve.adapters import NOT_LOADABLE, AdapterPolicy, AdapterSet
 from fewtune.serve.app import create_app
 from fewtune.serve.engine import Engine
 from fewtune.serve.tokens import shared_prefix
@@ -74,7 +74,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     tokenizer = tiny_tokenizer()
     support = make_adapter(tokenizer, folder / "support", seed=1)
     late = make_adapter(tokenizer, folder / "late", seed=2)
-    adapters = AdapterSet(tiny_model(tokenizer, sliding_window=512), tokenizer, BASE)
+    policy = AdapterPolicy.of([folder])  # the adapter root /v1/load_lora_adapter reads from
+    adapters = AdapterSet(tiny_model(tokenizer, sliding_window=512), tokenizer, BASE, policy=policy)
     adapters.load("support", support)
     engine = Engine(adapters, max_batch=8, batch_wait_ms=20)
     log = folder / "requests.jsonl"
@@ -240,7 +241,7 @@ def test_adapters_load_and_unload_at_run_time(served: Served) -> None:
         client.completions.create(model="late", prompt=PROMPTS[2], max_tokens=8)
     assert served.post("/v1/unload_lora_adapter", {"lora_name": "late"}).status_code == 404
     missing = served.post("/v1/load_lora_adapter", {"lora_name": "x", "lora_path": str(served.late / "nope")})
-    assert missing.status_code == 400 and "no such adapter folder" in missing.json()["error"]["message"]
+    assert missing.status_code == 400 and missing.json()["error"]["message"] == NOT_LOADABLE
     clash = served.post("/v1/load_lora_adapter", {"lora_name": BASE, "lora_path": str(served.late)})
     assert clash.status_code == 400
     # The adapters still loaded are untouched.

@@ -47,7 +47,8 @@ def test_cli_settings_need_a_key_and_refuse_no_auth_off_loopback(
     monkeypatch.setenv("FEWTUNE_API_KEY", "from-env")
     run = tmp_path / "run"
     (run / "adapters" / "lora-n20").mkdir(parents=True)
-    (run / "adapters" / "lora-n20" / "adapter_config.json").write_text("{}")
+    (run / "adapters" / "lora-n20" / "adapter_config.json").write_text('{"r": 8, "peft_type": "LORA"}')
+    (run / "adapters" / "lora-n20" / "adapter_model.safetensors").write_bytes(b"")
     (run / "config.yaml").write_text("model: /models/tiny-base\nseed: 0\n")
     settings = settings_from_cli(run, model=None, api_key=None, no_auth=False, **common)
     assert settings.api_key == "from-env" and settings.served_name == "tiny-base"

@@ -21,9 +21,11 @@ by vLLM::
 
 and clients written against this server work there unchanged (same ``model`` names, same endpoints).
 
-Modules: :mod:`~fewtune.serve.adapters` (the peft model and its adapters), :mod:`~fewtune.serve.tokens`
-(prompt log-probabilities, the shared prefix), :mod:`~fewtune.serve.engine` (queue, batching, worker),
-:mod:`~fewtune.serve.protocol` (request and response shapes), :mod:`~fewtune.serve.observe` (metrics and
-the request log), :mod:`~fewtune.serve.app` (the FastAPI app) and :mod:`~fewtune.serve.launch` (the CLI
-command). Nothing here is imported by ``fewtune --help``.
+Modules: :mod:`~fewtune.serve.adapters` (the peft model and its adapters, and what may be loaded),
+:mod:`~fewtune.serve.tokens` (prompt log-probabilities, the shared prefix), :mod:`~fewtune.serve.jobs`
+(what the queue holds, and how a job is stopped early), :mod:`~fewtune.serve.engine` (queue, batching,
+worker), :mod:`~fewtune.serve.protocol` (request and response shapes), :mod:`~fewtune.serve.limits` (what
+one request may ask), :mod:`~fewtune.serve.guard` (Host, key and body checks, before any endpoint),
+:mod:`~fewtune.serve.observe` (metrics and the request log), :mod:`~fewtune.serve.app` (the FastAPI app)
+and :mod:`~fewtune.serve.launch` (the CLI command). Nothing here is imported by ``fewtune --help``.
 """

@@ -12,6 +12,7 @@ queue is a 429 with ``Retry-After``.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
@@ -24,7 +25,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from fewtune.errors import FewtuneError
-from fewtune.serve.adapters import check_adapter_folder
+from fewtune.serve.adapters import DoesNotFit
 from fewtune.serve.engine import Engine
 from fewtune.serve.guard import RECORD_KEY, Guard, allowed_hosts
 from fewtune.serve.jobs import Abandoned, BadRequest, Job, Output, QueueFull, TimedOut, UnknownModel
@@ -254,11 +255,16 @@ def create_app(
     async def load_lora_adapter(body: LoadAdapterRequest, request: Request) -> PlainTextResponse:
         record = _record(request)
         record.model = body.lora_name
-        try:
-            check_adapter_folder(body.lora_path)
+        try:  # one sentence for a path that is missing, outside the roots or not an adapter
+            folder = engine.adapters.policy.locate(body.lora_path)
+            await asyncio.wrap_future(engine.load_adapter(body.lora_name, folder))
+        except DoesNotFit as err:  # its own message names the server's paths
+            print(f"load_lora_adapter {body.lora_name}: {err}", file=sys.stderr)
+            raise APIError(400, err.public, param="lora_path") from None
         except FewtuneError as err:
             raise APIError(400, str(err), param="lora_path") from None
-        await _wait(asyncio.wrap_future(engine.load_adapter(body.lora_name, body.lora_path)), limits)
+        except Exception as err:  # the worker printed the traceback
+            raise APIError(500, f"internal error ({type(err).__name__})", "internal_error") from None
         record.served, record.adapter = True, body.lora_name
         return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' added successfully.")
 

@@ -162,7 +162,8 @@ class Engine:
             self._held -= 1
 
     def load_adapter(self, name: str, path: str | Path) -> Future[None]:
-        """Load an adapter between batches (the future raises :class:`BadRequest` if it does not load)."""
+        """Load an adapter between batches (the future raises the :class:`ModelError` saying why it did
+        not load)."""
         return self._control(lambda: self.adapters.load(name, path))
 
     def unload_adapter(self, name: str) -> Future[None]:
@@ -221,7 +222,7 @@ class Engine:
         try:
             control.action()
         except FewtuneError as err:
-            control.future.set_exception(BadRequest(str(err)))
+            control.future.set_exception(err)
         except Exception as err:
             traceback.print_exc(file=sys.stderr)
             control.future.set_exception(err)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fewtune.errors import ConfigError
-from fewtune.serve.adapters import check_adapter_folder, find_adapters
+from fewtune.serve.adapters import MAX_ADAPTERS, MAX_RANK, AdapterPolicy, check_adapter_folder, find_adapters
 from fewtune.serve.limits import Limits
 
 if TYPE_CHECKING:
@@ -62,6 +62,13 @@ class ServeArgs:
     """Seconds a request may take, queueing included; past them it is a 504 and its work is stopped."""
     allowed_host: list[str] | None = None
     """A Host name answered besides localhost, 127.0.0.1 and [::1] when serving without a key; repeatable."""
+    adapter_root: list[Path] | None = None
+    """A folder /v1/load_lora_adapter may load adapters from; repeatable (default: RUN_DIR/adapters and the
+    folder of each --adapter)."""
+    max_lora_rank: int = MAX_RANK
+    """Highest LoRA rank an adapter may have."""
+    max_adapters: int = MAX_ADAPTERS
+    """Most adapters loaded at once."""
 
 
 @dataclass
@@ -83,6 +90,8 @@ class ServeSettings:
     limits: Limits = field(default_factory=Limits)
     allowed_hosts: list[str] = field(default_factory=list)
     """Host names answered besides the loopback ones (without a key; ``--allowed-host``)."""
+    adapter_policy: AdapterPolicy = field(default_factory=AdapterPolicy)
+    """Where ``/v1/load_lora_adapter`` loads from, and the rank and count limits."""
 
 
 def is_loopback(host: str) -> bool:
@@ -141,8 +150,8 @@ def _run_model(run_dir: Path) -> str:
     return model
 
 
-def parse_adapters(values: Sequence[str]) -> dict[str, Path]:
-    """``NAME=PATH`` pairs of ``--adapter``, each path checked to hold a peft adapter."""
+def parse_adapters(values: Sequence[str], max_rank: int = MAX_RANK) -> dict[str, Path]:
+    """``NAME=PATH`` pairs of ``--adapter``, each path checked to hold a LoRA adapter that may be served."""
     adapters: dict[str, Path] = {}
     for value in values:
         name, sep, path = value.partition("=")
@@ -150,7 +159,7 @@ def parse_adapters(values: Sequence[str]) -> dict[str, Path]:
             raise ConfigError(f"--adapter takes NAME=PATH, got {value!r}")
         if name in adapters:
             raise ConfigError(f"--adapter: the name {name!r} is given twice")
-        adapters[name.strip()] = check_adapter_folder(path.strip())
+        adapters[name.strip()] = check_adapter_folder(path.strip(), max_rank)
     return adapters
 
 
@@ -173,6 +182,9 @@ def settings_from_cli(
     max_queue: int = Limits.max_queue,
     request_timeout_s: float = Limits.request_timeout_s,
     allowed_host: Sequence[str] | None = None,
+    adapter_root: Sequence[Path] | None = None,
+    max_lora_rank: int = MAX_RANK,
+    max_adapters: int = MAX_ADAPTERS,
 ) -> ServeSettings:
     """Check every ``fewtune serve`` option (before any model loads) and resolve the defaults."""
     key = check_auth(host, api_key, no_auth)
@@ -185,6 +197,8 @@ def settings_from_cli(
         ("--max-prompts", max_prompts),
         ("--max-body-bytes", max_body_bytes),
         ("--max-queue", max_queue),
+        ("--max-lora-rank", max_lora_rank),
+        ("--max-adapters", max_adapters),
     ):
         if value < 1:
             raise ConfigError(f"{flag} must be at least 1, got {value}")
@@ -201,13 +215,23 @@ def settings_from_cli(
         if not run_dir.is_dir():
             raise ConfigError(f"{run_dir}: no such run folder")
         model = model or _run_model(run_dir)
-        adapters = find_adapters(run_dir)
+        adapters = {n: check_adapter_folder(p, max_lora_rank) for n, p in find_adapters(run_dir).items()}
     if model is None:
         raise ConfigError("give a run folder (fewtune serve RUN_DIR) or a model (--model SPEC)")
-    for name, path in parse_adapters(adapter).items():
+    given = parse_adapters(adapter, max_lora_rank)
+    for name, path in given.items():
         if name in adapters:
             raise ConfigError(f"--adapter {name}: the run folder already has an adapter of this name")
         adapters[name] = path
+    if len(adapters) > max_adapters:
+        raise ConfigError(f"{len(adapters)} adapters to serve, over --max-adapters {max_adapters}")
+    roots = list(adapter_root or [])
+    for root in roots:
+        if not root.expanduser().is_dir():
+            raise ConfigError(f"--adapter-root {root}: no such folder")
+    if not roots:  # the folders the adapters served from the start come from
+        roots = [run_dir / "adapters"] if run_dir is not None else []
+        roots += [path.parent for path in given.values()]
     served = served_model_name or served_name_of(model)
     if served in adapters:
         raise ConfigError(f"{served}: an adapter has the base model's name; set --served-model-name")
@@ -224,6 +248,7 @@ def settings_from_cli(
         batch_wait_ms=batch_wait_ms,
         limits=Limits(max_tokens_limit, max_prompts, max_body_bytes, max_queue, request_timeout_s),
         allowed_hosts=[*hosts, *([host] if is_loopback(host) else [])],
+        adapter_policy=AdapterPolicy.of(roots, max_rank=max_lora_rank, max_adapters=max_adapters),
     )
 
 
@@ -235,7 +260,9 @@ def build_engine(settings: ServeSettings) -> Engine:
 
     folder = resolve_model(settings.model)
     model, tokenizer = load_model(folder)
-    adapters = AdapterSet(model, tokenizer, settings.served_name, source=str(folder))
+    adapters = AdapterSet(
+        model, tokenizer, settings.served_name, source=str(folder), policy=settings.adapter_policy
+    )
     for name, path in settings.adapters.items():
         adapters.load(name, path)
     return Engine(adapters, max_batch=settings.max_batch, batch_wait_ms=settings.batch_wait_ms)

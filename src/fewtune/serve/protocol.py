@@ -153,8 +153,9 @@ class ChatRequest(_Request):
 
 
 class LoadAdapterRequest(BaseModel):
-    lora_name: str = Field(min_length=1)
-    lora_path: str = Field(min_length=1)
+    lora_name: str = Field(min_length=1, max_length=128)
+    lora_path: str = Field(min_length=1, max_length=4096)
+    """A folder inside one of the server's adapter roots: relative to the root, or absolute."""
 
 
 class UnloadAdapterRequest(BaseModel):
