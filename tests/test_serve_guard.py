@@ -227,3 +227,23 @@ def test_guard_flags_are_checked(flag: str, value: Any, message: str) -> None:
     settings = settings_from_cli(None, **common, max_queue=3, request_timeout_s=9, allowed_host=["box.lan"])
     assert (settings.limits.max_queue, settings.limits.request_timeout_s) == (3, 9)
     assert settings.allowed_hosts == ["box.lan", "127.0.0.1"]
+
+
+def test_defaults_stay_within_the_limit_and_every_refusal_is_openai_shaped(tmp_path: Path) -> None:
+    with served(tmp_path, max_tokens=4) as server:
+        headers = {"Authorization": f"Bearer {KEY}"}
+        chat = {"model": BASE, "messages": [{"role": "user", "content": "hi"}]}  # no max_tokens: 256 > 4
+        answer = httpx.post(f"{server.url}/v1/chat/completions", json=chat, headers=headers, timeout=60)
+        assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] <= 4
+        completion = server.post({"model": BASE, "prompt": "x"})  # OpenAI's default 16 > 4
+        assert completion.status_code == 200 and completion.json()["usage"]["completion_tokens"] <= 4
+        for content, kind in ((b'{"model": ', "application/json"), (b"model=x", "text/plain")):
+            bad = httpx.post(
+                f"{server.url}/v1/completions",
+                content=content,
+                headers={**headers, "Content-Type": kind},
+                timeout=60,
+            )
+            assert bad.status_code == 400 and set(bad.json()["error"]) == {"message", "type", "param", "code"}
+        missing = httpx.get(f"{server.url}/v1/nowhere", headers=headers, timeout=60)
+        assert missing.status_code == 404 and "message" in missing.json()["error"]

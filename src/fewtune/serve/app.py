@@ -23,6 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fewtune.errors import FewtuneError
 from fewtune.serve.adapters import DoesNotFit
@@ -176,9 +177,16 @@ def create_app(
     async def invalid_body(request: Request, err: RequestValidationError) -> JSONResponse:
         problems = err.errors()
         first = problems[0] if problems else {"loc": (), "msg": "invalid request body"}
+        if first.get("type") == "json_invalid":
+            return APIError(400, "the request body is not valid JSON").response()
         where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
         message = f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
-        return JSONResponse(APIError(400, message, param=where or None).body(), status_code=400)
+        return APIError(400, message, param=where or None).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        # FastAPI's own refusals (a body it cannot parse, an unknown path or method), in OpenAI's shape.
+        return APIError(err.status_code, str(err.detail), headers=dict(err.headers or {})).response()
 
     @app.get("/health")
     async def health() -> Response:
@@ -220,7 +228,7 @@ def create_app(
         adapter = _resolve(engine, record, body.model)
         body.check()
         prompts = body.prompts()
-        max_tokens = body.max_tokens if body.max_tokens is not None else 16
+        max_tokens = body.new_tokens(limits.max_tokens)
         _within(limits, len(prompts), max_tokens)
         job = Job(
             adapter,
@@ -240,13 +248,14 @@ def create_app(
         record = _record(request)
         adapter = _resolve(engine, record, body.model)
         body.check()
-        _within(limits, 1, body.new_tokens())
+        _within(limits, 1, body.new_tokens(limits.max_tokens))
         schema = body.output_schema()
         try:
             prompt = engine.render_chat(body.messages)
         except Exception as err:  # jinja raises for messages a template does not accept
             raise APIError(400, f"messages: chat template failed ({err})", param="messages") from None
-        job = Job(adapter, [prompt], max_tokens=body.new_tokens(), stop=body.stop_string(), schema=schema)
+        max_tokens = body.new_tokens(limits.max_tokens)
+        job = Job(adapter, [prompt], max_tokens=max_tokens, stop=body.stop_string(), schema=schema)
         (output,) = await _run(engine, job, request, limits)
         record.prompt_tokens, record.completion_tokens = output.prompt_tokens, output.completion_tokens
         return chat_response(body.model, output, structured=schema is not None)

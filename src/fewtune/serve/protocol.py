@@ -17,7 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from fewtune.serve.jobs import Output
 
 DEFAULT_CHAT_MAX_TOKENS = 256
-"""Chat requests without ``max_tokens``: OpenAI has no limit, a CPU server needs one."""
+"""Chat requests without ``max_tokens``: OpenAI has no limit, a CPU server needs one (the server's
+``--max-tokens-limit`` where that is lower)."""
+DEFAULT_COMPLETION_MAX_TOKENS = 16
+"""Completions without ``max_tokens``: OpenAI's default (or the server's limit where that is lower)."""
 
 
 class APIError(Exception):
@@ -101,6 +104,12 @@ class CompletionRequest(_Request):
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
 
+    def new_tokens(self, limit: int) -> int:
+        """``max_tokens`` as asked; not given (or null), the default, capped by the server's ``limit``."""
+        if self.max_tokens is not None and "max_tokens" in self.model_fields_set:
+            return self.max_tokens
+        return min(DEFAULT_COMPLETION_MAX_TOKENS, limit)
+
 
 class JsonSchema(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -135,11 +144,12 @@ class ChatRequest(_Request):
                     str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "text"
                 )
 
-    def new_tokens(self) -> int:
+    def new_tokens(self, limit: int) -> int:
+        """The tokens asked for; none asked, the default, capped by the server's ``limit``."""
         for value in (self.max_completion_tokens, self.max_tokens):
             if value is not None:
                 return value
-        return DEFAULT_CHAT_MAX_TOKENS
+        return min(DEFAULT_CHAT_MAX_TOKENS, limit)
 
     def output_schema(self) -> dict[str, Any] | None:
         fmt = self.response_format

@@ -1,0 +1,114 @@
+"""The HTTP API fuzzed from its own OpenAPI schema (schemathesis): no request, valid or not, gets a 5xx.
+
+A real uvicorn server on loopback serves the tiny model with an adapter root; schemathesis generates
+request bodies from the app's schema (positive: what the schema allows, which the server may still refuse;
+negative: what it does not) for every operation, a bounded number each, and sends them with the API key.
+The schema is fuzzed as the app states it, and once more narrowed to the served model names and greedy
+settings, so that generated requests also get past the model lookup into the engine.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis.errors import Unsatisfiable
+from schemathesis.generation import GenerationMode
+from servers import make_adapter, serving
+from tiny import tiny_model, tiny_tokenizer
+
+from fewtune.serve.adapters import AdapterPolicy, AdapterSet
+from fewtune.serve.app import create_app
+from fewtune.serve.engine import Engine
+from fewtune.serve.limits import Limits
+
+KEY = "fuzz-key-0123"
+BASE = "tiny-base"
+EXAMPLES = 50
+"""Cases per operation and generation mode at most (an operation without input has one)."""
+
+
+@pytest.fixture(scope="module")
+def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any]]:
+    root = tmp_path_factory.mktemp("fuzz-adapters")
+    tokenizer = tiny_tokenizer()
+    make_adapter(tokenizer, root / "support", seed=1)
+    adapters = AdapterSet(
+        tiny_model(tokenizer, sliding_window=512), tokenizer, BASE, policy=AdapterPolicy.of([root])
+    )
+    adapters.load("support", root / "support")
+    engine = Engine(adapters, max_batch=4, batch_wait_ms=1)
+    # Small limits keep each accepted request short; the limits themselves are what is fuzzed past.
+    limits = Limits(max_tokens=8, max_prompts=4, max_body_bytes=65_536, max_queue=8, request_timeout_s=30)
+    app = create_app(engine, api_key=KEY, limits=limits)
+    with serving(app) as url:
+        yield url, app.openapi()
+
+
+def _served(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` with ``model`` one of the served names and the settings this server decodes with, so
+    that most generated requests reach the engine."""
+    schema = copy.deepcopy(schema)
+    bodies = schema["components"]["schemas"]
+    for name in ("CompletionRequest", "ChatRequest"):
+        properties = bodies[name]["properties"]
+        properties["model"] = {"type": "string", "enum": [BASE, "support"]}
+        properties["temperature"] = {"enum": [0, None]}
+        properties["n"] = {"enum": [1]}
+        properties["stream"] = {"enum": [False]}
+    bodies["CompletionRequest"]["properties"]["best_of"] = {"enum": [1, None]}
+    small = {"anyOf": [{"type": "integer", "minimum": 0, "maximum": 8}, {"type": "null"}]}
+    for name, fields in (
+        ("CompletionRequest", ("max_tokens", "logprobs")),
+        ("ChatRequest", ("max_tokens", "max_completion_tokens")),
+    ):
+        for field in fields:
+            bodies[name]["properties"][field] = small
+    bodies["LoadAdapterRequest"]["properties"]["lora_path"] = {"enum": ["support", "nope", "../support"]}
+    return schema
+
+
+@pytest.mark.parametrize("narrowed", [False, True], ids=["as-stated", "served-names"])
+def test_no_request_from_the_schema_gets_a_server_error(fuzzed: tuple[str, Any], narrowed: bool) -> None:
+    url, raw = fuzzed
+    schema = schemathesis.openapi.from_dict(_served(raw) if narrowed else raw)
+    statuses: collections.Counter[int] = collections.Counter()
+    server_errors: list[str] = []
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {op.path for op in operations} >= {
+        "/v1/completions", "/v1/chat/completions", "/v1/models", "/v1/load_lora_adapter",
+        "/v1/unload_lora_adapter", "/health", "/metrics",
+    }  # fmt: skip
+    for operation in operations:
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            strategy = operation.as_strategy(generation_mode=mode)
+
+            @given(case=strategy)
+            @settings(
+                max_examples=EXAMPLES,
+                deadline=None,
+                database=None,
+                derandomize=True,  # the same cases on every run
+                phases=[Phase.explicit, Phase.generate],
+                suppress_health_check=list(HealthCheck),
+            )
+            def send(case: Any) -> None:
+                response = case.call(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+                statuses[response.status_code] += 1
+                if response.status_code >= 500:
+                    server_errors.append(f"{case.method} {case.path} {case.body!r}: {response.text[:300]}")
+
+            try:
+                send()
+            except Unsatisfiable:  # nothing to get wrong: GET /health takes no input
+                assert mode is GenerationMode.NEGATIVE and not operation.body
+    total = sum(statuses.values())
+    print(f"schemathesis: {total} cases, {len(server_errors)} 5xx, statuses {dict(sorted(statuses.items()))}")
+    assert not server_errors, server_errors[:5]
+    assert total >= 5 * len(operations)  # each operation was exercised
+    assert statuses[200] > 0 and sum(n for s, n in statuses.items() if 400 <= s < 500) > 0
