@@ -22,9 +22,10 @@ Measured and checked, in this order:
    timeouts), and 200 answers without one choice per prompt (bad bodies);
 3. a request without the key (and one with a wrong key): expect 401;
 4. an adapter loaded at run time: a random LoRA adapter (r=8 on q_proj/v_proj, ``init_lora_weights=False``)
-   built for the served model's shapes (or ``--adapter-path``), ``POST /v1/load_lora_adapter``, then the
-   same request to the base and to the adapter: the adapter must answer 200, and whether its answer (text,
-   prompt log-probabilities) differs from the base's is reported;
+   built for the served model's shapes (or ``--adapter-path``; its folder is the server's
+   ``--adapter-root``), ``POST /v1/load_lora_adapter``, then the same request to the base and to the
+   adapter: the adapter must answer 200, and whether its answer (text, prompt log-probabilities) differs
+   from the base's is reported;
 5. no restart: the child's PID is alive and still owns the listening socket, and the server's Prometheus
    request counter (reset by a restart) equals the ``/v1`` requests sent; its request log has one line per
    ``/v1`` request sent.

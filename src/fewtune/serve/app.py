@@ -71,7 +71,8 @@ async def _wait(answer: Awaitable[T], limits: Limits) -> T:
     except FewtuneError as err:
         raise APIError(400, str(err)) from None
     except Exception as err:  # the worker printed the traceback; the client gets one line
-        raise APIError(500, f"internal error ({type(err).__name__}: {err})", "internal_error") from None
+        # its text may name server paths: the client gets the kind, the server log the traceback
+        raise APIError(500, f"internal error ({type(err).__name__})", "internal_error") from None
 
 
 async def _disconnected(request: Request) -> None:
