@@ -84,27 +84,36 @@ app.command(name="run")(_build_run())
 def _build_report() -> Callable[..., None]:
     cost = [option for option in setting_options() if option[0] == "cost"]
 
-    def report(run_dir: Path, **values: Any) -> None:
+    def report(run_dir: Path, mlflow: str | None = None, **values: Any) -> None:
         """Write report.md and report.html (costs, break-even, recommendation) for a run folder.
 
         Settings not given here come from the run's config.yaml, then the defaults.
         """
         from fewtune.report.build import write_reports
-        from fewtune.report.run_folder import cost_args_for
+        from fewtune.report.run_folder import cost_args_for, saved_setting_top
         from fewtune.ui import print_summary, register_run
 
         args = cost_args_for(run_dir, overrides(values)["cost"])
         with console.status("Writing the report..."):
             built, _ = write_reports(run_dir, args)
         print_summary(console, built)
-        register_run(console, run_dir)
+        register_run(console, run_dir, mlflow or saved_setting_top(run_dir, "mlflow"))
 
     folder = inspect.Parameter(
         "run_dir",
         inspect.Parameter.POSITIONAL_OR_KEYWORD,
         annotation=Annotated[Path, typer.Argument(help="A run folder written by `fewtune run`.")],
     )
-    parameters = [folder] + [option[3] for option in cost]
+    tracking = inspect.Parameter(
+        "mlflow",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[
+            str | None,
+            typer.Option(help="MLflow tracking URI to log the run to (default: the run's --mlflow, if any)."),
+        ],
+    )
+    parameters = [folder, tracking] + [option[3] for option in cost]
     report.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
     report.__annotations__ = {p.name: p.annotation for p in parameters}
     return report
@@ -159,11 +168,13 @@ def _build_serve() -> Callable[..., None]:
 app.command(name="serve")(_build_serve())
 
 
-from fewtune import cli_release  # noqa: E402  (the release commands register below)
+from fewtune import cli_canary, cli_release  # noqa: E402  (the release commands register below)
 
 app.command(name="gate")(cli_release.gate)
 app.command(name="runbook")(cli_release.runbook_list)
 app.add_typer(cli_release.runs_app, name="runs")
+app.command(name="monitor")(cli_canary.monitor)
+app.command(name="rollback")(cli_canary.rollback)
 
 
 def _interrupt(signum: int, frame: Any) -> None:

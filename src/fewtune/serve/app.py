@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fewtune.errors import FewtuneError
 from fewtune.serve.adapters import DoesNotFit
+from fewtune.serve.canary import Canary, add_canary_routes
 from fewtune.serve.engine import Engine
 from fewtune.serve.guard import RECORD_KEY, Guard, allowed_hosts
 from fewtune.serve.jobs import Abandoned, BadRequest, Job, Output, QueueFull, TimedOut, UnknownModel
@@ -140,12 +141,14 @@ def create_app(
     request_log: Path | None = None,
     limits: Limits | None = None,
     hosts: Sequence[str] = (),
+    canary: Canary | None = None,
 ) -> FastAPI:
     """The server's ASGI app over ``engine``; starts the engine's worker with the app, closes it after.
 
     ``api_key`` None serves ``/v1`` without authentication (the CLI allows that only on loopback).
     ``request_log`` None writes no request log. ``hosts``: Host names answered besides the loopback ones
-    when there is no key.
+    when there is no key. ``canary``: the run's methods served by name and the routes over them
+    (:mod:`fewtune.serve.canary`).
     """
     metrics = Metrics()
     log = RequestLog(request_log)
@@ -157,6 +160,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine.start()
         yield
+        if canary is not None:
+            await canary.close()
         await asyncio.to_thread(engine.close)
 
     app = FastAPI(title="fewtune serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
@@ -221,6 +226,10 @@ def create_app(
             }
             for name in engine.adapters.names()
         ]
+        data += [
+            {"id": name, "object": "model", "created": created, "owned_by": "fewtune", "root": name}
+            for name in (canary.names() if canary else [])
+        ]
         return {"object": "list", "data": data}
 
     @app.post("/v1/completions")
@@ -247,6 +256,13 @@ def create_app(
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest, request: Request) -> dict[str, Any]:
         record = _record(request)
+        if canary is not None and canary.handles(body.model):  # a method or a route: the input alone
+            body.check()
+
+            async def run_job(job: Job) -> list[Output]:
+                return await _run(engine, job, request, limits)
+
+            return await canary.chat(body, request.headers, record, run_job)
         adapter = _resolve(engine, record, body.model)
         body.check()
         _within(limits, 1, body.new_tokens(limits.max_tokens))
@@ -288,4 +304,6 @@ def create_app(
         await _wait(asyncio.wrap_future(engine.unload_adapter(body.lora_name)), limits)
         return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")
 
+    if canary is not None:
+        add_canary_routes(app, canary)
     return app

@@ -19,6 +19,7 @@ from fewtune.serve.adapters import MAX_ADAPTERS, MAX_RANK, AdapterPolicy, check_
 from fewtune.serve.limits import Limits
 
 if TYPE_CHECKING:
+    from fewtune.serve.canary import Canary
     from fewtune.serve.engine import Engine
 
 API_KEY_ENV = "FEWTUNE_API_KEY"
@@ -69,6 +70,15 @@ class ServeArgs:
     """Highest LoRA rank an adapter may have."""
     max_adapters: int = MAX_ADAPTERS
     """Most adapters loaded at once."""
+    route: list[str] | None = None
+    """NAME=BASELINE,CANDIDATE[:WEIGHT]: a canary route between two methods of the run (or
+    METHOD@URL#MODEL arms); WEIGHT is the candidate's share (default 0.05); repeatable."""
+    routes_file: Path | None = None
+    """Where route weights are kept across restarts (default: RUN_DIR/routes.json)."""
+    feedback_log: Path | None = None
+    """JSON-lines log of /v1/feedback answers (default: RUN_DIR/feedback.jsonl)."""
+    costs: str | None = None
+    """Price table for each routed request's cost (a preset or YAML file; default: the run's)."""
 
 
 @dataclass
@@ -92,6 +102,8 @@ class ServeSettings:
     """Host names answered besides the loopback ones (without a key; ``--allowed-host``)."""
     adapter_policy: AdapterPolicy = field(default_factory=AdapterPolicy)
     """Where ``/v1/load_lora_adapter`` loads from, and the rank and count limits."""
+    canary: Canary | None = None
+    """The run's methods served by name, and the canary routes over them."""
 
 
 def is_loopback(host: str) -> bool:
@@ -185,6 +197,10 @@ def settings_from_cli(
     adapter_root: Sequence[Path] | None = None,
     max_lora_rank: int = MAX_RANK,
     max_adapters: int = MAX_ADAPTERS,
+    route: Sequence[str] | None = None,
+    routes_file: Path | None = None,
+    feedback_log: Path | None = None,
+    costs: str | None = None,
 ) -> ServeSettings:
     """Check every ``fewtune serve`` option (before any model loads) and resolve the defaults."""
     key = check_auth(host, api_key, no_auth)
@@ -236,6 +252,16 @@ def settings_from_cli(
     if served in adapters:
         raise ConfigError(f"{served}: an adapter has the base model's name; set --served-model-name")
     default_log = (run_dir if run_dir is not None else Path.cwd()) / REQUEST_LOG_NAME
+    from fewtune.serve.canary import build_canary
+    from fewtune.serve.routes import parse_route
+
+    routes = [parse_route(value) for value in route or []]
+    if len({r.name for r in routes}) != len(routes):
+        raise ConfigError("--route: a route name is given twice")
+    taken = {served, *adapters} & {r.name for r in routes}
+    if taken:
+        raise ConfigError(f"--route {sorted(taken)[0]}: the name is already a model or adapter name")
+    canary = build_canary(run_dir, adapters, routes, routes_file, feedback_log, costs, request_timeout_s)
     return ServeSettings(
         model=model,
         served_name=served,
@@ -249,6 +275,7 @@ def settings_from_cli(
         limits=Limits(max_tokens_limit, max_prompts, max_body_bytes, max_queue, request_timeout_s),
         allowed_hosts=[*hosts, *([host] if is_loopback(host) else [])],
         adapter_policy=AdapterPolicy.of(roots, max_rank=max_lora_rank, max_adapters=max_adapters),
+        canary=canary,
     )
 
 
@@ -282,8 +309,10 @@ def serve(settings: ServeSettings, say: Callable[[str], None] = print) -> None:
         request_log=settings.request_log,
         limits=settings.limits,
         hosts=settings.allowed_hosts,
+        canary=settings.canary,
     )
-    names = ", ".join([settings.served_name, *settings.adapters])
+    methods = settings.canary.names() if settings.canary else []
+    names = ", ".join([settings.served_name, *settings.adapters, *methods])
     auth = "API key required" if settings.api_key else "no authentication (loopback only)"
     say(f"serving {names} at http://{settings.host}:{settings.port}/v1 ({auth}; log: {settings.request_log})")
     # uvicorn re-raises the signal it shut down on (Ctrl-C, SIGTERM); stopping is the normal end here.

@@ -1,8 +1,9 @@
 """What the server records: Prometheus metrics and a JSON-lines request log.
 
-Both are labelled by the served model name (the base's or an adapter's) and the endpoint. Neither ever
-holds a prompt, an output or the API key: the log line is time, model, adapter, endpoint, latency, token
-counts and the HTTP status.
+Both are labelled by the served model name (the base's, an adapter's, a method's or a route's) and the
+endpoint. Neither ever holds a prompt, a free-text output or the API key: the log line is time, model,
+adapter, endpoint, latency, token counts and the HTTP status, and for a method or route request its id,
+route, arm, cost and answered label (docs/request-log.schema.json).
 """
 
 from __future__ import annotations
@@ -33,6 +34,14 @@ class RequestRecord:
     adapter: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    request_id: str | None = None
+    """The answer's id, for a request answered by a served method or route (what feedback refers to)."""
+    route: str | None = None
+    arm: str | None = None
+    """``baseline`` or ``candidate`` of the route."""
+    cost_usd: float | None = None
+    answer: str | None = None
+    """The label a method answered (a label from the run's set, never free text)."""
 
 
 class Metrics:
@@ -100,5 +109,13 @@ class RequestLog:
             "completion_tokens": record.completion_tokens,
             "status": status,
         }
+        if record.request_id is not None:  # a method or route request (docs/request-log.schema.json)
+            line |= {
+                "request_id": record.request_id,
+                "route": record.route,
+                "arm": record.arm,
+                "cost_usd": record.cost_usd,
+                "answer": record.answer,
+            }
         with self._lock, self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(line) + "\n")

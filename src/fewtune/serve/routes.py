@@ -87,7 +87,8 @@ class RouteTable:
             old = saved.get(route.name)
             same_arms = old is not None and (old.baseline, old.candidate) == (route.baseline, route.candidate)
             self._routes[route.name] = old if same_arms and old is not None else route
-        self._save()
+        if given:  # only the routes given at start are served; their file keeps their state
+            self._save()
 
     def _load(self) -> dict[str, Route]:
         if self.path is None or not self.path.is_file():
@@ -100,6 +101,7 @@ class RouteTable:
 
     def _save(self) -> None:
         if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic(self.path, {"routes": [asdict(r) for r in self._routes.values()]})
 
     def get(self, name: str) -> Route | None:
