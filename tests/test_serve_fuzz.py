@@ -45,9 +45,26 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any]
     engine = Engine(adapters, max_batch=4, batch_wait_ms=1)
     # Small limits keep each accepted request short; the limits themselves are what is fuzzed past.
     limits = Limits(max_tokens=8, max_prompts=4, max_body_bytes=65_536, max_queue=8, request_timeout_s=30)
-    app = create_app(engine, api_key=KEY, limits=limits)
+    app = create_app(engine, api_key=KEY, limits=limits, canary=_canary(root))
     with serving(app) as url:
         yield url, app.openapi()
+
+
+def _canary(folder: Any) -> Any:
+    """Two methods (a prompt with a demo on the base, the adapter) and a route between them."""
+    from fewtune.cost import load_price_table
+    from fewtune.data.load import Example
+    from fewtune.prompts.template import PromptTemplate
+    from fewtune.serve.arms import LocalArm, MethodPrompt
+    from fewtune.serve.canary import Canary
+    from fewtune.serve.routes import Route, RouteTable
+
+    template = PromptTemplate(("negative", "positive"))
+    prompt = MethodPrompt("few-shot k=1", template, (Example("great fun", "positive"),), None, None, False)
+    tuned = MethodPrompt("lora n=20", template, (), None, "support", True)
+    arms = {m.name: LocalArm(m.name, m) for m in (prompt, tuned)}
+    routes = RouteTable(folder / "routes.json", [Route("route", prompt.name, tuned.name, 0.5)])
+    return Canary(arms, routes, load_price_table("hosted-api"), folder / "feedback.jsonl", timeout_s=30)
 
 
 def _served(schema: dict[str, Any]) -> dict[str, Any]:
@@ -57,7 +74,10 @@ def _served(schema: dict[str, Any]) -> dict[str, Any]:
     bodies = schema["components"]["schemas"]
     for name in ("CompletionRequest", "ChatRequest"):
         properties = bodies[name]["properties"]
-        properties["model"] = {"type": "string", "enum": [BASE, "support"]}
+        properties["model"] = {
+            "type": "string",
+            "enum": [BASE, "support", "route", "few-shot k=1", "lora n=20"],
+        }
         properties["temperature"] = {"enum": [0, None]}
         properties["n"] = {"enum": [1]}
         properties["stream"] = {"enum": [False]}
@@ -82,7 +102,7 @@ def test_no_request_from_the_schema_gets_a_server_error(fuzzed: tuple[str, Any],
     operations = [result.ok() for result in schema.get_all_operations()]
     assert {op.path for op in operations} >= {
         "/v1/completions", "/v1/chat/completions", "/v1/models", "/v1/load_lora_adapter",
-        "/v1/unload_lora_adapter", "/health", "/metrics",
+        "/v1/unload_lora_adapter", "/health", "/metrics", "/v1/routes", "/v1/routes/{name}", "/v1/feedback",
     }  # fmt: skip
     for operation in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):

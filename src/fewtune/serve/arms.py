@@ -172,7 +172,7 @@ class LocalArm(Arm):
         responses, tokens = [], 0
         for start in range(0, len(texts), PROMPTS_PER_CALL):
             chunk = texts[start : start + PROMPTS_PER_CALL]
-            job = Job(self.method.adapter, chunk, max_tokens=0, logprobs=0, echo=True)
+            job = Job(self.method.adapter, chunk, max_tokens=0, logprobs=0, echo=True, group=self.method.name)
             outputs = await run_job(job)
             tokens += sum(o.prompt_tokens for o in outputs)
             responses += [

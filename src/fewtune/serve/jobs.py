@@ -70,6 +70,10 @@ class Job:
     """Log-probabilities cover the prompt tokens too (the text itself is echoed by the caller)."""
     deadline: float | None = None
     """``time.monotonic()`` by which the job must be done; past it the worker stops it."""
+    group: str | None = None
+    """Jobs of different groups never share a batch: a served method's jobs (its own demo block as their
+    shared prefix, whose KV cache is reused) are not mixed with another method's, whose prompts would share
+    only the task line."""
     future: Future[list[Output]] = field(default_factory=Future)
     _gone: threading.Event = field(default_factory=threading.Event, repr=False)
 
@@ -77,7 +81,7 @@ class Job:
         """Jobs with equal keys run together (one generate_batch call, or one scoring pass)."""
         schema = json.dumps(self.schema, sort_keys=True) if self.schema is not None else None
         scored = self.logprobs is not None and self.max_tokens > 0  # generated one at a time
-        return (self.adapter, self.max_tokens, self.stop, schema, scored)
+        return (self.adapter, self.max_tokens, self.stop, schema, scored, self.group)
 
     def cancel(self) -> None:
         """Nobody waits for this job any more: drop it if it is queued, stop it if it runs."""
