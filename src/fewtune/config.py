@@ -333,16 +333,24 @@ def _as_type(where: str, hint: Any, value: Any) -> Any:
     return value
 
 
-def load_config_file(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
+def read_yaml(path: Path, what: str) -> Any:
+    """A YAML file's value; a missing, unreadable or invalid file is a one-line error naming it (and the
+    line). ``what`` names the file for people ("config file", "policy file")."""
     try:
-        values = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
+        raise ConfigError(f"{path}: {what} not found") from None
+    except (UnicodeDecodeError, IsADirectoryError):
+        raise ConfigError(f"{path}: not a YAML text file") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}{line}: invalid YAML ({getattr(err, 'problem', err)})") from None
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    values = read_yaml(path, "config file")
     if values is None:
         return {}
     if not isinstance(values, dict):

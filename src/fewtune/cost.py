@@ -228,6 +228,16 @@ def _seconds_per_request(row: MethodRow) -> tuple[float, str]:
     raise ConfigError(f"method {row.get('name', row.get('method'))}: no throughput or latency to price")
 
 
+def token_prices(prices: PriceTable, tuned: bool) -> tuple[float, float]:
+    """Dollars per million input and output tokens, at the fine-tuned model's prices when ``tuned``."""
+    if tuned:
+        return (
+            prices.fine_tuned_input_dollars_per_million_tokens,
+            prices.fine_tuned_output_dollars_per_million_tokens,
+        )
+    return prices.input_dollars_per_million_tokens, prices.output_dollars_per_million_tokens
+
+
 def per_request_cost(row: MethodRow, prices: PriceTable) -> tuple[float, str]:
     """Dollars per request for one results.json method row, and how it was computed."""
     if row.get("pricing", prices.pricing) == "self-hosted":
@@ -238,16 +248,7 @@ def per_request_cost(row: MethodRow, prices: PriceTable) -> tuple[float, str]:
             f" / utilization {prices.serving_utilization:g}"
         )
     tuned = is_trained(row)
-    price_in = (
-        prices.fine_tuned_input_dollars_per_million_tokens
-        if tuned
-        else prices.input_dollars_per_million_tokens
-    )
-    price_out = (
-        prices.fine_tuned_output_dollars_per_million_tokens
-        if tuned
-        else prices.output_dollars_per_million_tokens
-    )
+    price_in, price_out = token_prices(prices, tuned)
     prompt_tokens = float(row.get("prompt_tokens_mean") or 0)
     output_tokens = float(row.get("output_tokens_mean") or 0)
     dollars = (prompt_tokens * price_in + output_tokens * price_out) / TOKENS_PER_MILLION

@@ -10,7 +10,6 @@ default), then saved as safetensors under the cache folder, so later runs load i
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fewtune.errors import ModelError
+from fewtune.store import file_sha256
 
 DEFAULT_MODEL = "gemma-3-270m"
 # Bumped when the conversion changes, so old caches are not reused.
@@ -36,14 +36,6 @@ def cache_dir() -> Path:
 
 def _is_model_folder(folder: Path) -> bool:
     return (folder / "config.json").exists() and any(folder.glob("*.safetensors"))
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _convert_gguf(gguf: Path, target: Path) -> Path:
@@ -107,7 +99,7 @@ def resolve_model(spec: str = DEFAULT_MODEL) -> Path:
         return path
     if path.suffix.lower() != ".gguf":
         raise ModelError(f"{path}: expected a model folder or a .gguf file")
-    target = cache_dir() / "models" / f"gguf-{_file_sha256(path)[:16]}-{CACHE_FORMAT}"
+    target = cache_dir() / "models" / f"gguf-{file_sha256(path)[:16]}-{CACHE_FORMAT}"
     if _is_model_folder(target):
         return target
     return _convert_gguf(path, target)

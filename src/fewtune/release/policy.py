@@ -16,9 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from fewtune.config import _coerce
+from fewtune.config import _coerce, read_yaml
 from fewtune.decide.thresholds import (
     CLASS_DROP_POINTS,
     MARGIN_POINTS,
@@ -76,16 +74,7 @@ def load_policy(path: str | Path | None) -> Policy:
     if path is None:
         return Policy()
     path = Path(path)
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: policy file not found") from None
-    except (UnicodeDecodeError, IsADirectoryError):
-        raise ConfigError(f"{path}: not a YAML text file") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}{line}: invalid YAML ({getattr(err, 'problem', err)})") from None
+    values = read_yaml(path, "policy file")
     if values is None:
         return Policy()
     if not isinstance(values, dict):

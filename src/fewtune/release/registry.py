@@ -70,13 +70,9 @@ def connect(path: Path, create: bool = True) -> Iterator[sqlite3.Connection]:
 
 
 def _sha256(path: Path) -> str | None:
-    if not path.is_file():
-        return None
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    from fewtune.store import file_sha256
+
+    return file_sha256(path) if path.is_file() else None
 
 
 def run_id_of(folder: Path, started_at: str) -> str:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from fewtune.backends.openai_answers import continuation_logprob
-from fewtune.cost import PriceTable
+from fewtune.cost import PriceTable, token_prices
 from fewtune.data.load import Example
 from fewtune.errors import ConfigError, FewtuneError
 from fewtune.prompts.template import DEFAULT_TASK, PromptTemplate
@@ -138,49 +138,45 @@ class Arm(abc.ABC):
         self.name = name
         self.method = method
 
-    @abc.abstractmethod
     async def answer(self, text: str, run_job: RunJob) -> Answer:
-        """The label for ``text``; ``run_job`` runs a job on this server's engine."""
+        """The label for ``text``: every label's continuation scored, in chunks; ``run_job`` runs a job on
+        this server's engine."""
+        prompt = self.method.prompt(text)
+        texts = [prompt + choice for choice in self.method.choices()]
+        responses: list[dict[str, Any]] = []
+        tokens = 0
+        for start in range(0, len(texts), PROMPTS_PER_CALL):
+            chunk, used = await self.echo(texts[start : start + PROMPTS_PER_CALL], run_job)
+            responses += chunk
+            tokens += used
+        return Answer(self.method.label(_score(self.method, prompt, responses, self.name)), tokens, 0)
+
+    @abc.abstractmethod
+    async def echo(self, texts: list[str], run_job: RunJob) -> tuple[list[dict[str, Any]], int]:
+        """One completion response per text (``echo``, prompt log-probabilities, nothing generated), and
+        the prompt tokens they took."""
 
     def cost(self, answer: Answer, seconds: float, prices: PriceTable) -> float:
         """Dollars for one answered request: tokens at the table's (fine-tuned) token prices when it prices
         a hosted API, else the request's seconds of the serving machine."""
         if prices.pricing == "self-hosted":
             return seconds * prices.serving_dollars_per_hour / 3600 / prices.serving_utilization
-        tuned = self.method.trained
-        price_in = (
-            prices.fine_tuned_input_dollars_per_million_tokens
-            if tuned
-            else prices.input_dollars_per_million_tokens
-        )
-        price_out = (
-            prices.fine_tuned_output_dollars_per_million_tokens
-            if tuned
-            else prices.output_dollars_per_million_tokens
-        )
+        price_in, price_out = token_prices(prices, self.method.trained)
         return (answer.prompt_tokens * price_in + answer.completion_tokens * price_out) / 1e6
 
 
 class LocalArm(Arm):
     """The method on this server's engine."""
 
-    async def answer(self, text: str, run_job: RunJob) -> Answer:
+    async def echo(self, texts: list[str], run_job: RunJob) -> tuple[list[dict[str, Any]], int]:
         from fewtune.serve.jobs import Job
 
-        prompt = self.method.prompt(text)
-        texts = [prompt + choice for choice in self.method.choices()]
-        responses, tokens = [], 0
-        for start in range(0, len(texts), PROMPTS_PER_CALL):
-            chunk = texts[start : start + PROMPTS_PER_CALL]
-            job = Job(self.method.adapter, chunk, max_tokens=0, logprobs=0, echo=True, group=self.method.name)
-            outputs = await run_job(job)
-            tokens += sum(o.prompt_tokens for o in outputs)
-            responses += [
-                {"choices": [{"text": t, "logprobs": o.logprobs}]}
-                for t, o in zip(chunk, outputs, strict=True)
-            ]
-        scores = _score(self.method, prompt, responses, self.name)
-        return Answer(self.method.label(scores), tokens, 0)
+        job = Job(self.method.adapter, texts, max_tokens=0, logprobs=0, echo=True, group=self.method.name)
+        outputs = await run_job(job)
+        responses = [
+            {"choices": [{"text": t, "logprobs": o.logprobs}]} for t, o in zip(texts, outputs, strict=True)
+        ]
+        return responses, sum(o.prompt_tokens for o in outputs)
 
 
 class RemoteArm(Arm):
@@ -197,30 +193,22 @@ class RemoteArm(Arm):
         key = os.environ.get("FEWTUNE_ARM_API_KEY") or os.environ.get("OPENAI_API_KEY") or "none"
         self.client = httpx.AsyncClient(timeout=timeout_s, headers={"Authorization": f"Bearer {key}"})
 
-    async def answer(self, text: str, run_job: RunJob) -> Answer:
+    async def echo(self, texts: list[str], run_job: RunJob) -> tuple[list[dict[str, Any]], int]:
         from fewtune.http_client import httpx
 
-        prompt = self.method.prompt(text)
-        texts = [prompt + choice for choice in self.method.choices()]
-        responses, tokens = [], 0
-        for start in range(0, len(texts), PROMPTS_PER_CALL):
-            chunk = texts[start : start + PROMPTS_PER_CALL]
-            body = {"model": self.model, "prompt": chunk, "echo": True, "logprobs": 0, "max_tokens": 0}
-            try:
-                reply = await self.client.post(self.url, json=body)
-            except httpx.HTTPError as err:
-                raise ArmError(f"{self.name}: {type(err).__name__} from {self.url}") from None
-            if reply.status_code != 200:
-                raise ArmError(f"{self.name}: {self.url} answered HTTP {reply.status_code}")
-            try:
-                data = reply.json()
-                choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise ArmError(f"{self.name}: {self.url} sent an answer that is not a completion") from None
-            tokens += int((data.get("usage") or {}).get("prompt_tokens") or 0)
-            responses += [{"choices": [c]} for c in choices]
-        scores = _score(self.method, prompt, responses, self.name)
-        return Answer(self.method.label(scores), tokens, 0)
+        body = {"model": self.model, "prompt": texts, "echo": True, "logprobs": 0, "max_tokens": 0}
+        try:
+            reply = await self.client.post(self.url, json=body)
+        except httpx.HTTPError as err:
+            raise ArmError(f"{self.name}: {type(err).__name__} from {self.url}") from None
+        if reply.status_code != 200:
+            raise ArmError(f"{self.name}: {self.url} answered HTTP {reply.status_code}")
+        try:
+            data = reply.json()
+            choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise ArmError(f"{self.name}: {self.url} sent an answer that is not a completion") from None
+        return [{"choices": [c]} for c in choices], int((data.get("usage") or {}).get("prompt_tokens") or 0)
 
     async def close(self) -> None:
         await self.client.aclose()
