@@ -167,3 +167,41 @@ def test_routes_need_servable_methods_and_bad_calls_are_4xx(
         empty = httpx.post(f"{url}/v1/chat/completions", json={"model": "r", "messages": [{"role": "system",
                            "content": "hi"}]}, headers=HEADERS, trust_env=False)  # fmt: skip
         assert empty.status_code == 400 and "last user message" in empty.text
+
+
+def test_an_extraction_runs_methods_are_served_with_their_outputs(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from conftest import write_jsonl
+    from task_helpers import extraction_rows
+
+    from fewtune.config import build_config
+    from fewtune.runner import run
+    from fewtune.serve.methods import methods_of_run
+
+    pool = write_jsonl(tmp_path / "pool.jsonl", extraction_rows(8))
+    test = write_jsonl(tmp_path / "test.jsonl", extraction_rows(3, start=50))
+    folder = tmp_path / "run"
+    cfg = build_config(
+        None,
+        {
+            "run": {"model": str(tiny_model_dir), "out": str(folder)},
+            "data": {"data": str(pool), "test": str(test)},
+            "prompt": {"shots": [0, 1], "demo_selection": ["random"]},
+            "lora": {"train_sizes": [4], "epochs": 1, "batch_size": 4},
+            "eval": {"methods": ["zero-shot", "few-shot", "lora"], "latency_requests": 1},
+        },
+    )
+    run(cfg)
+    lines = [json.loads(x) for x in (folder / "predictions.jsonl").read_text().splitlines()]
+    lines = [x for x in lines if x["name"] != "floor"]
+    methods = methods_of_run(folder, {p.name: p for p in (folder / "adapters").iterdir()})
+    assert set(methods) == {"zero-shot", "few-shot k=1 random", "lora n=4"}
+    with serving(app_for(folder, tmp_path / "serve", [])) as url:
+        for line in lines:
+            reply = ask(url, line["name"], line["text"])
+            assert reply.status_code == 200, reply.text
+            served = reply.json()["choices"][0]["message"]["content"]
+            assert served == methods[line["name"]].answer_of(line["output"]), (line["name"], line["row"])
+    logged = [json.loads(x) for x in (tmp_path / "serve" / "requests.jsonl").read_text().splitlines()]
+    assert all(x["answer"] is None for x in logged)  # outputs are free text: never in the log

@@ -20,7 +20,6 @@ import json
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,7 +28,7 @@ from fewtune.backends.openai_answers import continuation_logprob
 from fewtune.cost import PriceTable, token_prices
 from fewtune.data.load import Example
 from fewtune.errors import ConfigError, FewtuneError
-from fewtune.prompts.template import DEFAULT_TASK, PromptTemplate
+from fewtune.prompts.template import OutputTemplate, PromptTemplate
 from fewtune.strategies.base import log_softmax
 
 RunJob = Callable[[Any], Awaitable[list[Any]]]
@@ -68,60 +67,41 @@ class MethodPrompt:
         return self.template.labels[int(np.argmax(scores))]
 
 
-def _config(run_dir: Path) -> dict[str, Any]:
-    import yaml
+@dataclass(frozen=True)
+class OutputMethod:
+    """What an open-output method (extraction, generation, multi-label) sends for one input and how its
+    answer is read: the run's output template, demos, new-token cap, stop marker and, for a constrained
+    row, the output schema."""
 
-    try:
-        values = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
-        return {}
-    return values if isinstance(values, dict) else {}
+    name: str
+    template: OutputTemplate
+    demos: tuple[Example, ...]
+    adapter: str | None
+    trained: bool
+    task: Any
+    """The run's :class:`~fewtune.tasks.base.Task` (it parses the output)."""
+    max_tokens: int
+    schema: dict[str, Any] | None = None
 
+    def prompt(self, text: str) -> str:
+        return self.template.render(text, self.demos)
 
-def methods_of_run(run_dir: Path, adapters: dict[str, Path]) -> dict[str, MethodPrompt]:
-    """Every servable method of a classification run, by its name; ``adapters`` maps the server's adapter
-    names to their folders (a LoRA row is matched to its adapter by path)."""
-    from fewtune.report.run_folder import read_run
-
-    results, _ = read_run(run_dir)
-    task = (results.get("task") or {}).get("name", "classification")
-    if task != "classification":
-        raise ConfigError(f"{run_dir}: serving methods by name covers classification runs; this is {task}")
-    labels = tuple(results.get("labels") or ())
-    names = dict(results.get("label_names") or {})
-    instruction = ((_config(run_dir).get("prompt") or {}).get("instruction")) or DEFAULT_TASK
-    template = PromptTemplate(labels, instruction, names)
-    by_path = {str(path.resolve()): name for name, path in adapters.items()}
-    methods = {}
-    for row in results["methods"]:
-        if row.get("method") == "reference":
-            continue  # no LLM: its classifier is not saved with the run
-        if row.get("demo_selection") == "nearest":
-            continue  # per-input demos need the demo pool and the embedder: not served
-        adapter = None
-        if row.get("adapter_path"):
-            saved = Path(row["adapter_path"])
-            # by path, else by folder name (a run folder copied or moved keeps its adapters/ names)
-            adapter = by_path.get(str(saved.resolve())) or (saved.name if saved.name in adapters else None)
-            if adapter is None:
-                continue  # its adapter is not loaded on this server
-        bias = row.get("label_bias")
-        methods[row["name"]] = MethodPrompt(
-            name=row["name"],
-            template=template,
-            demos=tuple(Example(d["text"], d["label"]) for d in row.get("demos") or ()),
-            label_bias=tuple(float(bias[label]) for label in labels) if bias else None,
-            adapter=adapter,
-            trained=bool(row.get("train_examples")),
-        )
-    return methods
+    def answer_of(self, output: str) -> str:
+        """The answer as the application gets it: the parsed JSON (compact), or the text."""
+        parsed = self.task.parse(output)
+        if parsed.ok and not isinstance(parsed.value, str):
+            return json.dumps(parsed.value, ensure_ascii=False)
+        return str(parsed.value) if parsed.ok else output.strip()
 
 
 @dataclass(frozen=True)
 class Answer:
-    label: str
+    text: str
+    """The label, or the output (JSON or text)."""
     prompt_tokens: int
     completion_tokens: int
+    is_label: bool = True
+    """A label from the run's set (the request log keeps labels, never free text)."""
 
 
 def _score(method: MethodPrompt, prompt: str, responses: list[dict[str, Any]], where: str) -> np.ndarray:
@@ -134,13 +114,16 @@ def _score(method: MethodPrompt, prompt: str, responses: list[dict[str, Any]], w
 class Arm(abc.ABC):
     """One way of answering a route's requests: a method on a model."""
 
-    def __init__(self, name: str, method: MethodPrompt) -> None:
+    def __init__(self, name: str, method: MethodPrompt | OutputMethod) -> None:
         self.name = name
         self.method = method
 
     async def answer(self, text: str, run_job: RunJob) -> Answer:
-        """The label for ``text``: every label's continuation scored, in chunks; ``run_job`` runs a job on
-        this server's engine."""
+        """The answer for ``text``: a label (every label's continuation scored, in chunks) or a generated
+        output read back by the task; ``run_job`` runs a job on this server's engine."""
+        if isinstance(self.method, OutputMethod):
+            output, used, made = await self.generate(self.method, self.method.prompt(text), run_job)
+            return Answer(self.method.answer_of(output), used, made, is_label=False)
         prompt = self.method.prompt(text)
         texts = [prompt + choice for choice in self.method.choices()]
         responses: list[dict[str, Any]] = []
@@ -150,6 +133,11 @@ class Arm(abc.ABC):
             responses += chunk
             tokens += used
         return Answer(self.method.label(_score(self.method, prompt, responses, self.name)), tokens, 0)
+
+    @abc.abstractmethod
+    async def generate(self, method: OutputMethod, prompt: str, run_job: RunJob) -> tuple[str, int, int]:
+        """The output for ``prompt`` (greedy, to the method's stop marker or cap), its prompt and output
+        tokens."""
 
     @abc.abstractmethod
     async def echo(self, texts: list[str], run_job: RunJob) -> tuple[list[dict[str, Any]], int]:
@@ -178,12 +166,20 @@ class LocalArm(Arm):
         ]
         return responses, sum(o.prompt_tokens for o in outputs)
 
+    async def generate(self, method: OutputMethod, prompt: str, run_job: RunJob) -> tuple[str, int, int]:
+        from fewtune.serve.jobs import Job
+
+        job = Job(method.adapter, [prompt], max_tokens=method.max_tokens, stop=method.task.stop,
+                  schema=method.schema, group=method.name)  # fmt: skip
+        (output,) = await run_job(job)
+        return output.text, output.prompt_tokens, output.completion_tokens
+
 
 class RemoteArm(Arm):
     """The method's prompt on an OpenAI-compatible endpoint's model (``URL#MODEL``)."""
 
     def __init__(
-        self, name: str, method: MethodPrompt, base_url: str, model: str, timeout_s: float = 60
+        self, name: str, method: MethodPrompt | OutputMethod, base_url: str, model: str, timeout_s: float = 60
     ) -> None:
         super().__init__(name, method)
         from fewtune.http_client import httpx
@@ -193,10 +189,9 @@ class RemoteArm(Arm):
         key = os.environ.get("FEWTUNE_ARM_API_KEY") or os.environ.get("OPENAI_API_KEY") or "none"
         self.client = httpx.AsyncClient(timeout=timeout_s, headers={"Authorization": f"Bearer {key}"})
 
-    async def echo(self, texts: list[str], run_job: RunJob) -> tuple[list[dict[str, Any]], int]:
+    async def _post(self, body: dict[str, Any]) -> dict[str, Any]:
         from fewtune.http_client import httpx
 
-        body = {"model": self.model, "prompt": texts, "echo": True, "logprobs": 0, "max_tokens": 0}
         try:
             reply = await self.client.post(self.url, json=body)
         except httpx.HTTPError as err:
@@ -205,16 +200,38 @@ class RemoteArm(Arm):
             raise ArmError(f"{self.name}: {self.url} answered HTTP {reply.status_code}")
         try:
             data = reply.json()
+        except json.JSONDecodeError:
+            data = None
+        if not isinstance(data, dict):
+            raise ArmError(f"{self.name}: {self.url} sent an answer that is not a completion")
+        return data
+
+    async def echo(self, texts: list[str], run_job: RunJob) -> tuple[list[dict[str, Any]], int]:
+        data = await self._post(
+            {"model": self.model, "prompt": texts, "echo": True, "logprobs": 0, "max_tokens": 0}
+        )
+        try:
             choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
-        except (json.JSONDecodeError, KeyError, TypeError):
+        except (KeyError, TypeError, AttributeError):
             raise ArmError(f"{self.name}: {self.url} sent an answer that is not a completion") from None
         return [{"choices": [c]} for c in choices], int((data.get("usage") or {}).get("prompt_tokens") or 0)
+
+    async def generate(self, method: OutputMethod, prompt: str, run_job: RunJob) -> tuple[str, int, int]:
+        body = {"model": self.model, "prompt": prompt, "max_tokens": method.max_tokens, "temperature": 0,
+                "stop": [method.task.stop]}  # fmt: skip
+        data = await self._post(body)
+        try:
+            text = str(data["choices"][0]["text"])
+        except (KeyError, IndexError, TypeError):
+            raise ArmError(f"{self.name}: {self.url} sent an answer that is not a completion") from None
+        usage = data.get("usage") or {}
+        return text, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
 
     async def close(self) -> None:
         await self.client.aclose()
 
 
-def build_arm(spec: str, methods: dict[str, MethodPrompt]) -> Arm:
+def build_arm(spec: str, methods: dict[str, MethodPrompt | OutputMethod]) -> Arm:
     """``METHOD`` (a method of the served run, on this server) or ``METHOD@URL#MODEL`` (its prompt on a
     remote OpenAI-compatible model)."""
     name, at, remote = spec.partition("@")
@@ -229,4 +246,7 @@ def build_arm(spec: str, methods: dict[str, MethodPrompt]) -> Arm:
         raise ConfigError(
             f"arm {spec!r}: a remote arm is METHOD@URL#MODEL, e.g. 'few-shot k=8 balanced@http://host:8000/v1#gemma'"
         )
-    return RemoteArm(spec, methods[name], url, model)
+    method = methods[name]
+    if isinstance(method, OutputMethod) and method.schema is not None:
+        raise ConfigError(f"arm {spec!r}: a constrained method's schema is enforced here: serve it locally")
+    return RemoteArm(spec, method, url, model)

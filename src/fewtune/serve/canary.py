@@ -95,7 +95,7 @@ class Canary:
         seconds = time.perf_counter() - start
         record.prompt_tokens, record.completion_tokens = answer.prompt_tokens, answer.completion_tokens
         record.cost_usd = arm.cost(answer, seconds, self.prices)
-        record.answer = answer.label
+        record.answer = answer.text if answer.is_label else None
         return {
             "id": request_id,
             "object": "chat.completion",
@@ -104,7 +104,7 @@ class Canary:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": answer.label},
+                    "message": {"role": "assistant", "content": answer.text},
                     "logprobs": None,
                     "finish_reason": "stop",
                 }
@@ -170,7 +170,8 @@ def build_canary(
     from fewtune.cost import load_price_table
     from fewtune.errors import ConfigError, FewtuneError
     from fewtune.report.run_folder import cost_args_for, read_run
-    from fewtune.serve.arms import LocalArm, build_arm, methods_of_run
+    from fewtune.serve.arms import LocalArm, build_arm
+    from fewtune.serve.methods import methods_of_run
 
     if run_dir is None:
         if routes:

@@ -197,6 +197,14 @@ class ExtractionTask(Task):
     def from_config(cls, cfg: RunConfig) -> ExtractionTask:
         return cls(load_schema(cfg.data.schema) if cfg.data.schema else None)
 
+    @classmethod
+    def from_record(cls, block: Mapping[str, Any]) -> ExtractionTask:
+        """With the schema the run used (given or inferred), so that its prompts and parsing are the run's."""
+        schema = block.get("schema")
+        task = cls(dict(schema) if isinstance(schema, Mapping) else None)
+        task.given_schema = block.get("schema_source") == "--schema"
+        return task
+
     def read_target(
         self, value: Any, record: Mapping[str, Any], path: Path, line: int, field: str = "target"
     ) -> TaskExample:
