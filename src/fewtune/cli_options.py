@@ -30,6 +30,12 @@ FLAG_NAMES = {
     ("lora", "dropout"): "lora-dropout",
     ("eval", "batch_size"): "eval-batch-size",
     ("lora", "target_modules"): "lora-target-modules",
+    ("hosted", "endpoint"): "hosted-endpoint",
+    ("hosted", "n_epochs"): "hosted-epochs",
+    ("hosted", "batch_size"): "hosted-batch-size",
+    ("hosted", "learning_rate_multiplier"): "hosted-lr-multiplier",
+    ("hosted", "suffix"): "hosted-suffix",
+    ("hosted", "poll_seconds"): "hosted-poll-seconds",
 }
 # Fields with no flag: set them in a --config file.
 NO_FLAG: set[tuple[str, str]] = set()

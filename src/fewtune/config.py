@@ -7,15 +7,17 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from types import UnionType
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any
 
 import yaml
 
 from fewtune.backends.models import DEFAULT_MODEL
+from fewtune.config_yaml import _coerce as _coerce
+from fewtune.config_yaml import load_config_file as load_config_file
+from fewtune.config_yaml import read_yaml as read_yaml
 from fewtune.decide.metric import METRIC_CHOICES
 from fewtune.errors import ConfigError
-from fewtune.methods import ALL_METHODS
+from fewtune.methods import ALL_METHODS, DEFAULT_METHODS
 from fewtune.prompts.demos import DEMO_SELECTIONS
 from fewtune.prompts.template import AUTO_LABEL_NAMES
 
@@ -24,6 +26,9 @@ ALL_METRICS = (*METRIC_CHOICES, "field-f1", "chrf", "rouge-l", "semantic")
 
 METHODS = ALL_METHODS
 CLASS_BALANCE = ("none", "loss", "sampling")
+PRECISIONS = ("fp32", "bf16")
+QUANTIZE = ("none", "nf4")
+KSHOT_TRAINING = ("demos", "plain", "both")
 LABEL_SCORING = ("loglik", "generate")
 
 
@@ -141,20 +146,40 @@ class LoraArgs:
     """none; loss (weight each example's answer loss by inverse class frequency); or sampling (draw each
     epoch's rows with replacement in proportion to inverse class frequency, so batches are class-balanced).
     Either keeps a small imbalanced sample from teaching the adapter to always answer the majority label."""
+    kshot_training: str = "demos"
+    """How the lora+few-shot row's adapter is trained: demos (k demos from the pool in every training
+    prompt, as it is prompted at test time, never the row itself), plain (the lora row's adapter, trained
+    without demos, then prompted with them), or both (a row each)."""
+    full_lr: float = 2e-5
+    """Peak AdamW learning rate of full-ft (every weight; same schedule, loss and batches as LoRA)."""
+    precision: str = "fp32"
+    """fp32, or bf16 (training and scoring in bfloat16; needs a CUDA GPU)."""
+    quantize: str = "none"
+    """none, or nf4: QLoRA (the base model loaded in 4-bit NF4 by bitsandbytes, LoRA trained on top; needs
+    a CUDA GPU and the bitsandbytes package)."""
 
     def __post_init__(self) -> None:
+        for option, value, choices in (
+            ("--kshot-training", self.kshot_training, KSHOT_TRAINING),
+            ("--precision", self.precision, PRECISIONS),
+            ("--quantize", self.quantize, QUANTIZE),
+        ):
+            if value not in choices:
+                raise ConfigError(f"{option} takes {', '.join(choices)}; got {value!r}")
+        if not 0 < self.full_lr < 1:
+            raise ConfigError(f"--full-lr must be between 0 and 1, got {self.full_lr}")
         if self.class_balance not in CLASS_BALANCE:
             raise ConfigError(f"--class-balance takes {', '.join(CLASS_BALANCE)}; got {self.class_balance!r}")
         if any(n < 1 for n in self.train_sizes):
             raise ConfigError(f"--train-sizes must be positive, got {self.train_sizes}")
         self.train_sizes = sorted(set(self.train_sizes))
-        for name, value in (
+        for name, count in (
             ("--lora-r", self.r),
             ("--epochs", self.epochs),
             ("--batch-size", self.batch_size),
         ):
-            if value < 1:
-                raise ConfigError(f"{name} must be at least 1, got {value}")
+            if count < 1:
+                raise ConfigError(f"{name} must be at least 1, got {count}")
         if not 0 < self.lr < 1:
             raise ConfigError(f"--lr must be between 0 and 1, got {self.lr}")
         if not 0 <= self.dropout < 1:
@@ -163,9 +188,9 @@ class LoraArgs:
 
 @dataclass
 class EvalArgs:
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
-    """Which of zero-shot, few-shot, lora, lora+few-shot, reference (embeddings + logistic regression) to
-    run."""
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
+    """Which of zero-shot, few-shot, lora, lora+few-shot, reference (embeddings + logistic regression),
+    full-ft (every weight trained) and hosted-ft (a fine-tuning API's job, see --hosted-endpoint) to run."""
     batch_size: int = 16
     """Test rows per forward pass when scoring (length-bucketed, right-padded)."""
     latency_requests: int = 20
@@ -221,6 +246,37 @@ class CostArgs:
 
 
 @dataclass
+class HostedArgs:
+    """hosted-ft: a fine-tuning job on an OpenAI-compatible API (a provider, or ``fewtune serve``)."""
+
+    endpoint: str | None = None
+    """The fine-tuning API and the model to fine-tune, as URL#BASE_MODEL (e.g.
+    https://api.openai.com/v1#gpt-4.1-mini-2025-04-14, or http://127.0.0.1:8000/v1#gemma-3-270m for a local
+    fewtune serve); its key is read from --api-key-env."""
+    n_epochs: int | None = None
+    """Epochs the job trains; None = the provider's choice (fewtune serve: --epochs)."""
+    batch_size: int | None = None
+    """Training batch size of the job; None = the provider's choice."""
+    learning_rate_multiplier: float | None = None
+    """Multiplier of the provider's base learning rate; None = the provider's choice."""
+    suffix: str = "fewtune"
+    """Text put in the fine-tuned model's name (ft:BASE:ORG:SUFFIX:ID)."""
+    poll_seconds: float = 5.0
+    """Seconds between polls of the job's state and events."""
+
+    def __post_init__(self) -> None:
+        if self.endpoint is not None and "#" not in self.endpoint:
+            raise ConfigError(f"--hosted-endpoint takes URL#BASE_MODEL, got {self.endpoint!r}")
+        for option, value in (("--hosted-epochs", self.n_epochs), ("--hosted-batch-size", self.batch_size)):
+            if value is not None and value < 1:
+                raise ConfigError(f"{option} must be at least 1, got {value}")
+        if self.learning_rate_multiplier is not None and not self.learning_rate_multiplier > 0:
+            raise ConfigError(f"--hosted-lr-multiplier must be above 0, got {self.learning_rate_multiplier}")
+        if not self.poll_seconds > 0:
+            raise ConfigError(f"--hosted-poll-seconds must be above 0, got {self.poll_seconds}")
+
+
+@dataclass
 class RunConfig:
     model: str = DEFAULT_MODEL
     """'gemma-3-270m' (built in), a local Hugging Face model folder, a .gguf file, or an OpenAI-compatible
@@ -243,6 +299,7 @@ class RunConfig:
     lora: LoraArgs = field(default_factory=LoraArgs)
     eval: EvalArgs = field(default_factory=EvalArgs)
     cost: CostArgs = field(default_factory=CostArgs)
+    hosted: HostedArgs = field(default_factory=HostedArgs)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -251,7 +308,14 @@ class RunConfig:
         path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
-_SECTIONS = {"data": DataArgs, "prompt": PromptArgs, "lora": LoraArgs, "eval": EvalArgs, "cost": CostArgs}
+_SECTIONS = {
+    "data": DataArgs,
+    "prompt": PromptArgs,
+    "lora": LoraArgs,
+    "eval": EvalArgs,
+    "cost": CostArgs,
+    "hosted": HostedArgs,
+}
 
 
 def build_config(file_values: dict[str, Any] | None, overrides: dict[str, dict[str, Any]]) -> RunConfig:
@@ -283,76 +347,3 @@ def build_config(file_values: dict[str, Any] | None, overrides: dict[str, dict[s
     top = _coerce("run", RunConfig, {k: v for k, v in file_values.items() if k not in _SECTIONS})
     top.update({k: v for k, v in overrides.get("run", {}).items() if v is not None})
     return RunConfig(**top, **sections)
-
-
-def _coerce(section: str, cls: type, values: dict[str, Any]) -> dict[str, Any]:
-    """A config file's values as their fields' types: YAML reads ``5e-4`` as text and ``shots: 5`` as one
-    number, both of which the settings accept (as 0.0005 and [5]); a value that is none of its field's
-    types is a one-line error naming the key."""
-    hints = get_type_hints(cls)
-    return {
-        key: _as_type(f"{section}.{key}", hints[key], value) if key in hints else value
-        for key, value in values.items()
-    }
-
-
-def _as_type(where: str, hint: Any, value: Any) -> Any:
-    options = (
-        [a for a in get_args(hint) if a is not type(None)]
-        if get_origin(hint) in (Union, UnionType)
-        else [hint]
-    )
-    if value is None:
-        if type(None) in get_args(hint):
-            return None
-        raise ConfigError(f"config {where}: needs a value")
-    kind = options[0]
-    if get_origin(kind) is list:
-        (item,) = get_args(kind) or (Any,)
-        items = value if isinstance(value, list) else [value]
-        return [_as_type(where, item, v) for v in items]
-    if any(isinstance(value, o) for o in options if isinstance(o, type) and o not in (int, float)):
-        return value
-    if kind in (int, float) and not isinstance(value, bool):
-        try:
-            number = float(value) if kind is float else int(value)
-        except (TypeError, ValueError):
-            pass
-        else:
-            if kind is float or not isinstance(value, float) or value.is_integer():
-                return number
-        raise ConfigError(
-            f"config {where}: expected {'a number' if kind is float else 'a whole number'}, got {value!r}"
-        )
-    if kind is bool and not isinstance(value, bool):
-        raise ConfigError(f"config {where}: expected true or false, got {value!r}")
-    if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
-    if kind in (str, bool) and not isinstance(value, kind):
-        raise ConfigError(f"config {where}: expected {kind.__name__}, got {type(value).__name__}")
-    return value
-
-
-def read_yaml(path: Path, what: str) -> Any:
-    """A YAML file's value; a missing, unreadable or invalid file is a one-line error naming it (and the
-    line). ``what`` names the file for people ("config file", "policy file")."""
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: {what} not found") from None
-    except (UnicodeDecodeError, IsADirectoryError):
-        raise ConfigError(f"{path}: not a YAML text file") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}{line}: invalid YAML ({getattr(err, 'problem', err)})") from None
-
-
-def load_config_file(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    values = read_yaml(path, "config file")
-    if values is None:
-        return {}
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path}: expected a mapping of settings")
-    return values

@@ -21,6 +21,10 @@ class Method(StrEnum):
     FEW_SHOT = "few-shot"
     LORA = "lora"
     LORA_FEW_SHOT = "lora+few-shot"
+    FULL_FT = "full-ft"
+    """Every weight of ``--model`` trained (a whole model copy to store and serve, not an adapter)."""
+    HOSTED_FT = "hosted-ft"
+    """Fine-tuned through an OpenAI-compatible fine-tuning API (``--hosted-endpoint``) and scored there."""
     REFERENCE = "reference"
     """Sentence embeddings + a classifier on the LoRA training examples: no LLM."""
 
@@ -31,14 +35,15 @@ class Method(StrEnum):
 
     @property
     def fine_tuned(self) -> bool:
-        """An LLM with a LoRA adapter trained on the run's training examples (on ``--model``)."""
-        return self in (Method.LORA, Method.LORA_FEW_SHOT)
+        """An LLM trained here on the run's training examples (on ``--model``, so it needs a trainable local
+        model): a LoRA adapter, or every weight."""
+        return self in (Method.LORA, Method.LORA_FEW_SHOT, Method.FULL_FT)
 
     @property
     def trained(self) -> bool:
         """Learns from labelled training examples (so its setup pays for labelling and training compute):
-        the fine-tuned methods and the reference."""
-        return self.fine_tuned or self is Method.REFERENCE
+        the fine-tuned methods, the hosted fine-tune and the reference."""
+        return self.fine_tuned or self in (Method.HOSTED_FT, Method.REFERENCE)
 
     @property
     def uses_demos(self) -> bool:
@@ -63,6 +68,9 @@ class Method(StrEnum):
 
 
 ALL_METHODS = tuple(m.value for m in Method)
+DEFAULT_METHODS = tuple(m.value for m in Method if m not in (Method.FULL_FT, Method.HOSTED_FT))
+"""What a run does without ``--methods``: full fine-tuning (a whole model copy per size) and a provider's
+fine-tuning job (its own endpoint and bill) are asked for by name."""
 FINE_TUNED = tuple(m.value for m in Method if m.fine_tuned)
 """``--methods`` values that train a LoRA adapter."""
 
