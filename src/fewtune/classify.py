@@ -27,12 +27,12 @@ from fewtune.job import TaskJob
 from fewtune.loaders import answerers
 from fewtune.methods import Method, any_fine_tuned
 from fewtune.plan import RunPlan, check_plan, load_data
-from fewtune.prompts.demos import NEAREST, DemoIndex
+from fewtune.prompts.demos import NEAREST, DemoIndex, training_demos
 from fewtune.prompts.template import DEFAULT_TASK, PromptTemplate, resolve_label_names
 from fewtune.record import method_rows
 from fewtune.resume import fingerprint
 from fewtune.session import RunSession
-from fewtune.strategies.base import Predictor
+from fewtune.strategies.base import PLAIN_ADAPTER, Predictor
 from fewtune.sweep import check_context, few_shot_draws, prompt_sets, run_prompt_set
 from fewtune.tasks.base import CLASSIFICATION
 
@@ -180,7 +180,7 @@ class ClassificationJob(TaskJob):
             self._run_reference(session, embedder)
         if not any_fine_tuned(methods):
             return
-        from fewtune.strategies.lora import Lora
+        from fewtune.strategies.lora import FullFineTune, Lora
 
         if not backend.capabilities.trainable:
             raise ConfigError(
@@ -203,38 +203,69 @@ class ClassificationJob(TaskJob):
             )
             session.record(row, predictions)
 
-        for n in cfg.lora.train_sizes:
-            rows = [f"lora n={n}"] if "lora" in methods else []
-            rows += [f"lora+few-shot n={n} k={k} {lead[k].demo_selection}" for k in lead]
-            if set(rows) <= session.done:
-                continue  # every row of this adapter finished before --resume
-            train, _ = stratified_sample(data.pool, n, cfg.seed)
-            lora = Lora(backend, template, cfg.lora, session.store.adapter_dir(f"lora-n{n}"), seed=cfg.seed)
-            adapter = events.training(
-                f"Training lora n={n}",
-                partial(_fit, lora, train),
-            )
+        recipe = cfg.lora.kshot_training
+        plain_kshot = "lora+few-shot" in methods and recipe in ("plain", "both")
+        demo_kshot = "lora+few-shot" in methods and recipe in ("demos", "both")
+
+        def trained(strategy: Any, train: list[Any], title: str, demos: Any = None) -> Predictor:
+            predictor = events.training(title, partial(_fit, strategy, train, demos))
             if generate:
-                adapter = replace(adapter, backend=GenerateAndParse(adapter.backend))
+                predictor = replace(predictor, backend=GenerateAndParse(predictor.backend))
             events.info(
-                f"  trained lora n={n} in {adapter.info['train_seconds']:.0f} s "
-                f"({adapter.info['train_tokens_per_second']:.0f} tokens/s); "
-                f"adapter {adapter.info['adapter_path']}"
+                f"  {title.removeprefix('Training ')}: {predictor.info['train_seconds']:.0f} s "
+                f"({predictor.info['train_tokens_per_second']:.0f} tokens/s); "
+                f"saved {predictor.info['adapter_path']}"
             )
-            if "lora" in methods:
-                score(adapter)
-            if "lora+few-shot" in methods:
-                for k in shots:
-                    demos = lead[k]
-                    score(
-                        adapter.with_demos(
-                            demos.demos,
-                            "lora+few-shot",
-                            demos.demo_selection,
-                            per_row_demos=demos.per_row_demos,
-                            demo_seed=demos.demo_seed,
-                        )
+            return predictor
+
+        def prompted(adapter: Predictor, k: int, kshot_training: str) -> Predictor:
+            demos = lead[k]
+            return replace(
+                adapter.with_demos(
+                    demos.demos,
+                    "lora+few-shot",
+                    demos.demo_selection,
+                    per_row_demos=demos.per_row_demos,
+                    demo_seed=demos.demo_seed,
+                    recipe=PLAIN_ADAPTER if kshot_training == "plain" else None,
+                ),
+                info={**adapter.info, "kshot_training": kshot_training},
+            )
+
+        for n in cfg.lora.train_sizes:
+            train, _ = stratified_sample(data.pool, n, cfg.seed)
+            plain_rows = [f"lora n={n}"] if "lora" in methods else []
+            if plain_kshot:
+                plain_rows += [
+                    f"lora+few-shot n={n} k={k} {lead[k].demo_selection} {PLAIN_ADAPTER}" for k in lead
+                ]
+            if plain_rows and not set(plain_rows) <= session.done:  # one adapter, trained without demos
+                folder = session.store.adapter_dir(f"lora-n{n}")
+                lora = Lora(backend, template, cfg.lora, folder, seed=cfg.seed)
+                adapter = trained(lora, train, f"Training lora n={n}")
+                if "lora" in methods:
+                    score(adapter)
+                for k in lead if plain_kshot else ():
+                    score(prompted(adapter, k, "plain"))
+            for k in lead if demo_kshot else ():  # an adapter per shot count, trained as it is prompted
+                if f"lora+few-shot n={n} k={k} {lead[k].demo_selection}" in session.done:
+                    continue
+                shown = training_demos(train, data.pool, k, first_selection, cfg.seed, index)
+                lora = Lora(
+                    backend, template, cfg.lora, session.store.adapter_dir(f"lora-n{n}-k{k}"), seed=cfg.seed
+                )
+                score(
+                    prompted(
+                        trained(lora, train, f"Training lora n={n} with {k} demos per prompt", shown),
+                        k,
+                        "demos",
                     )
+                )
+            if Method.FULL_FT in methods and f"full-ft n={n}" not in session.done:
+                full = FullFineTune(
+                    backend, template, cfg.lora, session.store.adapter_dir(f"full-n{n}"), seed=cfg.seed
+                )
+                score(trained(full, train, f"Training full-ft n={n}"))
 
     def _run_reference(self, session: RunSession, embedder: Embedder) -> None:
         """Embeddings + logistic regression on the same training examples as each LoRA adapter."""
@@ -260,6 +291,7 @@ class ClassificationJob(TaskJob):
             session.record(row, predictions)
 
 
-def _fit(lora: Any, train: Any, on_step: Any) -> Predictor:
-    """Train ``lora`` on ``train``, reporting each step to ``on_step``."""
-    return replace(lora, progress=on_step).fit(train)
+def _fit(strategy: Any, train: Any, demos: Any, on_step: Any) -> Predictor:
+    """Train ``strategy`` on ``train`` (with ``demos`` in its prompts when given), reporting each step to
+    ``on_step``."""
+    return replace(strategy, progress=on_step).fit(train, demos)

@@ -42,7 +42,7 @@ def load_backend(cfg: RunConfig, events: RunEvents) -> Backend:
     with events.status(f"Preparing model {cfg.model} (the first run converts it, about a minute)..."):
         folder = resolve_model(cfg.model)
     with events.status(f"Loading {folder}..."):
-        model, tokenizer = load_model(folder)
+        model, tokenizer = load_model(folder, precision=cfg.lora.precision)
     return HFBackend(model, tokenizer, name=cfg.model, source=str(folder))
 
 
@@ -58,6 +58,9 @@ def load_backends(
             f"LoRA needs a local model, and --model {cfg.model} is an endpoint: give the endpoint as "
             "--prompt-model and keep a local --model, or leave lora out of --methods"
         )
+    from fewtune.strategies.memory import check_hardware
+
+    check_hardware(cfg)
     backend = backend_factory(cfg, events)
     if not cfg.prompt_model or cfg.prompt_model == cfg.model:
         return backend, backend

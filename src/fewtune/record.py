@@ -171,11 +171,24 @@ class MethodRow(TypedDict, total=False):
     class_balance: str
     """LoRA rows: none, loss or sampling (--class-balance)."""
     adapter_path: str
-    """The peft adapter's folder (adapters/lora-n<N>)."""
+    """What training saved: the peft adapter's folder (adapters/lora-n<N>), or full-ft's whole model
+    (adapters/full-n<N>)."""
     adapter_bytes: int
-    """Size of the adapter's files."""
+    """Size of what must be stored and served besides the base model: the adapter's files, or for full-ft
+    the whole model copy."""
     peak_memory_bytes: int | None
     """Peak memory while training."""
+    trained_parameters: int
+    """Weights training changed: the LoRA matrices, or every weight (full-ft)."""
+    train_processes: int
+    """Processes that trained it together (accelerate launch --num_processes; 1 = on its own)."""
+    precision: str
+    """Dtype the model trained and scored in (float32, bfloat16)."""
+    kshot_training: str
+    """lora+few-shot rows: demos (its adapter was trained with k demos in every prompt) or plain (the lora
+    row's adapter, trained without demos; the row's name ends in plain-adapter)."""
+    quantization: str
+    """QLoRA rows: the base model's 4-bit quantization (nf4), absent otherwise."""
     # prompt
     demos: list[dict[str, str]]
     """The demos shown (first draw): ``[{text, label}]``; extraction and generation ``[{text, output}]``."""

@@ -34,15 +34,31 @@ def run(
     ``embedder_factory`` loads the sentence embedder (data checks, nearest-neighbour demos, the reference);
     default all-MiniLM-L6-v2 from its PyPI package.
     """
+    from fewtune.strategies.distributed import launched_processes
+
+    if launched_processes() > 1:  # under accelerate launch: every process but the main one only trains
+        from fewtune.strategies.distributed import Distributed
+
+        dist = Distributed.current()
+        if not dist.main:
+            from fewtune.events import QuietEvents
+            from fewtune.strategies.lora import follow_orders
+
+            follow_orders(backend_factory(cfg, QuietEvents()))
+            return Path(cfg.out or ".")
     console = console or Console()
-    folder = run_pipeline(
-        cfg,
-        RichEvents(console),
-        backend_factory,
-        embedder_factory or load_embedder,
-        overwrite=overwrite,
-        resume=resume,
-    )
+    try:
+        folder = run_pipeline(
+            cfg,
+            RichEvents(console),
+            backend_factory,
+            embedder_factory or load_embedder,
+            overwrite=overwrite,
+            resume=resume,
+        )
+    finally:
+        if launched_processes() > 1:  # the other processes stop waiting for orders
+            dist.order(None)
     from fewtune.report.build import write_reports
 
     with console.status("Writing the report..."):

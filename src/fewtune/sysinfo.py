@@ -75,13 +75,16 @@ def matmul_peak_flops(device: Any = "cpu", dtype: torch.dtype = torch.float32) -
     return _peak_cache[key]
 
 
-def lora_train_flops_per_token(model: Any, seq_len: float, answer_share: float) -> float:
-    """Training FLOPs per token for LoRA on a frozen decoder.
+def lora_train_flops_per_token(
+    model: Any, seq_len: float, answer_share: float, every_weight: bool = False
+) -> float:
+    """Training FLOPs per token for LoRA on a frozen decoder (or, ``every_weight``, for full fine-tuning).
 
     From the PaLM paper's appendix B count that nanoGPT's ``estimate_mfu`` uses, ``6N + 12*L*H*Q*T`` per
     token, adapted to frozen base weights: the backward pass computes activation gradients (2N) but no
     weight gradients, so weights cost 4N; attention scores keep 12*L*H*Q*T. The vocabulary projection runs
     only at answer positions: 4*V*d for each of those (forward and input gradient), spread over all tokens.
+    Training every weight adds the weight gradients back: 6N, and 6*V*d at the answer positions.
     """
     config = model.config
     embed = config.vocab_size * config.hidden_size
@@ -89,4 +92,5 @@ def lora_train_flops_per_token(model: Any, seq_len: float, answer_share: float) 
     non_embedding = params - embed  # Gemma ties the output layer to the input embeddings
     head_dim = getattr(config, "head_dim", config.hidden_size // config.num_attention_heads)
     attention = 12 * config.num_hidden_layers * config.num_attention_heads * head_dim * seq_len
-    return 4 * non_embedding + attention + answer_share * 4 * embed
+    passes = 6 if every_weight else 4
+    return passes * non_embedding + attention + answer_share * passes * embed

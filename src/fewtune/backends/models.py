@@ -105,14 +105,20 @@ def resolve_model(spec: str = DEFAULT_MODEL) -> Path:
     return _convert_gguf(path, target)
 
 
-def load_model(folder: Path, device: str | None = None) -> tuple[Any, Any]:
-    """Load model and tokenizer from a local folder (float32 on CPU, bfloat16 on a GPU)."""
+def load_model(folder: Path, device: str | None = None, precision: str = "auto") -> tuple[Any, Any]:
+    """Load model and tokenizer from a local folder: float32 on CPU; on a GPU bfloat16 where it is supported
+    (``precision`` "auto"), or as ``precision`` ("fp32", "bf16") says. Under ``accelerate launch`` each
+    process takes its own GPU (``LOCAL_RANK``)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
+    on_gpu = device.startswith("cuda")
+    if precision == "auto":
+        dtype = torch.bfloat16 if on_gpu and torch.cuda.is_bf16_supported() else torch.float32
+    else:
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
         model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype).to(device)  # type: ignore[arg-type]

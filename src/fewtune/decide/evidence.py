@@ -59,6 +59,10 @@ class MethodEvidence:
     """Why the method is not doing the task (one label for every row, ...); None when it is."""
     degenerate_cause: str | None = None
     """The likely cause and what to try, where the task knows better than the label-based defaults."""
+    stored_bytes: int | None = None
+    """What training saved, to store and serve besides the base model (an adapter, or a whole model)."""
+    whole_model: bool = False
+    """Every weight was trained (full-ft): it ships as a whole model copy, not an adapter."""
 
     @property
     def fine_tuned(self) -> bool:

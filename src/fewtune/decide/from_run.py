@@ -72,6 +72,8 @@ def run_evidence(
                 stats=stats,
                 accuracy=row.get("accuracy"),
                 degenerate=degenerate,
+                stored_bytes=row.get("adapter_bytes"),
+                whole_model=Method.of(row) is Method.FULL_FT,
             )
         )
     return RunEvidence(tuple(evidence), kappa)

@@ -36,6 +36,7 @@ from fewtune.decide.evidence import (
     not_significant,
     versus,
 )
+from fewtune.decide.full_ft import weigh_full_ft
 from fewtune.decide.money import (
     Volume,
     cost_reason,
@@ -208,6 +209,7 @@ def recommend(s: Situation) -> Recommendation:
     tuned = best([m for m in viable if m.kind == FINE_TUNED])
     reference = best([m for m in viable if m.kind == REFERENCE])
     comparisons: list[Comparison] = []
+    tuned, full_ft_reasons = weigh_full_ft(viable, tuned, s, comparisons)
     prompts_viable = [m for m in viable if m.kind == PROMPT]
     tuned_viable = [m for m in viable if m.kind == FINE_TUNED]
     c = (
@@ -266,6 +268,7 @@ def recommend(s: Situation) -> Recommendation:
         )
     if s.floor is not None and verdict.choice not in (CHOICE_NOT_GOOD_ENOUGH, CHOICE_UNDECIDABLE):
         verdict = _floor_verdict(verdict, top, s, comparisons) or verdict
+    verdict.reasons.extend(full_ft_reasons)
     caveats += [
         f"{x.candidate} vs {x.baseline}: {x.selection}"
         for x in comparisons

@@ -97,3 +97,36 @@ class NearestDemos:
 
     def for_texts(self, texts: Sequence[str]) -> list[tuple[Example, ...]]:
         return self.index.nearest(texts, self.shots)
+
+
+def training_demos(
+    train: Sequence[Example],
+    pool: Sequence[Example],
+    shots: int,
+    selection: str,
+    seed: int,
+    index: DemoIndex | None = None,
+) -> list[tuple[Example, ...]]:
+    """The demos each training row is shown when an adapter is trained to be prompted with ``shots`` demos:
+    drawn from ``pool`` by the selection the test rows get theirs with (a fresh seeded draw per row for
+    balanced and random, the row's nearest pool examples for nearest), never the row itself (nor a pool row
+    with its text)."""
+    if shots <= 0:
+        return [() for _ in train]
+    if selection == NEAREST:
+        assert index is not None, "nearest demos need the pool's index"
+        # One more neighbour than needed: the row itself is its own nearest.
+        found = index.nearest([ex.text for ex in train], shots + 1)
+        return [
+            tuple(d for d in near if d.text != ex.text)[-shots:]
+            for ex, near in zip(train, found, strict=True)
+        ]
+    sets = []
+    for i, ex in enumerate(train):
+        rng = random.Random(f"{seed}:{i}")
+        row_seed = rng.randrange(2**31)
+        demos = select_demos(pool, shots, selection, row_seed)
+        if any(d.text == ex.text for d in demos):  # rare: drawn again from the pool without the row
+            demos = select_demos([p for p in pool if p.text != ex.text], shots, selection, row_seed)
+        sets.append(tuple(demos))
+    return sets

@@ -25,6 +25,7 @@ from fewtune.decide.evidence import MethodEvidence
 from fewtune.decide.from_run import kind_of
 from fewtune.decide.metric import PrimaryMetric
 from fewtune.decide.recommend import Recommendation, Situation, recommend
+from fewtune.methods import Method
 from fewtune.record import MethodRow
 from fewtune.report.rollout import Rollout, rollout_plan
 from fewtune.report.run_folder import read_run
@@ -169,6 +170,8 @@ def analyse_outputs(folder: str | Path, args: CostArgs) -> OutputsReport:
                 accuracy=score,
                 degenerate=flag[0] if flag else None,
                 degenerate_cause=flag[1] if flag else None,
+                stored_bytes=row.get("adapter_bytes"),
+                whole_model=Method.of(row) is Method.FULL_FT,
             )
         )
     floor = None

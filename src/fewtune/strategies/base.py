@@ -13,6 +13,9 @@ from fewtune.backends.base import Backend, ProgressFn
 from fewtune.data.load import Example
 from fewtune.prompts.template import QUERY_LEAD, PromptTemplate
 
+PLAIN_ADAPTER = "plain-adapter"
+"""The name's mark of a lora+few-shot row whose adapter was trained without demos (the lora row's)."""
+
 
 class PerRowDemos(Protocol):
     """Demos chosen for each input (nearest neighbours) instead of one demo set for all."""
@@ -52,6 +55,9 @@ class Predictor:
     """log p(label | content-free input), subtracted from each row's label log-probabilities."""
     demo_seed: int | None = None
     """Seed that drew the fixed demo set (random and balanced selections)."""
+    recipe: str | None = None
+    """How a prompted adapter was trained when it is not the usual way, named in the row (e.g.
+    "plain-adapter": the lora row's adapter, trained without demos, prompted with them)."""
 
     @property
     def shots(self) -> int:
@@ -73,6 +79,8 @@ class Predictor:
                 parts.append(self.demo_selection)
         if self.calibrated:
             parts.append("calibrated")
+        if self.recipe:
+            parts.append(self.recipe)
         return " ".join(parts)
 
     def demos_for(self, texts: Sequence[str]) -> list[tuple[Example, ...]]:
@@ -131,6 +139,7 @@ class Predictor:
         demo_selection: str | None,
         per_row_demos: PerRowDemos | None = None,
         demo_seed: int | None = None,
+        recipe: str | None = None,
     ) -> Predictor:
         """The same model with other demos (e.g. a LoRA adapter prompted with k shots)."""
         return replace(
@@ -141,6 +150,7 @@ class Predictor:
             per_row_demos=per_row_demos,
             demo_seed=demo_seed,
             label_bias=None,
+            recipe=recipe,
         )
 
 

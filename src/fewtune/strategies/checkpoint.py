@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -43,17 +44,17 @@ def checkpoint_key(settings: dict[str, Any], features: list[tuple[list[int], lis
 
 
 def save_checkpoint(
-    folder: Path, key: str, model: Any, optimizer: Any, scheduler: Any, done: Progress
+    folder: Path, key: str, weights: dict[str, Any], optimizer: Any, scheduler: Any, done: Progress
 ) -> None:
-    from peft import get_peft_model_state_dict
-
+    """Write the trained ``weights`` (a state dict), the optimizer and scheduler states, the RNG state and
+    the progress to ``folder``, atomically."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / CHECKPOINT_FILE
     partial = path.with_suffix(".partial")
     torch.save(
         {
             "key": key,
-            "adapter": get_peft_model_state_dict(model),
+            "adapter": weights,
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "torch_rng": torch.get_rng_state(),
@@ -64,18 +65,18 @@ def save_checkpoint(
     os.replace(partial, path)
 
 
-def load_checkpoint(folder: Path, key: str, model: Any, optimizer: Any, scheduler: Any) -> Progress:
-    """Restore the checkpoint in ``folder`` into ``model``, ``optimizer`` and ``scheduler``; return how far
-    it got (step 0 when there is none, or it belongs to other settings)."""
-    from peft import set_peft_model_state_dict
-
+def load_checkpoint(
+    folder: Path, key: str, restore: Callable[[dict[str, Any]], None], optimizer: Any, scheduler: Any
+) -> Progress:
+    """Restore the checkpoint in ``folder``: its weights through ``restore``, then ``optimizer`` and
+    ``scheduler``; return how far it got (step 0 when there is none, or it belongs to other settings)."""
     path = folder / CHECKPOINT_FILE
     if not path.is_file():
         return Progress()
     saved = torch.load(path, weights_only=True)
     if saved.get("key") != key:
         return Progress()
-    set_peft_model_state_dict(model, saved["adapter"])
+    restore(saved["adapter"])
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     torch.set_rng_state(saved["torch_rng"])

@@ -50,6 +50,8 @@ class TextPredictor:
     constraint: Callable[[], Any] | None = field(default=None, compare=False)
     """Makes a logits processor that constrains decoding to the output schema (``--constrained``)."""
     info: dict[str, Any] = field(default_factory=dict, compare=False)
+    recipe: str | None = None
+    """A prompted adapter trained another way than usual (``plain-adapter``), named in the row."""
 
     @property
     def shots(self) -> int:
@@ -64,6 +66,8 @@ class TextPredictor:
             parts += [f"k={self.shots}", *([self.demo_selection] if self.demo_selection else [])]
         if self.constraint is not None:
             parts.append("constrained")
+        if self.recipe:
+            parts.append(self.recipe)
         return " ".join(parts)
 
     def prompts(self, texts: Sequence[str]) -> list[str]:

@@ -21,10 +21,11 @@ from fewtune.job import TaskJob
 from fewtune.loaders import answerers
 from fewtune.methods import Method, any_fine_tuned
 from fewtune.plan import RunPlan, check_shots_and_sizes
-from fewtune.prompts.demos import NEAREST, DemoIndex, NearestDemos, select_demos
+from fewtune.prompts.demos import NEAREST, DemoIndex, NearestDemos, select_demos, training_demos
 from fewtune.prompts.template import OutputTemplate
 from fewtune.resume import fingerprint
 from fewtune.session import RunSession
+from fewtune.strategies.base import PLAIN_ADAPTER
 from fewtune.tasks.base import Task, TaskExample
 from fewtune.tasks.data import TaskData, prepare_task_data, stratified
 from fewtune.tasks.evaluate import (
@@ -240,7 +241,7 @@ def run_text_methods(
         reference()
     if not any_fine_tuned(methods):
         return
-    from fewtune.strategies.lora import Lora
+    from fewtune.strategies.lora import FullFineTune, Lora
 
     if not backend.capabilities.trainable:
         raise ConfigError(
@@ -248,29 +249,65 @@ def run_text_methods(
         )
 
     lead = cfg.prompt.demo_selection[0]
-    for n in cfg.lora.train_sizes:
-        names = [f"lora n={n}"] if "lora" in methods else []
-        adapter_rows = names + [f"lora+few-shot n={n} k={k}" for k in shots if "lora+few-shot" in methods]
-        if all(any(done.startswith(name) for done in session.done) for name in adapter_rows):
-            continue
-        train: list[TaskExample] = [data.pool[i] for i in stratified(data.pool, n, task, cfg.seed)]
-        lora = Lora(backend, tuned_template, cfg.lora, session.store.adapter_dir(f"lora-n{n}"), seed=cfg.seed)
-        adapter = events.training(
-            f"Training lora n={n}",
-            partial(_train, lora, train),
-        )
+    selection = lead if lead == NEAREST else "random"
+    recipe = cfg.lora.kshot_training
+    plain_kshot = "lora+few-shot" in methods and recipe in ("plain", "both")
+    demo_kshot = "lora+few-shot" in methods and recipe in ("demos", "both")
+
+    def trained(
+        strategy: Any, train: list[TaskExample], n: int, title: str, demos: Any = None
+    ) -> TextPredictor:
+        nonlocal cap
+        model, info = events.training(title, partial(_train, strategy, train, demos))
         if backend is not prompt_backend:  # the cap counts the trained model's tokens
             cap = max_new_tokens(backend, template, data.pool, cfg.seed)
-        tuned = TextPredictor(
-            "lora", adapter[0], tuned_template, cap, stop=task.stop, train_examples=n, info=adapter[1]
+        return TextPredictor(
+            strategy.method, model, tuned_template, cap, stop=task.stop, train_examples=n, info=info
         )
-        if "lora" in methods:
-            score(tuned)
-        if "lora+few-shot" in methods:
-            for k in shots:
-                score(demos_for(tuned, k, lead if lead == NEAREST else "random", "lora+few-shot"))
+
+    def prompted(tuned: TextPredictor, k: int, kshot_training: str) -> TextPredictor:
+        shown = demos_for(tuned, k, selection, "lora+few-shot")
+        return replace(
+            shown,
+            recipe=PLAIN_ADAPTER if kshot_training == "plain" else None,
+            info={**tuned.info, "kshot_training": kshot_training},
+        )
+
+    def done(name: str) -> bool:
+        return any(row.startswith(name) for row in session.done)
+
+    for n in cfg.lora.train_sizes:
+        train: list[TaskExample] = [data.pool[i] for i in stratified(data.pool, n, task, cfg.seed)]
+        plain_rows = [f"lora n={n}"] if "lora" in methods else []
+        plain_rows += [f"lora+few-shot n={n} k={k} {PLAIN_ADAPTER}" for k in shots if plain_kshot]
+        if plain_rows and not all(done(name) for name in plain_rows):
+            lora = Lora(
+                backend, tuned_template, cfg.lora, session.store.adapter_dir(f"lora-n{n}"), seed=cfg.seed
+            )
+            tuned = trained(lora, train, n, f"Training lora n={n}")
+            if "lora" in methods:
+                score(tuned)
+            for k in shots if plain_kshot else ():
+                score(prompted(tuned, k, "plain"))
+        for k in shots if demo_kshot else ():
+            if any(
+                row.startswith(f"lora+few-shot n={n} k={k}") and PLAIN_ADAPTER not in row
+                for row in session.done
+            ):
+                continue
+            shown = training_demos(train, data.pool, k, selection, cfg.seed, index)
+            folder = session.store.adapter_dir(f"lora-n{n}-k{k}")
+            lora = Lora(backend, tuned_template, cfg.lora, folder, seed=cfg.seed)
+            tuned = trained(lora, train, n, f"Training lora n={n} with {k} demos per prompt", shown)
+            score(prompted(tuned, k, "demos"))
+        if Method.FULL_FT in methods and not done(f"full-ft n={n}"):
+            full = FullFineTune(
+                backend, tuned_template, cfg.lora, session.store.adapter_dir(f"full-n{n}"), seed=cfg.seed
+            )
+            score(trained(full, train, n, f"Training full-ft n={n}"))
 
 
-def _train(lora: Any, train: Any, on_step: Any) -> tuple[Any, dict[str, Any]]:
-    """Train ``lora`` on ``train``, reporting each step to ``on_step``."""
-    return replace(lora, progress=on_step).train(train)
+def _train(strategy: Any, train: Any, demos: Any, on_step: Any) -> tuple[Any, dict[str, Any]]:
+    """Train ``strategy`` on ``train`` (``demos`` in its prompts when given), reporting each step to
+    ``on_step``."""
+    return replace(strategy, progress=on_step).train(train, demos)

@@ -1,0 +1,119 @@
+"""Training on several processes with accelerate (DDP: gloo on CPU, NCCL on GPUs; or DeepSpeed ZeRO).
+
+``accelerate launch --num_processes N [--cpu] -m fewtune run ...`` starts N copies of fewtune. The first
+(the main process) runs the whole job as usual; the others only train: each time the main process starts
+training a model it sends them what to train (:class:`TrainingOrder`: the rows, the template and the
+settings), all N train it together, each on its share of every batch, and accelerate reduces the gradients.
+Only the main process writes to the run folder. Without ``accelerate launch`` (one process) nothing here
+changes a number: :class:`Distributed` is then plain ``loss.backward()`` and ``clip_grad_norm_``.
+
+No process-group code of fewtune's own: accelerate sets the group up, wraps the model and reduces.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import cache
+from typing import Any
+
+import torch
+
+# A worker waits for the main process's next order while it scores the test rows; gloo's default 30-minute
+# timeout would end a long scoring step's workers.
+ORDER_TIMEOUT = timedelta(hours=24)
+
+
+def launched_processes() -> int:
+    """How many processes ``accelerate launch`` (or torchrun) started; 1 when fewtune runs on its own."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+@dataclass
+class TrainingOrder:
+    """What the main process asks every process to train: enough to build the same strategy on each."""
+
+    kind: str
+    """"lora" or "full"."""
+    settings: dict[str, Any]
+    """The strategy's fields other than the backend and the progress callback."""
+    train: Sequence[Any]
+    demos: Sequence[Sequence[Any]] | None
+
+
+class Distributed:
+    """One process, or this process's place among those ``accelerate launch`` started."""
+
+    def __init__(self, accelerator: Any | None = None) -> None:
+        self.accelerator = accelerator
+        self.processes = accelerator.num_processes if accelerator else 1
+        self.rank = accelerator.process_index if accelerator else 0
+        self.main = self.rank == 0
+        self.deepspeed = bool(accelerator and accelerator.state.deepspeed_plugin is not None)
+        # A ZeRO-3 state dict must be gathered from every process, which a checkpoint taken by the main
+        # process's clock alone cannot do: DeepSpeed runs are not checkpointed mid-training.
+        self.checkpoints = not self.deepspeed
+
+    @staticmethod
+    @cache
+    def current() -> Distributed:
+        if launched_processes() <= 1:
+            return Distributed()
+        from accelerate import Accelerator
+        from accelerate.utils import InitProcessGroupKwargs
+
+        return Distributed(Accelerator(kwargs_handlers=[InitProcessGroupKwargs(timeout=ORDER_TIMEOUT)]))
+
+    def prepare(self, module: torch.nn.Module, optimizer: Any) -> tuple[Any, Any]:
+        """The module and optimizer as accelerate wraps them (DDP, or a DeepSpeed engine)."""
+        if self.accelerator is None:
+            return module, optimizer
+        if self.deepspeed:
+            module, optimizer = self.accelerator.prepare(module, optimizer)
+            return module, optimizer
+        return self.accelerator.prepare_model(module), optimizer
+
+    def share(self, batch: Sequence[int]) -> list[int]:
+        """This process's rows of a batch (every process sees the same seeded batches)."""
+        return list(batch[self.rank :: self.processes])
+
+    def backward(self, loss: torch.Tensor) -> None:
+        if self.accelerator is None:
+            loss.backward()
+        else:
+            self.accelerator.backward(loss)
+
+    def clip(self, params: Sequence[torch.Tensor], max_norm: float) -> None:
+        if self.accelerator is None:
+            torch.nn.utils.clip_grad_norm_(params, max_norm)
+        elif not self.deepspeed:  # DeepSpeed clips by its config's gradient_clipping
+            self.accelerator.clip_grad_norm_(params, max_norm)
+
+    def gathered_state(self, prepared: Any) -> dict[str, Any] | None:
+        """Under DeepSpeed, the whole state dict of the prepared module, gathered from every process (in
+        16-bit, as ZeRO-3's ``stage3_gather_16bit_weights_on_model_save`` asks), on the main process (None
+        elsewhere). Every process must call it. ZeRO-3 once saved empty adapters without this gather."""
+        assert self.accelerator is not None
+        state = self.accelerator.get_state_dict(prepared)
+        return dict(state) if self.main else None
+
+    def order(self, order: TrainingOrder | None) -> None:
+        """Main process: tell the other processes what to train next (None: the run is over)."""
+        if self.processes > 1 and self.main:
+            from accelerate.utils import broadcast_object_list
+
+            broadcast_object_list([order], from_process=0)
+
+    def next_order(self) -> TrainingOrder | None:
+        """Other processes: wait for the main process's next order."""
+        from accelerate.utils import broadcast_object_list
+
+        received: list[Any] = [None]
+        broadcast_object_list(received, from_process=0)
+        return received[0]
+
+    def wait(self) -> None:
+        if self.accelerator is not None:
+            self.accelerator.wait_for_everyone()

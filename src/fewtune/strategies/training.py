@@ -1,0 +1,230 @@
+"""The training loop LoRA and full fine-tuning share: loss on the answer tokens only, seeded, resumable.
+
+The loop projects onto the vocabulary only at the positions that predict answer tokens (a few per
+example) instead of every position, which is most of a small model's training FLOPs with Gemma's 262k
+vocabulary. Batches are length-grouped and padded only to their own longest example. Under
+``accelerate launch`` (see :mod:`fewtune.strategies.distributed`) each process takes its share of every
+batch and accelerate's DDP (or DeepSpeed) reduces the gradients, so the update is the one-process update up
+to the order of floating-point sums.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from fewtune.data.load import Example
+from fewtune.strategies.checkpoint import Progress, load_checkpoint, save_checkpoint
+from fewtune.strategies.distributed import Distributed
+from fewtune.sysinfo import PeakMemory
+
+# Length grouping: shuffle, cut into windows of this many batches, sort each window by length.
+LENGTH_GROUP_BATCHES = 32
+WARMUP_RATIO = 0.1
+
+
+def _batches(
+    lengths: Sequence[int], batch_size: int, rng: random.Random, sample_weights: Sequence[float] | None = None
+) -> list[list[int]]:
+    """One epoch's batches: a shuffled order (or, with ``sample_weights``, as many rows drawn with
+    replacement in proportion to their weights), cut into length-sorted windows."""
+    if sample_weights is None:
+        order = list(range(len(lengths)))
+        rng.shuffle(order)
+    else:
+        order = rng.choices(range(len(lengths)), weights=sample_weights, k=len(lengths))
+    window = batch_size * LENGTH_GROUP_BATCHES
+    batches = []
+    for start in range(0, len(order), window):
+        group = sorted(order[start : start + window], key=lambda i: lengths[i])
+        batches += [group[i : i + batch_size] for i in range(0, len(group), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def _collate(
+    features: Sequence[tuple[list[int], list[int]]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-pad prompt+answer; return ids, mask, positions predicting answer tokens, and those tokens."""
+    width = max(len(p) + len(a) for p, a in features)
+    ids = torch.full((len(features), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(features), width), dtype=torch.long)
+    predict_at = torch.zeros((len(features), width), dtype=torch.bool)
+    targets = []
+    for i, (prompt, answer) in enumerate(features):
+        seq = prompt + answer
+        ids[i, : len(seq)] = torch.tensor(seq)
+        mask[i, : len(seq)] = 1
+        predict_at[i, len(prompt) - 1 : len(seq) - 1] = True
+        targets += answer
+    return ids, mask, predict_at, torch.tensor(targets)
+
+
+def example_weights(labels: Sequence[str], balanced: bool) -> list[float]:
+    """Weight of each training example: 1, or scikit-learn's "balanced" inverse class frequency
+    ``n / (classes x count(label))``, so every class carries the same total weight (King & Zeng 2001)."""
+    if not balanced:
+        return [1.0] * len(labels)
+    from sklearn.utils.class_weight import compute_class_weight
+
+    classes = sorted(set(labels))
+    values = compute_class_weight("balanced", classes=np.array(classes), y=np.array(labels))
+    by_label = dict(zip(classes, values.tolist(), strict=True))
+    return [by_label[label] for label in labels]
+
+
+def answer_loss(log_probs: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Weighted mean negative log-likelihood of the answer tokens; each token carries its example's weight."""
+    losses = torch.nn.functional.nll_loss(log_probs, targets, reduction="none")
+    return (losses * weights).sum() / weights.sum()
+
+
+class TrainingTemplate(Protocol):
+    """What training needs of a template: the prompt for an input and the answer text after it."""
+
+    def render(self, text: str, demos: Sequence[Example] = ()) -> str: ...
+
+    def continuation(self, label: str) -> str: ...
+
+
+class AnswerLogProbs(torch.nn.Module):
+    """The trained model as one module: log-probabilities at the positions that predict answer tokens.
+
+    One module, so that accelerate's DDP (or DeepSpeed) wraps every trained weight, the output layer's
+    included when it is trained (full fine-tuning of a model with tied embeddings)."""
+
+    def __init__(self, model: Any, decoder: Any, softcap: float | None) -> None:
+        super().__init__()
+        self.model = model
+        self.decoder = decoder
+        self.softcap = softcap
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, predict_at: torch.Tensor) -> torch.Tensor:
+        hidden = self.decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        logits = self.model.get_output_embeddings()(hidden[predict_at]).float()
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return torch.log_softmax(logits, dim=-1)
+
+
+@dataclass
+class Schedule:
+    """How a model is trained: passes, batch size, peak learning rate and class balancing."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    class_balance: str
+
+
+@dataclass
+class Trained:
+    """What one training run measured."""
+
+    done: Progress
+    seconds: float
+    total_steps: int
+    resumed_at: int
+    peak_bytes: int | None
+    mean_length: float
+    prepared: Any = None
+    """The module as accelerate wrapped it (DDP, a DeepSpeed engine), or the module itself."""
+
+
+@dataclass
+class TrainingLoop:
+    """Trains ``module``'s trainable weights on ``features`` under ``schedule``, checkpointing into
+    ``folder`` through ``state`` / ``restore`` (the trained weights' state dict, and how to load one)."""
+
+    module: AnswerLogProbs
+    schedule: Schedule
+    features: list[tuple[list[int], list[int]]]
+    labels: list[str]
+    pad_id: int
+    device: Any
+    seed: int
+    folder: Path
+    key: str
+    state: Callable[[], dict[str, Any]]
+    restore: Callable[[dict[str, Any]], None]
+    progress: Callable[[int, int, float], None] | None = None
+    checkpoint_seconds: float = 60.0
+
+    def run(self) -> Trained:
+        s = self.schedule
+        rng = random.Random(self.seed)
+        balance = s.class_balance
+        inverse_frequency = example_weights(self.labels, balance != "none")
+        # "loss" weights each example's answer loss; "sampling" draws class-balanced batches (with
+        # replacement), so a 5% class appears in most batches instead of a few.
+        weights = inverse_frequency if balance == "loss" else [1.0] * len(self.labels)
+        draw = inverse_frequency if balance == "sampling" else None
+        features = self.features
+        lengths = [len(p) + len(a) for p, a in features]
+        total_steps = -(-len(features) // s.batch_size) * s.epochs
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=0.0)
+        from transformers import get_linear_schedule_with_warmup
+
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(WARMUP_RATIO * total_steps), total_steps)
+        dist = Distributed.current()
+        done = load_checkpoint(self.folder, self.key, self.restore, optimizer, scheduler)
+        resumed_at = done.step
+        module, optimizer = dist.prepare(self.module, optimizer)
+        module.train()
+        step, saved_at = 0, time.perf_counter()
+        with PeakMemory(self.device) as peak:
+            start = time.perf_counter()
+            for _ in range(s.epochs):
+                for batch in _batches(lengths, s.batch_size, rng, draw):
+                    step += 1
+                    if step <= done.step:
+                        continue  # trained before the run was interrupted: replay the seeded order only
+                    batch_tokens = sum(len(features[i][1]) for i in batch)
+                    total_weight = sum(weights[i] * len(features[i][1]) for i in batch)
+                    mine = dist.share(batch)
+                    rows = mine or batch[:1]  # a process with no rows still joins the gradient reduction
+                    ids, mask, predict_at, targets = _collate([features[i] for i in rows], self.pad_id)
+                    ids, mask = ids.to(self.device), mask.to(self.device)
+                    log_probs = module(ids, mask, predict_at.to(self.device))
+                    token_weights = torch.tensor(
+                        [weights[i] * bool(mine) for i in rows for _ in features[i][1]], device=self.device
+                    )
+                    if dist.processes == 1:
+                        loss = answer_loss(log_probs, targets.to(self.device), token_weights)
+                    else:  # this share's part of the batch's weighted mean; DDP averages over processes
+                        losses = torch.nn.functional.nll_loss(
+                            log_probs, targets.to(self.device), reduction="none"
+                        )
+                        loss = (losses * token_weights).sum() / total_weight * dist.processes
+                    dist.backward(loss)
+                    dist.clip(params, 1.0)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    done.step = step
+                    done.tokens += sum(lengths[i] for i in batch)
+                    done.answer_tokens += batch_tokens
+                    if self.progress and dist.main:  # this process's share of the batch's loss
+                        self.progress(step, total_steps, loss.item() / dist.processes)
+                    if (
+                        dist.checkpoints
+                        and step < total_steps
+                        and time.perf_counter() - saved_at >= self.checkpoint_seconds
+                    ):
+                        done.seconds += time.perf_counter() - start
+                        start = saved_at = time.perf_counter()
+                        if dist.main:
+                            save_checkpoint(self.folder, self.key, self.state(), optimizer, scheduler, done)
+            seconds = done.seconds + time.perf_counter() - start
+        self.module.eval()
+        return Trained(
+            done, seconds, total_steps, resumed_at, peak.bytes, sum(lengths) / len(lengths), module
+        )
