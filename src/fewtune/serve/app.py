@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -42,6 +42,9 @@ from fewtune.serve.protocol import (
     chat_response,
     completion_response,
 )
+
+if TYPE_CHECKING:
+    from fewtune.serve.finetune.service import FineTuning
 
 T = TypeVar("T")
 
@@ -142,13 +145,15 @@ def create_app(
     limits: Limits | None = None,
     hosts: Sequence[str] = (),
     canary: Canary | None = None,
+    finetune: FineTuning | None = None,
 ) -> FastAPI:
     """The server's ASGI app over ``engine``; starts the engine's worker with the app, closes it after.
 
     ``api_key`` None serves ``/v1`` without authentication (the CLI allows that only on loopback).
     ``request_log`` None writes no request log. ``hosts``: Host names answered besides the loopback ones
     when there is no key. ``canary``: the run's methods served by name and the routes over them
-    (:mod:`fewtune.serve.canary`).
+    (:mod:`fewtune.serve.canary`). ``finetune``: the Files and Fine-tuning APIs
+    (:mod:`fewtune.serve.finetune`), started after the engine and closed before it.
     """
     metrics = Metrics()
     log = RequestLog(request_log)
@@ -159,7 +164,11 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine.start()
+        if finetune is not None:
+            await asyncio.to_thread(finetune.start)
         yield
+        if finetune is not None:
+            await asyncio.to_thread(finetune.close)
         if canary is not None:
             await canary.close()
         await asyncio.to_thread(engine.close)
@@ -306,4 +315,8 @@ def create_app(
 
     if canary is not None:
         add_canary_routes(app, canary)
+    if finetune is not None:
+        from fewtune.serve.finetune.routes import finetune_router
+
+        app.include_router(finetune_router(finetune))
     return app

@@ -21,9 +21,12 @@ from fewtune.serve.limits import Limits
 if TYPE_CHECKING:
     from fewtune.serve.canary import Canary
     from fewtune.serve.engine import Engine
+    from fewtune.serve.finetune.service import FineTuning
 
 API_KEY_ENV = "FEWTUNE_API_KEY"
 REQUEST_LOG_NAME = "requests.jsonl"
+FINETUNE_DIR_NAME = "finetune"
+"""The fine-tuning API's state folder in a run folder (``./fewtune-finetune`` without one)."""
 
 
 @dataclass
@@ -78,7 +81,11 @@ class ServeArgs:
     feedback_log: Path | None = None
     """JSON-lines log of /v1/feedback answers (default: RUN_DIR/feedback.jsonl)."""
     costs: str | None = None
-    """Price table for each routed request's cost (a preset or YAML file; default: the run's)."""
+    """Price table for each routed request's cost (a preset or YAML file; default: the run's) and for the
+    fine-tuning jobs' comparisons (default: auto)."""
+    finetune_dir: Path | None = None
+    """Where /v1/files and /v1/fine_tuning keep uploaded files, jobs, their events and adapters across
+    restarts (default: RUN_DIR/finetune, else ./fewtune-finetune)."""
 
 
 @dataclass
@@ -104,6 +111,10 @@ class ServeSettings:
     """Where ``/v1/load_lora_adapter`` loads from, and the rank and count limits."""
     canary: Canary | None = None
     """The run's methods served by name, and the canary routes over them."""
+    finetune_dir: Path = field(default_factory=lambda: Path("fewtune-finetune"))
+    """The fine-tuning API's state folder (files, jobs, events, adapters)."""
+    costs: str | None = None
+    """The price table of the fine-tuning jobs' comparisons (a preset, a YAML file, or None: auto)."""
 
 
 def is_loopback(host: str) -> bool:
@@ -201,6 +212,7 @@ def settings_from_cli(
     routes_file: Path | None = None,
     feedback_log: Path | None = None,
     costs: str | None = None,
+    finetune_dir: Path | None = None,
 ) -> ServeSettings:
     """Check every ``fewtune serve`` option (before any model loads) and resolve the defaults."""
     key = check_auth(host, api_key, no_auth)
@@ -262,6 +274,14 @@ def settings_from_cli(
     if taken:
         raise ConfigError(f"--route {sorted(taken)[0]}: the name is already a model or adapter name")
     canary = build_canary(run_dir, adapters, routes, routes_file, feedback_log, costs, request_timeout_s)
+    if finetune_dir is None:
+        finetune_dir = run_dir / FINETUNE_DIR_NAME if run_dir is not None else Path.cwd() / "fewtune-finetune"
+    if finetune_dir.exists() and not finetune_dir.is_dir():
+        raise ConfigError(f"--finetune-dir {finetune_dir} is a file; give a folder")
+    if costs is not None:
+        from fewtune.cost import load_price_table
+
+        load_price_table(costs)  # a bad --costs file fails now, not at a job's end
     return ServeSettings(
         model=model,
         served_name=served,
@@ -276,6 +296,8 @@ def settings_from_cli(
         allowed_hosts=[*hosts, *([host] if is_loopback(host) else [])],
         adapter_policy=AdapterPolicy.of(roots, max_rank=max_lora_rank, max_adapters=max_adapters),
         canary=canary,
+        finetune_dir=finetune_dir,
+        costs=costs,
     )
 
 
@@ -295,6 +317,26 @@ def build_engine(settings: ServeSettings) -> Engine:
     return Engine(adapters, max_batch=settings.max_batch, batch_wait_ms=settings.batch_wait_ms)
 
 
+def build_finetune(settings: ServeSettings, engine: Engine) -> FineTuning:
+    """The fine-tuning API over ``engine``: its state folder, and a fresh copy of the base model for each
+    job's training (loaded by the job, so the engine's own copy keeps serving)."""
+    from fewtune.backends.hf import HFBackend
+    from fewtune.backends.models import load_model, resolve_model
+    from fewtune.cost import load_price_table
+    from fewtune.serve.finetune.service import FineTuning
+    from fewtune.serve.finetune.state import FineTuneStore
+
+    folder = resolve_model(settings.model)
+
+    def fresh_base() -> HFBackend:
+        model, tokenizer = load_model(folder)
+        return HFBackend(model, tokenizer, name=settings.served_name, source=str(folder))
+
+    device = str(getattr(engine.adapters.model, "device", "cpu"))
+    prices = load_price_table(settings.costs, device)
+    return FineTuning(FineTuneStore(settings.finetune_dir), engine, fresh_base, prices)
+
+
 def serve(settings: ServeSettings, say: Callable[[str], None] = print) -> None:
     """Load everything, then serve until interrupted (Ctrl-C or SIGTERM: uvicorn finishes the requests
     under way, then stops)."""
@@ -303,6 +345,7 @@ def serve(settings: ServeSettings, say: Callable[[str], None] = print) -> None:
     from fewtune.serve.app import create_app
 
     engine = build_engine(settings)
+    finetune = build_finetune(settings, engine)
     app = create_app(
         engine,
         api_key=settings.api_key,
@@ -310,11 +353,13 @@ def serve(settings: ServeSettings, say: Callable[[str], None] = print) -> None:
         limits=settings.limits,
         hosts=settings.allowed_hosts,
         canary=settings.canary,
+        finetune=finetune,
     )
     methods = settings.canary.names() if settings.canary else []
     names = ", ".join([settings.served_name, *settings.adapters, *methods])
     auth = "API key required" if settings.api_key else "no authentication (loopback only)"
     say(f"serving {names} at http://{settings.host}:{settings.port}/v1 ({auth}; log: {settings.request_log})")
+    say(f"fine-tuning API at /v1/fine_tuning/jobs (jobs, files and adapters in {settings.finetune_dir})")
     # uvicorn re-raises the signal it shut down on (Ctrl-C, SIGTERM); stopping is the normal end here.
     with contextlib.suppress(KeyboardInterrupt):
         uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
