@@ -94,6 +94,8 @@ class HostedAPI:
                 code = err.code if isinstance(err.code, str) else None
                 raise Refused(f"{where}: HTTP {status}: {message}", status, code) from None
             raise ServerFailed(f"{where}: HTTP {status}: {message}") from None
+        except openai.APIError as err:  # an answer the client could not read as the API's
+            raise ServerFailed(f"{where}: {type(err).__name__}: {_one_line(str(err))}") from None
 
     # -- files ----------------------------------------------------------------------------------------
     def upload(self, filename: str, content: bytes) -> str:
