@@ -178,6 +178,10 @@ class ClassificationJob(TaskJob):
             run_prompt_set(pset, data.test, cfg, session.record, with_progress)
         if Method.REFERENCE in methods and embedder is not None:
             self._run_reference(session, embedder)
+        if Method.HOSTED_FT in methods:  # a fine-tuning API's job, scored there (fewtune.hosted)
+            from fewtune.hosted.run import hosted_rows
+
+            hosted_rows(session, cfg, data, template, events)
         if not any_fine_tuned(methods):
             return
         from fewtune.strategies.lora import FullFineTune, Lora

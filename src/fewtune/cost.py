@@ -260,10 +260,15 @@ def per_request_cost(row: MethodRow, prices: PriceTable) -> tuple[float, str]:
 
 
 def training_compute_cost(row: MethodRow, prices: PriceTable) -> float:
+    """Training tokens x the per-token training price when the table has one (a hosted-ft row's
+    ``trained_tokens`` as its provider billed them, else measured seconds x tokens per second), else
+    training seconds x the training machine's $/hour."""
     seconds = float(row.get("train_seconds") or 0)
+    trained = row.get("trained_tokens")
     tokens_per_second = row.get("train_tokens_per_second")
-    if prices.training_dollars_per_million_tokens is not None and tokens_per_second:
-        return seconds * tokens_per_second / TOKENS_PER_MILLION * prices.training_dollars_per_million_tokens
+    tokens = float(trained) if trained is not None else seconds * float(tokens_per_second or 0)
+    if prices.training_dollars_per_million_tokens is not None and tokens:
+        return tokens / TOKENS_PER_MILLION * prices.training_dollars_per_million_tokens
     return seconds / SECONDS_PER_HOUR * prices.training_dollars_per_hour
 
 

@@ -157,7 +157,8 @@ class MethodRow(TypedDict, total=False):
     """Extraction and generation: the cap on new tokens (1.25x the longest pool target)."""
     # training
     train_seconds: float | None
-    """Training wall time; null for prompting rows. After a --resume it adds both parts' time."""
+    """Training wall time (hosted-ft: the job's, created to finished, queueing included); null for prompting
+    rows. After a --resume it adds both parts' time."""
     train_tokens_per_second: float
     """Training tokens per second."""
     train_flops_per_token: float
@@ -189,6 +190,26 @@ class MethodRow(TypedDict, total=False):
     row's adapter, trained without demos; the row's name ends in plain-adapter)."""
     quantization: str
     """QLoRA rows: the base model's 4-bit quantization (nf4), absent otherwise."""
+    # hosted-ft rows
+    fine_tuned_model: str
+    """hosted-ft: the fine-tuning job's model (``ft:BASE:ORG:SUFFIX:ID``), scored through the endpoint."""
+    fine_tuning_job: str
+    """hosted-ft: the job's id (also in adapters/hosted-ft-n<N>/job.json, which --resume follows)."""
+    hosted_endpoint: str
+    """hosted-ft: the fine-tuning API's base URL."""
+    trained_tokens: int | None
+    """hosted-ft: the tokens the job trained on as the provider counts them (its bill's unit)."""
+    hosted_hyperparameters: dict[str, Any]
+    """hosted-ft: the job's n_epochs, batch_size and learning_rate_multiplier as the provider chose them."""
+    validation_examples: int
+    """hosted-ft: pool rows (never test rows) sent as the job's validation file."""
+    hosted_result_files: list[str]
+    """hosted-ft: the job's result files, saved in adapters/hosted-ft-n<N>/."""
+    hosted_comparison: dict[str, Any]
+    """hosted-ft on fewtune serve: its result file's held-out comparison against few-shot prompting on the
+    validation rows ``{verdict, metric, rows, few_shot, fine_tuned, file}``."""
+    hosted_usage: dict[str, int]
+    """hosted-ft: the prompt and completion tokens the endpoint reported for this row's requests."""
     # prompt
     demos: list[dict[str, str]]
     """The demos shown (first draw): ``[{text, label}]``; extraction and generation ``[{text, output}]``."""
