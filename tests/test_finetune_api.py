@@ -23,6 +23,7 @@ from tiny import tiny_model, tiny_tokenizer
 from fewtune.backends.hf import HFBackend
 from fewtune.cost import load_price_table
 from fewtune.errors import ModelError
+from fewtune.http_client import httpx
 from fewtune.serve.adapters import AdapterSet
 from fewtune.serve.app import create_app
 from fewtune.serve.engine import Engine
@@ -527,3 +528,11 @@ def test_no_job_request_or_upload_gets_a_server_error(server: Server) -> None:
 
     send()
     assert len(statuses) == 180 and statuses.count(400) > 100
+
+
+def test_fine_tuning_routes_have_their_own_metrics_labels(server: Server, trained: Any) -> None:
+    """/metrics counts /v1/fine_tuning/jobs/{id}/... under its collection: a label per route, not per job."""
+    server.client().fine_tuning.jobs.retrieve(trained.id)
+    text = httpx.get(f"{server.url}/metrics", timeout=30).text
+    assert 'endpoint="/v1/fine_tuning/jobs"' in text and 'endpoint="/v1/files"' in text
+    assert trained.id not in text

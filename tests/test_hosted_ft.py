@@ -23,7 +23,7 @@ from fewtune.embeddings import FakeEmbedder
 from fewtune.errors import ConfigError, ModelError
 from fewtune.events import QuietEvents, TrainStep
 from fewtune.hosted.api import HostedAPI, JobFailed, NoFineTuningAPI
-from fewtune.hosted.run import chat_jsonl, check_hosted
+from fewtune.hosted.run import chat_jsonl
 from fewtune.loaders import load_backend
 from fewtune.pipeline import run_pipeline
 from fewtune.plan import load_data
@@ -181,11 +181,25 @@ def test_an_interrupted_run_follows_the_same_job_after_resume(tmp_path: Path, ti
     assert results["status"] == "complete" and row["fine_tuning_job"] == recorded
 
 
-def test_hosted_ft_without_an_endpoint_is_refused_in_one_line(tmp_path: Path) -> None:
+def no_model(cfg: RunConfig, events: Any) -> Any:
+    raise AssertionError("a run refused by its settings loaded a model")
+
+
+def test_hosted_ft_without_an_endpoint_is_refused_before_any_model_loads(tmp_path: Path) -> None:
     cfg = run_config(tmp_path, "http://127.0.0.1:1/v1#m")
     cfg.hosted.endpoint = None
     with pytest.raises(ConfigError, match="--methods hosted-ft needs --hosted-endpoint URL#BASE_MODEL"):
-        check_hosted(cfg)
+        run_pipeline(cfg, QuietEvents(), no_model, fake_embedder)
+    assert not (tmp_path / "run" / "predictions.jsonl").exists()
+
+
+def test_hosted_ft_on_an_open_output_task_is_one_line(tmp_path: Path) -> None:
+    rows = [{"text": f"book a table for {i}", "target": f"party_size={i}"} for i in range(30)]
+    cfg = run_config(tmp_path, "http://127.0.0.1:1/v1#m")
+    cfg.data.data = str(write_jsonl(tmp_path / "gen.jsonl", rows))
+    cfg.data.test, cfg.data.task, cfg.data.label_field = None, "generation", "target"
+    with pytest.raises(ConfigError, match="hosted-ft is built for classification so far; generation runs"):
+        run_pipeline(cfg, QuietEvents(), no_model, fake_embedder)
 
 
 def test_an_endpoint_without_a_fine_tuning_api_is_one_line(tmp_path: Path, tiny_model_dir: Path) -> None:

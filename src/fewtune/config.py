@@ -254,9 +254,9 @@ class HostedArgs:
     https://api.openai.com/v1#gpt-4.1-mini-2025-04-14, or http://127.0.0.1:8000/v1#gemma-3-270m for a local
     fewtune serve); its key is read from --api-key-env."""
     n_epochs: int | None = None
-    """Epochs the job trains; None = the provider's choice (fewtune serve: --epochs)."""
+    """Epochs the job trains; None = the provider's choice (fewtune serve: its LoRA default, 2)."""
     batch_size: int | None = None
-    """Training batch size of the job; None = the provider's choice."""
+    """Training batch size of the job; None = the provider's choice (fewtune serve: 8)."""
     learning_rate_multiplier: float | None = None
     """Multiplier of the provider's base learning rate; None = the provider's choice."""
     suffix: str = "fewtune"

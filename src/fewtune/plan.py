@@ -126,7 +126,17 @@ def check_plan(cfg: RunConfig, data: PreparedData) -> None:
         raise ConfigError(
             "--calibrate needs label log-likelihoods; it does not apply to --label-scoring generate"
         )
+    check_hosted(cfg)
     check_shots_and_sizes(cfg, data.report.pool_size)
+
+
+def check_hosted(cfg: RunConfig) -> None:
+    """A run asking for hosted-ft names its fine-tuning API (``--hosted-endpoint URL#BASE_MODEL``)."""
+    if Method.HOSTED_FT in cfg.eval.methods and not cfg.hosted.endpoint:
+        raise ConfigError(
+            "--methods hosted-ft needs --hosted-endpoint URL#BASE_MODEL, the fine-tuning API and the model "
+            "to fine-tune (e.g. http://127.0.0.1:8000/v1#gemma-3-270m for a local fewtune serve)"
+        )
 
 
 def check_shots_and_sizes(cfg: RunConfig, pool: int) -> None:

@@ -26,10 +26,10 @@ from typing import Any
 from fewtune.config import RunConfig
 from fewtune.data.load import Example
 from fewtune.data.split import PreparedData, stratified_sample
-from fewtune.errors import ConfigError
 from fewtune.events import RunEvents, TrainStep
 from fewtune.hosted.api import FINISHED, HostedAPI, JobFailed, job_error
 from fewtune.methods import Method
+from fewtune.plan import check_hosted
 from fewtune.prompts.template import PromptTemplate
 from fewtune.session import RunSession
 from fewtune.store import write_json_atomic
@@ -57,15 +57,6 @@ def chat_jsonl(examples: Sequence[Example], template: PromptTemplate) -> bytes:
         for ex in examples
     ]
     return ("\n".join(lines) + "\n").encode("utf-8")
-
-
-def check_hosted(cfg: RunConfig) -> None:
-    """A run asking for hosted-ft names its fine-tuning API (``--hosted-endpoint URL#BASE_MODEL``)."""
-    if Method.HOSTED_FT in cfg.eval.methods and not cfg.hosted.endpoint:
-        raise ConfigError(
-            "--methods hosted-ft needs --hosted-endpoint URL#BASE_MODEL, the fine-tuning API and the model "
-            "to fine-tune (e.g. http://127.0.0.1:8000/v1#gemma-3-270m for a local fewtune serve)"
-        )
 
 
 def _read_state(path: Path) -> dict[str, Any]:

@@ -31,6 +31,21 @@ ENDPOINTS = frozenset(
         "/v1/unload_lora_adapter",
     }
 )
+# Routes with an id in the path (/v1/files/{id}, /v1/fine_tuning/jobs/{id}/events, ...) are counted under
+# their collection, so /metrics keeps one label per route rather than one per job.
+COLLECTIONS = ("/v1/fine_tuning/jobs", "/v1/files")
+
+
+def endpoint_label(path: str) -> str:
+    """The /metrics label of a request path: a known endpoint, its collection, or "other"."""
+    if path in ENDPOINTS:
+        return path
+    for prefix in COLLECTIONS:
+        if path == prefix or path.startswith(prefix + "/"):
+            return prefix
+    return "other"
+
+
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 """The Host names a server without an API key answers by default."""
 
@@ -119,7 +134,7 @@ class Guard:
             await (refused.response() if refused else self.app)(scope, receive, send)
             return
         start = time.perf_counter()
-        endpoint = scope["path"] if scope["path"] in ENDPOINTS else "other"
+        endpoint = endpoint_label(scope["path"])
         record = RequestRecord()
         scope[RECORD_KEY] = record
         status = 500

@@ -51,6 +51,10 @@ def check_text_plan(cfg: RunConfig, task: Task) -> None:
         raise ConfigError("--constrained needs an output schema: it applies to --task extraction")
     if cfg.prompt.calibrate or cfg.prompt.label_names:
         raise ConfigError(f"--calibrate and --label-names apply to classification, not {task.name}")
+    if Method.HOSTED_FT in cfg.eval.methods:
+        raise ConfigError(
+            f"--methods hosted-ft is built for classification so far; {task.name} runs cannot use it yet"
+        )
 
 
 class TextJob(TaskJob):
