@@ -1,6 +1,7 @@
 """Training on several processes with accelerate (DDP: gloo on CPU, NCCL on GPUs; or DeepSpeed ZeRO).
 
-``accelerate launch --num_processes N [--cpu] -m fewtune run ...`` starts N copies of fewtune. The first
+``accelerate launch --multi_gpu --num_processes N -m fewtune run ...`` (or ``torchrun --nproc_per_node N -m
+fewtune run ...``) starts N copies of fewtune, on GPUs or, on a machine without one, on CPU cores. The first
 (the main process) runs the whole job as usual; the others only train: each time the main process starts
 training a model it sends them what to train (:class:`TrainingOrder`: the rows, the template and the
 settings), all N train it together, each on its share of every batch, and accelerate reduces the gradients.
@@ -20,6 +21,8 @@ from functools import cache
 from typing import Any
 
 import torch
+
+from fewtune.errors import ConfigError
 
 # A worker waits for the main process's next order while it scores the test rows; gloo's default 30-minute
 # timeout would end a long scoring step's workers.
@@ -64,13 +67,30 @@ class Distributed:
         from accelerate import Accelerator
         from accelerate.utils import InitProcessGroupKwargs
 
-        return Distributed(Accelerator(kwargs_handlers=[InitProcessGroupKwargs(timeout=ORDER_TIMEOUT)]))
+        # accelerate sets up a gloo group on CPU only when asked for the CPU: without cpu=True, processes
+        # that torchrun (or ``accelerate launch --multi_gpu``) started on a machine with no accelerator would
+        # each think it is alone and each run the whole job into the same folder.
+        on_cpu = not torch.accelerator.is_available()
+        handlers = [InitProcessGroupKwargs(timeout=ORDER_TIMEOUT)]
+        accelerator = Accelerator(cpu=on_cpu, kwargs_handlers=handlers)
+        if accelerator.num_processes != launched_processes():
+            raise ConfigError(
+                f"{launched_processes()} processes were launched (WORLD_SIZE) but accelerate set up "
+                f"{accelerator.num_processes}; launch with a config whose distributed_type fits this machine"
+            )
+        return Distributed(accelerator)
 
-    def prepare(self, module: torch.nn.Module, optimizer: Any) -> tuple[Any, Any]:
-        """The module and optimizer as accelerate wraps them (DDP, or a DeepSpeed engine)."""
+    def prepare(self, module: torch.nn.Module, optimizer: Any, batch_size: int) -> tuple[Any, Any]:
+        """The module and optimizer as accelerate wraps them (DDP, or a DeepSpeed engine).
+
+        fewtune hands accelerate no DataLoader, so DeepSpeed's micro-batch size (``auto`` in an accelerate
+        config) is set here: this process's share of a ``batch_size`` batch."""
         if self.accelerator is None:
             return module, optimizer
         if self.deepspeed:
+            config = self.accelerator.state.deepspeed_plugin.deepspeed_config
+            if config.get("train_micro_batch_size_per_gpu", "auto") == "auto":
+                config["train_micro_batch_size_per_gpu"] = max(1, -(-batch_size // self.processes))
             module, optimizer = self.accelerator.prepare(module, optimizer)
             return module, optimizer
         return self.accelerator.prepare_model(module), optimizer

@@ -177,7 +177,7 @@ class TrainingLoop:
         dist = Distributed.current()
         done = load_checkpoint(self.folder, self.key, self.restore, optimizer, scheduler)
         resumed_at = done.step
-        module, optimizer = dist.prepare(self.module, optimizer)
+        module, optimizer = dist.prepare(self.module, optimizer, s.batch_size)
         module.train()
         step, saved_at = 0, time.perf_counter()
         with PeakMemory(self.device) as peak:
