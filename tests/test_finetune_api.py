@@ -6,102 +6,31 @@ from __future__ import annotations
 import json
 import math
 import re
-import threading
 import time
-import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import openai
 import pytest
-import torch
-from servers import serving
-from tiny import tiny_model, tiny_tokenizer
+from finetune_server import (
+    BASE,
+    BATCH,
+    EPOCHS,
+    KEY,
+    LABELS,
+    ROWS,
+    Server,
+    chat_file,
+    chat_lines,
+    prompt,
+    reference_model,
+    running,
+    token_log_probs,
+)
+from tiny import tiny_model
 
 from fewtune.backends.hf import HFBackend
-from fewtune.cost import load_price_table
-from fewtune.errors import ModelError
 from fewtune.http_client import httpx
-from fewtune.serve.adapters import AdapterSet
-from fewtune.serve.app import create_app
-from fewtune.serve.engine import Engine
-from fewtune.serve.finetune.service import FineTuning, adapter_folder
-from fewtune.serve.finetune.state import FineTuneStore
-
-KEY = "ft-test-key"
-BASE = "tiny-base"
-HEAD = "Classify the input into exactly one label.\nLabels: negative, positive\n"
-HEAD += "Answer with the label only.\n---\n"
-WORDS = {" positive": "the film is great fun", " negative": "a dull and tired story"}
-LABELS = [" negative", " positive"]
-ROWS = 12
-EPOCHS, BATCH = 2, 4
-
-
-def prompt(text: str) -> str:
-    return f"{HEAD}Input: {text}\nOutput:"
-
-
-def chat_lines(rows: int, offset: int = 0) -> list[dict[str, Any]]:
-    lines = []
-    for i in range(offset, offset + rows):
-        answer = LABELS[(i + 1) % 2]
-        user = {"role": "user", "content": prompt(f"{WORDS[answer]} {i}")}
-        lines.append({"messages": [user, {"role": "assistant", "content": answer}]})
-    return lines
-
-
-def chat_file(rows: int = ROWS, offset: int = 0) -> bytes:
-    return "".join(json.dumps(line) + "\n" for line in chat_lines(rows, offset)).encode()
-
-
-@dataclass
-class Server:
-    url: str
-    service: FineTuning
-    tokenizer: Any
-    folder: Path
-
-    def client(self, key: str = KEY) -> Any:
-        return openai.OpenAI(api_key=key, base_url=f"{self.url}/v1", max_retries=0, timeout=60)
-
-    def upload(self, content: bytes, name: str = "train.jsonl") -> str:
-        return str(self.client().files.create(file=(name, content), purpose="fine-tune").id)
-
-    def create(self, **body: Any) -> Any:
-        hyper = {"n_epochs": EPOCHS, "batch_size": BATCH}
-        method = {"type": "supervised", "supervised": {"hyperparameters": hyper}}
-        return self.client().fine_tuning.jobs.create(model=BASE, method=method, seed=0, **body)
-
-    def wait(self, job_id: str, statuses: tuple[str, ...] = ("succeeded", "failed", "cancelled")) -> Any:
-        deadline = time.monotonic() + 120
-        while True:
-            job = self.client().fine_tuning.jobs.retrieve(job_id)
-            if job.status in statuses:
-                return job
-            assert time.monotonic() < deadline, f"job {job_id} still {job.status}"
-            time.sleep(0.05)
-
-
-@contextmanager
-def running(folder: Path, base_factory: Callable[[Any], HFBackend] | None = None) -> Iterator[Server]:
-    """A fewtune serve app over a tiny model, its fine-tuning state in ``folder``, on a free port."""
-    tokenizer = tiny_tokenizer()
-    engine = Engine(AdapterSet(tiny_model(tokenizer, sliding_window=512), tokenizer, BASE), batch_wait_ms=5)
-    factory = base_factory or fresh_base
-    # a tokenizer of its own for the training copy, as the server's factory loads one
-    service = FineTuning(
-        FineTuneStore(folder), engine, lambda: factory(tiny_tokenizer()), load_price_table(None)
-    )
-    with serving(create_app(engine, api_key=KEY, finetune=service)) as url:
-        yield Server(url, service, tokenizer, folder)
-
-
-def fresh_base(tokenizer: Any) -> HFBackend:
-    return HFBackend(tiny_model(tokenizer, sliding_window=512), tokenizer, name=BASE)
 
 
 @pytest.fixture(scope="module")
@@ -116,22 +45,6 @@ def trained(server: Server) -> Any:
     created = server.create(training_file=server.upload(chat_file()), suffix="t")
     assert created.status == "validating_files"
     return server.wait(created.id)
-
-
-def _token_log_probs(model: Any, ids: list[int]) -> list[float]:
-    with torch.no_grad():
-        table = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), dim=-1)
-    return table[:-1].gather(1, torch.tensor(ids[1:])[:, None]).squeeze(1).tolist()
-
-
-def _reference(server: Server, job_id: str) -> Any:
-    """The base with the job's adapter, loaded here from the files the job saved."""
-    from peft import PeftModel
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        folder = adapter_folder(server.service.store, job_id)
-        return PeftModel.from_pretrained(tiny_model(server.tokenizer, sliding_window=512), str(folder)).eval()
 
 
 def test_an_uploaded_file_reads_back_as_it_was_sent(server: Server) -> None:
@@ -253,8 +166,8 @@ def test_the_fine_tuned_model_is_served_at_once(server: Server, trained: Any) ->
     response = client.completions.create(model=name, prompt=text, max_tokens=0, echo=True, logprobs=1)
     served = response.choices[0].logprobs.token_logprobs[1:]
     ids = server.tokenizer(text).input_ids
-    assert served == pytest.approx(_token_log_probs(_reference(server, trained.id), ids), abs=1e-4)
-    base = _token_log_probs(tiny_model(server.tokenizer, sliding_window=512).eval(), ids)
+    assert served == pytest.approx(token_log_probs(reference_model(server, trained.id), ids), abs=1e-4)
+    base = token_log_probs(tiny_model(server.tokenizer, sliding_window=512).eval(), ids)
     assert max(abs(a - b) for a, b in zip(served, base, strict=True)) > 1e-3  # training changed the model
     chat = client.chat.completions.create(
         model=name, messages=[{"role": "user", "content": prompt("great fun")}], max_tokens=2
@@ -274,7 +187,7 @@ def test_the_result_file_holds_the_held_out_comparison(server: Server, trained: 
         correct = [row[side] == row["answer"] for row in rows]
         assert doc[side]["correct"] == sum(correct) and doc[side]["score"] == sum(correct) / len(rows)
     # the fine-tuned side is the job's model: its answers are the argmax of its label log-likelihoods here
-    reference = HFBackend(_reference(server, trained.id), server.tokenizer)
+    reference = HFBackend(reference_model(server, trained.id), server.tokenizer)
     lines = chat_lines(ROWS)
     prompts = [lines[row["line"] - 1]["messages"][0]["content"] for row in rows]
     scores = reference.score_choices(prompts, LABELS)
@@ -356,75 +269,6 @@ def test_jobs_list_newest_first_in_pages_and_waiting_jobs_cancel_at_once(
     for job in waiting:
         assert server.wait(job.id).status == "cancelled" and server.wait(job.id).fine_tuned_model is None
         assert not (server.folder / "jobs" / job.id / "adapter").exists()
-
-
-class Gate:
-    """A base factory that waits until it is let through: a job held in ``running``."""
-
-    def __init__(self) -> None:
-        self.entered, self.open = threading.Event(), threading.Event()
-
-    def __call__(self, tokenizer: Any) -> HFBackend:
-        self.entered.set()
-        assert self.open.wait(60)
-        return fresh_base(tokenizer)
-
-
-def test_cancel_stops_a_running_job(tmp_path: Path) -> None:
-    gate = Gate()
-    with running(tmp_path, gate) as server:
-        job = server.create(training_file=server.upload(chat_file()))
-        assert gate.entered.wait(60) and server.wait(job.id, ("running",)).status == "running"
-        assert server.client().fine_tuning.jobs.cancel(job.id).status == "cancelled"
-        gate.open.set()
-        later = server.create(training_file=server.upload(chat_file(4)))  # the trainer is free again
-        assert server.wait(later.id).status == "succeeded"
-        job = server.wait(job.id)
-        assert job.status == "cancelled" and job.fine_tuned_model is None and job.result_files == []
-        assert list(server.client().fine_tuning.jobs.checkpoints.list(job.id)) == []
-        served = [m.id for m in server.client().models.list()]
-        assert later.id in " ".join(served) and job.id not in " ".join(served)
-        messages = [e.message for e in server.client().fine_tuning.jobs.list_events(job.id)]
-        assert "Fine-tuning job cancelled" in messages and not any(m.startswith("Step") for m in messages)
-
-
-def test_a_job_that_cannot_train_fails_with_its_error(tmp_path: Path) -> None:
-    def broken(tokenizer: Any) -> HFBackend:
-        raise ModelError("the base model cannot be loaded for training")
-
-    with running(tmp_path, broken) as server:
-        lonely = server.wait(server.create(training_file=server.upload(chat_file(1))).id)
-        assert lonely.status == "failed" and lonely.error.code == "invalid_training_file"
-        assert "training_file has 1 example: at least 2 are needed" in lonely.error.message
-        job = server.wait(server.create(training_file=server.upload(chat_file())).id)
-        assert job.status == "failed" and job.error.message == "the base model cannot be loaded for training"
-        assert job.fine_tuned_model is None and job.finished_at is not None
-        (last, *_) = server.client().fine_tuning.jobs.list_events(job.id)
-        assert last.level == "error" and last.message.endswith("cannot be loaded for training")
-
-
-def test_jobs_survive_a_restart_and_a_running_job_resumes(tmp_path: Path) -> None:
-    gate = Gate()
-    with running(tmp_path, gate) as first:
-        file = first.upload(chat_file())
-        job = first.create(training_file=file)
-        assert gate.entered.wait(60)
-        threading.Timer(0.5, gate.open.set).start()  # let the held job see the server stopping
-    assert json.loads((tmp_path / "jobs" / job.id / "job.json").read_text())["job"]["status"] == "running"
-    with running(tmp_path) as second:
-        client = second.client()
-        assert client.files.retrieve(file).id == file
-        done = second.wait(job.id)
-        assert done.status == "succeeded" and [j.id for j in client.fine_tuning.jobs.list()] == [job.id]
-        messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100)]
-        assert any(m.startswith("The server stopped while this job was running") for m in messages)
-    with running(tmp_path) as third:  # a succeeded job's model is served again after a restart
-        text = prompt("great fun") + " positive"
-        response = third.client().completions.create(
-            model=done.fine_tuned_model, prompt=text, max_tokens=0, echo=True, logprobs=1
-        )
-        expected = _token_log_probs(_reference(third, job.id), third.tokenizer(text).input_ids)
-        assert response.choices[0].logprobs.token_logprobs[1:] == pytest.approx(expected, abs=1e-4)
 
 
 VERDICTS = [  # (lead CI in points, p-value, rows, rows needed) -> the verdict's start
