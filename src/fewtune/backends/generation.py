@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import torch
 
 from fewtune.backends.base import Generation, ProgressFn
+from fewtune.backends.kvcache import with_cache
 
 
 class LocalModel(Protocol):
@@ -128,7 +129,7 @@ def generate_batch(
             if cache is not None:
                 batch_cache = copy.deepcopy(cache)
                 batch_cache.batch_repeat_interleave(len(group))
-                kwargs["past_key_values"] = batch_cache
+                kwargs.update(with_cache(batch_cache))
             kwargs.update(stop_at(tokenizer, stop))
             if constraint is not None:
                 kwargs["logits_processor"] = [constraint()]

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from fewtune.backends.base import Backend, Capabilities, Generation, ProgressFn
+from fewtune.backends.kvcache import cache_of, with_cache
 from fewtune.backends.scoring import LabelTree, LogProbQueue
 
 
@@ -100,7 +101,7 @@ class HFBackend(Backend):
         key = tuple(prefix_ids)
         if self._cached_prefix is None or self._cached_prefix[0] != key:
             ids = torch.tensor([prefix_ids], device=self.device)
-            cache = self._decoder()(input_ids=ids, use_cache=True).past_key_values
+            cache = cache_of(self._decoder()(input_ids=ids, use_cache=True))
             self._cached_prefix = (key, cache)
         return self._cached_prefix[1]
 
@@ -146,7 +147,7 @@ class HFBackend(Backend):
         out = self._decoder()(
             input_ids=ids.to(self.device),
             position_ids=positions.to(self.device),
-            past_key_values=cache,
+            **with_cache(cache),
             use_cache=True,
         )
         # The first token of every label is predicted at the row's last real position. Its normalizer is
@@ -156,7 +157,7 @@ class HFBackend(Backend):
         last = out.last_hidden_state[torch.arange(count), lengths - 1]
         queue.scores[row] += self.token_logits(last, first).double().cpu().numpy()
         if tree.size:
-            self._feed_tree(out.past_key_values, prefix_len, lengths, tree, row, queue)
+            self._feed_tree(cache_of(out), prefix_len, lengths, tree, row, queue)
 
     def _tree_mask(
         self, prefix_len: int, lengths: torch.Tensor, tree: LabelTree, window: int | None
@@ -208,7 +209,7 @@ class HFBackend(Backend):
             input_ids=tree.tokens.expand(count, size).to(self.device),
             position_ids=(prefix_len + lengths[:, None] + tree.depth).to(self.device),
             attention_mask=mask,
-            past_key_values=cache,
+            **with_cache(cache),
             use_cache=True,
         ).last_hidden_state
         entries = len(tree.node)

@@ -27,6 +27,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from fewtune.backends.base import Generation
 from fewtune.backends.generation import stop_at
 from fewtune.backends.hf import HFBackend
+from fewtune.backends.kvcache import cache_of, with_cache
 from fewtune.prompts.template import QUERY_LEAD
 
 POSITIONS_PER_SOFTMAX = 256
@@ -80,7 +81,7 @@ def prefix_state(backend: HFBackend, prefix_ids: Sequence[int], top: int = 0) ->
     out = backend.model.get_decoder()(input_ids=ids, use_cache=True)
     hidden = out.last_hidden_state[0]
     (scores,) = _scores(backend, [hidden[:-1]], [list(prefix_ids)], top)
-    return PrefixState(tuple(prefix_ids), top, scores, hidden[-1], out.past_key_values)
+    return PrefixState(tuple(prefix_ids), top, scores, hidden[-1], cache_of(out))
 
 
 @torch.inference_mode()
@@ -137,7 +138,7 @@ def _score_batch(
         cache = copy.deepcopy(prefix.cache)
         cache.batch_repeat_interleave(len(rows))
         positions = (skip + torch.arange(width)).expand(len(rows), width)
-        kwargs = {"past_key_values": cache, "position_ids": positions.to(backend.device), "use_cache": True}
+        kwargs = {**with_cache(cache), "position_ids": positions.to(backend.device), "use_cache": True}
     hidden = decoder(input_ids=ids.to(backend.device), **kwargs).last_hidden_state
     if skip and prefix is not None:
         # The prefix's last hidden state predicts the first token after it.
