@@ -45,7 +45,8 @@ def make_adapter(tokenizer: Any, folder: Path, seed: int) -> Path:
     from peft import LoraConfig, get_peft_model
     from tiny import tiny_model
 
-    torch.manual_seed(seed)
+    model = tiny_model(tokenizer, sliding_window=512)  # seeds the base weights itself
+    torch.manual_seed(seed)  # so the adapter's seed comes after it, or every seed gives the same adapter
     config = LoraConfig(
         r=8,
         lora_alpha=32,
@@ -55,5 +56,5 @@ def make_adapter(tokenizer: Any, folder: Path, seed: int) -> Path:
     )
     with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5
         warnings.simplefilter("ignore", FutureWarning)
-        get_peft_model(tiny_model(tokenizer, sliding_window=512), config).save_pretrained(str(folder))
+        get_peft_model(model, config).save_pretrained(str(folder))
     return folder

@@ -147,6 +147,11 @@ def _build_serve() -> Callable[..., None]:
 
         args = ServeArgs(**values)
         settings = settings_from_cli(run_dir, **{**asdict(args), "adapter": args.adapter or []})
+        if settings.engine == "vllm":
+            from fewtune.serve.vllm import exec_vllm
+
+            exec_vllm(settings)  # plain print: the command line stays one copyable line
+            return
         console.print(f"Loading {settings.model} and {len(settings.adapters)} adapter(s)...")
         run_server(settings, say=console.print)
 

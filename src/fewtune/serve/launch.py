@@ -86,6 +86,12 @@ class ServeArgs:
     finetune_dir: Path | None = None
     """Where /v1/files and /v1/fine_tuning keep uploaded files, jobs, their events and adapters across
     restarts (default: RUN_DIR/finetune, else ./fewtune-finetune)."""
+    engine: str = "fewtune"
+    """fewtune (this server), or vllm: hand the same model and adapters to `vllm serve` (installed
+    separately; each adapter named NAME-SHA8 of its weights, one name per version)."""
+
+
+ENGINES = ("fewtune", "vllm")
 
 
 @dataclass
@@ -115,6 +121,8 @@ class ServeSettings:
     """The fine-tuning API's state folder (files, jobs, events, adapters)."""
     costs: str | None = None
     """The price table of the fine-tuning jobs' comparisons (a preset, a YAML file, or None: auto)."""
+    engine: str = "fewtune"
+    """Who serves: this server, or vLLM (:mod:`fewtune.serve.vllm`)."""
 
 
 def is_loopback(host: str) -> bool:
@@ -213,8 +221,13 @@ def settings_from_cli(
     feedback_log: Path | None = None,
     costs: str | None = None,
     finetune_dir: Path | None = None,
+    engine: str = "fewtune",
 ) -> ServeSettings:
     """Check every ``fewtune serve`` option (before any model loads) and resolve the defaults."""
+    if engine not in ENGINES:
+        raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "vllm" and route:
+        raise ConfigError("--route: canary routes are fewtune's; serve them with --engine fewtune")
     key = check_auth(host, api_key, no_auth)
     if not 0 < port < 65536:
         raise ConfigError(f"--port must be between 1 and 65535, got {port}")
@@ -298,6 +311,7 @@ def settings_from_cli(
         canary=canary,
         finetune_dir=finetune_dir,
         costs=costs,
+        engine=engine,
     )
 
 
