@@ -242,16 +242,17 @@ def recommend(s: Situation) -> Recommendation:
             against = shipped or best([m for m in (prompt, tuned) if m])
             llm_rows = [m for m in viable if m.kind in (PROMPT, FINE_TUNED)]
             references = [m for m in viable if m.kind == REFERENCE]
-            llm_verdict = verdict
-            verdict = reference_verdict(reference, against, s, comparisons, references, llm_rows) or verdict
+            shipped_reference = reference_verdict(reference, against, s, comparisons, references, llm_rows)
             top_llm = best(llm_rows)
-            if verdict is not llm_verdict and llm_verdict is not None and top_llm not in (None, against):
-                # A higher-scoring LLM row was set aside between the LLM methods: say why, or the
-                # reader sees the top row of the table passed over without a word.
-                higher = f"{top_llm.name} scores higher ({top_llm.score:.3f} {label})"
-                verdict.reasons.insert(
-                    1, f"{higher} but was set aside among the LLM methods: {llm_verdict.reasons[0]}"
-                )
+            if shipped_reference is not None:
+                if verdict is not None and top_llm is not None and top_llm is not against:
+                    # A higher-scoring LLM row was set aside between the LLM methods: say why, or the
+                    # reader sees the top row of the table passed over without a word.
+                    higher = f"{top_llm.name} scores higher ({top_llm.score:.3f} {label})"
+                    shipped_reference.reasons.insert(
+                        1, f"{higher} but was set aside among the LLM methods: {verdict.reasons[0]}"
+                    )
+                verdict = shipped_reference
     top = best(viable)
     steps = low_steps(s.methods, s.kappa, s.class_balance, prompt, top)
     kappa = s.kappa.get(top.name) if top else None
