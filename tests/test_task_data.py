@@ -45,6 +45,17 @@ def test_infer_task_from_the_target_field(tmp_path: Path, rows: list[dict], task
     assert name == task and why
 
 
+def test_inferred_label_count_says_how_many_rows_it_read(tmp_path: Path) -> None:
+    # A file sorted by label (banking77's is) shows few labels in the rows read: the sentence must not
+    # pass that off as the label set.
+    rows = [{"text": f"t{i}", "label": f"intent{i // 200}"} for i in range(1000)]
+    name, why = infer_task(write_jsonl(tmp_path / "sorted.jsonl", rows), "label")
+    assert name == "classification"
+    assert why == "the target field 'label' takes 3 distinct values in its first 500 rows"
+    _, small = infer_task(write_jsonl(tmp_path / "small.jsonl", rows[:8]), "label")
+    assert small.endswith("takes 1 distinct value in 8 rows")
+
+
 def test_infer_task_names_the_line_missing_the_target_field(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "data.jsonl", [{"text": "a", "label": "x"}, {"text": "b", "output": "y"}])
     with pytest.raises(DataError, match="missing field 'label'") as err:

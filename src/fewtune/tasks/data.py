@@ -99,7 +99,10 @@ def infer_task(path: str | Path, target_field: str) -> tuple[str, str]:
     if len(distinct) <= MAX_CLASSIFICATION_LABELS and (
         len(distinct) * 2 <= len(texts) or words <= MAX_LABEL_WORDS
     ):
-        return CLASSIFICATION, f"the target field '{target_field}' takes {len(distinct)} distinct values"
+        first = "its first " if len(values) >= INFERENCE_ROWS else ""
+        seen = f"in {first}{len(values)} rows"
+        count = f"{len(distinct)} distinct value{'s' if len(distinct) != 1 else ''}"
+        return CLASSIFICATION, f"the target field '{target_field}' takes {count} {seen}"
     return GENERATION, (
         f"the target field '{target_field}' is free text "
         f"({len(distinct)} distinct values in {len(values)} rows, median {words:.0f} words)"
