@@ -4,7 +4,7 @@ Each scenario is built from ``../shared/datasets`` (never copied into the repo: 
 ``--work``), runs ``fewtune run`` as a user would, and compares the verdict with the expert's, which is
 written down here before the run. A scenario may also expect methods to be flagged degenerate (or not).
 
-    .venv/bin/python bench/decisions.py                      # every scenario (about 40 min on 2 cores)
+    .venv/bin/python bench/decisions.py                      # every scenario (about 90 min on 2 cores)
     .venv/bin/python bench/decisions.py --only sst2,trec-codes
     .venv/bin/python bench/decisions.py --report-only        # re-decide finished runs with today's rules
 
