@@ -19,13 +19,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fewtune.errors import ConfigError
-from fewtune.serve.adapters import adapter_rank
+from fewtune.serve.adapters import ADAPTER_FILES, adapter_rank
 from fewtune.serve.launch import ServeSettings
 from fewtune.store import file_sha256
 
 VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 """The ``--max-lora-rank`` values vLLM accepts (``vllm.config.lora.MaxLoRARanks``)."""
-WEIGHTS = "adapter_model.safetensors"
+CONFIG, WEIGHTS = ADAPTER_FILES  # the files fewtune checks an adapter folder for
 
 
 def versioned_names(adapters: dict[str, Path]) -> dict[str, Path]:
@@ -35,7 +35,7 @@ def versioned_names(adapters: dict[str, Path]) -> dict[str, Path]:
 
 def lora_rank_limit(adapters: dict[str, Path]) -> int:
     """The smallest ``--max-lora-rank`` vLLM accepts that holds every adapter's rank."""
-    highest = max((adapter_rank(path / "adapter_config.json") for path in adapters.values()), default=1)
+    highest = max((adapter_rank(path / CONFIG) for path in adapters.values()), default=1)
     for rank in VLLM_RANKS:
         if rank >= highest:
             return rank
@@ -74,8 +74,7 @@ def exec_vllm(settings: ServeSettings, say: Callable[[str], None] = print) -> No
     if executable is None:
         raise ConfigError(
             "--engine vllm: vLLM is not installed here (pip install vllm, on a machine with a supported "
-            "GPU); "
-            f"the command would be: {shlex.join(command)}"
+            f"GPU); the command would be: {shlex.join(command)}"
         )
     environment = dict(os.environ)
     if settings.api_key:
