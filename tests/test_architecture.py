@@ -121,7 +121,12 @@ def test_a_version_1_record_is_read_and_a_newer_one_refused() -> None:
     from fewtune.errors import FewtuneError
     from fewtune.run_record import SCHEMA_VERSION, RunRecord
 
-    old = RunRecord.from_dict({"status": "complete", "methods": [{"method": "few-shot", "shots": 4}]})
+    old = RunRecord.from_dict(
+        {
+            "status": "complete",
+            "methods": [{"method": "few-shot", "shots": 4, "accuracy": 0.5, "accuracy_ci95": [0.4, 0.6]}],
+        }
+    )
     assert old.schema_version == SCHEMA_VERSION and old.task_name == "classification"
     assert old.methods[0].name == "few-shot"
     with pytest.raises(FewtuneError, match=r"results\.json: schema_version 3 is newer"):

@@ -1,52 +1,14 @@
-"""The bad-input corpus: files, encodings, fields, CSV, JSON, YAML config, options and run folders. Every
-case is one line on stderr (exit 2) naming what is wrong and, for a data file, where; never a traceback."""
+"""The bad-input corpus: files, encodings, fields, CSV, JSON, YAML config and options (run folders:
+test_bad_run_folders.py). Every case is one line on stderr (exit 2) naming what is wrong and, for a data
+file, where; never a traceback."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-GOOD = "".join(json.dumps({"text": f"row {i} {w}", "label": w}) + "\n" for i in range(6) for w in ("a", "b"))
-
-
-@dataclass(frozen=True)
-class Case:
-    name: str
-    files: dict[str, str | bytes]
-    """Files to write under the case folder (``{dir}`` in a value is that folder)."""
-    args: list[str]
-    """Command line after ``fewtune`` (``{dir}`` is the case folder)."""
-    words: str
-    """What the one-line error must say: fragments separated by " | " (``{dir}`` is the case folder)."""
-
-
-def data_case(
-    name: str, content: str | bytes, words: str, suffix: str = ".jsonl", line: int | None = 1
-) -> list[Case]:
-    """The same bad file as --data, and as --test beside a good --data."""
-    where = f"{{dir}}/bad{suffix}" + (f":{line}:" if line else ":")
-    return [
-        Case(
-            f"data: {name}",
-            {f"bad{suffix}": content},
-            ["run", "--data", f"{{dir}}/bad{suffix}"],
-            f"{where} | {words}",
-        ),
-        Case(
-            f"test: {name}",
-            {f"bad{suffix}": content, "good.jsonl": GOOD},
-            ["run", "--data", "{dir}/good.jsonl", "--test", f"{{dir}}/bad{suffix}"],
-            f"{where} | {words}",
-        ),
-    ]
-
-
-def row(**fields: object) -> str:
-    return json.dumps(fields) + "\n"
-
+from bad_input_cases import GOOD, Case, check_one_line, data_case, row
 
 CASES: list[Case] = [
     *data_case("malformed JSON", GOOD + '{"text": "x", "label": }\n', "malformed JSON", line=13),
@@ -321,48 +283,6 @@ CASES: list[Case] = [
         ["run", "--data", "{dir}/good.jsonl", "--train-sizes", "4", "--out", "{dir}/run", "--resume"],
         "--resume:",
     ),
-    Case("report: no results.json", {"run/x.txt": "x"}, ["report", "{dir}/run"], "no results.json here"),
-    Case(
-        "report: malformed results.json",
-        {"run/results.json": "{oops"},
-        ["report", "{dir}/run"],
-        "{dir}/run/results.json:1: malformed JSON",
-    ),
-    Case(
-        "report: a newer schema",
-        {"run/results.json": json.dumps({"schema_version": 9, "methods": [{"method": "lora"}]})},
-        ["report", "{dir}/run"],
-        "schema_version 9 is newer",
-    ),
-    Case(
-        "report: an unknown method",
-        {"run/results.json": json.dumps({"methods": [{"method": "magic"}]})},
-        ["report", "{dir}/run"],
-        "unknown method 'magic'",
-    ),
-    Case(
-        "report: no finished methods",
-        {"run/results.json": json.dumps({"methods": []})},
-        ["report", "{dir}/run"],
-        "no finished methods to report yet",
-    ),
-    Case(
-        "report: a results.json that is a list",
-        {"run/results.json": "[]"},
-        ["report", "{dir}/run"],
-        "expected a JSON object",
-    ),
-    Case(
-        "report: malformed predictions",
-        {
-            "run/results.json": json.dumps(
-                {"methods": [{"method": "lora", "name": "lora n=2", "accuracy": 1.0}]}
-            ),
-            "run/predictions.jsonl": "{oops\n",
-        },
-        ["report", "{dir}/run"],
-        "predictions.jsonl:1: malformed JSON",
-    ),
 ]
 
 
@@ -370,30 +290,7 @@ CASES: list[Case] = [
 def test_bad_input_is_one_line(
     case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from fewtune import cli
-
-    for name, content in case.files.items():
-        path = tmp_path / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, bytes):
-            path.write_bytes(content)
-        else:
-            path.write_text(content.replace("{dir}", str(tmp_path)), encoding="utf-8")
-    args = [a.replace("{dir}", str(tmp_path)) for a in case.args]
-    if args[0] == "run" and "--out" not in args:
-        args += ["--out", str(tmp_path / "out")]
-    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
-    monkeypatch.setattr("sys.argv", ["fewtune", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    captured = capsys.readouterr()
-    message = " ".join(captured.err.split())
-    assert "Traceback" not in captured.err + captured.out
-    assert exit_info.value.code == 2, captured.err + captured.out
-    assert len(captured.err.strip().splitlines()) == 1, captured.err
-    for fragment in case.words.replace("{dir}", str(tmp_path)).split(" | "):
-        assert fragment in message, message
-    assert {p: p.read_bytes() for p in before} == before  # nothing of the user's was changed or removed
+    check_one_line(case, tmp_path, monkeypatch, capsys)
 
 
 def test_the_corpus_is_large() -> None:

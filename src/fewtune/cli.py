@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
 from fewtune.cli_options import overrides, setting_options, typed_options
+from fewtune.console import plain_console, styled
 from fewtune.errors import FewtuneError
 
 app = typer.Typer(
@@ -25,8 +25,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Measure few-shot prompting against LoRA fine-tuning on your labelled examples.",
 )
-console = Console()
-err_console = Console(stderr=True)
+console = plain_console()
+err_console = plain_console(stderr=True)
 
 
 def _build_run() -> Callable[..., None]:
@@ -197,10 +197,10 @@ def main() -> None:
     try:
         app()
     except FewtuneError as err:
-        err_console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
+        err_console.print(styled("error:", "red", f" {err}"), highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted:[/] finished methods are saved in the run folder")
+        err_console.print(styled("interrupted:", "yellow", " finished methods are saved in the run folder"))
         sys.exit(130)
 
 

@@ -8,15 +8,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
+from fewtune.console import plain_console, styled
 from fewtune.release.runbook import DEFAULT_RUNBOOK
 
 if TYPE_CHECKING:
     from fewtune.release.monitor import Watch
 
-console = Console()
+console = plain_console()
 STYLE = {"pass": "green", "fail": "red", "marginal": "yellow", "not enough": "yellow", "not judged": "dim"}
 Server = Annotated[str, typer.Option(help="The fewtune serve root, e.g. http://127.0.0.1:8000.")]
 Route = Annotated[str, typer.Option(help="The route's name (fewtune serve --route NAME=...).")]
@@ -37,11 +38,11 @@ def show_watch(watch: Watch, written: Path | None, rolled_back: bool) -> None:
     for v in watch.verdicts:
         style = STYLE.get(v.status, "")
         table.add_row(
-            v.metric, v.baseline, v.candidate, v.interval, v.threshold, f"[{style}]{v.status}[/]", v.why
+            v.metric, v.baseline, v.candidate, v.interval, v.threshold, Text(v.status, style=style), v.why
         )
     console.print(table)
     action = " -> rolled back (candidate weight 0)" if rolled_back else ""
-    console.print(f"[{STYLE.get(watch.decision, '')}]monitor: {watch.decision}[/]{action}")
+    console.print(styled(f"monitor: {watch.decision}", STYLE.get(watch.decision, ""), action))
     if written:
         console.print(f"runbook: {written}")
 

@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
+from fewtune.console import plain_console, styled
 from fewtune.decide.thresholds import (
     CANARY_HOURS,
     ROLLBACK_COST_FACTOR,
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from fewtune.release.gate import GateResult
     from fewtune.release.runbook import Entry
 
-console = Console()
+console = plain_console()
 STYLE = {"pass": "green", "fail": "red", "cannot judge": "yellow", "not checked": "dim"}
 
 
@@ -73,11 +74,11 @@ def show_gate(result: GateResult) -> None:
         table.add_column(column, overflow="fold")
     for c in result.checks:
         style = STYLE.get(c.status, "")
-        table.add_row(c.name, c.measured, c.threshold, f"[{style}]{c.status}[/]", c.why)
+        table.add_row(c.name, c.measured, c.threshold, Text(c.status, style=style), c.why)
     console.print(table)
     style = STYLE[result.decision]
     failing = ", ".join(c.name for c in result.failing())
-    console.print(f"[{style}]gate: {result.decision}[/]" + (f" ({failing})" if failing else ""))
+    console.print(styled(f"gate: {result.decision}", style, f" ({failing})" if failing else ""))
 
 
 def gate_entry(result: GateResult, owner: str) -> Entry:
@@ -128,7 +129,7 @@ def runbook_list(
         table.add_column(column, overflow="fold")
     for e in found:
         style = STYLE.get(e.get("decision", ""), "")
-        decision = f"[{style}]{e.get('decision', '')}[/]" if style else e.get("decision", "")
+        decision = Text(e.get("decision", ""), style=style)
         table.add_row(
             e.get("at", ""), e.get("kind", ""), decision, e.get("owner", ""), e.get("subject", ""),
             e.get("next_review", ""), e["file"],
@@ -183,7 +184,7 @@ def runs_show(
     r = find_run(registry_path(root), run)
     for key in ("run_id", "folder", "started_at", "finished_at", "status", "task", "model", "seed",
                 "config_sha256", "data_sha256", "test_sha256", "test_rows", "recommended"):  # fmt: skip
-        console.print(f"[bold]{key}[/]: {_fmt(r[key])}", highlight=False)
+        console.print(styled(key, "bold", f": {_fmt(r[key])}"), highlight=False)
     table = Table(title_justify="left")
     for column in ("method", "metric", "value", "95% CI", "p95 ms", "cost/request", "adapter sha256"):
         table.add_column(column, overflow="fold")
@@ -209,8 +210,9 @@ def runs_compare(
     path = registry_path(root)
     a, b = find_run(path, first), find_run(path, second)
     for key in ("task", "model", "seed", "config_sha256", "data_sha256", "test_sha256", "test_rows"):
-        same = "same" if a[key] == b[key] else "[yellow]differs[/]"
-        console.print(f"[bold]{key}[/]: {_fmt(a[key])[:16]} / {_fmt(b[key])[:16]} ({same})", highlight=False)
+        same = Text("same") if a[key] == b[key] else Text("differs", style="yellow")
+        line = styled(key, "bold", f": {_fmt(a[key])[:16]} / {_fmt(b[key])[:16]} (")
+        console.print(Text.assemble(line, same, ")"), highlight=False)
     table = Table(title_justify="left")
     for column in ("method", f"{a['run_id']} value", f"{b['run_id']} value", "p95 ms", "cost ratio"):
         table.add_column(column, overflow="fold")
@@ -230,4 +232,4 @@ def runs_compare(
         table.add_row(name, _fmt(x.get("value")), _fmt(y.get("value")), p95, ratio)
     console.print(table)
     if a["test_sha256"] != b["test_sha256"]:
-        console.print("[yellow]the runs read different test files: their scores are not paired[/]")
+        console.print("the runs read different test files: their scores are not paired", style="yellow")

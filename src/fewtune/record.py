@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from collections.abc import MutableMapping
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any
+
+from typing_extensions import TypedDict  # pydantic validates these on Python < 3.12 only from here
 
 from fewtune.methods import Method
 
@@ -141,12 +143,12 @@ class MethodRow(TypedDict, total=False):
     """Single-request latency with the demo block's KV cache reused, as vLLM/SGLang serve it."""
     latency_ms_no_prefix_cache: Latency
     """The same without the prefix cache (a server that recomputes the demos every time)."""
-    prompt_tokens_mean: float
-    """Prompt tokens per request, mean."""
+    prompt_tokens_mean: float | None
+    """Prompt tokens per request, mean; null for a method without a prompt (the reference)."""
     prompt_tokens_max: int
     """The longest prompt in tokens."""
-    output_tokens_mean: float
-    """Output tokens per request, mean."""
+    output_tokens_mean: float | None
+    """Output tokens per request, mean; null for a method without a prompt (the reference)."""
     output_tokens_per_second: float | None
     """Extraction and generation: output tokens generated per second."""
     throughput_rows_per_second: float | None

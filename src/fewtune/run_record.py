@@ -20,15 +20,74 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
+
 from fewtune.errors import FewtuneError
 from fewtune.methods import Method
-from fewtune.record import MethodRow, MetricValue
+from fewtune.record import MethodRow, MetricValue, RunResults
 from fewtune.tasks.base import CLASSIFICATION
 
 SCHEMA_VERSION = 2
 """results.json's layout: 2 adds the ``task`` block, and ``primary`` / ``metrics`` on every method row."""
 # Classification's label metrics, as the map names them: (value field, interval field).
 LABEL_METRICS = {"accuracy": ("accuracy", "accuracy_ci95"), "macro_f1": ("macro_f1", "macro_f1_ci95")}
+# What every row of a task carries, whoever wrote it: the report, cost and verdict read these unguarded.
+REQUIRED_FIELDS = {CLASSIFICATION: ("accuracy", "accuracy_ci95")}
+# What the report computes: always in analysis.json, even where a results.json written by an earlier version
+# (whose report added them there) already holds the same values. Recomputed, so not checked when read back.
+REPORT_KEYS = ("break_even_requests", "break_even", "cost_assumptions", "recommendation", "curves")
+REPORT_ROW_KEYS = ("costs", "primary", "degenerate")
+_UNCHECKED_ROW_KEYS = ("costs", "degenerate")  # an open-output row's primary is the run's own: checked
+_ROW = TypeAdapter(MethodRow)
+_HEADER = TypeAdapter(RunResults)
+
+
+def _first_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    field_path = ".".join(str(part) for part in first["loc"])
+    return f"{field_path}: {first['msg']} (got {first['input']!r:.60})"
+
+
+def check_row(row: Mapping[str, Any], where: str, task: str = CLASSIFICATION) -> None:
+    """A one-line error naming the row and field when a row read back (an edited or damaged results.json)
+    lacks what its task's rows always carry, holds a field of the wrong type (checked against
+    :class:`fewtune.record.MethodRow`, leniently: ``"0.5"`` reads as a number) or an interval that is not
+    ``[low, high]``."""
+    label = f"{where}: method row {row.get('name') or row.get('method')!r}"
+    missing = [key for key in REQUIRED_FIELDS.get(task, ()) if key not in row]
+    if missing:
+        raise FewtuneError(f"{label} has no {', '.join(repr(k) for k in missing)} (a {task} row always does)")
+    try:
+        _ROW.validate_python({k: v for k, v in row.items() if k not in _UNCHECKED_ROW_KEYS})
+    except ValidationError as err:
+        raise FewtuneError(f"{label}: {_first_error(err)}") from None
+    metrics = row.get("metrics") or {}
+    intervals = [(key, row[key]) for key in row if key.endswith("_ci95")]
+    intervals += [(f"metrics.{name}.ci95", metric.get("ci95")) for name, metric in metrics.items()]
+    for key, interval in intervals:
+        if interval is None or interval == []:
+            continue  # no interval recorded
+        if not _is_interval(interval):
+            raise FewtuneError(
+                f"{label}: {key}: an interval is [low, high] with low <= high, got {interval!r:.60}"
+            )
+
+
+def _is_interval(value: Any) -> bool:
+    if not isinstance(value, list) or len(value) != 2:
+        return False
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+        return False
+    return bool(value[0] <= value[1])
+
+
+def check_header(data: Mapping[str, Any], where: str) -> None:
+    """The run-level fields of results.json (everything but ``methods``), checked against
+    :class:`fewtune.record.RunResults`."""
+    try:
+        _HEADER.validate_python({k: v for k, v in data.items() if k != "methods" and k not in REPORT_KEYS})
+    except ValidationError as err:
+        raise FewtuneError(f"{where}: {_first_error(err)}") from None
 
 
 @dataclass
@@ -51,10 +110,18 @@ class MethodResult:
         return float(primary["value"]) if primary else None
 
     @classmethod
-    def from_dict(cls, row: Mapping[str, Any], where: str = "results.json") -> MethodResult:
+    def from_dict(
+        cls,
+        row: Mapping[str, Any],
+        where: str = "results.json",
+        task: str = CLASSIFICATION,
+        check: bool = True,
+    ) -> MethodResult:
         if not isinstance(row, Mapping) or "method" not in row:
             raise FewtuneError(f"{where}: a method row without a 'method' field")
         method = Method.of(row)
+        if check:
+            check_row(row, where, task)
         data = dict(row)
         data.setdefault("name", str(row["method"]))  # version 1 rows may lack a name
         metrics: dict[str, MetricValue] = dict(data.get("metrics") or {})
@@ -109,12 +176,15 @@ class RunRecord:
         rows = data.get("methods") or []
         if not isinstance(rows, list):
             raise FewtuneError(f"{where}: 'methods' must be a list")
+        check_header(data, str(where))
         header = {k: v for k, v in data.items() if k not in ("schema_version", "task", "status", "methods")}
+        task = data.get("task") or {"name": CLASSIFICATION}
+        task_name = str(task.get("name") or CLASSIFICATION)
         return cls(
             schema_version=SCHEMA_VERSION,
-            task=dict(data.get("task") or {"name": CLASSIFICATION}),
+            task=dict(task),
             status=str(data.get("status") or "unknown"),
-            methods=[MethodResult.from_dict(row, str(where)) for row in rows],
+            methods=[MethodResult.from_dict(row, str(where), task_name) for row in rows],
             header=header,
         )
 

@@ -10,6 +10,7 @@ from rich.console import Console
 
 from fewtune.backends.base import Backend
 from fewtune.config import RunConfig
+from fewtune.console import plain_console
 from fewtune.embeddings import Embedder
 from fewtune.events import RunEvents
 from fewtune.loaders import load_backend, load_embedder
@@ -46,7 +47,7 @@ def run(
 
             follow_orders(backend_factory(cfg, QuietEvents()))
             return Path(cfg.out or ".")
-    console = console or Console()
+    console = console or plain_console()
     try:
         folder = run_pipeline(
             cfg,

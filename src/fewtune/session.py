@@ -117,7 +117,9 @@ class RunSession:
         """A finished method: its row (tagged with the model that answered it), its predictions."""
         if self.answerers is not None:
             self.answerers.tag(row)
-        self.run.methods.append(MethodResult.from_dict(row, str(self.store.results_path)))
+        # The row comes from fewtune's own typed writers: it is checked when read back (resume, report).
+        where = str(self.store.results_path)
+        self.run.methods.append(MethodResult.from_dict(row, where, self.run.task_name, check=False))
         if self.derive is not None:
             self.results.update(self.derive(self.methods))
         self.store.append_predictions(predictions)

@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from fewtune.backends.base import ProgressFn
+from fewtune.console import plain_console, styled
 from fewtune.events import TrainStep
 from fewtune.report.tables import draws_cell
 
@@ -27,11 +28,11 @@ T = TypeVar("T")
 
 def progress_bar(console: Console) -> Progress:
     return Progress(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        TextColumn("{task.fields[extra]}"),
+        TextColumn("{task.fields[extra]}", markup=False),
         console=console,
     )
 
@@ -66,7 +67,9 @@ def _num(value: float | None, fmt: str) -> str:
 
 def method_table(rows: Sequence[Mapping[str, Any]]) -> Table:
     """The classification methods side by side (open outputs print a line per method instead)."""
-    table = Table(title="fewtune: methods on the same test rows")
+    table = Table(
+        title="fewtune: methods on the same test rows"
+    )  # cells are Text: names hold the user's data
     with_draws = any(row.get("accuracy_std") is not None for row in rows)
     headers = [
         "method",
@@ -85,7 +88,7 @@ def method_table(rows: Sequence[Mapping[str, Any]]) -> Table:
     for row in rows:
         low, high = row["accuracy_ci95"]
         table.add_row(
-            row.get("name") or row["method"],
+            Text(str(row.get("name") or row["method"])),
             str(row["shots"]),
             str(row["train_examples"] or "-"),
             f"{row['accuracy']:.3f} ({low:.3f}-{high:.3f})",
@@ -103,24 +106,24 @@ class RichEvents:
     """:class:`~fewtune.events.RunEvents` on a rich console."""
 
     def __init__(self, console: Console | None = None) -> None:
-        self.console = console or Console()
+        self.console = console or plain_console()
 
     # Messages are plain text (rows hold data such as "[NAME]" that rich would read as markup).
     def info(self, message: str) -> None:
-        self.console.print(escape(message), highlight=False)
+        self.console.print(Text(message), highlight=False)
 
     def warn(self, message: str) -> None:
-        self.console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
+        self.console.print(styled("warning:", "yellow", f" {message}"), highlight=False)
 
     def finished(self, row: Mapping[str, Any]) -> None:
-        self.console.print(escape(describe_row(row)), highlight=False)
+        self.console.print(Text(describe_row(row)), highlight=False)
 
     def summary(self, rows: Sequence[Mapping[str, Any]]) -> None:
         if rows and all("accuracy" in row for row in rows):
             self.console.print(method_table(rows))
 
     def status(self, message: str) -> contextlib.AbstractContextManager[Any]:
-        return self.console.status(message)
+        return self.console.status(Text(message))
 
     def progress(self, title: str, total: int, work: Callable[[ProgressFn], T]) -> T:
         with progress_bar(self.console) as bar:
@@ -145,20 +148,20 @@ def print_summary(console: Console, report: Report | OutputsReport) -> None:
     from fewtune.report.markdown import metric_line
 
     rec = report.recommendation
-    console.print(f"[bold]Recommendation:[/] {rec.headline}", highlight=False)
+    console.print(styled("Recommendation:", "bold", f" {rec.headline}"), highlight=False)
     if isinstance(report, Report):
-        console.print(f"  {metric_line(report)}", highlight=False)
+        console.print(Text(f"  {metric_line(report)}"), highlight=False)
     for reason in rec.reasons:
-        console.print(f"  - {reason}", highlight=False)
+        console.print(Text(f"  - {reason}"), highlight=False)
     for name, why in rec.degenerate.items():
-        console.print(f"[yellow]degenerate:[/] {name} {why}", highlight=False)
+        console.print(styled("degenerate:", "yellow", f" {name} {why}"), highlight=False)
     for i, step in enumerate(rec.next_steps, 1):
-        console.print(f"  next {i}. {step}", highlight=False)
+        console.print(Text(f"  next {i}. {step}"), highlight=False)
     be = report.break_even
     if be is not None and report.break_even_pair:
         where = "never" if be.requests is None else f"{format_count(be.requests)} requests"
-        console.print(f"Break-even ({' vs '.join(report.break_even_pair)}): {where}", highlight=False)
-    console.print(f"Report: {report.folder / REPORT_HTML} and {report.folder / REPORT_MD}")
+        console.print(Text(f"Break-even ({' vs '.join(report.break_even_pair)}): {where}"), highlight=False)
+    console.print(Text(f"Report: {report.folder / REPORT_HTML} and {report.folder / REPORT_MD}"))
 
 
 def register_run(console: Console, folder: Path, mlflow: str | None = None) -> None:
@@ -170,15 +173,17 @@ def register_run(console: Console, folder: Path, mlflow: str | None = None) -> N
     run_id = None
     try:
         run_id, path = record_run(folder)
-        console.print(f"Recorded as run {run_id} in {path}", highlight=False)
+        console.print(Text(f"Recorded as run {run_id} in {path}"), highlight=False)
     except FewtuneError as err:
-        console.print(f"[yellow]warning:[/] run not recorded in the registry: {err}", highlight=False)
+        console.print(
+            styled("warning:", "yellow", f" run not recorded in the registry: {err}"), highlight=False
+        )
     if mlflow:
         from fewtune.release.mlflow_log import log_run
 
         try:
-            with console.status(f"Logging to MLflow at {mlflow}..."):
+            with console.status(Text(f"Logging to MLflow at {mlflow}...")):
                 logged = log_run(folder, mlflow, run_id)
-            console.print(f"Logged to MLflow ({mlflow}) as run {logged}", highlight=False)
+            console.print(Text(f"Logged to MLflow ({mlflow}) as run {logged}"), highlight=False)
         except FewtuneError as err:
-            console.print(f"[yellow]warning:[/] not logged to MLflow: {err}", highlight=False)
+            console.print(styled("warning:", "yellow", f" not logged to MLflow: {err}"), highlight=False)

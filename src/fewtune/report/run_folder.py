@@ -13,6 +13,7 @@ import yaml
 
 from fewtune.config import CostArgs
 from fewtune.errors import ConfigError, FewtuneError
+from fewtune.run_record import REPORT_KEYS, REPORT_ROW_KEYS
 
 
 def read_run(folder: str | Path) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
@@ -88,10 +89,6 @@ def saved_setting_top(folder: Path, key: str) -> Any:
 
 
 ANALYSIS_FILE = "analysis.json"
-# What the report computes: always in analysis.json, even where a results.json written by an earlier version
-# (whose report added them there) already holds the same values.
-REPORT_KEYS = ("break_even_requests", "break_even", "cost_assumptions", "recommendation", "curves")
-REPORT_ROW_KEYS = ("costs", "primary", "degenerate")
 
 
 def analysis_of(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
