@@ -64,7 +64,7 @@ def monitor(
     runbook: Annotated[
         Path, typer.Option(help="Runbook folder each decision is appended to.")
     ] = DEFAULT_RUNBOOK,
-    no_runbook: Annotated[bool, typer.Option(help="Do not write runbook entries.")] = False,
+    no_runbook: Annotated[bool, typer.Option("--no-runbook", help="Do not write runbook entries.")] = False,
     owner: Owner = None,
     api_key: ApiKey = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print each check as one JSON line.")] = False,

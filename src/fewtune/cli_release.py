@@ -42,7 +42,7 @@ def gate(
     runbook: Annotated[
         Path, typer.Option(help="Runbook folder the decision is appended to.")
     ] = DEFAULT_RUNBOOK,
-    no_runbook: Annotated[bool, typer.Option(help="Do not write a runbook entry.")] = False,
+    no_runbook: Annotated[bool, typer.Option("--no-runbook", help="Do not write a runbook entry.")] = False,
     owner: Annotated[
         str | None, typer.Option(help="Who owns this change (default: git user.name, else the login).")
     ] = None,
