@@ -179,3 +179,26 @@ def test_a_method_not_in_the_run_is_a_one_line_error(
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "no method 'nope'" in err and "lora n=200" in err and "Traceback" not in err
+
+
+def test_a_method_gated_against_itself_is_a_one_line_error(
+    tmp_path: Path, rows, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same method on both sides passes every check trivially: naming it twice is a slip, not a change."""
+    run = two_arms(tmp_path / "run", rows, Arm("lora n=200", "lora", rows[1]))
+    monkeypatch.chdir(tmp_path)
+    argv = [
+        "fewtune",
+        "gate",
+        "--baseline",
+        "run:lora n=200",
+        "--candidate",
+        f"{run}:lora n=200",
+        "--no-runbook",
+    ]
+    monkeypatch.setattr("sys.argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "are the same method of the same run" in err and "Traceback" not in err

@@ -17,6 +17,7 @@ from fewtune.decide.thresholds import (
     ROLLBACK_COST_FACTOR,
     ROLLBACK_ERROR_RATE,
 )
+from fewtune.errors import FewtuneError
 from fewtune.release.runbook import DEFAULT_RUNBOOK
 
 if TYPE_CHECKING:
@@ -54,7 +55,13 @@ def gate(
     from fewtune.release.registry import resolve
 
     rules = load_policy(policy)
-    result = run_gate(resolve(baseline), resolve(candidate), rules)
+    old, new = resolve(baseline), resolve(candidate)
+    if (old.folder.resolve(), old.method) == (new.folder.resolve(), new.method):
+        raise FewtuneError(
+            f"--candidate {candidate} and --baseline {baseline} are the same method of the same run: "
+            "a gate compares a change with what it replaces"
+        )
+    result = run_gate(old, new, rules)
     written = None
     if not no_runbook:
         written = book.append(runbook, gate_entry(result, owner or book.default_owner()))
