@@ -109,10 +109,10 @@ def test_policy_file_overrides_and_its_errors_name_the_file(tmp_path: Path) -> N
 def test_runbook_lists_entries_and_survives_a_stray_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    run = a_run(tmp_path / "run")
+    run, rerun = a_run(tmp_path / "run"), a_run(tmp_path / "rerun")  # the same rows and answers
     book = tmp_path / "book"
     for _ in range(2):  # two decisions in the same second get two files
-        args = ["--baseline", f"{run}:zero-shot", "--candidate", f"{run}:zero-shot", "--owner", "bob"]
+        args = ["--baseline", f"{run}:zero-shot", "--candidate", f"{rerun}:zero-shot", "--owner", "bob"]
         assert fewtune(monkeypatch, "gate", *args, "--runbook", str(book)) == 0
     (book / "notes.md").write_text("team notes, not an entry\n")
     found = entries(book)
