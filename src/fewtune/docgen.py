@@ -45,7 +45,10 @@ RUN_FILE_NOTES = {
     "anything else is refused unless `--overwrite`, which removes only what this lists (for a folder from "
     "before the manifest: the files named here), so the user's own files are never touched.",
     "results.json": "The run's record (below), rewritten after every finished method, so an interrupted or "
-    "crashed run keeps its finished parts.",
+    "crashed run keeps its finished parts. Read back (`--resume`, `fewtune report`, `fewtune gate`) it is "
+    "checked against the tables below: a field of the wrong type, a classification row without `accuracy` "
+    "or `accuracy_ci95`, or an interval that is not `[low, high]` is a one-line error naming the row and "
+    "the field (fields the report recomputes are not checked).",
     "analysis.json": "What the report added (costs, break-even, the recommendation; per method row, by name, "
     "primary, degenerate, cohen_kappa and costs), rewritten by every `fewtune report`; results.json stays as "
     "the run wrote it.",
