@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -43,6 +44,10 @@ class Scenario:
     """Methods the expert expects to be flagged degenerate."""
     not_degenerate: set[str] = field(default_factory=set)
     """Methods the expert expects to do the task."""
+    reuse: str | None = None
+    """Another scenario whose finished run is copied and re-decided with ``report_args`` (no new run)."""
+    report_args: list[str] = field(default_factory=list)
+    """Options for ``fewtune report`` (a volume, a price table) on a reused run."""
 
 
 def shared(name: str) -> Callable[[Path], tuple[Path, Path]]:
@@ -208,6 +213,29 @@ SCENARIOS = [
         shuffled_labels,
         ["--max-test", "200", "--shots", "0,8", "--train-sizes", "200"],
     ),
+    # The sst2 run again, priced at two other volumes (2026-12-05, issue 33, written before the runs): which
+    # option is cheaper over the year changes with the volume, and the verdict must follow the totals.
+    Scenario(
+        "sst2-1k-per-day",
+        {"prompt"},
+        "1,000 calls/day: the 8-shot prompt is the cheapest option over a year (no training, no engineering "
+        "week) and scores at least as well as the reference and about as well as LoRA: ship the prompt",
+        shared("sst2"),
+        [],
+        reuse="sst2",
+        report_args=["--volume-per-day", "1000"],
+    ),
+    Scenario(
+        "sst2-10m-per-day",
+        {"fine-tune"},
+        "10 million calls/day: every prompt token is paid billions of times, so the short-prompt options "
+        "(the reference, LoRA without demos) are far cheaper than 8 demos per call; LoRA scores about as "
+        "well as the prompt and well above the reference: fine-tune",
+        shared("sst2"),
+        [],
+        reuse="sst2",
+        report_args=["--volume-per-day", "10000000"],
+    ),
 ]
 
 
@@ -218,9 +246,12 @@ def fewtune(*args: str) -> None:
 def run_scenario(s: Scenario, work: Path, report_only: bool) -> dict:
     out = work / s.name
     results_path = out / "results.json"
+    if s.reuse is not None:
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.copytree(work / s.reuse, out)
     done = results_path.is_file() and json.loads(results_path.read_text())["status"] == "complete"
     if done or report_only:
-        fewtune("report", str(out))
+        fewtune("report", str(out), *s.report_args)
     else:
         pool, test = s.data(work)
         again = ["--overwrite"] if results_path.is_file() else []  # an unfinished earlier run
@@ -238,9 +269,14 @@ def run_scenario(s: Scenario, work: Path, report_only: bool) -> dict:
         "metric": rec["metric"],
         "degenerate": sorted(flagged),
         "agree": ok,
+        "settled": rec.get("settled"),
         "headline": rec["headline"],
         "scores": scores,
     }
+
+
+def _settled(flag: bool | None) -> str:
+    return {True: "settled", False: "provisional"}.get(flag, "-") if flag is not None else "-"
 
 
 def main() -> None:
@@ -258,14 +294,16 @@ def main() -> None:
     chosen = [s for s in SCENARIOS if not only or s.name in only]
     outcomes = [run_scenario(s, args.work, args.report_only) for s in chosen]
     print(
-        "\n| scenario | expert (before the run) | fewtune | agree | degenerate flagged | scores (primary) |"
+        "\n| scenario | expert (before the run) | fewtune | settled | agree | degenerate flagged | "
+        "scores (primary) |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for o in outcomes:
         scores = ", ".join(f"{k} {v}" for k, v in o["scores"].items())
         print(
             f"| {o['scenario']} | {' or '.join(o['expert'])} | {o['fewtune']} ({o['metric']}) | "
-            f"{'yes' if o['agree'] else 'NO'} | {', '.join(o['degenerate']) or '-'} | {scores} |"
+            f"{_settled(o['settled'])} | {'yes' if o['agree'] else 'NO'} | "
+            f"{', '.join(o['degenerate']) or '-'} | {scores} |"
         )
     print(
         json.dumps({"agree": sum(o["agree"] for o in outcomes), "scenarios": len(outcomes), "rows": outcomes})
