@@ -82,6 +82,10 @@ class Case:
     """Fragments that must appear in the reasons (figures included)."""
     caveats: list[str] = field(default_factory=list)
     steps: list[str] = field(default_factory=list)
+    settled: bool | None = True
+    """Settled (True), provisional (False) or no verdict between options (None)."""
+    headline: str = ""
+    """A fragment the headline must hold."""
 
 
 K5 = "few-shot k=5 balanced"

@@ -18,7 +18,6 @@ from recommend_helpers import (
 
 from fewtune.decide.evidence import FINE_TUNED, PROMPT, MethodEvidence
 from fewtune.decide.verdict import (
-    CHOICE_DEPENDS,
     CHOICE_FINE_TUNE,
     CHOICE_MEASURE_PROMPTING,
     CHOICE_NOT_GOOD_ENOUGH,
@@ -34,14 +33,16 @@ CASES = [
         [prompt(range(120), shots=0), tuned(range(180))],
         CHOICE_MEASURE_PROMPTING,
         reasons=["no prompting method with 5 or more examples", "zero-shot, lora n=200", "--shots 0,5"],
+        settled=None,
     ),
     Case(
-        "a significant lead whose interval straddles the 5-point margin keeps the prompt",
+        "a significant lead under the margin (+4.0, CI +1.5 to +7.0) keeps the cheaper prompt, settled",
         [prompt(range(170)), tuned(range(178))],
         CHOICE_PROMPT,
         K5,
         reasons=[
-            "not shown to be more than 5 points behind",
+            "few-shot k=5 balanced costs less than lora n=200 ($887.75 vs $3,844 over the horizon)",
+            "not shown to be more than 5 points ahead",
             "0.890 vs few-shot k=5 balanced 0.850",
             "+4.0 points",
             "p=0.008",
@@ -55,63 +56,54 @@ CASES = [
         reasons=["shown to be within 5 points of", "+3.0 points"],
     ),
     Case(
-        "disagreement both ways: LoRA +10 on 400 rows (60 vs 20 rows alone) is shown past 5, not past 15",
+        "disagreement both ways: LoRA +10 on 400 rows (60 vs 20 rows alone) is shown past the margin",
         [prompt(mixed(280, 20, 60)[0], rows=400), tuned(mixed(280, 20, 60)[1], rows=400)],
-        CHOICE_DEPENDS,
-        reasons=["more than 5 points ahead, but not more than 15", "+10.0 points"],
+        CHOICE_FINE_TUNE,
+        "lora n=200",
+        reasons=["shown to be more than 5 points ahead of the cheaper few-shot k=5 balanced", "+10.0 points"],
     ),
     Case(
         "disagreement both ways: LoRA +5.5 on 400 rows (44 vs 22 alone) is not shown past the margin",
         [prompt(mixed(300, 22, 44)[0], rows=400), tuned(mixed(300, 22, 44)[1], rows=400)],
         CHOICE_PROMPT,
         K5,
-        reasons=["not shown to be more than 5 points behind", "+5.5 points"],
+        reasons=["may be more than 5 points ahead of the cheaper", "not shown", "+5.5 points"],
+        settled=False,
+        headline="Provisional: ship few-shot k=5 balanced (cheaper); lora n=200 may be 5.5 points better, "
+        "not settled at n=400",
     ),
     Case(
-        "prompt ahead of fine-tuning",
+        "the cheaper prompt ahead of fine-tuning ships without a test",
         [prompt(range(180)), tuned(range(160))],
         CHOICE_PROMPT,
         K5,
-        reasons=["ahead of the best fine-tuned", "-10.0 points"],
+        reasons=["scores at least as high (0.900 vs 0.800 accuracy)", "no test needed"],
     ),
     Case(
-        "fine-tune: shown 15+ points ahead at 100,000+/day",
+        "fine-tune: shown 25 points ahead at 150,000/day",
         [prompt(range(130)), tuned(range(180))],
         CHOICE_FINE_TUNE,
         "lora n=200",
         volume=150_000,
         reasons=[
-            "more than 15 points ahead",
+            "shown to be more than 5 points ahead",
             "0.900 vs few-shot k=5 balanced 0.650",
             "p<0.001",
             "150,000 calls/day",
         ],
     ),
     Case(
-        "fine-tune at any volume when shown 15+ points ahead, with the cost stated",
+        "fine-tune at low volume too when shown far ahead, with the cost stated",
         [prompt(range(130)), tuned(range(180))],
         CHOICE_FINE_TUNE,
         "lora n=200",
         volume=2_000,
         # (7e-6 - 1.3e-6) x 2,000 = $0.011/day against $3,060 more setup
         reasons=[
-            "more than 15 points ahead",
+            "shown to be more than 5 points ahead",
             "cost at 2,000 calls/day",
             "saves $0.011/day against $3,060 more",
         ],
-    ),
-    Case(
-        "just above the 15-point margin: the interval's lower bound above it fine-tunes",
-        [prompt(range(700), rows=1000), tuned(range(880), rows=1000)],  # +18, 95% CI about [15.6, 20.4]
-        CHOICE_FINE_TUNE,
-        "lora n=200",
-        reasons=["more than 15 points ahead", "+18.0 points"],
-    ),
-    Case(
-        "a +16-point lead whose interval reaches below 15 is the 5-15 band",
-        [prompt(range(700), rows=1000), tuned(range(860), rows=1000)],  # +16, 95% CI about [13.7, 18.3]
-        CHOICE_DEPENDS,
-        reasons=["more than 5 points ahead, but not more than 15", "+16.0 points"],
     ),
     Case(
         "a near-chance prompt has no value to protect",
@@ -124,45 +116,55 @@ CASES = [
         steps=["a larger model may prompt well", "--model"],
     ),
     Case(
-        "5-15 points: it depends on the value of one more correct answer",
+        "a dearer option shown past the margin ships, with the value of a correct answer at which it pays",
+        # $2,956 more over the year / (18.25M requests x 0.10) = $0.0016 per extra correct answer
         [prompt(range(160)), tuned(range(180))],
-        CHOICE_DEPENDS,
-        reasons=[
-            "more than 5 points ahead, but not more than 15",
-            "+10.0 points",
-            "fine-tuning pays when one more correct answer is worth",
-        ],
+        CHOICE_FINE_TUNE,
+        "lora n=200",
+        reasons=["+10.0 points", "pays when one more correct answer is worth at least $0.0016"],
     ),
     Case(
-        "5-15 points: a high value per correct answer decides for fine-tuning",
+        "--value-per-correct: a high value decides for the better, dearer option",
         [prompt(range(160)), tuned(range(180))],
         CHOICE_FINE_TUNE,
         "lora n=200",
         value_per_correct=1.0,
-        reasons=["you value one more correct answer at $1.00", "at or above"],
+        reasons=["at $1.00 per correct answer (--value-per-correct)", "net of cost lora n=200 is worth more"],
     ),
     Case(
-        "5-15 points: a low value per correct answer keeps the prompt",
+        "--value-per-correct: a low value keeps the cheaper prompt, whatever the lead",
         [prompt(range(160)), tuned(range(180))],
         CHOICE_PROMPT,
         K5,
         value_per_correct=1e-6,
-        reasons=["below the"],
+        reasons=["net of cost few-shot k=5 balanced is worth more", "no lead pays for"],
     ),
     Case(
-        "5-15 points and no dearer over the horizon: fine-tune",
+        "--value-per-correct without a margin: a lead just past where it pays is provisional",
+        # pays at ($3,844 - $887.75) / (0.0025 x 18.25M) = +6.5 points; the lead is +7.5, CI about +3 to +12
+        [prompt(mixed(290, 20, 50)[0], rows=400), tuned(mixed(290, 20, 50)[1], rows=400)],
+        CHOICE_FINE_TUNE,
+        "lora n=200",
+        value_per_correct=0.0025,
+        settled=False,
+        headline="Provisional: ship lora n=200 (the best value net of cost)",
+    ),
+    Case(
+        "LoRA cheaper over the horizon at high volume and scoring higher ships without a test",
         [prompt(range(160)), tuned(range(180))],
         CHOICE_FINE_TUNE,
         "lora n=200",
         volume=5_000_000,
-        reasons=["both better and no dearer"],
+        reasons=["lora n=200 costs less than few-shot k=5 balanced ($6,192 vs $13,535", "no test needed"],
     ),
     Case(
-        "not significant: 10-point lead on 30 rows",
+        "a 10-point lead on 30 rows is not shown past the margin: provisional, with the rows to settle it",
         [prompt(range(24), rows=30), tuned(range(3, 30), rows=30)],
         CHOICE_PROMPT,
         K5,
-        reasons=["no significant difference at n=30", "gap +10.0 points", "test rows", "more than measured"],
+        reasons=["may be more than 5 points ahead", "gap +10.0 points", "n=30"],
+        settled=False,
+        steps=["settle few-shot k=5 balanced vs lora n=200: about", "more than the 30 measured"],
     ),
     Case(
         "not significant: tiny gap says how many rows settle 5 points",
@@ -179,6 +181,7 @@ CASES = [
         ],
         CHOICE_UNDECIDABLE,
         reasons=["have no per-row predictions", "re-run both methods into one run folder"],
+        settled=None,
     ),
     Case(
         "missing evidence on one side does not favour the prompt",  # prompt 0.60 vs LoRA 0.90
@@ -188,12 +191,14 @@ CASES = [
         ],
         CHOICE_UNDECIDABLE,
         reasons=["few-shot k=5 balanced has no per-row predictions"],
+        settled=None,
     ),
     Case(
         "predictions on other rows are no paired evidence",
         [prompt(range(150)), tuned(range(170), rows=190)],
         CHOICE_UNDECIDABLE,
         reasons=["on 200 rows and lora n=200 on 190"],
+        settled=None,
     ),
     Case(
         "low scores alone are no knowledge gap: not good enough yet, with next steps",
@@ -230,27 +235,74 @@ CASES = [
         [prompt(range(150)), tuned(range(170)), reference(range(196))],
         CHOICE_REFERENCE,
         "reference n=200",
-        reasons=["the no-LLM classifier is ahead of lora n=200", "no LLM"],
+        reasons=["cost within 20% of each other", "the higher-scoring reference n=200", "significant"],
     ),
     Case(
-        "the reference is held against the method that ships, not the best-scoring row",
-        # prompt 0.80, LoRA 0.84 (not shown 5 points ahead: the prompt ships), reference 0.78
+        "every dearer option is weighed against the cheapest, and the higher rows are named",
+        # prompt 0.80 (cheapest), LoRA 0.84 (not shown 5 points ahead), reference 0.78 (lower)
         [prompt(range(320), rows=400), tuned(range(336), rows=400), reference(range(312), rows=400)],
-        CHOICE_REFERENCE,
-        "reference n=200",
+        CHOICE_PROMPT,
+        K5,
         reasons=[
-            "few-shot k=5 balanced 0.800 vs reference n=200 0.780",
-            # the higher row passed over is named, with the reason the LLM verdict set it aside
-            "lora n=200 scores higher (0.840 accuracy) but was set aside among the LLM methods: the best "
-            "prompt is not shown to be more than 5 points behind",
+            "lora n=200 0.840 vs few-shot k=5 balanced 0.800",
+            "costs less than reference n=200 ($887.75 vs $3,504 over the horizon) and scores at least as "
+            "high",
         ],
     ),
     Case(
-        "an LLM lead of +5.5 points with an interval below 5 at its low end is within the margin",
+        "a prompt cheaper than the reference at low volume ships when it also scores higher (the old rule "
+        "shipped the reference: the prompt's +5.5 was not shown past the margin)",
         [prompt(range(342), rows=400), reference(range(320), rows=400)],  # 95% CI about [3.3, 7.8]
+        CHOICE_PROMPT,
+        K5,
+        volume=1_000,
+        reasons=["few-shot k=5 balanced costs less than reference n=200", "no test needed"],
+    ),
+    Case(
+        "a reference cheaper than the prompt at high volume ships when the prompt is not shown past the "
+        "margin (+2.0 points)",
+        # 10M/day: prompt $760 + 7e-6 x 3.65e9 = $26,310; reference $3,500 + 2e-7 x 3.65e9 = $4,230
+        [prompt(range(344), rows=400), reference(range(336), rows=400)],
         CHOICE_REFERENCE,
         "reference n=200",
-        reasons=["not shown to be more than 5 points ahead", "+5.5 points"],
+        volume=10_000_000,
+        reasons=["reference n=200 costs less than few-shot k=5 balanced ($4,230 vs $26,310"],
+    ),
+    Case(
+        "LoRA cheaper than the prompt at high volume and a point behind it ships (the old rule shipped the "
+        "prompt by its kind)",
+        [prompt(range(344), rows=400), tuned(range(340), rows=400)],
+        CHOICE_FINE_TUNE,
+        "lora n=200",
+        volume=5_000_000,
+        reasons=["lora n=200 costs less than few-shot k=5 balanced", "no significant difference"],
+    ),
+    Case(
+        "a dearer option with a settled lead: LoRA +8.8 over a reference within 20% of its cost (the old "
+        "rule shipped the reference: not shown more than 5 points ahead)",
+        [prompt(range(280), rows=400), reference(range(300), rows=400), tuned(range(335), rows=400)],
+        CHOICE_FINE_TUNE,
+        "lora n=200",
+        reasons=["cost within 20% of each other", "the higher-scoring lora n=200 is the default", "+8.8"],
+    ),
+    Case(
+        "a dearer option with an unsettled lead: LoRA +9.5 whose interval reaches below the margin",
+        [prompt(mixed(300, 25, 63)[0], rows=400), tuned(mixed(300, 25, 63)[1], rows=400)],
+        CHOICE_PROMPT,
+        K5,
+        volume=10_000,
+        settled=False,
+        headline="Provisional: ship few-shot k=5 balanced (cheaper); lora n=200 may be 9.5 points better",
+        steps=["settle few-shot k=5 balanced vs lora n=200", "lora"],
+    ),
+    Case(
+        "costs within 20% and a lead that is not significant: the higher score ships provisionally",
+        [prompt(range(100)), reference(mixed(150, 15, 20)[0]), tuned(mixed(150, 15, 20)[1])],
+        CHOICE_FINE_TUNE,
+        "lora n=200",
+        settled=False,
+        headline="Provisional: ship lora n=200 (higher-scoring; the two cost within 20% of each other); "
+        "reference n=200 may do as well",
     ),
     Case(
         "an LLM lead shown to be more than 5 points: the LLM method ships",
@@ -259,10 +311,11 @@ CASES = [
         K5,
     ),
     Case(
-        "the reference within 5 points ships",
+        "costs within 20%: the significantly higher-scoring option ships whatever its kind",
         [prompt(range(150)), tuned(range(180)), reference(range(174))],
-        CHOICE_REFERENCE,
-        "reference n=200",
+        CHOICE_FINE_TUNE,
+        "lora n=200",
+        reasons=["the higher-scoring lora n=200 is the default, and its lead is significant"],
     ),
     Case(
         "the reference significantly more than 5 points behind does not ship",
@@ -346,6 +399,9 @@ def test_recommendation_rules(case: Case) -> None:
         for fragment in fragments:
             assert fragment in joined, f"{fragment!r} not in {kind}: {joined}"
     assert rec.headline and rec.reasons
+    assert case.headline in rec.headline
+    assert rec.settled == case.settled, rec.headline
+    assert (rec.unsettled is None) == (case.settled is not False)
     ships_nothing = case.choice in (CHOICE_NOT_GOOD_ENOUGH, CHOICE_MEASURE_PROMPTING, CHOICE_UNDECIDABLE)
     assert rec.shipped == (None if ships_nothing else case.method)
     as_dict = rec.to_dict()

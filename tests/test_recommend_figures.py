@@ -20,7 +20,6 @@ from fewtune.decide.evidence import FINE_TUNED, PROMPT, MethodEvidence
 from fewtune.decide.metric import ACCURACY_METRIC, MACRO_F1_METRIC
 from fewtune.decide.recommend import recommend
 from fewtune.decide.verdict import (
-    CHOICE_DEPENDS,
     CHOICE_FINE_TUNE,
     CHOICE_NOT_GOOD_ENOUGH,
     CHOICE_PROMPT,
@@ -41,8 +40,10 @@ def test_cost_reason_cites_totals_and_break_even() -> None:
 def test_value_per_correct_threshold_figure() -> None:
     # Extra cost over 365 days at 50,000/day (18.25M requests): (3820 + 1.3e-6 x 18.25M) - (760 + 7e-6 x
     # 18.25M) = $2,955.98; extra correct answers: 18.25M x 0.10 = 1.825M -> $0.0016 per correct answer.
-    rec = decide(Case("", [prompt(range(160)), tuned(range(180))], CHOICE_DEPENDS))
-    assert "$0.0016" in rec.headline
+    rec = decide(Case("", [prompt(range(160)), tuned(range(180))], CHOICE_FINE_TUNE))
+    assert rec.choice == CHOICE_FINE_TUNE
+    assert "its extra $2,956 over 365 days buys about 1.82 million more right answers" in rec.reasons[0]
+    assert "worth at least $0.0016" in rec.reasons[0]
 
 
 def test_macro_f1_decisions_use_a_paired_bootstrap() -> None:

@@ -309,8 +309,11 @@ class RunResults(TypedDict, total=False):
     """``{preset, file, volume_per_day, volume_given, horizon_days, requests_at_horizon, gap, metric,
     value_per_correct, prices {key: {value, source}}}``."""
     recommendation: dict[str, Any]
-    """``{choice ("prompt" | "fine-tune" | "depends" | "retrieval" | "reference" | "not-good-enough" |
-    "measure-prompting-first"), method (to ship; the best so far for not-good-enough), headline,
+    """``{choice ("prompt" | "fine-tune" | "retrieval" | "reference" | "not-good-enough" | "undecidable" |
+    "measure-prompting-first"), method (to ship; the best so far for not-good-enough), headline ("Provisional:
+    ..." when not settled), settled (false: provisional; null: no verdict between options), unsettled (the
+    open pair when provisional: {shipped, other, lead_points (other minus shipped), lead_ci95, rows,
+    rows_to_settle, margin_points}) | null,
     reasons [..], caveats [..], next_steps [..], metric, metric_reason, comparison (best prompt vs best
     fine-tuned) {prompt, fine_tuned, prompt_accuracy, fine_tuned_accuracy, rows, p_value, lead_ci95,
     discordant_share, rows_needed, rows_needed_points, lead_points, significant, baseline, candidate,

@@ -1,8 +1,9 @@
 """The money side of a verdict, in sentences with their figures: totals at the user's volume, the break-even,
-the low-volume rule of thumb, and the value of one extra correct answer at which fine-tuning pays."""
+the low-volume rule of thumb, and the value of one extra correct answer at which a dearer option pays."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fewtune.cost import BreakEven, format_count, format_days, format_usd
@@ -20,15 +21,21 @@ class Volume:
         return self.per_day * self.horizon_days
 
 
-def cost_reason(a: MethodEvidence, b: MethodEvidence, v: Volume, be: BreakEven | None = None) -> str:
-    """Both methods' totals at the volume over the horizon, and where ``b`` (the trained one) breaks even."""
+def _priced(m: MethodEvidence, requests: float) -> str:
+    return (
+        f"{m.name} {format_usd(m.cost.total(requests))} ({format_usd(m.cost.setup)} setup + "
+        f"{format_usd(m.cost.per_request)}/request)"
+    )
+
+
+def cost_reason(methods: Sequence[MethodEvidence], v: Volume, be: BreakEven | None = None) -> str:
+    """Each method's total at the volume over the horizon, cheapest first, and where fine-tuning breaks
+    even against prompting (``be``)."""
     requests = v.requests
+    ranked = sorted(methods, key=lambda m: m.cost.total(requests))
     text = (
         f"cost at {v.per_day:,.0f} calls/day over {v.horizon_days:,.0f} days "
-        f"({format_count(requests)} requests): {a.name} {format_usd(a.cost.total(requests))} "
-        f"({format_usd(a.cost.setup)} setup + {format_usd(a.cost.per_request)}/request), {b.name} "
-        f"{format_usd(b.cost.total(requests))} ({format_usd(b.cost.setup)} + "
-        f"{format_usd(b.cost.per_request)}/request)"
+        f"({format_count(requests)} requests): {', '.join(_priced(m, requests) for m in ranked)}"
     )
     if be is None:
         return text
@@ -58,39 +65,15 @@ def low_volume_reason(prompt: MethodEvidence, tuned: MethodEvidence, v: Volume) 
     )
 
 
-@dataclass(frozen=True)
-class ValueOfCorrect:
-    """What one extra correct answer must be worth for the more accurate method to pay over the horizon."""
-
-    extra_cost: float
-    """Dearer method's extra total cost over the horizon (negative: it is cheaper)."""
-    extra_correct: float
-    """Extra correct answers over the horizon (volume x horizon x score gap)."""
-
-    @property
-    def break_even_value(self) -> float | None:
-        """Dollars per extra correct answer at which both cost the same; None when it is free or no gain."""
-        if self.extra_cost <= 0 or self.extra_correct <= 0:
-            return None
-        return self.extra_cost / self.extra_correct
-
-
-def value_of_correct(base: MethodEvidence, better: MethodEvidence, v: Volume) -> ValueOfCorrect:
-    extra_cost = better.cost.total(v.requests) - base.cost.total(v.requests)
-    extra_correct = v.requests * max(better.score - base.score, 0.0)
-    return ValueOfCorrect(extra_cost, extra_correct)
-
-
-def value_reason(value: ValueOfCorrect, tuned: str, v: Volume, label: str) -> str:
-    per = value.break_even_value
-    gained = f"about {format_count(value.extra_correct)} more right answers ({label} as the proxy)"
-    if per is None:
-        return (
-            f"{tuned} gives {gained} over {v.horizon_days:,.0f} days and costs "
-            f"{format_usd(-value.extra_cost)} less in total: it is both better and no dearer"
-        )
+def pays_per_correct(cheaper: MethodEvidence, dearer: MethodEvidence, v: Volume) -> str | None:
+    """What one extra correct answer must be worth for ``dearer``'s extra cost over the horizon to pay
+    (extra cost / extra correct answers), in a clause; None when it is no dearer or no better."""
+    extra_cost = dearer.cost.total(v.requests) - cheaper.cost.total(v.requests)
+    extra_correct = v.requests * (dearer.score - cheaper.score)
+    if extra_cost <= 0 or extra_correct <= 0:
+        return None
     return (
-        f"{tuned} gives {gained} over {v.horizon_days:,.0f} days for {format_usd(value.extra_cost)} more: "
-        f"fine-tuning pays when one more correct answer is worth at least {format_usd(per)} "
-        "(extra cost / extra correct answers; give --value-per-correct to decide)"
+        f"its extra {format_usd(extra_cost)} over {v.horizon_days:,.0f} days buys about "
+        f"{format_count(extra_correct)} more right answers, so it pays when one more correct answer is worth "
+        f"at least {format_usd(extra_cost / extra_correct)} (give --value-per-correct to decide by value)"
     )

@@ -8,23 +8,22 @@ checked first (numbers are the guides' unless marked as fewtune's own):
    guess) is flagged degenerate and never recommended;
 3. the verdict is decided on the primary metric (accuracy, or macro-F1 on imbalanced labels), and a
    difference counts only when a paired test on the same test rows finds it (p < 0.05);
-4. best prompt within 5 points of the best fine-tuned method, or no significant difference -> the prompt;
-5. fine-tuning significantly ahead by 15+ points -> fine-tune, at any volume, with the cost stated (a prompt
-   that does not do the task has no value to protect); at 100,000+ calls/day its per-request saving adds up;
-6. between 5 and 15 points -> fine-tune when it is no dearer over the horizon, otherwise it depends on what
-   one extra correct answer is worth (``--value-per-correct`` decides);
-7. retrieval only on evidence: the user says the gap is knowledge, or retrieved labelled examples in the
+4. the options (the best prompt, the best fine-tuned method, the no-LLM reference, retrieved demos when
+   retrieval is shown to help) are ordered by their total cost at the run's volume over the horizon, and
+   the cheapest one ships unless a dearer one is shown to be more than the guides' 5-point margin ahead
+   (totals within 20% of each other: the higher score) -- one rule for every kind, in
+   :mod:`fewtune.decide.options`; a lead past the margin that is not shown makes the verdict provisional;
+5. with ``--value-per-correct`` the option with the best value net of cost ships instead;
+6. retrieval only on evidence: the user says the gap is knowledge, or retrieved labelled examples in the
    prompt (nearest-neighbour demos) significantly beat both fixed demos and fine-tuning;
-8. the no-LLM reference ships when no LLM method is significantly more than 5 points ahead of it (fewtune's
-   application of rule 4: prefer the simpler option within the margin);
-9. when even the best method agrees with the gold labels only "fairly" beyond chance (Cohen's kappa below
+7. when even the best method agrees with the gold labels only "fairly" beyond chance (Cohen's kappa below
    0.4, Landis & Koch 1977), it is not good enough yet, and the next steps say what the evidence supports.
 """
 
 from __future__ import annotations
 
-from fewtune.cost import break_even, format_usd
-from fewtune.decide.alternatives import reference_verdict, retrieval_verdict
+from fewtune.cost import break_even
+from fewtune.decide.alternatives import Retrieval, retrieval_evidence
 from fewtune.decide.curve import data_step, shots_step, trend
 from fewtune.decide.evidence import (
     FINE_TUNED,
@@ -33,34 +32,26 @@ from fewtune.decide.evidence import (
     Comparison,
     MethodEvidence,
     compare,
-    not_significant,
     versus,
 )
 from fewtune.decide.full_ft import weigh_full_ft
-from fewtune.decide.money import (
-    Volume,
-    cost_reason,
-    low_volume_reason,
-    value_of_correct,
-    value_reason,
-)
+from fewtune.decide.money import Volume, cost_reason, low_volume_reason
+from fewtune.decide.options import Candidate, Ordering, Step, by_value, candidate, order, rows_to_settle
 from fewtune.decide.selection import compare_selected
 from fewtune.decide.steps import degenerate_caveat, low_steps
 from fewtune.decide.thresholds import (
-    FINE_TUNE_LEAD_POINTS,
+    CLOSE_COST_SHARE,
     GOOD_ENOUGH_KAPPA,
-    HIGH_VOLUME_PER_DAY,
     LOW_VOLUME_PER_DAY,
-    MARGIN_POINTS,
     MIN_PROMPT_SHOTS,
     NEAR_CHANCE_KAPPA,
 )
 from fewtune.decide.verdict import (
-    CHOICE_DEPENDS,
     CHOICE_FINE_TUNE,
     CHOICE_MEASURE_PROMPTING,
     CHOICE_NOT_GOOD_ENOUGH,
     CHOICE_PROMPT,
+    CHOICE_REFERENCE,
     CHOICE_RETRIEVAL,
     CHOICE_UNDECIDABLE,
     Recommendation,
@@ -70,113 +61,131 @@ from fewtune.decide.verdict import (
     undecidable,
 )
 
+HEADLINES = {
+    CHOICE_PROMPT: "Ship the prompt: {}",
+    CHOICE_FINE_TUNE: "Fine-tune: {}",
+    CHOICE_REFERENCE: "Ship the no-LLM classifier: {}",
+    CHOICE_RETRIEVAL: "Retrieve examples into the prompt: {} (nearest-neighbour demos)",
+}
 
-def _llm_verdict(
-    prompt: MethodEvidence | None, tuned: MethodEvidence | None, s: Situation, c: Comparison | None
-) -> Verdict | None:
-    """Rules 4-6 between the best viable prompt and the best viable fine-tuned method."""
-    label, v = s.metric.label, Volume(s.volume_per_day, s.horizon_days)
-    if prompt is None and tuned is None:
+
+def _candidates(
+    viable: list[MethodEvidence], tuned: MethodEvidence | None, s: Situation, out: list[Comparison]
+) -> tuple[list[Candidate], Retrieval | None]:
+    """The options the rule orders: the best of each family that does the task (the retrieved-demos prompt
+    in the prompt's place when retrieval is shown to help), each with the rows it was picked among."""
+    v = Volume(s.volume_per_day, s.horizon_days)
+    family = {kind: [m for m in viable if m.kind == kind] for kind in (PROMPT, FINE_TUNED, REFERENCE)}
+    retrieval = retrieval_evidence(viable, tuned, s, out)
+    chosen = [
+        (retrieval.method, CHOICE_RETRIEVAL, list(retrieval.rows))
+        if retrieval is not None
+        else (best(family[PROMPT]), CHOICE_PROMPT, family[PROMPT]),
+        (tuned, CHOICE_FINE_TUNE, family[FINE_TUNED]),
+        (best(family[REFERENCE]), CHOICE_REFERENCE, family[REFERENCE]),
+    ]
+    options = [candidate(m, choice, rows, v) for m, choice, rows in chosen if m is not None]
+    return options, retrieval
+
+
+def _other_side(step: Step, shipped: Candidate) -> tuple[Candidate, float, tuple[float, float] | None]:
+    """The open pair's other option, its lead over the shipped one (points) and that lead's interval."""
+    c = step.comparison
+    assert c is not None and c.lead_ci95 is not None
+    low, high = c.lead_ci95
+    if step.dearer is not shipped:  # the comparison is dearer minus cheaper
+        return step.dearer, c.lead_points, (low, high)
+    return step.cheaper, -c.lead_points, (-high, -low)
+
+
+def _open_pair(ordering: Ordering) -> dict[str, object] | None:
+    step, shipped = ordering.open_step, ordering.shipped
+    if step is None or step.comparison is None:
         return None
-    if tuned is None:
-        assert prompt is not None
-        return Verdict(
-            CHOICE_PROMPT,
-            prompt,
-            f"Ship the prompt: {prompt.name}",
-            [
-                f"{prompt.name} is the best prompt ({prompt.score:.3f} {label}) and no fine-tuned method "
-                f"doing the task was measured; setup {format_usd(prompt.cost.setup)}, "
-                f"{format_usd(prompt.cost.per_request)}/request"
-            ],
+    other, lead, interval = _other_side(step, shipped)
+    return {
+        "shipped": shipped.name,
+        "other": other.name,
+        "lead_points": lead,
+        "lead_ci95": list(interval) if interval else None,
+        "rows": step.comparison.rows,
+        "rows_to_settle": rows_to_settle(step),
+        "margin_points": abs(step.margin),
+    }
+
+
+def _headline(ordering: Ordering, value_given: bool) -> str:
+    shipped, step = ordering.shipped, ordering.open_step
+    if step is None or step.comparison is None:
+        return HEADLINES[shipped.choice].format(shipped.name)
+    other, lead, _ = _other_side(step, shipped)
+    rows = step.comparison.rows
+    if value_given:
+        why = "the best value net of cost"
+    elif shipped.total <= other.total:
+        why = "cheaper"
+    else:
+        why = f"higher-scoring; the two cost within {CLOSE_COST_SHARE:.0%} of each other"
+    may = f"may be {lead:.1f} points better" if lead > 0 else "may do as well"
+    return f"Provisional: ship {shipped.name} ({why}); {other.name} {may}, not settled at n={rows}"
+
+
+def _family_notes(viable: list[MethodEvidence], methods: tuple[MethodEvidence, ...]) -> list[str]:
+    """Options the order could not weigh because none of their rows does the task, or none was measured."""
+    notes = []
+    for kind, words in ((PROMPT, "prompt"), (FINE_TUNED, "fine-tuned method")):
+        if any(m.kind == kind for m in viable):
+            continue
+        measured = any(m.kind == kind for m in methods)
+        notes.append(
+            f"no {words} doing the task was measured"
+            + (f" (every {words} is degenerate)" if measured else "")
         )
-    if prompt is None:
-        return Verdict(
-            CHOICE_FINE_TUNE,
-            tuned,
-            f"Fine-tune: {tuned.name}",
-            [
-                f"no prompt does the task (every prompting method is degenerate); {tuned.name} reaches "
-                f"{tuned.score:.3f} {label}",
-                f"fine-tuning costs {format_usd(tuned.cost.setup)} to set up and "
-                f"{format_usd(tuned.cost.per_request)}/request",
-            ],
-        )
-    assert c is not None
-    if not c.paired:
-        return undecidable(c, {m.name: m for m in (prompt, tuned)})
-    be = break_even(prompt.cost, tuned.cost)
-    cost = cost_reason(prompt, tuned, v, be)
-    low_volume = [low_volume_reason(prompt, tuned, v)] if s.volume_per_day < LOW_VOLUME_PER_DAY else []
-    lead = c.lead_points
-    if not c.significant:
-        return Verdict(
-            CHOICE_PROMPT,
-            prompt,
-            f"Ship the prompt: {prompt.name} (no significant difference from fine-tuning)",
-            [
-                not_significant(c, label),
-                "without a proven gain the prompt is the simpler option: no training, no adapter to serve, "
-                "changed by editing text",
-                cost,
-                *low_volume,
-            ],
-        )
-    if not c.ahead_by_more_than(MARGIN_POINTS):
-        if lead < 0:
-            where = "ahead of"
-        elif c.within(MARGIN_POINTS):
-            where = f"shown to be within {MARGIN_POINTS:.0f} points of"
-        else:  # the interval straddles the margin: a lead above it is not shown
-            where = f"not shown to be more than {MARGIN_POINTS:.0f} points behind"
-        return Verdict(
-            CHOICE_PROMPT,
-            prompt,
-            f"Ship the prompt: {prompt.name}",
-            [f"the best prompt is {where} the best fine-tuned method: {versus(c, label)}", cost, *low_volume],
-        )
-    if c.ahead_by_more_than(FINE_TUNE_LEAD_POINTS):
-        reasons = [
-            f"fine-tuning is shown to be more than {FINE_TUNE_LEAD_POINTS:.0f} points ahead (the paired "
-            f"interval's lower bound is above it): {versus(c, label)}"
-        ]
-        if s.kappa.get(prompt.name, 1.0) < NEAR_CHANCE_KAPPA:
+    return notes
+
+
+def _ordered_verdict(
+    viable: list[MethodEvidence], tuned: MethodEvidence | None, s: Situation, out: list[Comparison]
+) -> Verdict | None:
+    """The verdict from the order of options (decide/options.py), with its reasons and figures."""
+    options, retrieval = _candidates(viable, tuned, s, out)
+    if not options:
+        return None
+    if s.value_per_correct is not None and len(options) > 1:
+        ordering = by_value(options, s.value_per_correct, s, out)
+    else:
+        ordering = order(options, s, out)
+    unpaired = ordering.unpaired
+    if unpaired is not None and unpaired.comparison is not None:
+        return undecidable(unpaired.comparison, {x.name: x.method for x in options})
+    shipped = ordering.shipped
+    label, v = s.metric.label, Volume(s.volume_per_day, s.horizon_days)
+    steps = sorted(ordering.steps, key=lambda x: (x.settled, -x.loser.score))
+    reasons = [x.reason for x in steps]
+    if len(options) == 1:
+        reasons.append(f"{shipped.name} is the only option doing the task ({shipped.score:.3f} {label})")
+    if shipped.choice == CHOICE_RETRIEVAL and retrieval is not None:
+        reasons = retrieval.reasons + reasons
+    reasons += _family_notes(viable, s.methods)
+    for x in ordering.steps:
+        kappa = s.kappa.get(x.loser.name)
+        if x.loser is not shipped and kappa is not None and kappa < NEAR_CHANCE_KAPPA:
             reasons.append(
-                f"the best prompt is near chance (Cohen's kappa {s.kappa[prompt.name]:.2f}): it is not doing "
-                "the task at any volume, so there is no cheaper option to protect"
+                f"{x.loser.name} is near chance (Cohen's kappa {kappa:.2f}): it is not doing the task at any "
+                "volume, so its lower cost protects nothing"
             )
-        if s.volume_per_day >= HIGH_VOLUME_PER_DAY:
-            reasons.append(
-                f"{s.volume_per_day:,.0f} calls/day is at or above ~{HIGH_VOLUME_PER_DAY:,}/day, where "
-                "fine-tuning's per-request saving adds up too"
-            )
-        reasons += [cost, *low_volume]
-        return Verdict(CHOICE_FINE_TUNE, tuned, f"Fine-tune: {tuned.name}", reasons)
-    value = value_of_correct(prompt, tuned, v)
-    why = (
-        f"fine-tuning is shown to be more than {MARGIN_POINTS:.0f} points ahead, but not more than "
-        f"{FINE_TUNE_LEAD_POINTS:.0f}: {versus(c, label)}"
-    )
-    reasons = [why, value_reason(value, tuned.name, v, label), cost, *low_volume]
-    per = value.break_even_value
-    if per is None:
-        return Verdict(CHOICE_FINE_TUNE, tuned, f"Fine-tune: {tuned.name}", reasons)
-    if s.value_per_correct is not None:
-        pays = s.value_per_correct >= per
-        reasons.insert(
-            2,
-            f"you value one more correct answer at {format_usd(s.value_per_correct)} (--value-per-correct), "
-            f"{'at or above' if pays else 'below'} the {format_usd(per)} at which fine-tuning pays",
-        )
-        if pays:
-            return Verdict(CHOICE_FINE_TUNE, tuned, f"Fine-tune: {tuned.name}", reasons)
-        return Verdict(CHOICE_PROMPT, prompt, f"Ship the prompt: {prompt.name}", reasons)
+    prompt = next((x.method for x in options if x.method.kind == PROMPT), None)
+    be = break_even(prompt.cost, tuned.cost) if prompt and tuned else None
+    reasons.append(cost_reason([x.method for x in options], v, be))
+    if prompt and tuned and s.volume_per_day < LOW_VOLUME_PER_DAY:
+        reasons.append(low_volume_reason(prompt, tuned, v))
     return Verdict(
-        CHOICE_DEPENDS,
-        None,
-        f"It depends: {tuned.name} is {lead:.1f} points ahead of {prompt.name}; fine-tuning pays if one more "
-        f"correct answer is worth at least {format_usd(per)}",
+        shipped.choice,
+        shipped.method,
+        _headline(ordering, s.value_per_correct is not None),
         reasons,
+        settled=ordering.settled,
+        unsettled=_open_pair(ordering),
     )
 
 
@@ -201,6 +210,7 @@ def recommend(s: Situation) -> Recommendation:
             caveats,
             metric=s.metric.name,
             metric_reason=s.metric_reason,
+            settled=None,
         )
     degenerate = {m.name: m.degenerate for m in s.methods if m.degenerate}
     caveats += [degenerate_caveat(m, s.class_balance) for m in s.methods if m.degenerate]
@@ -234,25 +244,7 @@ def recommend(s: Situation) -> Recommendation:
             ],
         )
     else:
-        verdict = retrieval_verdict(viable, tuned, s, comparisons) or _llm_verdict(prompt, tuned, s, c)
-        if reference is not None and (verdict is None or verdict.choice != CHOICE_UNDECIDABLE):
-            # The reference is held against what the LLM verdict ships (the better LLM method when it
-            # ships none: "it depends"), never merely against the best-scoring row.
-            shipped = verdict.method if verdict is not None and verdict.method is not None else None
-            against = shipped or best([m for m in (prompt, tuned) if m])
-            llm_rows = [m for m in viable if m.kind in (PROMPT, FINE_TUNED)]
-            references = [m for m in viable if m.kind == REFERENCE]
-            shipped_reference = reference_verdict(reference, against, s, comparisons, references, llm_rows)
-            top_llm = best(llm_rows)
-            if shipped_reference is not None:
-                if verdict is not None and top_llm is not None and top_llm is not against:
-                    # A higher-scoring LLM row was set aside between the LLM methods: say why, or the
-                    # reader sees the top row of the table passed over without a word.
-                    higher = f"{top_llm.name} scores higher ({top_llm.score:.3f} {label})"
-                    shipped_reference.reasons.insert(
-                        1, f"{higher} but was set aside among the LLM methods: {verdict.reasons[0]}"
-                    )
-                verdict = shipped_reference
+        verdict = _ordered_verdict(viable, tuned, s, comparisons)
     top = best(viable)
     steps = low_steps(s.methods, s.kappa, s.class_balance, prompt, top)
     kappa = s.kappa.get(top.name) if top else None
@@ -286,6 +278,7 @@ def recommend(s: Situation) -> Recommendation:
     ][:1]
     steps = _steps(s, verdict, tuned, prompt) + steps
     be = break_even(prompt.cost, tuned.cost) if prompt and tuned else None
+    unique = {(x.baseline, x.candidate, x.candidates): x for x in comparisons}
     return Recommendation(
         verdict.choice,
         verdict.method.name if verdict.method else None,
@@ -296,9 +289,11 @@ def recommend(s: Situation) -> Recommendation:
         s.metric.name,
         s.metric_reason,
         c,
-        comparisons,
+        list(unique.values()),
         degenerate,
         be,
+        verdict.settled,
+        verdict.unsettled,
     )
 
 
@@ -333,12 +328,24 @@ def _floor_verdict(
 def _steps(
     s: Situation, verdict: Verdict, tuned: MethodEvidence | None, prompt: MethodEvidence | None
 ) -> list[str]:
-    """Learning-curve steps for the family the verdict leans on."""
+    """What would settle a provisional verdict first, then the learning-curve steps for the family the
+    verdict leans on."""
     label = s.metric.label
     steps = []
+    open_pair = verdict.unsettled or {}
+    if open_pair.get("rows_to_settle"):
+        rows, needed = open_pair["rows"], open_pair["rows_to_settle"]
+        steps.append(
+            f"settle {open_pair['shipped']} vs {open_pair['other']}: about {needed:,} test rows "
+            f"({needed - rows:,} more than the {rows} measured) would show whether the "
+            f"{open_pair['lead_points']:+.1f}-point gap clears {open_pair['margin_points']:.1f} points, if "
+            "it holds (80% power)"
+        )
+    open_names = {open_pair.get("shipped"), open_pair.get("other")}
+    tuned_open = any(m.name in open_names for m in s.methods if m.kind == FINE_TUNED)
     lora = [(m.train_examples or 0, m.score) for m in s.methods if m.kind == FINE_TUNED and m.shots == 0]
     sizes = sorted({m.train_examples or 0 for m in s.methods if m.kind == FINE_TUNED})
-    if verdict.choice in (CHOICE_FINE_TUNE, CHOICE_DEPENDS, CHOICE_NOT_GOOD_ENOUGH) and sizes:
+    if (verdict.choice in (CHOICE_FINE_TUNE, CHOICE_NOT_GOOD_ENOUGH) or tuned_open) and sizes:
         step = data_step(trend("lora", "training examples", lora), sizes, label)
         if step:
             steps.append(step)

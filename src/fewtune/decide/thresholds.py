@@ -4,13 +4,11 @@ from __future__ import annotations
 
 # Guides: "always measure prompting with at least 5 examples before fine-tuning".
 MIN_PROMPT_SHOTS = 5
-# Guides: best prompt within 5 points of the best fine-tuned method -> ship the prompt. fewtune applies the
-# same margin to the no-LLM reference, and uses it as the smallest gap worth settling with more test rows.
+# Guides: best prompt within 5 points of the best fine-tuned method -> ship the prompt. That margin is an
+# indifference threshold between a cheaper and a dearer option: fewtune applies it to every pair of options,
+# ordered by their measured total cost (decide/options.py), and uses it as the smallest gap worth settling
+# with more test rows.
 MARGIN_POINTS = 5.0
-# Guides: fine-tuning ahead by 15+ points -> fine-tuning pays.
-FINE_TUNE_LEAD_POINTS = 15.0
-# Guides: "around 100,000 calls/day or more" is where fine-tuning's per-request saving adds up.
-HIGH_VOLUME_PER_DAY = 100_000
 # Guides: "under ~10,000 calls/day the token saving rarely pays the engineering time".
 LOW_VOLUME_PER_DAY = 10_000
 # Conventional significance level (Fisher): a paired difference with p < 0.05 counts.
@@ -39,3 +37,9 @@ CANARY_HOURS = 24
 # measured on a fraction of the rows). A class fails only when its recall is shown to be below the floor: the
 # one-sided Clopper-Pearson upper bound, Bonferroni-corrected across the classes checked, is under it.
 CLASS_DROP_POINTS = 10.0
+# Two options whose totals over the horizon are within 20% of each other are not ordered by cost: the higher
+# score is the default. The totals rest on estimates (round engineering hours: a day for a prompt, a week for
+# an adapter; list $/hour; an assumed utilization), and fewtune already holds a billed cost per request up to
+# 20% above its estimate to be within the estimate's tolerance (ROLLBACK_COST_FACTOR rolls back only beyond
+# it): totals closer than that are not told apart by the cost model (fewtune default).
+CLOSE_COST_SHARE = round(ROLLBACK_COST_FACTOR - 1, 6)

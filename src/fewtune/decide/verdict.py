@@ -11,7 +11,6 @@ from fewtune.decide.metric import ACCURACY_METRIC, PrimaryMetric
 
 CHOICE_PROMPT = "prompt"
 CHOICE_FINE_TUNE = "fine-tune"
-CHOICE_DEPENDS = "depends"
 CHOICE_RETRIEVAL = "retrieval"
 CHOICE_REFERENCE = "reference"
 CHOICE_NOT_GOOD_ENOUGH = "not-good-enough"
@@ -63,6 +62,12 @@ class Recommendation:
     """Every paired test the verdict used."""
     degenerate: dict[str, str] = field(default_factory=dict)
     break_even: Any = None
+    settled: bool | None = True
+    """False: provisional, the shipped option's comparison with ``unsettled['other']`` did not settle; None:
+    no verdict between options (undecidable, prompting not measured)."""
+    unsettled: dict[str, Any] | None = None
+    """The open pair when provisional: ``{shipped, other, lead_points (other minus shipped), lead_ci95,
+    rows, rows_to_settle, margin_points}``."""
 
     @property
     def shipped(self) -> str | None:
@@ -92,6 +97,8 @@ class Recommendation:
             "comparison": comparison,
             "comparisons": [x.to_dict() for x in self.comparisons],
             "degenerate": self.degenerate,
+            "settled": self.settled,
+            "unsettled": self.unsettled,
             "break_even": None
             if self.break_even is None
             else {"requests": self.break_even.requests, "reason": self.break_even.reason},
@@ -109,6 +116,8 @@ class Verdict:
     method: MethodEvidence | None
     headline: str
     reasons: list[str]
+    settled: bool | None = True
+    unsettled: dict[str, Any] | None = None
 
 
 def undecidable(c: Comparison, methods: dict[str, MethodEvidence]) -> Verdict:
@@ -124,4 +133,5 @@ def undecidable(c: Comparison, methods: dict[str, MethodEvidence]) -> Verdict:
             "to decide: re-run both methods into one run folder (fewtune run --resume keeps the finished "
             "ones), so predictions.jsonl holds each method's per-row predictions on the same test rows",
         ],
+        settled=None,
     )

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 CHOICE_COLOURS = {
     "prompt": "#2b6cb0",
     "fine-tune": "#c05621",
-    "depends": "#6b46c1",
+    "undecidable": "#6b46c1",
     "retrieval": "#2c7a7b",
     "reference": "#2f855a",
     "not-good-enough": "#c53030",
