@@ -111,3 +111,26 @@ def write_run(
     }
     (folder / "results.json").write_text(json.dumps(results), encoding="utf-8")
     return folder
+
+
+UNSETTLED = {
+    "shipped": "few-shot k=8 balanced",
+    "other": "lora n=200",
+    "lead_points": 7.2,
+    "lead_ci95": [1.0, 13.4],
+    "rows": 200,
+    "rows_to_settle": 460,
+    "margin_points": 5.0,
+}
+# analysis.json's recommendation: settled, provisional, and as a report older than the flag wrote it.
+VERDICTS = {
+    "settled": {"method": "few-shot k=8 balanced", "settled": True, "unsettled": None},
+    "provisional": {"method": "few-shot k=8 balanced", "settled": False, "unsettled": UNSETTLED},
+    "old": {"method": "few-shot k=8 balanced"},
+}
+
+
+def write_verdict(folder: Path, recommendation: dict[str, object]) -> Path:
+    """An analysis.json holding only ``recommendation``, as the report writes it beside results.json."""
+    (folder / "analysis.json").write_text(json.dumps({"recommendation": recommendation}), encoding="utf-8")
+    return folder

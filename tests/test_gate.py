@@ -6,12 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
-from gate_helpers import Arm, labelled_rows, with_accuracy, write_run
+from gate_helpers import UNSETTLED, VERDICTS, Arm, labelled_rows, with_accuracy, write_run, write_verdict
+from rich.console import Console
 
 from fewtune import cli
 from fewtune.release.gate import FAIL, PASS, UNKNOWN, run_gate
 from fewtune.release.policy import Policy
 from fewtune.release.sides import read_side
+from fewtune.release.verdict import Verdict
 
 CLASSES = {"a": 300, "b": 300, "c": 300, "rare": 30}
 LABELS = sorted(CLASSES)
@@ -202,3 +204,99 @@ def test_a_method_gated_against_itself_is_a_one_line_error(
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "are the same method of the same run" in err and "Traceback" not in err
+
+
+NOTE = (
+    "note: {run}'s verdict is provisional: lora n=200 may be 7.2 points better than few-shot k=8 balanced "
+    "(95% CI +1.0 to +13.4 at n=200; about 460 test rows would settle it)"
+)
+
+
+@pytest.mark.parametrize(
+    ("verdict", "baseline", "noted", "settled"),
+    [
+        ("provisional", "", True, False),  # the recommended side, resolved: the note
+        ("settled", "", False, True),
+        ("old", "", False, None),  # a report older than the flag: unknown, no note
+        ("provisional", ":few-shot k=8 balanced", False, None),  # METHOD named: not the run's verdict
+    ],
+)
+def test_the_gate_notes_a_provisional_verdict_of_a_recommended_side(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    verdict: str,
+    baseline: str,
+    noted: bool,
+    settled: bool | None,
+) -> None:
+    texts, gold = labelled_rows({"a": 40, "b": 40})
+    arms = [Arm(name, name.split()[0], with_accuracy(gold, ["a", "b"], 0.8, seed=1))
+            for name in ("few-shot k=8 balanced", "lora n=200")]  # fmt: skip
+    run = write_verdict(write_run(tmp_path / "run", texts, gold, arms), VERDICTS[verdict])
+    book = tmp_path / "book"
+    args = ["--baseline", f"{run}{baseline}", "--candidate", f"{run}:lora n=200", "--runbook", str(book)]
+    code, payload = gate_cli(monkeypatch, capsys, *args)
+    assert code == 0, payload  # the same answers: the note informs, it never changes the decision
+    side = payload["baseline"]
+    assert (side["recommended"], side["settled"]) == (not baseline, settled)
+    assert side["unsettled"] == (UNSETTLED if noted else None) and payload["candidate"]["settled"] is None
+    assert payload["notes"] == ([NOTE.format(run=run).removeprefix("note: ")] if noted else [])
+    monkeypatch.setattr("fewtune.cli_release.console", Console(markup=False, width=100))
+    monkeypatch.setattr("sys.argv", ["fewtune", "gate", *args])
+    with pytest.raises(SystemExit):
+        cli.main()
+    lines = capsys.readouterr().out.splitlines()
+    assert (NOTE.format(run=run) in lines) == noted  # one line, however narrow the console
+    assert [line for line in lines if line.startswith("note:")] == ([NOTE.format(run=run)] if noted else [])
+    entry = Path(payload["runbook_entry"]).read_text(encoding="utf-8")
+    assert ("verdict is provisional" in entry) == noted
+
+
+@pytest.mark.parametrize(
+    ("recommendation", "label", "note"),
+    [
+        (None, "-", None),
+        ("not an object", "-", None),
+        ({"method": "x", "settled": "yes"}, "-", None),  # not a bool: unknown
+        ({"method": "x", "settled": True, "unsettled": UNSETTLED}, "settled", None),
+        ({"method": "x", "settled": False, "unsettled": "junk"}, "provisional", "the report gives no detail"),
+        (
+            {"method": "x", "settled": False, "unsettled": UNSETTLED | {"lead_ci95": [1.0]}},
+            "provisional",
+            "the report gives no detail",
+        ),
+        (
+            {"method": "x", "settled": False, "unsettled": UNSETTLED | {"rows": "many"}},
+            "provisional",
+            "the report gives no detail",
+        ),
+        (
+            {
+                "method": "x",
+                "settled": False,
+                "unsettled": UNSETTLED | {"lead_ci95": None, "rows_to_settle": None},
+            },
+            "provisional",
+            "lora n=200 may be 7.2 points better than few-shot k=8 balanced (n=200)",
+        ),
+        (
+            {
+                "method": "x",
+                "settled": False,
+                "unsettled": UNSETTLED | {"lead_points": -2.5, "lead_ci95": [-7, 2]},
+            },
+            "provisional",
+            "lora n=200 may do as well as few-shot k=8 balanced, 2.5 points behind (95% CI -7.0 to +2.0 at "
+            "n=200;",
+        ),
+    ],
+)
+def test_a_verdict_is_read_from_any_recommendation_without_crashing(
+    recommendation: object, label: str, note: str | None
+) -> None:
+    verdict = Verdict.of(recommendation)
+    assert verdict.label == label
+    line = verdict.note("runs/x")
+    assert (line is None) == (note is None)
+    assert note is None or (line is not None and note in line)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import sqlite3
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
-from gate_helpers import Arm, labelled_rows, with_accuracy, write_run
+from gate_helpers import VERDICTS, Arm, labelled_rows, with_accuracy, write_run, write_verdict
+from rich.console import Console
 
 from fewtune import cli
 from fewtune.errors import ConfigError, FewtuneError
@@ -71,6 +73,95 @@ def test_runs_commands_list_show_compare_and_the_gate_takes_a_run_id(
                    "--json", "--no-runbook")  # fmt: skip
     assert code == 0, capsys.readouterr()
     assert json.loads(capsys.readouterr().out)["decision"] == "pass"
+
+
+def two_method_run(folder: Path) -> Path:
+    texts, gold = labelled_rows({"a": 20, "b": 20})
+    arms = [Arm(name, name.split()[0], with_accuracy(gold, ["a", "b"], 0.8, seed))
+            for seed, name in enumerate(("few-shot k=8 balanced", "lora n=200"))]  # fmt: skip
+    return write_run(folder, texts, gold, arms)
+
+
+def wide_listing(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    """``fewtune *args`` on a console wide enough that no cell folds, whitespace collapsed."""
+    monkeypatch.setattr("fewtune.cli_release.console", Console(markup=False, width=300))
+    capsys.readouterr()
+    assert fewtune(monkeypatch, *args) == 0
+    return " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize(
+    ("verdict", "column", "shown"),
+    [("settled", 1, "settled"), ("provisional", 0, "provisional"), ("old", None, "-"), (None, None, "-")],
+)
+def test_the_registry_stores_and_lists_whether_the_verdict_is_settled(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    verdict: str | None,
+    column: int | None,
+    shown: str,
+) -> None:
+    """settled, provisional, a report older than the flag (no key), and no report at all."""
+    run = two_method_run(tmp_path / "runs" / "one")
+    if verdict:
+        write_verdict(run, VERDICTS[verdict])
+    run_id, path = record_run(run)
+    (row,) = list_runs(path)
+    assert row["settled"] == column and find_run(path, run_id)["settled"] == column
+    listing = wide_listing(monkeypatch, capsys, "runs", "--root", str(tmp_path / "runs"))
+    recommended = "few-shot k=8 balanced" if verdict else "-"
+    assert f"| {recommended} | {shown} | {run.resolve()} |" in listing.replace("│", "|")
+    assert f"verdict: {shown}" in wide_listing(
+        monkeypatch, capsys, "runs", "show", run_id, "--root", str(tmp_path / "runs")
+    )
+
+
+# The registry as fewtune created it before the runs table's settled column.
+OLD_SCHEMA = """
+CREATE TABLE runs (
+    run_id TEXT PRIMARY KEY, folder TEXT NOT NULL UNIQUE, recorded_at TEXT NOT NULL, started_at TEXT,
+    finished_at TEXT, status TEXT, task TEXT, model TEXT, seed INTEGER, config_sha256 TEXT,
+    data_sha256 TEXT, test_sha256 TEXT, test_rows INTEGER, recommended TEXT, fewtune_version TEXT
+);
+CREATE TABLE methods (
+    run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE, name TEXT NOT NULL, method TEXT,
+    shots INTEGER, train_examples INTEGER, metric TEXT, value REAL, ci_low REAL, ci_high REAL,
+    p95_ms REAL, cost_per_request REAL, adapter_path TEXT, adapter_sha256 TEXT,
+    PRIMARY KEY (run_id, name)
+);
+"""
+
+
+def test_a_registry_from_before_the_settled_column_is_migrated_and_keeps_its_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "runs" / "fewtune-runs.sqlite"
+    path.parent.mkdir()
+    with sqlite3.connect(path) as db:
+        db.executescript(OLD_SCHEMA)
+        db.execute(
+            "INSERT INTO runs VALUES (?, ?, ?, ?, NULL, 'complete', 'classification', 'tiny', 0, NULL, NULL, "
+            "NULL, 40, 'lora n=200', '0.1')",
+            ("old-1a2b3c4d", "/data/runs/old", "2026-01-01T00:00:00+00:00", "2026-01-01T00:00:00+00:00"),
+        )
+        db.execute(
+            "INSERT INTO methods VALUES ('old-1a2b3c4d', 'lora n=200', 'lora', 0, 200, 'accuracy', 0.9, 0.8, "
+            "1.0, 50.0, 0.001, NULL, NULL)"
+        )
+    db.close()
+    (old,) = list_runs(path)  # opening it migrates it
+    assert old["run_id"] == "old-1a2b3c4d" and old["recommended"] == "lora n=200" and old["settled"] is None
+    assert [m["value"] for m in find_run(path, "old-1a2b3c4d")["methods"]] == [0.9]
+    with sqlite3.connect(path) as db:
+        assert "settled" in {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+    db.close()
+    run = write_verdict(two_method_run(tmp_path / "runs" / "new"), VERDICTS["provisional"])
+    record_run(run)  # a migrated registry takes new runs
+    assert [(r["run_id"], r["settled"]) for r in list_runs(path)] == [("old-1a2b3c4d", None), (ANY, 0)]
+    listing = wide_listing(monkeypatch, capsys, "runs", "--root", str(tmp_path / "runs"))
+    assert "2 runs" in listing and "| lora n=200 | - | /data/runs/old |" in listing.replace("│", "|")
+    assert "| provisional |" in listing.replace("│", "|")
 
 
 def test_a_broken_registry_file_is_a_one_line_error(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -86,6 +86,8 @@ def show_gate(result: GateResult) -> None:
     style = STYLE[result.decision]
     failing = ", ".join(c.name for c in result.failing())
     console.print(styled(f"gate: {result.decision}", style, f" ({failing})" if failing else ""))
+    for note in result.notes():
+        console.print(styled("note:", "yellow", f" {note}"), soft_wrap=True, highlight=False)
 
 
 def gate_entry(result: GateResult, owner: str) -> Entry:
@@ -112,11 +114,12 @@ def gate_entry(result: GateResult, owner: str) -> Entry:
         + [(c.name, c.measured, c.threshold, c.status, c.why) for c in result.checks],
         triggers=triggers,
         next_review=next_review(CANARY_HOURS) if result.decision == PASS else None,
-        notes=(
-            [f"canary the candidate and review after {CANARY_HOURS} h (`fewtune monitor`)"]
+        notes=[
+            f"canary the candidate and review after {CANARY_HOURS} h (`fewtune monitor`)"
             if result.decision == PASS
-            else ["do not release: fix the failing checks and gate again"]
-        ),
+            else "do not release: fix the failing checks and gate again",
+            *result.notes(),
+        ],
     )
 
 
@@ -159,6 +162,14 @@ def _fmt(value: object, digits: str = ".3f") -> str:
     return "-" if value is None else format(value, digits) if isinstance(value, float) else str(value)
 
 
+def _verdict(run: dict[str, Any]) -> Text:
+    """A registry row's ``settled`` column in words: settled, provisional (in yellow) or - (unknown)."""
+    from fewtune.release.verdict import PROVISIONAL, settled_label
+
+    words = settled_label(run.get("settled"))  # absent: a read-only registry older than the column
+    return Text(words, style="yellow" if words == PROVISIONAL else "")
+
+
 @runs_app.callback(invoke_without_command=True)
 def runs_list(ctx: typer.Context, root: RootOption = Path("runs")) -> None:
     """List the recorded runs (oldest first)."""
@@ -169,12 +180,14 @@ def runs_list(ctx: typer.Context, root: RootOption = Path("runs")) -> None:
     path = registry_path(root)
     found = list_runs(path)
     table = Table(title=f"{path}: {len(found)} runs", title_justify="left")
-    for column in ("run id", "started", "status", "task", "model", "test rows", "recommended", "folder"):
+    for column in (
+        "run id", "started", "status", "task", "model", "test rows", "recommended", "verdict", "folder"
+    ):  # fmt: skip
         table.add_column(column, overflow="fold")
     for r in found:
         table.add_row(
             r["run_id"], r["started_at"] or "-", r["status"] or "-", r["task"] or "-", r["model"] or "-",
-            _fmt(r["test_rows"]), r["recommended"] or "-", r["folder"],
+            _fmt(r["test_rows"]), r["recommended"] or "-", _verdict(r), r["folder"],
         )  # fmt: skip
     console.print(table)
 
@@ -192,6 +205,7 @@ def runs_show(
     for key in ("run_id", "folder", "started_at", "finished_at", "status", "task", "model", "seed",
                 "config_sha256", "data_sha256", "test_sha256", "test_rows", "recommended"):  # fmt: skip
         console.print(styled(key, "bold", f": {_fmt(r[key])}"), highlight=False)
+    console.print(Text.assemble(("verdict", "bold"), ": ", _verdict(r)), highlight=False)
     table = Table(title_justify="left")
     for column in ("method", "metric", "value", "95% CI", "p95 ms", "cost/request", "adapter sha256"):
         table.add_column(column, overflow="fold")

@@ -73,11 +73,20 @@ class GateResult:
     def failing(self) -> list[Check]:
         return [c for c in self.checks if c.status in (FAIL, UNKNOWN)]
 
+    def notes(self) -> list[str]:
+        """One line per side that is its run's recommended method on a provisional verdict: the gate's
+        checks stand either way, but the run itself did not settle what to ship."""
+        notes = (s.verdict.note(s.spec) for s in (self.baseline, self.candidate) if s.verdict)
+        return [n for n in notes if n]
+
     def to_dict(self) -> dict[str, Any]:
         def side(s: Side) -> dict[str, Any]:
+            verdict = s.verdict.to_dict() if s.verdict else {"settled": None, "unsettled": None}
             return {
                 "run": str(s.folder),
                 "method": s.method,
+                "recommended": s.verdict is not None,
+                **verdict,
                 "rows": len(s.lines),
                 "rows_sha256": s.rows_hash,
             }
@@ -90,6 +99,7 @@ class GateResult:
             "metric": self.metric,
             "policy": self.policy.to_dict(),
             "checks": [asdict(c) for c in self.checks],
+            "notes": self.notes(),
         }
 
 

@@ -2,7 +2,8 @@
 
 The database is ``fewtune-runs.sqlite`` in the run folder's parent (``runs/`` by default), or the file
 ``FEWTUNE_REGISTRY`` names. A run is recorded (and updated in place) each time its report is written, by
-``fewtune run`` and ``fewtune report``: its id, times, config and data hashes, task, model, and per method the
+``fewtune run`` and ``fewtune report``: its id, times, config and data hashes, task, model, the recommended
+method and whether that verdict is settled (:mod:`fewtune.release.verdict`), and per method the
 primary metric with its interval, p95 latency, cost per request and the adapter's path and hash. The run
 folder stays the source of truth; the registry is its index, so ``fewtune runs`` can list and compare runs
 and ``fewtune gate`` can take a run id where a folder is expected.
@@ -30,7 +31,8 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY, folder TEXT NOT NULL UNIQUE, recorded_at TEXT NOT NULL, started_at TEXT,
     finished_at TEXT, status TEXT, task TEXT, model TEXT, seed INTEGER, config_sha256 TEXT,
-    data_sha256 TEXT, test_sha256 TEXT, test_rows INTEGER, recommended TEXT, fewtune_version TEXT
+    data_sha256 TEXT, test_sha256 TEXT, test_rows INTEGER, recommended TEXT, fewtune_version TEXT,
+    settled INTEGER
 );
 CREATE TABLE IF NOT EXISTS methods (
     run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE, name TEXT NOT NULL, method TEXT,
@@ -39,6 +41,9 @@ CREATE TABLE IF NOT EXISTS methods (
     PRIMARY KEY (run_id, name)
 );
 """
+# Columns added to ``runs`` since the first schema, with their types: a registry created before them is
+# migrated when opened (CREATE TABLE IF NOT EXISTS leaves an existing table as it was).
+ADDED_RUN_COLUMNS = {"settled": "INTEGER"}  # 1 settled, 0 provisional, NULL unknown (an older report)
 
 
 def registry_path(root: str | Path | None = None) -> Path:
@@ -61,12 +66,26 @@ def connect(path: Path, create: bool = True) -> Iterator[sqlite3.Connection]:
         db.row_factory = sqlite3.Row
         db.execute("PRAGMA foreign_keys = ON")
         db.executescript(SCHEMA)
+        _migrate(db)
         with db:
             yield db
     except sqlite3.DatabaseError as err:
         raise FewtuneError(f"{path}: not a readable run registry ({err})") from None
     finally:
         db.close()
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Add the columns a registry made by an older fewtune lacks; its rows keep their values (NULL in the new
+    columns). A registry that cannot be written (read-only) is left as it is and read as it is."""
+    for column, kind in ADDED_RUN_COLUMNS.items():
+        present = {row["name"] for row in db.execute("PRAGMA table_info(runs)")}
+        if column in present:
+            continue
+        try:
+            db.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
+        except sqlite3.OperationalError:  # another process added it first, or the file is read-only
+            continue
 
 
 def _sha256(path: Path) -> str | None:
@@ -84,6 +103,7 @@ def run_id_of(folder: Path, started_at: str) -> str:
 def record_run(folder: str | Path, path: Path | None = None) -> tuple[str, Path]:
     """Add or update the run in ``folder`` (its results.json with the report's analysis.json laid over it)
     in the registry; return its id and the registry file."""
+    from fewtune.release.verdict import Verdict
     from fewtune.report.run_folder import read_analysed
 
     folder = Path(folder)
@@ -106,16 +126,23 @@ def record_run(folder: str | Path, path: Path | None = None) -> tuple[str, Path]
                 adapter, _sha256(adapter_file) if adapter_file else None,
             )
         )  # fmt: skip
-    run = (
-        run_id, str(folder.resolve()), datetime.now(UTC).isoformat(timespec="seconds"), started,
-        results.get("finished_at"), results.get("status"), (results.get("task") or {}).get("name"),
-        results.get("model"), results.get("seed"), _sha256(folder / "config.yaml"),
-        dataset.get("data_sha256"), dataset.get("test_sha256"), dataset.get("test_size"),
-        (results.get("recommendation") or {}).get("method"), results.get("fewtune_version"),
-    )  # fmt: skip
+    verdict = Verdict.of(results.get("recommendation"))
+    run = {
+        "run_id": run_id, "folder": str(folder.resolve()),
+        "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"), "started_at": started,
+        "finished_at": results.get("finished_at"), "status": results.get("status"),
+        "task": (results.get("task") or {}).get("name"), "model": results.get("model"),
+        "seed": results.get("seed"), "config_sha256": _sha256(folder / "config.yaml"),
+        "data_sha256": dataset.get("data_sha256"), "test_sha256": dataset.get("test_sha256"),
+        "test_rows": dataset.get("test_size"), "recommended": verdict.method,
+        "fewtune_version": results.get("fewtune_version"),
+        "settled": None if verdict.settled is None else int(verdict.settled),
+    }  # fmt: skip
     with connect(path) as db:
-        db.execute("DELETE FROM runs WHERE run_id = ? OR folder = ?", (run_id, run[1]))
-        db.execute(f"INSERT INTO runs VALUES ({', '.join('?' * len(run))})", run)
+        db.execute("DELETE FROM runs WHERE run_id = ? OR folder = ?", (run_id, run["folder"]))
+        db.execute(
+            f"INSERT INTO runs ({', '.join(run)}) VALUES ({', '.join('?' * len(run))})", tuple(run.values())
+        )
         db.executemany(f"INSERT INTO methods VALUES ({', '.join('?' * 13)})", methods)
     return run_id, path
 

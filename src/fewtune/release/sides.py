@@ -19,6 +19,7 @@ import numpy as np
 from fewtune.cost import MethodCost
 from fewtune.errors import FewtuneError
 from fewtune.record import latency_of
+from fewtune.release.verdict import Verdict
 from fewtune.report.run_folder import ANALYSIS_FILE, cost_args_for, read_run
 from fewtune.tasks.base import CLASSIFICATION, EXTRACTION
 
@@ -39,6 +40,9 @@ class Side:
     """Its predictions, in row order."""
     cost: MethodCost
     hardware: dict[str, Any]
+    verdict: Verdict | None = None
+    """The run's verdict when the side is its recommended method, resolved because RUN was given without
+    METHOD; None when METHOD was named (or the run recommends nothing)."""
 
     @property
     def task_name(self) -> str:
@@ -118,17 +122,17 @@ def split_spec(spec: str) -> tuple[Path, str | None]:
     return Path(folder), method.strip() or None
 
 
-def recommended(folder: Path) -> str | None:
-    """The method the run's report recommends, if the report was written and recommends one."""
+def verdict_of(folder: Path) -> Verdict:
+    """The run's verdict: the method its report recommends (if the report was written and recommends one)
+    and whether that verdict is settled."""
     path = folder / ANALYSIS_FILE
     if not path.is_file():
-        return None
+        return Verdict(None, None)
     try:
         analysis = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    method = (analysis.get("recommendation") or {}).get("method")
-    return str(method) if method else None
+        return Verdict(None, None)
+    return Verdict.of(analysis.get("recommendation") if isinstance(analysis, dict) else None)
 
 
 def read_side(spec: str, folder: Path | None = None) -> Side:
@@ -139,8 +143,10 @@ def read_side(spec: str, folder: Path | None = None) -> Side:
     folder = folder or path
     results, predictions = read_run(folder)
     names = [row["name"] for row in results["methods"]]
+    verdict = None
     if method is None:
-        method = recommended(folder) or (names[0] if len(names) == 1 else None)
+        verdict = verdict_of(folder)
+        method = verdict.method or (names[0] if len(names) == 1 else None)
         if method is None:
             raise FewtuneError(
                 f"{spec}: the run recommends no method (or has no report yet); name one as "
@@ -162,4 +168,5 @@ def read_side(spec: str, folder: Path | None = None) -> Side:
         lines=predictions.get(method) or [],
         cost=costs[method],
         hardware=dict(results.get("hardware") or {}),
+        verdict=verdict if verdict and verdict.method == method else None,
     )
