@@ -230,7 +230,7 @@ class CostArgs:
     """The metric the verdict is decided on: accuracy or macro-f1; None = accuracy, or macro-F1 when the test
     labels are imbalanced."""
     value_per_correct: float | None = None
-    """Dollars one more correct answer is worth; decides the 5-15 point band between prompt and fine-tune."""
+    """Dollars one more correct answer is worth: the option with the best value net of cost ships."""
 
     def __post_init__(self) -> None:
         if self.metric is not None and self.metric not in ALL_METRICS:
