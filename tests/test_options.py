@@ -47,3 +47,21 @@ def test_rows_to_settle_scale_the_interval_to_clear_the_margin() -> None:
     expected = math.ceil(400 * (z * error / (pair["lead_points"] - 5.0)) ** 2)
     assert pair["rows_to_settle"] == expected and expected > 400
     assert rec.next_steps[0].startswith(f"settle {K5} vs lora n=200: about {expected:,} test rows")
+
+
+def test_a_family_is_represented_by_the_row_the_same_rule_picks() -> None:
+    # 5M calls/day (1.825e9 requests): LoRA $3,820 + 1.3e-6/request = $6,192; LoRA+8-shot carries the demos
+    # in every call, $4,580 + 7e-6/request = $17,355; the prompt $13,535. LoRA+8-shot scores a point above
+    # LoRA, not shown past the margin: the cheaper LoRA stands for fine-tuning, and then ships, the prompt's
+    # +1.0 over it not shown past the margin either. Picking each family's best score would have held
+    # LoRA+8-shot against the prompt and shipped the prompt.
+    demos = replace(
+        tuned(range(348), rows=400),
+        name="lora+few-shot n=200 k=5 balanced",
+        shots=5,
+        cost=MethodCost(setup=4580, per_request=7e-6),
+    )
+    methods = [prompt(range(344), rows=400), tuned(range(340), rows=400), demos]
+    rec = decide(Case("", methods, CHOICE_FINE_TUNE, volume=5_000_000))
+    assert (rec.choice, rec.method, rec.settled) == (CHOICE_FINE_TUNE, "lora n=200", True)
+    assert "lora n=200 costs less than few-shot k=5 balanced ($6,192 vs $13,535" in " | ".join(rec.reasons)

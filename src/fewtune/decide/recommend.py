@@ -22,6 +22,8 @@ checked first (numbers are the guides' unless marked as fewtune's own):
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from fewtune.cost import break_even
 from fewtune.decide.alternatives import Retrieval, retrieval_evidence
 from fewtune.decide.curve import data_step, shots_step, trend
@@ -72,20 +74,30 @@ HEADLINES = {
 def _candidates(
     viable: list[MethodEvidence], tuned: MethodEvidence | None, s: Situation, out: list[Comparison]
 ) -> tuple[list[Candidate], Retrieval | None]:
-    """The options the rule orders: the best of each family that does the task (the retrieved-demos prompt
-    in the prompt's place when retrieval is shown to help), each with the rows it was picked among."""
+    """The options the rule orders, one per family that does the task (the retrieved-demos prompt in the
+    prompt's place when retrieval is shown to help), each with the rows it was picked among. A family's
+    option is the row the same rule picks among its rows: the best-scoring one unless a cheaper row is not
+    shown past the margin behind it (8 demos in every call against none, at a volume where that counts)."""
     v = Volume(s.volume_per_day, s.horizon_days)
     family = {kind: [m for m in viable if m.kind == kind] for kind in (PROMPT, FINE_TUNED, REFERENCE)}
     retrieval = retrieval_evidence(viable, tuned, s, out)
-    chosen = [
-        (retrieval.method, CHOICE_RETRIEVAL, list(retrieval.rows))
+
+    def pick(rows: list[MethodEvidence], choice: str) -> Candidate | None:
+        options = [candidate(m, choice, rows, v) for m in rows]
+        return order(options, s, []).shipped if options else None
+
+    prompt = (
+        candidate(retrieval.method, CHOICE_RETRIEVAL, retrieval.rows, v)
         if retrieval is not None
-        else (best(family[PROMPT]), CHOICE_PROMPT, family[PROMPT]),
-        (tuned, CHOICE_FINE_TUNE, family[FINE_TUNED]),
-        (best(family[REFERENCE]), CHOICE_REFERENCE, family[REFERENCE]),
-    ]
-    options = [candidate(m, choice, rows, v) for m, choice, rows in chosen if m is not None]
-    return options, retrieval
+        else pick(family[PROMPT], CHOICE_PROMPT)
+    )
+    # The fine-tuned rows weighed as one family, except a whole-model row the adapter stands in for.
+    tuned_rows = [m for m in family[FINE_TUNED] if not m.whole_model or m is tuned]
+    fine_tuned = pick(tuned_rows, CHOICE_FINE_TUNE)
+    if fine_tuned is not None:
+        fine_tuned = replace(fine_tuned, rows=tuple(family[FINE_TUNED]))
+    chosen = [prompt, fine_tuned, pick(family[REFERENCE], CHOICE_REFERENCE)]
+    return [x for x in chosen if x is not None], retrieval
 
 
 def _other_side(step: Step, shipped: Candidate) -> tuple[Candidate, float, tuple[float, float] | None]:
