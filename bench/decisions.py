@@ -247,6 +247,9 @@ def run_scenario(s: Scenario, work: Path, report_only: bool) -> dict:
     out = work / s.name
     results_path = out / "results.json"
     if s.reuse is not None:
+        if not (work / s.reuse / "results.json").is_file():
+            first = f"--only {s.reuse},{s.name}"
+            sys.exit(f"{s.name}: re-prices the {s.reuse} run; run that scenario first ({first})")
         shutil.rmtree(out, ignore_errors=True)
         shutil.copytree(work / s.reuse, out)
     done = results_path.is_file() and json.loads(results_path.read_text())["status"] == "complete"
