@@ -56,12 +56,16 @@ def test_reference_rows_are_candidates_compared_on_the_same_rows(tmp_path: Path)
     assert results["curves"]["crossover"] is None  # no LoRA size measured
     rec = results["recommendation"]
     # The best reference is a candidate like the others: weighed against the cheaper prompt by total cost
-    # and score (both score 1.000 on the fake backend, so the cheaper prompt ships without a test), and any
-    # paired test it takes part in is on the run's test rows.
+    # and score (every row scores 1.000 on the fake backend, so the cheapest prompt row, whichever the
+    # measured throughput makes it, ships without a test), and any paired test it takes part in is on the
+    # run's test rows.
     costs = {m["name"]: m["costs"]["total_at_horizon"] for m in results["methods"]}
-    assert costs["few-shot k=5 balanced"] < costs["reference n=30"]
-    assert (rec["choice"], rec["method"], rec["settled"]) == ("prompt", "few-shot k=5 balanced", True)
-    assert "costs less than reference n=30" in rec["reasons"][0] and "no test needed" in rec["reasons"][0]
+    cheapest = min(("zero-shot", "few-shot k=5 balanced"), key=costs.__getitem__)
+    assert costs[cheapest] < min(costs["reference n=6"], costs["reference n=30"])
+    assert (rec["choice"], rec["method"], rec["settled"]) == ("prompt", cheapest, True)
+    # Both sizes score 1.000 too: the cheaper one (6 labelled rows) stands for the reference.
+    assert f"{cheapest} costs less than reference n=6" in rec["reasons"][0]
+    assert "no test needed" in rec["reasons"][0]
     against = [c for c in rec["comparisons"] if "reference" in c["baseline"] + c["candidate"]]
     assert all(c["rows"] == results["dataset"]["test_size"] for c in against)
     assert (folder / "report-train.png").is_file() and (folder / "report-shots.png").is_file()
