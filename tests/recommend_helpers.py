@@ -104,3 +104,32 @@ def decide(case: Case, metric: PrimaryMetric = ACCURACY_METRIC) -> Recommendatio
             value_per_correct=case.value_per_correct,
         )
     )
+
+
+def check(case: Case) -> Recommendation:
+    """Decide ``case`` and hold the recommendation to it: choice and method, the fragments its reasons,
+    caveats, steps and headline must hold, settled or provisional, and what it ships."""
+    from fewtune.decide.verdict import (
+        CHOICE_MEASURE_PROMPTING,
+        CHOICE_NOT_GOOD_ENOUGH,
+        CHOICE_UNDECIDABLE,
+    )
+
+    rec = decide(case)
+    assert (rec.choice, rec.method) == (case.choice, case.method), rec.reasons
+    for kind, fragments, texts in (
+        ("reasons", case.reasons, rec.reasons),
+        ("caveats", case.caveats, rec.caveats),
+        ("steps", case.steps, rec.next_steps),
+    ):
+        joined = " | ".join(texts)
+        for fragment in fragments:
+            assert fragment in joined, f"{fragment!r} not in {kind}: {joined}"
+    assert rec.headline and rec.reasons
+    assert case.headline in rec.headline
+    assert rec.settled == case.settled, rec.headline
+    assert (rec.unsettled is None) == (case.settled is not False)
+    ships_nothing = case.choice in (CHOICE_NOT_GOOD_ENOUGH, CHOICE_MEASURE_PROMPTING, CHOICE_UNDECIDABLE)
+    assert rec.shipped == (None if ships_nothing else case.method)
+    assert set(rec.to_dict()) >= {"choice", "reasons", "caveats", "next_steps", "metric", "degenerate"}
+    return rec

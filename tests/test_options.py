@@ -1,17 +1,124 @@
-"""The order of options (decide/options.py) on synthetic evidence: which candidate ships among three, and the
-test rows that would settle an open pair."""
+"""The order of options (decide/options.py) on synthetic evidence: which option is cheaper over the horizon
+decides the default, whatever its kind; a dearer one ships when shown past the margin; settled or
+provisional; which candidate ships among three; the test rows that would settle an open pair."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import replace
 
-from recommend_helpers import K5, Case, decide, prompt, reference, tuned
+import pytest
+from recommend_helpers import K5, Case, check, decide, mixed, prompt, reference, tuned
 from scipy.stats import norm
 
 from fewtune.cost import MethodCost
-from fewtune.decide.verdict import CHOICE_FINE_TUNE, CHOICE_REFERENCE
+from fewtune.decide.verdict import CHOICE_FINE_TUNE, CHOICE_PROMPT, CHOICE_REFERENCE
 from fewtune.metrics import PLANNING_ALPHA, PLANNING_POWER
+
+# The cheaper option by total cost is the default; the names say where the rule before 2026-12-05 differed.
+COST_CASES = [
+    Case(
+        "--value-per-correct: a high value decides for the better, dearer option",
+        [prompt(range(160)), tuned(range(180))],
+        CHOICE_FINE_TUNE,
+        "lora n=200",
+        value_per_correct=1.0,
+        reasons=["at $1.00 per correct answer (--value-per-correct)", "net of cost lora n=200 is worth more"],
+    ),
+    Case(
+        "--value-per-correct: a low value keeps the cheaper prompt, whatever the lead",
+        [prompt(range(160)), tuned(range(180))],
+        CHOICE_PROMPT,
+        K5,
+        value_per_correct=1e-6,
+        reasons=["net of cost few-shot k=5 balanced is worth more", "no lead pays for"],
+    ),
+    Case(
+        "--value-per-correct without a margin: a lead just past where it pays is provisional",
+        # pays at ($3,844 - $887.75) / (0.0025 x 18.25M) = +6.5 points; the lead is +7.5, CI about +3 to +12
+        [prompt(mixed(290, 20, 50)[0], rows=400), tuned(mixed(290, 20, 50)[1], rows=400)],
+        CHOICE_FINE_TUNE,
+        "lora n=200",
+        value_per_correct=0.0025,
+        settled=False,
+        headline="Provisional: ship lora n=200 (the best value net of cost)",
+    ),
+    Case(
+        "LoRA cheaper over the horizon at high volume and scoring higher ships without a test",
+        [prompt(range(160)), tuned(range(180))],
+        CHOICE_FINE_TUNE,
+        "lora n=200",
+        volume=5_000_000,
+        reasons=["lora n=200 costs less than few-shot k=5 balanced ($6,192 vs $13,535", "no test needed"],
+    ),
+    Case(
+        "a prompt cheaper than the reference at low volume ships when it also scores higher (the old rule "
+        "shipped the reference: the prompt's +5.5 was not shown past the margin)",
+        [prompt(range(342), rows=400), reference(range(320), rows=400)],  # 95% CI about [3.3, 7.8]
+        CHOICE_PROMPT,
+        K5,
+        volume=1_000,
+        reasons=["few-shot k=5 balanced costs less than reference n=200", "no test needed"],
+    ),
+    Case(
+        "a reference cheaper than the prompt at high volume ships when the prompt is not shown past the "
+        "margin (+2.0 points)",
+        # 10M/day: prompt $760 + 7e-6 x 3.65e9 = $26,310; reference $3,500 + 2e-7 x 3.65e9 = $4,230
+        [prompt(range(344), rows=400), reference(range(336), rows=400)],
+        CHOICE_REFERENCE,
+        "reference n=200",
+        volume=10_000_000,
+        reasons=["reference n=200 costs less than few-shot k=5 balanced ($4,230 vs $26,310"],
+    ),
+    Case(
+        "LoRA cheaper than the prompt at high volume and a point behind it ships (the old rule shipped the "
+        "prompt by its kind)",
+        [prompt(range(344), rows=400), tuned(range(340), rows=400)],
+        CHOICE_FINE_TUNE,
+        "lora n=200",
+        volume=5_000_000,
+        reasons=["lora n=200 costs less than few-shot k=5 balanced", "no significant difference"],
+    ),
+    Case(
+        "a dearer option with a settled lead: LoRA +8.8 over a reference within 20% of its cost (the old "
+        "rule shipped the reference: not shown more than 5 points ahead)",
+        [prompt(range(280), rows=400), reference(range(300), rows=400), tuned(range(335), rows=400)],
+        CHOICE_FINE_TUNE,
+        "lora n=200",
+        reasons=["cost within 20% of each other", "the higher-scoring lora n=200 is the default", "+8.8"],
+    ),
+    Case(
+        "a dearer option with an unsettled lead: LoRA +9.5 whose interval reaches below the margin",
+        [prompt(mixed(300, 25, 63)[0], rows=400), tuned(mixed(300, 25, 63)[1], rows=400)],
+        CHOICE_PROMPT,
+        K5,
+        volume=10_000,
+        settled=False,
+        headline="Provisional: ship few-shot k=5 balanced (cheaper); lora n=200 may be 9.5 points better",
+        steps=["settle few-shot k=5 balanced vs lora n=200", "lora"],
+    ),
+    Case(
+        "costs within 20% and a lead that is not significant: the higher score ships provisionally",
+        [prompt(range(100)), reference(mixed(150, 15, 20)[0]), tuned(mixed(150, 15, 20)[1])],
+        CHOICE_FINE_TUNE,
+        "lora n=200",
+        settled=False,
+        headline="Provisional: ship lora n=200 (higher-scoring; the two cost within 20% of each other); "
+        "reference n=200 may do as well",
+    ),
+    Case(
+        "costs within 20%: the significantly higher-scoring option ships whatever its kind",
+        [prompt(range(150)), tuned(range(180)), reference(range(174))],
+        CHOICE_FINE_TUNE,
+        "lora n=200",
+        reasons=["the higher-scoring lora n=200 is the default, and its lead is significant"],
+    ),
+]
+
+
+@pytest.mark.parametrize("case", COST_CASES, ids=[c.name for c in COST_CASES])
+def test_the_cheaper_option_is_the_default(case: Case) -> None:
+    check(case)
 
 
 def test_a_dearer_option_beating_the_cheapest_must_still_beat_the_one_between() -> None:
@@ -35,8 +142,6 @@ def test_a_dearer_option_beating_the_cheapest_must_still_beat_the_one_between() 
 def test_rows_to_settle_scale_the_interval_to_clear_the_margin() -> None:
     # LoRA +9.5 over the prompt on 400 rows, interval below the 5-point margin: the rows at which the
     # interval's half-width, scaled by 1/sqrt(rows), clears the margin with 80% power if the lead holds.
-    from recommend_helpers import mixed
-
     a, b = mixed(300, 25, 63)
     rec = decide(Case("", [prompt(a, rows=400), tuned(b, rows=400)], CHOICE_FINE_TUNE, volume=10_000))
     pair = rec.unsettled
