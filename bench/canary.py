@@ -43,7 +43,7 @@ from rich.table import Table
 from serve import free_port
 
 from fewtune.http_client import httpx
-from fewtune.report.run_folder import read_run
+from fewtune.results.run_folder import read_run
 
 console = Console(stderr=True)
 KEY = "canary-bench-key"
@@ -99,7 +99,7 @@ async def scenario(
     stop, sent = asyncio.Event(), []
     traffic = asyncio.create_task(load(url, route, texts, args, seed, stop, sent))
     await asyncio.sleep(args.warmup)
-    command = [PY, "-m", "fewtune.cli", "monitor", "--server", url, "--route", route, "--log",
+    command = [PY, "-m", "fewtune", "monitor", "--server", url, "--route", route, "--log",
                str(work / "requests.jsonl"), "--window", args.window, "--interval", args.interval,
                "--checks", str(args.checks), "--json", "--runbook", str(work / "runbook"), "--owner", "bench",
                "--api-key", KEY]  # fmt: skip
@@ -159,7 +159,7 @@ def main() -> None:
     plan = scenarios(args, proxy, base)
     if args.only:
         plan = {k: v for k, v in plan.items() if k in args.only.split(",")}
-    command = [PY, "-m", "fewtune.cli", "serve", str(args.run), "--port", str(port), "--api-key", KEY,
+    command = [PY, "-m", "fewtune", "serve", str(args.run), "--port", str(port), "--api-key", KEY,
                "--request-log", str(work / "requests.jsonl"), "--routes-file", str(work / "routes.json"),
                "--costs", "hosted-api"]  # fmt: skip
     for name, (baseline, candidate) in plan.items():

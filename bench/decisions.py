@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fewtune.report.run_folder import read_analysed
+from fewtune.results.run_folder import read_analysed
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 TREC_NAMES = "ABBR=abbreviation,DESC=description,ENTY=entity,HUM=human,LOC=location,NUM=number"
@@ -240,7 +240,7 @@ SCENARIOS = [
 
 
 def fewtune(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "fewtune.cli", *args], check=True)
+    subprocess.run([sys.executable, "-m", "fewtune", *args], check=True)
 
 
 def run_scenario(s: Scenario, work: Path, report_only: bool) -> dict:

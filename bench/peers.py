@@ -37,8 +37,8 @@ from fewtune.data.split import PreparedData, prepare_data, stratified_sample
 from fewtune.prompts.demos import select_demos
 from fewtune.prompts.template import SEPARATOR, PromptTemplate
 from fewtune.strategies.base import Predictor
-from fewtune.strategies.lora import Lora
 from fewtune.sysinfo import PeakMemory
+from fewtune.training.lora import Lora
 
 console = Console(stderr=True)
 

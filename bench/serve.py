@@ -1,6 +1,6 @@
 """Serving bench: a burst of concurrent requests to ``fewtune serve``, against one request at a time.
 
-Starts a real ``fewtune serve`` (``python -m fewtune.cli serve``) as a child process on 127.0.0.1 and a free
+Starts a real ``fewtune serve`` (``python -m fewtune serve``) as a child process on 127.0.0.1 and a free
 port, with an API key and a request log in a temporary folder, waits for ``/health``, and always stops it
 with SIGTERM at the end (errors and Ctrl-C included). Nothing leaves the machine: the only target is
 127.0.0.1, and the client ignores proxy settings.
@@ -63,7 +63,7 @@ from serve_load import HOST, KEY, Server, measure, workload
 
 from fewtune.backends.models import DEFAULT_MODEL
 from fewtune.errors import FewtuneError
-from fewtune.plan import builtin_dataset_files
+from fewtune.run.plan import builtin_dataset_files
 from fewtune.serve.adapters import check_adapter_folder
 
 try:
@@ -143,7 +143,7 @@ def serving(args: argparse.Namespace, work: Path, adapter_root: Path) -> Iterato
     port = args.port or free_port()
     url = loopback_url(HOST, port)
     log, output = work / "requests.jsonl", work / "server.out"
-    command = [sys.executable, "-m", "fewtune.cli", "serve", "--api-key", KEY, "--host", HOST]
+    command = [sys.executable, "-m", "fewtune", "serve", "--api-key", KEY, "--host", HOST]
     command += ["--port", str(port), "--request-log", str(log), "--max-batch", str(args.max_batch)]
     command += ["--model", args.model, "--adapter-root", str(adapter_root)]
     with output.open("wb") as sink:

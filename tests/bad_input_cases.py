@@ -51,7 +51,7 @@ def row(**fields: object) -> str:
 def check_one_line(
     case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from fewtune import cli
+    from fewtune.cli import commands as cli
 
     for name, content in case.files.items():
         path = tmp_path / name

@@ -18,7 +18,7 @@ from servers import serving
 from tiny import tiny_model, tiny_tokenizer
 
 from fewtune.backends.hf import HFBackend
-from fewtune.cost import load_price_table
+from fewtune.decide.cost import load_price_table
 from fewtune.serve.adapters import AdapterSet
 from fewtune.serve.app import create_app
 from fewtune.serve.engine import Engine

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fewtune.cost import MethodCost
+from fewtune.decide.cost import MethodCost
 from fewtune.decide.evidence import FINE_TUNED, PROMPT, REFERENCE, MethodEvidence
 from fewtune.decide.metric import ACCURACY_METRIC, PrimaryMetric
 from fewtune.decide.recommend import recommend

@@ -78,7 +78,7 @@ def test_no_isinstance_on_a_backend_class_outside_backends() -> None:
 
 
 def test_a_run_record_reads_and_writes_results_unchanged() -> None:
-    from fewtune.run_record import RunRecord
+    from fewtune.results.run_record import RunRecord
 
     results = {
         "schema_version": 2,
@@ -119,7 +119,7 @@ def test_a_run_record_reads_and_writes_results_unchanged() -> None:
 
 def test_a_version_1_record_is_read_and_a_newer_one_refused() -> None:
     from fewtune.errors import FewtuneError
-    from fewtune.run_record import SCHEMA_VERSION, RunRecord
+    from fewtune.results.run_record import SCHEMA_VERSION, RunRecord
 
     old = RunRecord.from_dict(
         {
@@ -144,4 +144,4 @@ def test_one_module_writes_results_json() -> None:
             called = isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
             if called and node.func.attr == "write_results":  # type: ignore[attr-defined]
                 writers.add(path.relative_to(SRC).as_posix())
-    assert writers == {"session.py"}
+    assert writers == {"run/session.py"}

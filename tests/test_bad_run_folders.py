@@ -124,7 +124,7 @@ def test_bad_run_folder_is_one_line(
 
 def test_a_finished_run_reads_back_as_written() -> None:
     """The checks refuse only what is wrong: the well-formed record above reads without complaint."""
-    from fewtune.run_record import RunRecord
+    from fewtune.results.run_record import RunRecord
 
     record = RunRecord.from_dict(json.loads(a_run()))
     assert record.methods[0].metrics["accuracy"]["value"] == 0.75

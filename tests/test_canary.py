@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from servers import serving
 
-from fewtune import cli
+from fewtune.cli import commands as cli
 from fewtune.http_client import httpx
 from fewtune.release.policy import Policy
 from fewtune.release.watch import MonitorSettings, check_once
@@ -22,8 +22,8 @@ HEADERS = {"Authorization": f"Bearer {KEY}"}
 @pytest.fixture(scope="module")
 def tiny_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished classification run on the tiny model: zero-shot, few-shot, LoRA and LoRA with demos."""
+    from fewtune.cli.runner import run
     from fewtune.config import build_config
-    from fewtune.runner import run
 
     folder = tmp_path_factory.mktemp("runs") / "tiny"
     cfg = build_config(
@@ -175,8 +175,8 @@ def test_an_extraction_runs_methods_are_served_with_their_outputs(
     from conftest import write_jsonl
     from task_helpers import extraction_rows
 
+    from fewtune.cli.runner import run
     from fewtune.config import build_config
-    from fewtune.runner import run
     from fewtune.serve.methods import methods_of_run
 
     pool = write_jsonl(tmp_path / "pool.jsonl", extraction_rows(8))

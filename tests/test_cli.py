@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from fewtune import cli, cli_options
+from fewtune.cli import commands as cli
+from fewtune.cli import options as cli_options
 
 
 def run_cli(monkeypatch: pytest.MonkeyPatch, *args: str) -> None:
@@ -22,7 +23,7 @@ def run_cli(monkeypatch: pytest.MonkeyPatch, *args: str) -> None:
 
 def test_help_does_not_import_torch() -> None:
     code = (
-        "import sys; from fewtune import cli; sys.argv=['fewtune','--help']\n"
+        "import sys; from fewtune.cli import commands as cli; sys.argv=['fewtune','--help']\n"
         "try:\n    cli.main()\nexcept SystemExit: pass\nprint('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -156,7 +157,7 @@ def test_flags_reach_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
     def fake_run(cfg: Any, console: Any, overwrite: bool = False, resume: bool = False) -> None:
         seen["cfg"] = cfg
 
-    monkeypatch.setattr("fewtune.runner.run", fake_run)
+    monkeypatch.setattr("fewtune.cli.runner.run", fake_run)
     run_cli(
         monkeypatch,
         "run",

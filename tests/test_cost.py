@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fewtune.cost import (
+from fewtune.decide.cost import (
     PRICE_KEYS,
     MethodCost,
     break_even,

@@ -7,7 +7,14 @@ from typing import Any
 
 import pytest
 
-from fewtune.curves import build_curves, crossover, has_shot_curve, has_train_curve, shot_curve, train_curve
+from fewtune.decide.curves import (
+    build_curves,
+    crossover,
+    has_shot_curve,
+    has_train_curve,
+    shot_curve,
+    train_curve,
+)
 
 
 def row(method: str, accuracy: float, shots: int = 0, n: int = 0, **extra: Any) -> dict[str, Any]:

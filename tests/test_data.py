@@ -49,7 +49,7 @@ def test_fixture_table_covers_every_file() -> None:
 def test_malformed_file_gets_one_line_error_from_cli(
     name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    from fewtune import cli
+    from fewtune.cli import commands as cli
 
     line, words = MALFORMED_CASES[name]
     path = MALFORMED / name
@@ -134,7 +134,7 @@ def test_max_test_samples_keep_every_label(tmp_path: Path) -> None:
 
 
 def test_builtin_dataset_is_large_varied_and_clean() -> None:
-    from fewtune.plan import builtin_dataset_files
+    from fewtune.run.plan import builtin_dataset_files
 
     train, test = builtin_dataset_files()
     data = prepare_data(train, test)

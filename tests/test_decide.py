@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from fewtune.cost import MethodCost
+from fewtune.decide.cost import MethodCost
 from fewtune.decide.curve import data_step, trend
 from fewtune.decide.evidence import PROMPT, MethodEvidence, compare, degeneracy
 from fewtune.decide.from_run import accuracy_floor, check_caveats

@@ -75,7 +75,7 @@ def test_deepspeed_gets_this_process_share_of_a_batch_as_its_micro_batch() -> No
 
     import torch
 
-    from fewtune.strategies.distributed import Distributed
+    from fewtune.training.distributed import Distributed
 
     config: dict = {"train_micro_batch_size_per_gpu": "auto"}
     prepared: list = []

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fewtune.report.run_folder import read_analysed
+from fewtune.results.run_folder import read_analysed
 
 
 @pytest.mark.slow
@@ -19,7 +19,7 @@ def test_fewtune_run_on_the_default_model(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "fewtune.cli",
+            "fewtune.cli.commands",
             "run",
             "--max-test",
             "40",

@@ -9,7 +9,7 @@ import pytest
 from gate_helpers import UNSETTLED, VERDICTS, Arm, labelled_rows, with_accuracy, write_run, write_verdict
 from rich.console import Console
 
-from fewtune import cli
+from fewtune.cli import commands as cli
 from fewtune.release.gate import FAIL, PASS, UNKNOWN, run_gate
 from fewtune.release.policy import Policy
 from fewtune.release.sides import read_side
@@ -242,7 +242,7 @@ def test_the_gate_notes_a_provisional_verdict_of_a_recommended_side(
     assert (side["recommended"], side["settled"]) == (not baseline, settled)
     assert side["unsettled"] == (UNSETTLED if noted else None) and payload["candidate"]["settled"] is None
     assert payload["notes"] == ([NOTE.format(run=run).removeprefix("note: ")] if noted else [])
-    monkeypatch.setattr("fewtune.cli_release.console", Console(markup=False, width=100))
+    monkeypatch.setattr("fewtune.cli.release.console", Console(markup=False, width=100))
     monkeypatch.setattr("sys.argv", ["fewtune", "gate", *args])
     with pytest.raises(SystemExit):
         cli.main()

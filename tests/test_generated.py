@@ -16,13 +16,13 @@ from rich.console import Console
 from fewtune.backends.base import Backend, Generation
 from fewtune.backends.fake import FakeBackend
 from fewtune.backends.generated import NOT_ANSWERED, GenerateAndParse, parse_choice, unanswered
+from fewtune.cli.runner import run
 from fewtune.config import DataArgs, EvalArgs, RunConfig, build_config, load_config_file
 from fewtune.data.load import Example
 from fewtune.embeddings import FakeEmbedder
 from fewtune.errors import ConfigError, ModelError
-from fewtune.evaluate import NO_ANSWER, evaluate
 from fewtune.prompts.template import PromptTemplate
-from fewtune.runner import run
+from fewtune.run.evaluate import NO_ANSWER, evaluate
 from fewtune.strategies.base import Predictor
 
 
@@ -237,7 +237,7 @@ def test_the_old_prompt_task_key_is_refused_naming_instruction(tmp_path: Path) -
 
 
 def test_data_task_takes_the_registered_tasks(tmp_path: Path) -> None:
-    from fewtune.plan import resolve_plan
+    from fewtune.run.plan import resolve_plan
 
     for task in ("classification", "extraction", "generation", "multi-label", None):
         assert DataArgs(task=task).task == task

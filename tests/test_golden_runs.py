@@ -23,9 +23,9 @@ from conftest import write_jsonl
 from rich.console import Console
 
 from fewtune.backends.fake import FakeBackend
+from fewtune.cli.runner import run
 from fewtune.config import build_config
 from fewtune.embeddings import FakeEmbedder
-from fewtune.runner import run
 
 GOLDEN = Path(__file__).parent / "golden" / "runs"
 FILES = ("results.json", "analysis.json", "report.md")

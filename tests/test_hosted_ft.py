@@ -16,19 +16,19 @@ from rich.console import Console
 from servers import serving
 
 from fewtune.backends.endpoint import Unauthorized, endpoint_spec
+from fewtune.cli.runner import run
 from fewtune.config import RunConfig, build_config
-from fewtune.cost import load_price_table, method_cost
 from fewtune.data.split import stratified_sample
+from fewtune.decide.cost import load_price_table, method_cost
 from fewtune.embeddings import FakeEmbedder
 from fewtune.errors import ConfigError, ModelError
-from fewtune.events import QuietEvents, TrainStep
 from fewtune.hosted.api import HostedAPI, JobFailed, NoFineTuningAPI
 from fewtune.hosted.run import chat_jsonl
-from fewtune.loaders import load_backend
-from fewtune.pipeline import run_pipeline
-from fewtune.plan import load_data
 from fewtune.prompts.template import PromptTemplate
-from fewtune.runner import run
+from fewtune.run.events import QuietEvents, TrainStep
+from fewtune.run.loaders import load_backend
+from fewtune.run.pipeline import run_pipeline
+from fewtune.run.plan import load_data
 from fewtune.serve.app import create_app
 from fewtune.serve.launch import build_engine, build_finetune, settings_from_cli
 

@@ -14,7 +14,7 @@ from fewtune.backends.hf import HFBackend
 from fewtune.config import LoraArgs
 from fewtune.data.load import Example
 from fewtune.prompts.template import PromptTemplate
-from fewtune.strategies.lora import Lora, _batches, _collate, answer_loss, example_weights
+from fewtune.training.lora import Lora, _batches, _collate, answer_loss, example_weights
 
 TRAIN = [Example(f"the film is {w} number {i}", w) for i in range(12) for w in ("positive", "negative")]
 TEMPLATE = PromptTemplate(("negative", "positive"))
@@ -132,7 +132,7 @@ class Interrupted(Exception):
 
 
 def test_training_killed_after_a_checkpoint_resumes_to_the_same_adapter(tmp_path: Path) -> None:
-    from fewtune.strategies.checkpoint import CHECKPOINT_FILE
+    from fewtune.training.checkpoint import CHECKPOINT_FILE
 
     tokenizer = tiny_tokenizer()
     args = LoraArgs(epochs=2, batch_size=4, lr=5e-3)  # 6 steps an epoch, 12 in all

@@ -18,7 +18,7 @@ from tiny import tiny_model, tiny_tokenizer
 from fewtune.backends.hf import HFBackend
 from fewtune.config import RunConfig, build_config
 from fewtune.embeddings import FakeEmbedder
-from fewtune.report.run_folder import read_analysed
+from fewtune.results.run_folder import read_analysed
 
 LABELS = ("billing", "refund", "login", "shipping")
 
@@ -34,9 +34,9 @@ def rows(count: int, start: int = 0) -> list[dict[str, Any]]:
 def test_a_multi_label_run_is_inferred_and_runs_every_method(
     tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fewtune.runner import run
+    from fewtune.cli.runner import run
 
-    monkeypatch.setattr("fewtune.strategies.lora.matmul_peak_flops", lambda *a, **k: 1e12)
+    monkeypatch.setattr("fewtune.training.lora.matmul_peak_flops", lambda *a, **k: 1e12)
     pool = write_jsonl(tmp_path / "pool.jsonl", rows(16))
     test = write_jsonl(tmp_path / "test.jsonl", rows(6, start=50))
     cfg: RunConfig = build_config(

@@ -11,7 +11,7 @@ import pytest
 from recommend_helpers import K5, Case, check, decide, mixed, prompt, reference, tuned
 from scipy.stats import norm
 
-from fewtune.cost import MethodCost
+from fewtune.decide.cost import MethodCost
 from fewtune.decide.verdict import CHOICE_FINE_TUNE, CHOICE_PROMPT, CHOICE_REFERENCE
 from fewtune.metrics import PLANNING_ALPHA, PLANNING_POWER
 

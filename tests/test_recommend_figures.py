@@ -15,7 +15,7 @@ from recommend_helpers import (
     tuned,
 )
 
-from fewtune.cost import MethodCost
+from fewtune.decide.cost import MethodCost
 from fewtune.decide.evidence import FINE_TUNED, PROMPT, MethodEvidence
 from fewtune.decide.metric import ACCURACY_METRIC, MACRO_F1_METRIC
 from fewtune.decide.recommend import recommend

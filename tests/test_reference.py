@@ -11,13 +11,13 @@ from test_runner import config, fake_factory
 from test_sweep import fake_embedder
 
 from fewtune.backends.fake import FakeBackend
+from fewtune.cli.runner import run
 from fewtune.config import CostArgs
 from fewtune.data.load import Example
 from fewtune.embeddings import FakeEmbedder
-from fewtune.evaluate import evaluate_reference
 from fewtune.report.build import write_reports
-from fewtune.report.run_folder import read_analysed
-from fewtune.runner import run
+from fewtune.results.run_folder import read_analysed
+from fewtune.run.evaluate import evaluate_reference
 from fewtune.strategies.reference import UNSEEN_LABEL_LOG_PROB, EmbeddingReference
 
 TRAIN = [Example(f"{word} thing {i}", word) for i in range(5) for word in ("good", "bad")]

@@ -11,7 +11,7 @@ import pytest
 from gate_helpers import VERDICTS, Arm, labelled_rows, with_accuracy, write_run, write_verdict
 from rich.console import Console
 
-from fewtune import cli
+from fewtune.cli import commands as cli
 from fewtune.errors import ConfigError, FewtuneError
 from fewtune.release.policy import Policy, load_policy
 from fewtune.release.registry import find_run, list_runs, record_run, registry_path
@@ -84,7 +84,7 @@ def two_method_run(folder: Path) -> Path:
 
 def wide_listing(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> str:
     """``fewtune *args`` on a console wide enough that no cell folds, whitespace collapsed."""
-    monkeypatch.setattr("fewtune.cli_release.console", Console(markup=False, width=300))
+    monkeypatch.setattr("fewtune.cli.release.console", Console(markup=False, width=300))
     capsys.readouterr()
     assert fewtune(monkeypatch, *args) == 0
     return " ".join(capsys.readouterr().out.split())

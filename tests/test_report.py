@@ -17,13 +17,13 @@ import yaml
 from conftest import write_jsonl
 from rich.console import Console
 
-from fewtune import cli
 from fewtune.backends.fake import FakeBackend
+from fewtune.cli import commands as cli
+from fewtune.cli.runner import run
 from fewtune.config import CostArgs, build_config
 from fewtune.metrics import classification_metrics
 from fewtune.report.build import PLOT_FILES, REPORT_HTML, REPORT_MD, write_reports
-from fewtune.report.run_folder import read_analysed
-from fewtune.runner import run
+from fewtune.results.run_folder import read_analysed
 
 GOLDEN = Path(__file__).parent / "golden"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -350,7 +350,7 @@ def test_report_html_in_headless_chromium(legacy_run: Path, tmp_path: Path) -> N
 def test_rollout_says_what_to_freeze_for_each_demo_selection(
     selection: str, method: str, train: int, fragment: str
 ) -> None:
-    from fewtune.cost import MethodCost
+    from fewtune.decide.cost import MethodCost
     from fewtune.report.rollout import rollout_plan
 
     row = {

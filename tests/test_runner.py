@@ -10,15 +10,15 @@ import yaml
 from conftest import write_jsonl
 from rich.console import Console
 
-from fewtune import cli
 from fewtune.backends.base import Backend
 from fewtune.backends.fake import FakeBackend
-from fewtune.cli import stop_on_sigterm
+from fewtune.cli import commands as cli
+from fewtune.cli.commands import stop_on_sigterm
+from fewtune.cli.runner import run
 from fewtune.config import RunConfig, build_config
 from fewtune.embeddings import FakeEmbedder
 from fewtune.errors import ConfigError, ModelError
-from fewtune.runner import run
-from fewtune.store import MANIFEST, record_written
+from fewtune.results.store import MANIFEST, record_written
 
 CONTRACT_METHOD_FIELDS = {
     "method",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fewtune.cost import MethodCost
+from fewtune.decide.cost import MethodCost
 from fewtune.decide.evidence import FINE_TUNED, PROMPT, MethodEvidence, compare
 from fewtune.decide.metric import ACCURACY_METRIC
 from fewtune.decide.selection import compare_selected

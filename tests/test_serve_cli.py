@@ -12,7 +12,7 @@ import pytest
 from servers import free_port, make_adapter
 from tiny import tiny_tokenizer
 
-from fewtune import cli
+from fewtune.cli import commands as cli
 from fewtune.errors import ConfigError, ModelError
 from fewtune.serve.launch import settings_from_cli
 
@@ -68,7 +68,15 @@ def test_the_serve_command_serves_until_sigterm(tmp_path: Path, tiny_model_dir: 
     adapter = make_adapter(tiny_tokenizer(), tmp_path / "support", seed=1)
     port = free_port()
     log = tmp_path / "log.jsonl"
-    command = [sys.executable, "-m", "fewtune.cli", "serve", "--model", str(tiny_model_dir), "--no-auth"]
+    command = [
+        sys.executable,
+        "-m",
+        "fewtune.cli.commands",
+        "serve",
+        "--model",
+        str(tiny_model_dir),
+        "--no-auth",
+    ]
     command += ["--adapter", f"support={adapter}", "--port", str(port), "--request-log", str(log)]
     env = {**os.environ, "FEWTUNE_API_KEY": ""}
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -105,7 +113,7 @@ def test_serve_flags_come_from_the_settings_dataclass() -> None:
 
     from typer.main import get_command
 
-    from fewtune.cli import app
+    from fewtune.cli.commands import app
     from fewtune.serve.launch import ServeArgs
 
     command = get_command(app).commands["serve"]  # type: ignore[attr-defined]

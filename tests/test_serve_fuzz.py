@@ -52,8 +52,8 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any]
 
 def _canary(folder: Any) -> Any:
     """Two methods (a prompt with a demo on the base, the adapter) and a route between them."""
-    from fewtune.cost import load_price_table
     from fewtune.data.load import Example
+    from fewtune.decide.cost import load_price_table
     from fewtune.prompts.template import PromptTemplate
     from fewtune.serve.arms import LocalArm, MethodPrompt
     from fewtune.serve.canary import Canary

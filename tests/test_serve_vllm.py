@@ -17,9 +17,9 @@ from servers import make_adapter
 from tiny import tiny_tokenizer
 
 from fewtune.errors import ConfigError
+from fewtune.results.store import file_sha256
 from fewtune.serve.launch import settings_from_cli
 from fewtune.serve.vllm import lora_rank_limit, versioned_names, vllm_command
-from fewtune.store import file_sha256
 
 COMMON: dict[str, Any] = dict(
     adapter=[], host="127.0.0.1", port=8123, request_log=None, served_model_name=None, max_batch=4,

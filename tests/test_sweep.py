@@ -17,15 +17,15 @@ from rich.console import Console
 from test_runner import config, fake_factory
 
 from fewtune.backends.fake import FakeBackend
-from fewtune.calibration import calibrated
+from fewtune.cli.runner import run
 from fewtune.config import build_config
 from fewtune.data.load import Example
 from fewtune.embeddings import FakeEmbedder
 from fewtune.errors import ConfigError
 from fewtune.prompts.demos import DemoIndex, NearestDemos
 from fewtune.prompts.template import PromptTemplate, resolve_label_names
-from fewtune.runner import run
 from fewtune.strategies.base import Predictor
+from fewtune.tasks.calibration import calibrated
 
 
 def fake_embedder(cfg: Any, console: Any) -> FakeEmbedder:
@@ -223,7 +223,7 @@ def test_shot_counts_whose_prompts_overflow_the_context_are_refused(
 
 
 def test_long_prompts_on_cpu_are_a_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("fewtune.sweep.CPU_LONG_PROMPT_TOKENS", 40)
+    monkeypatch.setattr("fewtune.run.sweep.CPU_LONG_PROMPT_TOKENS", 40)
     folder = run(config(tmp_path, prompt={"shots": [0, 4]}), Console(quiet=True), fake_factory(FakeBackend()))
     results = json.loads((folder / "results.json").read_text())
     assert any("few-shot k=4 balanced: prompts up to" in w for w in results["warnings"])

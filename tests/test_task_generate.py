@@ -22,8 +22,8 @@ from fewtune.backends.fake import FakeBackend
 from fewtune.backends.generation import Generation, generate_batch, stop_at
 from fewtune.backends.hf import HFBackend
 from fewtune.prompts.template import OutputTemplate
+from fewtune.run.evaluate_text import TextPredictor, evaluate_text
 from fewtune.tasks.base import TaskExample
-from fewtune.tasks.evaluate import TextPredictor, evaluate_text
 from fewtune.tasks.extraction import (
     ExtractionTask,
 )

@@ -27,11 +27,11 @@ from fewtune.backends.hf import HFBackend
 from fewtune.config import ALL_LINEAR, RunConfig, build_config, default_target_modules
 from fewtune.embeddings import FakeEmbedder
 from fewtune.errors import ConfigError, ModelError
+from fewtune.run.text_job import check_text_plan
 from fewtune.tasks.extraction import (
     ExtractionTask,
 )
 from fewtune.tasks.generation import GenerationTask
-from fewtune.tasks.run import check_text_plan
 
 # -- fewtune run end to end ---------------------------------------------------------------------------------
 
@@ -50,10 +50,10 @@ def run_config(tmp_path: Path, pool: Path, test: Path) -> RunConfig:
 
 
 def run_tiny(tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch, cfg: RunConfig) -> Path:
-    from fewtune.runner import run
+    from fewtune.cli.runner import run
 
     # The MFU denominator times a 2048x2048 matmul; nothing here reads it.
-    monkeypatch.setattr("fewtune.strategies.lora.matmul_peak_flops", lambda *a, **k: 1e12)
+    monkeypatch.setattr("fewtune.training.lora.matmul_peak_flops", lambda *a, **k: 1e12)
     tokenizer = tiny_tokenizer()
 
     def backend_factory(cfg: RunConfig, console: Console) -> HFBackend:
@@ -101,7 +101,7 @@ def test_run_extraction_end_to_end(
 def test_lora_target_modules_default_by_task_and_a_flag_overrides() -> None:
     assert default_target_modules("classification") == ["q_proj", "k_proj", "v_proj", "o_proj"]
     assert default_target_modules("extraction") == default_target_modules("generation") == ALL_LINEAR
-    from fewtune.cli_options import setting_options
+    from fewtune.cli.options import setting_options
 
     flags = {flag: convert for section, name, flag, _, convert in setting_options()}
     assert flags["--lora-target-modules"]("q_proj, v_proj", "--lora-target-modules") == ["q_proj", "v_proj"]
@@ -173,7 +173,7 @@ class Embedders:
 def run_fake(
     cfg: RunConfig, embedders: Any, backend: Any = fake_backend, console: Console | None = None
 ) -> dict[str, Any]:
-    from fewtune.runner import run
+    from fewtune.cli.runner import run
 
     folder = run(cfg, console or Console(quiet=True), backend, embedders)
     return json.loads((folder / "results.json").read_text())

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 
 from fewtune.config import RunConfig
-from fewtune.cost import MethodCost
 from fewtune.data.load import Example
+from fewtune.decide.cost import MethodCost
 from fewtune.decide.evidence import FINE_TUNED, Comparison, MethodEvidence
 from fewtune.decide.full_ft import weigh_full_ft
 from fewtune.decide.verdict import Situation
 from fewtune.errors import ConfigError
 from fewtune.prompts.demos import training_demos
-from fewtune.strategies import memory
+from fewtune.training import memory
 
 
 def _pool(n: int = 40) -> list[Example]:

@@ -19,8 +19,8 @@ from fewtune.backends.hf import HFBackend
 from fewtune.config import RunConfig, build_config
 from fewtune.embeddings import FakeEmbedder
 from fewtune.errors import ConfigError
-from fewtune.loaders import load_backend
-from fewtune.report.run_folder import read_analysed
+from fewtune.results.run_folder import read_analysed
+from fewtune.run.loaders import load_backend
 from fewtune.serve.adapters import AdapterSet
 from fewtune.serve.app import create_app
 from fewtune.serve.engine import Engine
@@ -69,7 +69,7 @@ def backends(cfg: RunConfig, console: Console) -> Backend:
 
 
 def run(cfg: RunConfig, overwrite: bool = False) -> dict:
-    from fewtune.runner import run as run_fewtune
+    from fewtune.cli.runner import run as run_fewtune
 
     folder = run_fewtune(cfg, Console(quiet=True), backends, lambda c, k: FakeEmbedder(dim=64), overwrite)
     return read_analysed(folder)
@@ -79,7 +79,7 @@ def test_prompting_over_http_and_lora_locally_in_one_report(
     tmp_path: Path, endpoint: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(KEY_ENV, KEY)
-    monkeypatch.setattr("fewtune.strategies.lora.matmul_peak_flops", lambda *a, **k: 1e12)
+    monkeypatch.setattr("fewtune.training.lora.matmul_peak_flops", lambda *a, **k: 1e12)
     local = run(config(tmp_path / "local"))
     results = run(config(tmp_path / "two", prompt_model=endpoint))
     served = results["prompt_model"]
@@ -114,7 +114,7 @@ def test_lora_on_an_endpoint_is_refused_before_anything_loads(tmp_path: Path, en
     def never(cfg: RunConfig, console: Console) -> Backend:
         raise AssertionError("a model was loaded")
 
-    from fewtune.runner import run as run_fewtune
+    from fewtune.cli.runner import run as run_fewtune
 
     with pytest.raises(ConfigError, match="LoRA needs a local model"):
         run_fewtune(config(tmp_path, model=endpoint), Console(quiet=True), never)
@@ -126,7 +126,7 @@ def test_an_extraction_run_asks_the_endpoint_and_trains_locally(
     from task_helpers import extraction_rows
 
     monkeypatch.setenv(KEY_ENV, KEY)
-    monkeypatch.setattr("fewtune.strategies.lora.matmul_peak_flops", lambda *a, **k: 1e12)
+    monkeypatch.setattr("fewtune.training.lora.matmul_peak_flops", lambda *a, **k: 1e12)
 
     def extraction(folder: Path, **run: object) -> RunConfig:
         cfg = config(folder, **run)

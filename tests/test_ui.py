@@ -10,11 +10,11 @@ from rich.console import Console
 from task_helpers import extraction_rows
 
 from fewtune.backends.fake import FakeBackend
+from fewtune.cli.ui import RichEvents
 from fewtune.config import build_config
 from fewtune.embeddings import FakeEmbedder
-from fewtune.events import QuietEvents
-from fewtune.pipeline import run_pipeline
-from fewtune.ui import RichEvents
+from fewtune.run.events import QuietEvents
+from fewtune.run.pipeline import run_pipeline
 
 
 def test_messages_are_shown_as_written_not_as_markup() -> None:

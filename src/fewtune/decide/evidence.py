@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import norm
 
-from fewtune.cost import MethodCost
+from fewtune.decide.cost import MethodCost
 from fewtune.decide.metric import ACCURACY_METRIC, PrimaryMetric, macro_f1_from_indices
 from fewtune.decide.thresholds import MARGIN_POINTS, SIGNIFICANCE_ALPHA
 from fewtune.metrics import (

@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from fewtune.cost import MethodCost, is_trained
+from fewtune.decide.cost import MethodCost, is_trained
 from fewtune.decide.evidence import FINE_TUNED, PROMPT, REFERENCE, MethodEvidence, degeneracy
 from fewtune.decide.metric import MetricChoice, label_stats
 from fewtune.methods import Method
-from fewtune.record import MethodRow
+from fewtune.results.record import MethodRow
 
 # Share of test rows cleanlab flags as likely mislabelled above which the verdict is caveated: at 2% label
 # noise a 5-point margin is still clear of it; above it, gaps of a few points may be noise in the labels.

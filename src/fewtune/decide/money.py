@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from fewtune.cost import BreakEven, format_count, format_days, format_usd
+from fewtune.decide.cost import BreakEven, format_count, format_days, format_usd
 from fewtune.decide.evidence import MethodEvidence
 from fewtune.decide.thresholds import LOW_VOLUME_PER_DAY
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from scipy.stats import norm
 
-from fewtune.cost import format_count, format_usd
+from fewtune.decide.cost import format_count, format_usd
 from fewtune.decide.evidence import Comparison, MethodEvidence, describe, not_significant, versus
 from fewtune.decide.money import Volume, pays_per_correct
 from fewtune.decide.selection import compare_selected

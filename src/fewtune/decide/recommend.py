@@ -24,8 +24,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from fewtune.cost import break_even
 from fewtune.decide.alternatives import Retrieval, retrieval_evidence
+from fewtune.decide.cost import break_even
 from fewtune.decide.curve import data_step, shots_step, trend
 from fewtune.decide.evidence import (
     FINE_TUNED,

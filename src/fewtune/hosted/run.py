@@ -26,13 +26,13 @@ from typing import Any
 from fewtune.config import RunConfig
 from fewtune.data.load import Example
 from fewtune.data.split import PreparedData, stratified_sample
-from fewtune.events import RunEvents, TrainStep
 from fewtune.hosted.api import FINISHED, HostedAPI, JobFailed, job_error
 from fewtune.methods import Method
-from fewtune.plan import check_hosted
 from fewtune.prompts.template import PromptTemplate
-from fewtune.session import RunSession
-from fewtune.store import write_json_atomic
+from fewtune.results.store import write_json_atomic
+from fewtune.run.events import RunEvents, TrainStep
+from fewtune.run.plan import check_hosted
+from fewtune.run.session import RunSession
 
 VALIDATION_ROWS = 100
 """Pool rows (not the training rows) sent as the job's validation file."""
@@ -225,7 +225,7 @@ def score_hosted(
     """Score the fine-tuned model at ``spec`` on the test rows through the endpoint and record its row."""
     from fewtune.backends.generated import GenerateAndParse
     from fewtune.backends.openai_compat import OpenAICompatBackend
-    from fewtune.evaluate import evaluate
+    from fewtune.run.evaluate import evaluate
     from fewtune.strategies.base import Predictor
 
     folder = session.store.adapter_dir(f"hosted-ft-n{n}")

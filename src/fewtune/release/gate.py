@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import beta
 
-from fewtune.cost import format_usd
+from fewtune.decide.cost import format_usd
 from fewtune.decide.evidence import MethodEvidence, compare, describe
 from fewtune.decide.metric import PrimaryMetric, choose_metric, label_stats
 from fewtune.release.policy import Policy

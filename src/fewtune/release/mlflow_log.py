@@ -44,7 +44,7 @@ def log_run(folder: str | Path, uri: str, run_id: str | None = None) -> str:
         raise FewtuneError("--mlflow needs the mlflow extra: pip install 'fewtune[mlflow]'") from None
     import yaml
 
-    from fewtune.report.run_folder import read_analysed
+    from fewtune.results.run_folder import read_analysed
 
     folder = Path(folder)
     results = read_analysed(folder)

@@ -89,7 +89,7 @@ def _migrate(db: sqlite3.Connection) -> None:
 
 
 def _sha256(path: Path) -> str | None:
-    from fewtune.store import file_sha256
+    from fewtune.results.store import file_sha256
 
     return file_sha256(path) if path.is_file() else None
 
@@ -104,7 +104,7 @@ def record_run(folder: str | Path, path: Path | None = None) -> tuple[str, Path]
     """Add or update the run in ``folder`` (its results.json with the report's analysis.json laid over it)
     in the registry; return its id and the registry file."""
     from fewtune.release.verdict import Verdict
-    from fewtune.report.run_folder import read_analysed
+    from fewtune.results.run_folder import read_analysed
 
     folder = Path(folder)
     results = read_analysed(folder)

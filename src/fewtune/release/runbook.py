@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from fewtune.errors import FewtuneError
-from fewtune.store import write_text_atomic
+from fewtune.results.store import write_text_atomic
 
 DEFAULT_RUNBOOK = Path("runbook")
 FRONT_MATTER = re.compile(r"\A---\n(.*?)\n---\n", re.DOTALL)

@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from fewtune.cost import MethodCost
+from fewtune.decide.cost import MethodCost
 from fewtune.errors import FewtuneError
-from fewtune.record import latency_of
 from fewtune.release.verdict import Verdict
-from fewtune.report.run_folder import ANALYSIS_FILE, cost_args_for, read_run
+from fewtune.results.record import latency_of
+from fewtune.results.run_folder import ANALYSIS_FILE, cost_args_for, read_run
 from fewtune.tasks.base import CLASSIFICATION, EXTRACTION
 
 

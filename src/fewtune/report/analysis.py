@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from fewtune.config import CostArgs
-from fewtune.cost import (
+from fewtune.decide.cost import (
     DEFAULT_VOLUME_PER_DAY,
     BreakEven,
     MethodCost,
@@ -20,16 +20,16 @@ from fewtune.cost import (
     load_price_table,
     method_cost,
 )
-from fewtune.curves import best_prompt, build_curves, mean_accuracy
+from fewtune.decide.curves import best_prompt, build_curves, mean_accuracy
 from fewtune.decide.from_run import accuracy_floor, check_caveats, run_evidence
 from fewtune.decide.metric import ACCURACY_METRIC, chance_level, choose_metric
 from fewtune.decide.recommend import Recommendation, Situation, recommend
 from fewtune.decide.thresholds import GOOD_ENOUGH_KAPPA, MARGIN_POINTS
 from fewtune.methods import Method
-from fewtune.record import MethodRow
 from fewtune.report.rollout import Rollout, rollout_plan
-from fewtune.report.run_folder import read_run, saved_setting
 from fewtune.report.tables import confusion_matrix
+from fewtune.results.record import MethodRow
+from fewtune.results.run_folder import read_run, saved_setting
 from fewtune.tasks.base import bootstrap_ci
 
 
@@ -63,7 +63,7 @@ class Report:
     """(best prompt, best fine-tuned) names that break_even compares."""
     break_even: BreakEven | None
     curves: dict[str, Any]
-    """results.json's ``curves``: shots, train_examples, reference, crossover (see fewtune.curves)."""
+    """results.json's ``curves``: shots, train_examples, reference, crossover (see fewtune.decide.curves)."""
     best_prompt: dict[str, Any] | None
     """``{name, accuracy, draws}`` of the best prompt (accuracy averaged over its demo draws)."""
 

@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from fewtune.config import CostArgs
-from fewtune.curves import has_shot_curve, has_train_curve
-from fewtune.record import MethodRow
+from fewtune.decide.curves import has_shot_curve, has_train_curve
 from fewtune.report.analysis import Report, analyse
 from fewtune.report.html import render_html
 from fewtune.report.markdown import render_markdown
 from fewtune.report.outputs import OutputsReport, analyse_outputs
-from fewtune.report.run_folder import ANALYSIS_FILE, analysis_of
-from fewtune.store import owned, record_written, write_json_atomic, write_text_atomic
+from fewtune.results.record import MethodRow
+from fewtune.results.run_folder import ANALYSIS_FILE, analysis_of
+from fewtune.results.store import owned, record_written, write_json_atomic, write_text_atomic
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
@@ -106,7 +106,7 @@ def write_reports(folder: str | Path, args: CostArgs) -> tuple[Report | OutputsR
 
 def is_outputs_run(folder: str | Path) -> bool:
     """An extraction or generation run (its results name an open-output task)."""
-    from fewtune.store import read_results
+    from fewtune.results.store import read_results
 
     try:
         task = (read_results(folder).get("task") or {}).get("name")
@@ -131,7 +131,7 @@ def write_outputs_reports(folder: str | Path, args: CostArgs) -> tuple[OutputsRe
 
 def _write_analysis(folder: Path, analysed: dict[str, Any]) -> None:
     """analysis.json: what the report added to the run's results (see :func:`analysis_of`)."""
-    from fewtune.store import read_results
+    from fewtune.results.store import read_results
 
     record_written(folder, ANALYSIS_FILE)
     write_json_atomic(folder / ANALYSIS_FILE, analysis_of(read_results(folder), analysed))

@@ -6,7 +6,7 @@ import base64
 from html import escape
 from typing import TYPE_CHECKING, Any
 
-from fewtune.curves import has_shot_curve, has_train_curve
+from fewtune.decide.curves import has_shot_curve, has_train_curve
 from fewtune.report import checks, tables
 from fewtune.report.markdown import (
     accuracy_note,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from fewtune.cost import format_count, format_days
-from fewtune.curves import has_shot_curve, has_train_curve
+from fewtune.decide.cost import format_count, format_days
+from fewtune.decide.curves import has_shot_curve, has_train_curve
 from fewtune.report import checks, tables
 
 if TYPE_CHECKING:

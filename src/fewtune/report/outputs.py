@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from fewtune.config import CostArgs
-from fewtune.cost import (
+from fewtune.decide.cost import (
     DEFAULT_VOLUME_PER_DAY,
     BreakEven,
     MethodCost,
@@ -26,9 +26,9 @@ from fewtune.decide.from_run import kind_of
 from fewtune.decide.metric import PrimaryMetric
 from fewtune.decide.recommend import Recommendation, Situation, recommend
 from fewtune.methods import Method
-from fewtune.record import MethodRow
 from fewtune.report.rollout import Rollout, rollout_plan
-from fewtune.report.run_folder import read_run
+from fewtune.results.record import MethodRow
+from fewtune.results.run_folder import read_run
 from fewtune.tasks.base import EXTRACTION, Task
 
 SIDE_BY_SIDE_ROWS = 6

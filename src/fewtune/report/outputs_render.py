@@ -7,12 +7,12 @@ from collections.abc import Mapping
 from html import escape
 from typing import Any
 
-from fewtune.cost import format_usd
-from fewtune.record import latency_of
+from fewtune.decide.cost import format_usd
 from fewtune.report import tables
 from fewtune.report.html import CHOICE_COLOURS, CSS, list_html, table_html
 from fewtune.report.markdown import break_even_sentence, markdown_table
 from fewtune.report.outputs import OutputsReport, output_task
+from fewtune.results.record import latency_of
 
 SHOWN_OUTPUT_CHARS = 600
 # Column names for the metrics' keys (others: underscores to spaces).

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fewtune.cost import BreakEven, MethodCost, format_count, format_usd
+from fewtune.decide.cost import BreakEven, MethodCost, format_count, format_usd
 from fewtune.methods import Method
-from fewtune.record import MethodRow, latency_of
+from fewtune.results.record import MethodRow, latency_of
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fewtune.cost import MethodCost, format_usd, is_trained
+from fewtune.decide.cost import MethodCost, format_usd, is_trained
 from fewtune.decide.thresholds import (
     CANARY_HOURS,
     CANARY_TRAFFIC_SHARE,
@@ -17,7 +17,7 @@ from fewtune.decide.thresholds import (
     ROLLBACK_ERROR_RATE,
     ROLLBACK_P95_FACTOR,
 )
-from fewtune.record import MethodRow, Primary, latency_of
+from fewtune.results.record import MethodRow, Primary, latency_of
 
 
 @dataclass(frozen=True)

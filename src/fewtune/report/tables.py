@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from fewtune.cost import MethodCost, PriceTable, format_usd
-from fewtune.record import MethodRow, latency_of
+from fewtune.decide.cost import MethodCost, PriceTable, format_usd
 from fewtune.report.rollout import Rollout
+from fewtune.results.record import MethodRow, latency_of
 
 Table = tuple[list[str], list[list[str]]]
 

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from fewtune.backends.openai_answers import continuation_logprob
-from fewtune.cost import PriceTable, token_prices
 from fewtune.data.load import Example
+from fewtune.decide.cost import PriceTable, token_prices
 from fewtune.errors import ConfigError, FewtuneError
 from fewtune.prompts.template import OutputTemplate, PromptTemplate
 from fewtune.strategies.base import log_softmax

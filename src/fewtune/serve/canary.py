@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from fewtune.cost import PriceTable
+from fewtune.decide.cost import PriceTable
 from fewtune.serve.arms import Arm, ArmError, RunJob
 from fewtune.serve.protocol import APIError
 from fewtune.serve.routes import Route, RouteTable
@@ -167,9 +167,9 @@ def build_canary(
 ) -> Canary | None:
     """The served methods of a classification run and the routes over them (None: nothing to serve by
     name). A route needs a run folder: its arms are the run's methods."""
-    from fewtune.cost import load_price_table
+    from fewtune.decide.cost import load_price_table
     from fewtune.errors import ConfigError, FewtuneError
-    from fewtune.report.run_folder import cost_args_for, read_run
+    from fewtune.results.run_folder import cost_args_for, read_run
     from fewtune.serve.arms import LocalArm, build_arm
     from fewtune.serve.methods import methods_of_run
 

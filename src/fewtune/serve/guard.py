@@ -20,7 +20,7 @@ from fewtune.serve.protocol import APIError
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
 
-RECORD_KEY = "fewtune.record"
+RECORD_KEY = "fewtune.results.record"
 """Where the guard leaves the request's :class:`RequestRecord` in the ASGI scope for the endpoint."""
 ENDPOINTS = frozenset(
     {

@@ -292,7 +292,7 @@ def settings_from_cli(
     if finetune_dir.exists() and not finetune_dir.is_dir():
         raise ConfigError(f"--finetune-dir {finetune_dir} is a file; give a folder")
     if costs is not None:
-        from fewtune.cost import load_price_table
+        from fewtune.decide.cost import load_price_table
 
         load_price_table(costs)  # a bad --costs file fails now, not at a job's end
     return ServeSettings(
@@ -336,7 +336,7 @@ def build_finetune(settings: ServeSettings, engine: Engine) -> FineTuning:
     job's training (loaded by the job, so the engine's own copy keeps serving)."""
     from fewtune.backends.hf import HFBackend
     from fewtune.backends.models import load_model, resolve_model
-    from fewtune.cost import load_price_table
+    from fewtune.decide.cost import load_price_table
     from fewtune.serve.finetune.service import FineTuning
     from fewtune.serve.finetune.state import FineTuneStore
 

@@ -44,7 +44,7 @@ def _adapter_of(row: dict[str, Any], adapters: dict[str, Path]) -> tuple[bool, s
 def methods_of_run(run_dir: Path, adapters: dict[str, Path]) -> dict[str, Method]:
     """Every servable method of the run in ``run_dir``, by name; ``adapters`` maps the server's adapter
     names to their folders."""
-    from fewtune.report.run_folder import read_run
+    from fewtune.results.run_folder import read_run
     from fewtune.tasks.registry import task_of_record
 
     results, _ = read_run(run_dir)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from fewtune.errors import ConfigError
-from fewtune.store import write_json_atomic
+from fewtune.results.store import write_json_atomic
 
 BASELINE, CANDIDATE = "baseline", "candidate"
 

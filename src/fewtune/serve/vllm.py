@@ -19,9 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fewtune.errors import ConfigError
+from fewtune.results.store import file_sha256
 from fewtune.serve.adapters import ADAPTER_FILES, adapter_rank
 from fewtune.serve.launch import ServeSettings
-from fewtune.store import file_sha256
 
 VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 """The ``--max-lora-rank`` values vLLM accepts (``vllm.config.lora.MaxLoRARanks``)."""

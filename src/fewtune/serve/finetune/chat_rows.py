@@ -88,7 +88,7 @@ def read_chat_rows(content: bytes, filename: str) -> list[ChatRow]:
 
 @dataclass(frozen=True)
 class RenderedTemplate:
-    """What :class:`~fewtune.strategies.lora.Lora` trains on, for rows already rendered: an example's
+    """What :class:`~fewtune.training.lora.Lora` trains on, for rows already rendered: an example's
     ``text`` is its prompt and its ``label`` the answer (the continuation the loss is on)."""
 
     def render(self, text: str, demos: Sequence[Example] = ()) -> str:

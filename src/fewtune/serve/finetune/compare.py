@@ -11,8 +11,8 @@ The few-shot prompt shows :data:`SHOTS` demos from the job's training rows (neve
 balanced over the answers for a closed set, seeded with the job's seed. Both scores are per row 0/1, so the
 comparison is the exact McNemar test with a paired bootstrap interval of the lead
 (:func:`fewtune.decide.evidence.compare`), and the verdict turns on the guides' 5-point margin
-(:data:`fewtune.decide.thresholds.MARGIN_POINTS`). Costs come from :mod:`fewtune.cost` with the server's
-price table: the measured scoring throughput of each, the training time and tokens.
+(:data:`fewtune.decide.thresholds.MARGIN_POINTS`). Costs come from :mod:`~fewtune.decide.cost` with the
+server's price table: the measured scoring throughput of each, the training time and tokens.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from fewtune.backends.base import Backend
-from fewtune.cost import PriceTable, break_even, method_cost
 from fewtune.data.load import Example
+from fewtune.decide.cost import PriceTable, break_even, method_cost
 from fewtune.decide.evidence import FINE_TUNED, PROMPT, Comparison, MethodEvidence, compare, versus
 from fewtune.decide.metric import ACCURACY_METRIC, label_stats
 from fewtune.decide.thresholds import MARGIN_POINTS

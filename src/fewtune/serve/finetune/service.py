@@ -2,7 +2,7 @@
 
 Two threads of their own, so inference never waits on them: a validator (``validating_files`` ->
 ``queued``, or ``failed`` for a file that does not make a job) and a trainer, which takes the oldest queued
-job and trains a LoRA adapter with :class:`fewtune.strategies.lora.Lora` on a fresh copy of the base model
+job and trains a LoRA adapter with :class:`fewtune.training.lora.Lora` on a fresh copy of the base model
 (the engine's worker keeps its own), scores the held-out comparison on those copies
 (:mod:`~fewtune.serve.finetune.compare`), then registers the adapter with the engine under
 ``ft:BASE:local:SUFFIX:ID`` and marks the job ``succeeded``: from then on ``/v1/chat/completions`` and
@@ -10,7 +10,7 @@ job and trains a LoRA adapter with :class:`fewtune.strategies.lora.Lora` on a fr
 
 ``cancel`` ends a waiting job at once and a running one at its next optimizer step. A job that was running
 when the server stopped (killed, or shut down mid-training) is queued again when the server starts: its
-training continues from the last checkpoint :class:`~fewtune.strategies.lora.Lora` saved in the job's
+training continues from the last checkpoint :class:`~fewtune.training.lora.Lora` saved in the job's
 adapter folder (every 60 s of training), and an event says so. The adapters of succeeded jobs are loaded
 again at start.
 """
@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fewtune.config import LoraArgs
-from fewtune.cost import PriceTable
 from fewtune.data.load import Example
 from fewtune.data.split import stratified_sample
+from fewtune.decide.cost import PriceTable
 from fewtune.errors import DataError, FewtuneError
 from fewtune.serve.finetune.chat_rows import ChatRow, RenderedTemplate, as_examples, read_chat_rows
 from fewtune.serve.finetune.create import JobRefused, model_name, new_job
@@ -263,7 +263,7 @@ class FineTuning:
 
     def _train(self, job_id: str) -> None:
         from fewtune.serve.finetune.compare import Training, compare_on_validation
-        from fewtune.strategies.lora import Lora
+        from fewtune.training.lora import Lora
 
         with self._lock:
             if self.job(job_id)["status"] != "queued":

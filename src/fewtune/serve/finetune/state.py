@@ -9,7 +9,7 @@ Layout of the state folder (``fewtune serve --finetune-dir``)::
     jobs/<ftjob-id>/checkpoints.json
     jobs/<ftjob-id>/adapter/    the LoRA adapter (peft's files; training checkpoints while it runs)
 
-Every JSON file is replaced atomically (:func:`fewtune.store.write_json_atomic`), so a server killed at
+Every JSON file is replaced atomically (:func:`~.results.store.write_json_atomic`), so a server killed at
 any moment leaves each record whole. Objects are kept in the OpenAI API's shapes; lists come newest first,
 as the API gives them, and are paged with ``after`` (the last id of the previous page) and ``limit``.
 """
@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fewtune.store import write_json_atomic
+from fewtune.results.store import write_json_atomic
 
 STATUSES = ("validating_files", "queued", "running", "succeeded", "failed", "cancelled")
 """The job states the ``openai`` client knows."""

@@ -1,5 +1,5 @@
 """``fewtune monitor`` and ``fewtune rollback``: the canary after release (registered by
-:mod:`fewtune.cli`)."""
+:mod:`fewtune.cli.commands`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from fewtune.console import plain_console, styled
+from fewtune.cli.console import plain_console, styled
 from fewtune.release.runbook import DEFAULT_RUNBOOK
 
 if TYPE_CHECKING:

@@ -26,7 +26,7 @@ import yaml
 
 from fewtune.errors import ConfigError
 from fewtune.methods import Method
-from fewtune.record import Costs, MethodRow, latency_of
+from fewtune.results.record import Costs, MethodRow, latency_of
 
 SECONDS_PER_HOUR = 3600
 TOKENS_PER_MILLION = 1_000_000

@@ -16,25 +16,25 @@ from typing import Any
 
 from fewtune.config import RunConfig
 from fewtune.errors import ConfigError, ModelError
-from fewtune.events import RunEvents
-from fewtune.job import TaskJob
-from fewtune.loaders import answerers
 from fewtune.methods import Method, any_fine_tuned
-from fewtune.plan import RunPlan, check_shots_and_sizes
 from fewtune.prompts.demos import NEAREST, DemoIndex, NearestDemos, select_demos, training_demos
 from fewtune.prompts.template import OutputTemplate
-from fewtune.resume import fingerprint
-from fewtune.session import RunSession
-from fewtune.strategies.base import PLAIN_ADAPTER
-from fewtune.tasks.base import Task, TaskExample
-from fewtune.tasks.data import TaskData, prepare_task_data, stratified
-from fewtune.tasks.evaluate import (
+from fewtune.results.resume import fingerprint
+from fewtune.run.evaluate_text import (
     TextPredictor,
     evaluate_reference_outputs,
     evaluate_text,
     max_new_tokens,
     score_outputs,
 )
+from fewtune.run.events import RunEvents
+from fewtune.run.job import TaskJob
+from fewtune.run.loaders import answerers
+from fewtune.run.plan import RunPlan, check_shots_and_sizes
+from fewtune.run.session import RunSession
+from fewtune.strategies.base import PLAIN_ADAPTER
+from fewtune.tasks.base import Task, TaskExample
+from fewtune.tasks.data import TaskData, prepare_task_data, stratified
 
 TEXT_METHODS = tuple(m.value for m in Method if m.uses_llm)
 # The name of the floor's lines in predictions.jsonl (not a method: nothing ships it).
@@ -245,7 +245,7 @@ def run_text_methods(
         reference()
     if not any_fine_tuned(methods):
         return
-    from fewtune.strategies.lora import FullFineTune, Lora
+    from fewtune.training.lora import FullFineTune, Lora
 
     if not backend.capabilities.trainable:
         raise ConfigError(

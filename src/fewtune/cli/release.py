@@ -1,5 +1,5 @@
 """The release commands (``fewtune gate``, ``runbook``, ``runs``), registered on the app by
-:mod:`fewtune.cli`."""
+:mod:`fewtune.cli.commands`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from fewtune.console import plain_console, styled
+from fewtune.cli.console import plain_console, styled
 from fewtune.decide.thresholds import (
     CANARY_HOURS,
     ROLLBACK_COST_FACTOR,
@@ -198,7 +198,7 @@ def runs_show(
     root: RootOption = Path("runs"),
 ) -> None:
     """One run's hashes and its methods' metric, interval, p95 latency and cost per request."""
-    from fewtune.cost import format_usd
+    from fewtune.decide.cost import format_usd
     from fewtune.release.registry import find_run, registry_path
 
     r = find_run(registry_path(root), run)

@@ -1,6 +1,6 @@
 """The terminal: what ``fewtune run`` and ``fewtune report`` show while they work (rich progress bars, one
 line per finished method, the methods table, the recommendation). The only module besides the CLI that
-prints; the pipeline reports through :class:`fewtune.events.RunEvents`."""
+prints; the pipeline reports through :class:`fewtune.run.events.RunEvents`."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from rich.table import Table
 from rich.text import Text
 
 from fewtune.backends.base import ProgressFn
-from fewtune.console import plain_console, styled
-from fewtune.events import TrainStep
+from fewtune.cli.console import plain_console, styled
 from fewtune.report.tables import draws_cell
+from fewtune.run.events import TrainStep
 
 if TYPE_CHECKING:
     from fewtune.report.analysis import Report
@@ -103,7 +103,7 @@ def method_table(rows: Sequence[Mapping[str, Any]]) -> Table:
 
 
 class RichEvents:
-    """:class:`~fewtune.events.RunEvents` on a rich console."""
+    """:class:`~fewtune.run.events.RunEvents` on a rich console."""
 
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or plain_console()
@@ -142,7 +142,7 @@ class RichEvents:
 
 def print_summary(console: Console, report: Report | OutputsReport) -> None:
     """The recommendation and where the reports are, for the terminal."""
-    from fewtune.cost import format_count
+    from fewtune.decide.cost import format_count
     from fewtune.report.analysis import Report
     from fewtune.report.build import REPORT_HTML, REPORT_MD
     from fewtune.report.markdown import metric_line

@@ -1,9 +1,10 @@
 """A run's folder and its record, for every task: the one module that writes results.json.
 
 :meth:`RunSession.open` applies the run folder's rules (an ``--overwrite`` clears the earlier run's files, a
-``--resume`` keeps its finished methods once its settings and data files match, see :mod:`fewtune.resume`)
-and writes the record's header; :meth:`RunSession.record` appends each finished method row, its predictions
-and what is derived from the rows (classification's learning curves), rewriting results.json atomically;
+``--resume`` keeps its finished methods once its settings and data files match, see
+:mod:`~fewtune.results.resume`) and writes the record's header; :meth:`RunSession.record` appends each
+finished method row, its predictions and what is derived from the rows (classification's learning curves),
+rewriting results.json atomically;
 :meth:`RunSession.running` records how the run ended (complete, interrupted, failed with its error). So an
 interrupted or crashed run leaves its finished parts readable and resumable.
 """
@@ -20,11 +21,11 @@ from typing import Any
 
 from fewtune import __version__
 from fewtune.config import RunConfig
-from fewtune.events import RunEvents
-from fewtune.record import Answerers
-from fewtune.resume import resume_results
-from fewtune.run_record import SCHEMA_VERSION, MethodResult, RunRecord
-from fewtune.store import RunStore, clear_run
+from fewtune.results.record import Answerers
+from fewtune.results.resume import resume_results
+from fewtune.results.run_record import SCHEMA_VERSION, MethodResult, RunRecord
+from fewtune.results.store import RunStore, clear_run
+from fewtune.run.events import RunEvents
 
 # Fields of an earlier run's record that a resumed run says again or that are no longer true.
 STALE_ON_RESUME = ("warnings", "error", "finished_at")

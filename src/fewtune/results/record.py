@@ -1,7 +1,7 @@
 """The results record's types: what a method row of results.json holds, for every task.
 
-A row is built in one place per kind of method (:func:`fewtune.evaluate.evaluate` for label scoring,
-:func:`fewtune.tasks.evaluate.evaluate_text` for generated outputs, the reference's evaluator), stored as
+A row is built in one place per kind of method (:func:`fewtune.run.evaluate.evaluate` for label scoring,
+:func:`fewtune.run.evaluate_text.evaluate_text` for generated outputs, the reference's evaluator), stored as
 JSON, and read by cost, curves, the verdict and the report through these types, so a misspelt or missing
 field is a type error (mypy) rather than a ``KeyError`` in a report.
 """

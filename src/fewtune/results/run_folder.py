@@ -13,7 +13,7 @@ import yaml
 
 from fewtune.config import CostArgs
 from fewtune.errors import ConfigError, FewtuneError
-from fewtune.run_record import REPORT_KEYS, REPORT_ROW_KEYS
+from fewtune.results.run_record import REPORT_KEYS, REPORT_ROW_KEYS
 
 
 def read_run(folder: str | Path) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
@@ -26,7 +26,7 @@ def read_run(folder: str | Path) -> tuple[dict[str, Any], dict[str, list[dict[st
         results = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise FewtuneError(f"{path}:{err.lineno}: malformed JSON ({err.msg})") from None
-    from fewtune.run_record import RunRecord
+    from fewtune.results.run_record import RunRecord
 
     record = RunRecord.from_dict(results, path)  # earlier versions are read as this one
     if not record.methods:

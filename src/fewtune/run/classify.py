@@ -16,24 +16,24 @@ from typing import Any
 
 from fewtune.backends.base import Backend, ProgressFn
 from fewtune.backends.generated import GenerateAndParse
-from fewtune.cost import load_price_table
-from fewtune.curves import build_curves
 from fewtune.data.split import PreparedData, stratified_sample
+from fewtune.decide.cost import load_price_table
+from fewtune.decide.curves import build_curves
 from fewtune.embeddings import Embedder
 from fewtune.errors import ConfigError, ModelError
-from fewtune.evaluate import evaluate
-from fewtune.events import RunEvents
-from fewtune.job import TaskJob
-from fewtune.loaders import answerers
 from fewtune.methods import Method, any_fine_tuned
-from fewtune.plan import RunPlan, check_plan, load_data
 from fewtune.prompts.demos import NEAREST, DemoIndex, training_demos
 from fewtune.prompts.template import DEFAULT_TASK, PromptTemplate, resolve_label_names
-from fewtune.record import method_rows
-from fewtune.resume import fingerprint
-from fewtune.session import RunSession
+from fewtune.results.record import method_rows
+from fewtune.results.resume import fingerprint
+from fewtune.run.evaluate import evaluate
+from fewtune.run.events import RunEvents
+from fewtune.run.job import TaskJob
+from fewtune.run.loaders import answerers
+from fewtune.run.plan import RunPlan, check_plan, load_data
+from fewtune.run.session import RunSession
+from fewtune.run.sweep import check_context, few_shot_draws, prompt_sets, run_prompt_set
 from fewtune.strategies.base import PLAIN_ADAPTER, Predictor
-from fewtune.sweep import check_context, few_shot_draws, prompt_sets, run_prompt_set
 from fewtune.tasks.base import CLASSIFICATION
 
 
@@ -184,7 +184,7 @@ class ClassificationJob(TaskJob):
             hosted_rows(session, cfg, data, template, events)
         if not any_fine_tuned(methods):
             return
-        from fewtune.strategies.lora import FullFineTune, Lora
+        from fewtune.training.lora import FullFineTune, Lora
 
         if not backend.capabilities.trainable:
             raise ConfigError(
@@ -273,7 +273,7 @@ class ClassificationJob(TaskJob):
 
     def _run_reference(self, session: RunSession, embedder: Embedder) -> None:
         """Embeddings + logistic regression on the same training examples as each LoRA adapter."""
-        from fewtune.evaluate import evaluate_reference
+        from fewtune.run.evaluate import evaluate_reference
         from fewtune.strategies.reference import EmbeddingReference
 
         cfg, data = self.cfg, self.data

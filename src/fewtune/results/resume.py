@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from fewtune.errors import ConfigError
-from fewtune.store import RunStore
+from fewtune.results.store import RunStore
 
 # Draws after the first are named "<row name> seed=<seed>" in predictions.jsonl.
 DRAW_SUFFIX = " seed="

@@ -12,9 +12,9 @@ import numpy as np
 from fewtune.backends.base import ProgressFn
 from fewtune.backends.generated import unanswered
 from fewtune.data.load import Example
-from fewtune.latency import time_requests, wall_seconds
 from fewtune.methods import Method
 from fewtune.metrics import classification_metrics
+from fewtune.run.latency import time_requests, wall_seconds
 from fewtune.strategies.base import Predictor, log_softmax
 
 if TYPE_CHECKING:

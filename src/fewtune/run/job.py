@@ -1,14 +1,14 @@
 """What runs one task's methods: a :class:`TaskJob` reads and checks the data (``prepare``) before any model
 loads, then runs every method, recording each row in the run's session (``execute``). Classification's job
-is :class:`fewtune.classify.ClassificationJob`; every open-output task shares
-:class:`fewtune.tasks.run.TextJob`. :func:`fewtune.pipeline.job_for` picks one."""
+is :class:`fewtune.run.classify.ClassificationJob`; every open-output task shares
+:class:`fewtune.run.text_job.TextJob`. :func:`fewtune.run.pipeline.job_for` picks one."""
 
 from __future__ import annotations
 
 import abc
 from typing import Any
 
-from fewtune.session import RunSession
+from fewtune.run.session import RunSession
 
 
 class TaskJob(abc.ABC):

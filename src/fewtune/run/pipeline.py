@@ -1,7 +1,7 @@
 """``fewtune run``'s pipeline, the same for every task: plan → prepare the data → open the run's record →
 execute the methods → record each row. The task (from :mod:`fewtune.tasks.registry`) supplies the job that
 reads its data and runs its methods; the report is written afterwards from the run folder alone.
-Nothing here prints: progress goes to the caller's :class:`~fewtune.events.RunEvents`."""
+Nothing here prints: progress goes to the caller's :class:`~fewtune.run.events.RunEvents`."""
 
 from __future__ import annotations
 
@@ -9,17 +9,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fewtune.backends.base import Backend
-from fewtune.classify import ClassificationJob
 from fewtune.config import RunConfig
 from fewtune.embeddings import Embedder
-from fewtune.events import RunEvents
-from fewtune.job import TaskJob
-from fewtune.loaders import count_requests, describe_backend, describe_prompt_model, load_backends
-from fewtune.plan import RunPlan, resolve_plan
-from fewtune.session import RunSession
+from fewtune.run.classify import ClassificationJob
+from fewtune.run.events import RunEvents
+from fewtune.run.job import TaskJob
+from fewtune.run.loaders import count_requests, describe_backend, describe_prompt_model, load_backends
+from fewtune.run.plan import RunPlan, resolve_plan
+from fewtune.run.session import RunSession
+from fewtune.run.text_job import TextJob
 from fewtune.tasks.base import Task, TaskType
 from fewtune.tasks.registry import make_task
-from fewtune.tasks.run import TextJob
 
 BackendFactory = Callable[[RunConfig, RunEvents], Backend]
 EmbedderFactory = Callable[[RunConfig, RunEvents], Embedder]

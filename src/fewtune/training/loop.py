@@ -3,7 +3,7 @@
 The loop projects onto the vocabulary only at the positions that predict answer tokens (a few per
 example) instead of every position, which is most of a small model's training FLOPs with Gemma's 262k
 vocabulary. Batches are length-grouped and padded only to their own longest example. Under
-``accelerate launch`` (see :mod:`fewtune.strategies.distributed`) each process takes its share of every
+``accelerate launch`` (see :mod:`fewtune.training.distributed`) each process takes its share of every
 batch and accelerate's DDP (or DeepSpeed) reduces the gradients, so the update is the one-process update up
 to the order of floating-point sums.
 """
@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from fewtune.data.load import Example
-from fewtune.strategies.checkpoint import Progress, load_checkpoint, save_checkpoint
-from fewtune.strategies.distributed import Distributed
 from fewtune.sysinfo import PeakMemory
+from fewtune.training.checkpoint import Progress, load_checkpoint, save_checkpoint
+from fewtune.training.distributed import Distributed
 
 # Length grouping: shuffle, cut into windows of this many batches, sort each window by length.
 LENGTH_GROUP_BATCHES = 32

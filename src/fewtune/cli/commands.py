@@ -15,8 +15,8 @@ from typing import Annotated, Any
 
 import typer
 
-from fewtune.cli_options import overrides, setting_options, typed_options
-from fewtune.console import plain_console, styled
+from fewtune.cli.console import plain_console, styled
+from fewtune.cli.options import overrides, setting_options, typed_options
 from fewtune.errors import FewtuneError
 
 app = typer.Typer(
@@ -30,14 +30,14 @@ err_console = plain_console(stderr=True)
 
 
 def _build_run() -> Callable[..., None]:
-    """``fewtune run``: its setting flags come from the config dataclasses (:mod:`fewtune.cli_options`)."""
+    """``fewtune run``: its setting flags come from the config dataclasses (:mod:`fewtune.cli.options`)."""
     settings = setting_options()
 
     def run(**values: Any) -> None:
         """Run zero-shot, k-shot, LoRA, LoRA+k-shot (and, for classification, the embedding reference) on
         the same test rows."""
+        from fewtune.cli.runner import run as run_all
         from fewtune.config import build_config, load_config_file
-        from fewtune.runner import run as run_all
 
         given = values.pop("config")
         overwrite, resume = values.pop("overwrite"), values.pop("resume")
@@ -89,9 +89,9 @@ def _build_report() -> Callable[..., None]:
 
         Settings not given here come from the run's config.yaml, then the defaults.
         """
+        from fewtune.cli.ui import print_summary, register_run
         from fewtune.report.build import write_reports
-        from fewtune.report.run_folder import cost_args_for, saved_setting_top
-        from fewtune.ui import print_summary, register_run
+        from fewtune.results.run_folder import cost_args_for, saved_setting_top
 
         args = cost_args_for(run_dir, overrides(values)["cost"])
         with console.status("Writing the report..."):
@@ -173,7 +173,8 @@ def _build_serve() -> Callable[..., None]:
 app.command(name="serve")(_build_serve())
 
 
-from fewtune import cli_canary, cli_release  # noqa: E402  (the release commands register below)
+from fewtune.cli import canary as cli_canary  # noqa: E402  (the release commands register below)
+from fewtune.cli import release as cli_release  # noqa: E402
 
 app.command(name="gate")(cli_release.gate)
 app.command(name="runbook")(cli_release.runbook_list)

@@ -13,9 +13,9 @@ import numpy as np
 
 from fewtune.backends.base import Backend, Generation, ProgressFn
 from fewtune.data.load import Example
-from fewtune.latency import time_requests, wall_seconds
 from fewtune.methods import Method
 from fewtune.prompts.template import QUERY_LEAD, OutputTemplate
+from fewtune.run.latency import time_requests, wall_seconds
 from fewtune.strategies.base import PerRowDemos
 from fewtune.tasks.base import END_MARKER, Task, TaskExample, bootstrap_ci
 

@@ -1,6 +1,6 @@
 """The run record as types: a :class:`RunRecord` of :class:`MethodResult` rows, versioned, read from and
 written to results.json through ``from_dict`` / ``to_dict`` (the field-by-field format is
-:class:`fewtune.record.RunResults` and :class:`fewtune.record.MethodRow`, documented in
+:class:`fewtune.results.record.RunResults` and :class:`~fewtune.results.record.MethodRow`, documented in
 docs/results-format.md).
 
 Every task's row has the same typed core: the method (a :class:`~fewtune.methods.Method`), its name, shots,
@@ -24,7 +24,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from fewtune.errors import FewtuneError
 from fewtune.methods import Method
-from fewtune.record import MethodRow, MetricValue, RunResults
+from fewtune.results.record import MethodRow, MetricValue, RunResults
 from fewtune.tasks.base import CLASSIFICATION
 
 SCHEMA_VERSION = 2
@@ -51,8 +51,8 @@ def _first_error(err: ValidationError) -> str:
 def check_row(row: Mapping[str, Any], where: str, task: str = CLASSIFICATION) -> None:
     """A one-line error naming the row and field when a row read back (an edited or damaged results.json)
     lacks what its task's rows always carry, holds a field of the wrong type (checked against
-    :class:`fewtune.record.MethodRow`, leniently: ``"0.5"`` reads as a number) or an interval that is not
-    ``[low, high]``."""
+    :class:`~fewtune.results.record.MethodRow`, leniently: ``"0.5"`` reads as a number) or an interval that
+    is not ``[low, high]``."""
     label = f"{where}: method row {row.get('name') or row.get('method')!r}"
     missing = [key for key in REQUIRED_FIELDS.get(task, ()) if key not in row]
     if missing:
@@ -83,7 +83,7 @@ def _is_interval(value: Any) -> bool:
 
 def check_header(data: Mapping[str, Any], where: str) -> None:
     """The run-level fields of results.json (everything but ``methods``), checked against
-    :class:`fewtune.record.RunResults`."""
+    :class:`fewtune.results.record.RunResults`."""
     try:
         _HEADER.validate_python({k: v for k, v in data.items() if k != "methods" and k not in REPORT_KEYS})
     except ValidationError as err:

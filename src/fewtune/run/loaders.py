@@ -1,5 +1,5 @@
 """What a run loads: the model(s) it asks and trains and the sentence embedder (shared by every task's run),
-and what it records about them. Long steps are shown through the run's :class:`~fewtune.events.RunEvents`."""
+and what it records about them. Long steps are shown through the run's :class:`~.events.RunEvents`."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from fewtune.backends.base import Backend
 from fewtune.config import RunConfig
 from fewtune.embeddings import Embedder
 from fewtune.errors import ConfigError
-from fewtune.events import RunEvents
 from fewtune.methods import any_fine_tuned
-from fewtune.record import Answerers
+from fewtune.results.record import Answerers
+from fewtune.run.events import RunEvents
 
 # An endpoint's answers, kept in the run folder: a re-run sends nothing, an interrupted one resumes.
 HTTP_CACHE_FILE = "http_cache.sqlite"
@@ -33,7 +33,7 @@ def load_backend(cfg: RunConfig, events: RunEvents) -> Backend:
         spec = endpoint_spec(cfg.model, cfg.api_key_env)
         cache = Path(cfg.out) / HTTP_CACHE_FILE if cfg.out else None
         if cfg.out:
-            from fewtune.store import record_written
+            from fewtune.results.store import record_written
 
             Path(cfg.out).mkdir(parents=True, exist_ok=True)
             record_written(cfg.out, HTTP_CACHE_FILE)
@@ -58,7 +58,7 @@ def load_backends(
             f"LoRA needs a local model, and --model {cfg.model} is an endpoint: give the endpoint as "
             "--prompt-model and keep a local --model, or leave lora out of --methods"
         )
-    from fewtune.strategies.memory import check_hardware
+    from fewtune.training.memory import check_hardware
 
     check_hardware(cfg)
     backend = backend_factory(cfg, events)

@@ -1,6 +1,6 @@
 """Training a local model on the run's examples: LoRA with peft (an adapter), or every weight (full-ft).
 
-Both share one recipe (:mod:`fewtune.strategies.training`): the loss on the answer tokens only, the same
+Both share one recipe (:mod:`fewtune.training.loop`): the loss on the answer tokens only, the same
 seeded batches, warm-up and linear decay; they differ in which weights train, the learning rate, and what
 is saved (an adapter in peft's format, or a whole model copy in safetensors).
 """
@@ -22,9 +22,10 @@ from fewtune.data.load import Example
 from fewtune.errors import ConfigError
 from fewtune.prompts.template import PromptTemplate
 from fewtune.strategies.base import Predictor, Strategy
-from fewtune.strategies.checkpoint import CHECKPOINT_SECONDS, checkpoint_key, remove_checkpoint
-from fewtune.strategies.distributed import Distributed, TrainingOrder
-from fewtune.strategies.training import (
+from fewtune.sysinfo import lora_train_flops_per_token, matmul_peak_flops
+from fewtune.training.checkpoint import CHECKPOINT_SECONDS, checkpoint_key, remove_checkpoint
+from fewtune.training.distributed import Distributed, TrainingOrder
+from fewtune.training.loop import (
     AnswerLogProbs,
     Schedule,
     Trained,
@@ -35,7 +36,6 @@ from fewtune.strategies.training import (
     answer_loss,
     example_weights,
 )
-from fewtune.sysinfo import lora_train_flops_per_token, matmul_peak_flops
 
 __all__ = ["FullFineTune", "Lora", "_batches", "_collate", "answer_loss", "example_weights"]
 
@@ -55,7 +55,7 @@ class LocalTuning(Strategy):
     progress: Callable[[int, int, float], None] | None = None
     """Called as ``progress(step, total_steps, loss)`` after each optimizer step."""
     checkpoint_seconds: float = CHECKPOINT_SECONDS
-    """Training seconds between checkpoints in ``save_dir`` (see :mod:`fewtune.strategies.checkpoint`)."""
+    """Training seconds between checkpoints in ``save_dir`` (see :mod:`fewtune.training.checkpoint`)."""
 
     kind: ClassVar[str]
     method: ClassVar[str]
@@ -281,7 +281,7 @@ class FullFineTune(LocalTuning):
 def quantized_base(base: HFBackend) -> Any:
     """QLoRA's base (Dettmers et al. 2023): ``base``'s weights loaded again in 4-bit NF4 with double
     quantization and bfloat16 compute by bitsandbytes, prepared for training by peft (a GPU only; checked
-    before the run in :mod:`fewtune.strategies.memory`)."""
+    before the run in :mod:`fewtune.training.memory`)."""
     import torch
     from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig

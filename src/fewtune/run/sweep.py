@@ -16,15 +16,15 @@ from functools import partial
 from typing import Any
 
 from fewtune.backends.base import Backend, ProgressFn
-from fewtune.calibration import calibrated
 from fewtune.config import RunConfig
 from fewtune.data.load import Example
 from fewtune.errors import ConfigError
-from fewtune.evaluate import LATENCY_FIELDS, combine_draws, evaluate, score_test
 from fewtune.prompts.demos import FIXED_SELECTIONS, DemoIndex
 from fewtune.prompts.template import PromptTemplate
+from fewtune.run.evaluate import LATENCY_FIELDS, combine_draws, evaluate, score_test
 from fewtune.strategies.base import Predictor
 from fewtune.strategies.fewshot import FewShot
+from fewtune.tasks.calibration import calibrated
 
 # fewtune's threshold for "slow on CPU": a 270M model scores a 2,048-token prompt in several seconds on two
 # cores, and attention cost grows with the square of the length.

@@ -13,7 +13,7 @@ from fewtune.data.split import PreparedData, prepare_data
 from fewtune.decide.metric import METRIC_CHOICES
 from fewtune.errors import ConfigError, DataError
 from fewtune.methods import Method
-from fewtune.store import check_run_folder, default_run_dir, refuse_existing_run
+from fewtune.results.store import check_run_folder, default_run_dir, refuse_existing_run
 from fewtune.tasks.base import CLASSIFICATION
 
 

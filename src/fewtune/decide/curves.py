@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fewtune.methods import Method
-from fewtune.record import MethodRow
+from fewtune.results.record import MethodRow
 
 LORA_METHOD = Method.LORA.value
 CALIBRATED_SUFFIX = " calibrated"

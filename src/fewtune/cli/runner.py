@@ -1,5 +1,5 @@
-"""``fewtune run`` in the terminal: the pipeline (:func:`fewtune.pipeline.run_pipeline`) with rich progress,
-then the report of its run folder."""
+"""``fewtune run`` in the terminal: the pipeline (:func:`~fewtune.run.pipeline.run_pipeline`) with rich
+progress, then the report of its run folder."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from pathlib import Path
 from rich.console import Console
 
 from fewtune.backends.base import Backend
+from fewtune.cli.console import plain_console
+from fewtune.cli.ui import RichEvents, print_summary, register_run
 from fewtune.config import RunConfig
-from fewtune.console import plain_console
 from fewtune.embeddings import Embedder
-from fewtune.events import RunEvents
-from fewtune.loaders import load_backend, load_embedder
-from fewtune.pipeline import run_pipeline
-from fewtune.ui import RichEvents, print_summary, register_run
+from fewtune.run.events import RunEvents
+from fewtune.run.loaders import load_backend, load_embedder
+from fewtune.run.pipeline import run_pipeline
 
 
 def run(
@@ -30,20 +30,20 @@ def run(
 
     A folder that already holds a run is refused unless ``overwrite`` (then its run files are replaced, once
     the data and settings have been checked) or ``resume`` (then its finished methods are kept and skipped;
-    see :mod:`fewtune.resume`).
+    see :mod:`fewtune.results.resume`).
 
     ``embedder_factory`` loads the sentence embedder (data checks, nearest-neighbour demos, the reference);
     default all-MiniLM-L6-v2 from its PyPI package.
     """
-    from fewtune.strategies.distributed import launched_processes
+    from fewtune.training.distributed import launched_processes
 
     if launched_processes() > 1:  # under accelerate launch: every process but the main one only trains
-        from fewtune.strategies.distributed import Distributed
+        from fewtune.training.distributed import Distributed
 
         dist = Distributed.current()
         if not dist.main:
-            from fewtune.events import QuietEvents
-            from fewtune.strategies.lora import follow_orders
+            from fewtune.run.events import QuietEvents
+            from fewtune.training.lora import follow_orders
 
             follow_orders(backend_factory(cfg, QuietEvents()))
             return Path(cfg.out or ".")

@@ -1,5 +1,5 @@
 """How a run tells its user what is happening, without printing: the pipeline calls a :class:`RunEvents`,
-and the user interface decides what to show (``fewtune.ui.RichEvents`` in the terminal; :class:`QuietEvents`
+and the user interface decides what to show (``cli.ui.RichEvents`` in the terminal; :class:`QuietEvents`
 for a library caller or a test)."""
 
 from __future__ import annotations

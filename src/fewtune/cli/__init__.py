@@ -1,0 +1,1 @@
+"""The ``fewtune`` command: its commands, options, the terminal UI."""

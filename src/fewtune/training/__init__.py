@@ -1,0 +1,1 @@
+"""Training: the loop, LoRA and full fine-tuning recipes, checkpoints, processes, memory."""
