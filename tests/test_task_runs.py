@@ -27,7 +27,7 @@ from fewtune.backends.hf import HFBackend
 from fewtune.config import ALL_LINEAR, RunConfig, build_config, default_target_modules
 from fewtune.embeddings import FakeEmbedder
 from fewtune.errors import ConfigError, ModelError
-from fewtune.run.text_job import check_text_plan
+from fewtune.run.output_rows import check_text_plan
 from fewtune.tasks.extraction import (
     ExtractionTask,
 )

@@ -78,3 +78,26 @@ FINE_TUNED = tuple(m.value for m in Method if m.fine_tuned)
 def any_fine_tuned(methods: Iterable[str]) -> bool:
     """Some of these ``--methods`` values train a LoRA adapter (and so need a trainable local model)."""
     return any(Method(m).fine_tuned for m in methods)
+
+
+def row_name(
+    method: str, train_examples: int = 0, shots: int = 0, selection: str | None = None, *marks: str
+) -> str:
+    """A method row's name, the one formula every row is named by, e.g. "few-shot k=8 balanced
+    calibrated", "lora n=200" or "lora+few-shot n=200 k=5 balanced plain-adapter"; ``marks`` (calibrated,
+    constrained, an adapter's recipe) close it."""
+    parts = [method]
+    if train_examples:
+        parts.append(f"n={train_examples}")
+    if shots:
+        parts += [f"k={shots}", *([selection] if selection else [])]
+    return " ".join([*parts, *(mark for mark in marks if mark)])
+
+
+def adapter_folder(method: str, train_examples: int, shots: int = 0) -> str:
+    """The folder (under the run's adapters/) a trained row's weights are saved in: ``lora-n200``, the
+    demo-trained ``lora-n200-k5``, ``full-n200`` or ``hosted-ft-n200``."""
+    stem = {Method.LORA: "lora", Method.LORA_FEW_SHOT: "lora", Method.FULL_FT: "full"}.get(
+        Method(method), method
+    )
+    return f"{stem}-n{train_examples}" + (f"-k{shots}" if shots else "")

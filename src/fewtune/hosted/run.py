@@ -27,7 +27,7 @@ from fewtune.config import RunConfig
 from fewtune.data.load import Example
 from fewtune.data.split import PreparedData, stratified_sample
 from fewtune.hosted.api import FINISHED, HostedAPI, JobFailed, job_error
-from fewtune.methods import Method
+from fewtune.methods import Method, adapter_folder
 from fewtune.prompts.template import PromptTemplate
 from fewtune.results.store import write_json_atomic
 from fewtune.run.events import RunEvents, TrainStep
@@ -190,7 +190,7 @@ def hosted_rows(
             files = {"training": chat_jsonl(train, template)}
             if validation:
                 files["validation"] = chat_jsonl(validation, template)
-            folder = session.store.adapter_dir(f"hosted-ft-n{n}")
+            folder = session.store.adapter_dir(adapter_folder(Method.HOSTED_FT, n))
             job_id = _job_id(api, folder, files, cfg, events, title)
             job = follow(api, job_id, events, title, cfg.hosted.poll_seconds)
             if job.status != "succeeded" or not job.fine_tuned_model:
@@ -228,7 +228,7 @@ def score_hosted(
     from fewtune.run.evaluate import evaluate
     from fewtune.strategies.base import Predictor
 
-    folder = session.store.adapter_dir(f"hosted-ft-n{n}")
+    folder = session.store.adapter_dir(adapter_folder(Method.HOSTED_FT, n))
     with events.status(f"Probing {spec.model} at {spec.url}..."):
         backend = OpenAICompatBackend(spec, cache_path=folder / CACHE_FILE)
     try:

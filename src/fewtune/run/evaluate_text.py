@@ -13,7 +13,7 @@ import numpy as np
 
 from fewtune.backends.base import Backend, Generation, ProgressFn
 from fewtune.data.load import Example
-from fewtune.methods import Method
+from fewtune.methods import Method, row_name
 from fewtune.prompts.template import QUERY_LEAD, OutputTemplate
 from fewtune.run.latency import time_requests, wall_seconds
 from fewtune.strategies.base import PerRowDemos
@@ -59,16 +59,10 @@ class TextPredictor:
 
     @property
     def name(self) -> str:
-        parts = [self.method]
-        if self.train_examples:
-            parts.append(f"n={self.train_examples}")
-        if self.shots:
-            parts += [f"k={self.shots}", *([self.demo_selection] if self.demo_selection else [])]
-        if self.constraint is not None:
-            parts.append("constrained")
-        if self.recipe:
-            parts.append(self.recipe)
-        return " ".join(parts)
+        constrained = "constrained" if self.constraint is not None else ""
+        return row_name(
+            self.method, self.train_examples, self.shots, self.demo_selection, constrained, self.recipe or ""
+        )
 
     def prompts(self, texts: Sequence[str]) -> list[str]:
         demos = self.per_row_demos.for_texts(texts) if self.per_row_demos else [self.demos] * len(texts)

@@ -11,26 +11,15 @@ from pathlib import Path
 from fewtune.backends.base import Backend
 from fewtune.config import RunConfig
 from fewtune.embeddings import Embedder
-from fewtune.run.classify import ClassificationJob
 from fewtune.run.events import RunEvents
-from fewtune.run.job import TaskJob
+from fewtune.run.job import Job
 from fewtune.run.loaders import count_requests, describe_backend, describe_prompt_model, load_backends
-from fewtune.run.plan import RunPlan, resolve_plan
+from fewtune.run.plan import resolve_plan
 from fewtune.run.session import RunSession
-from fewtune.run.text_job import TextJob
-from fewtune.tasks.base import Task, TaskType
 from fewtune.tasks.registry import make_task
 
 BackendFactory = Callable[[RunConfig, RunEvents], Backend]
 EmbedderFactory = Callable[[RunConfig, RunEvents], Embedder]
-
-
-def job_for(task: TaskType, plan: RunPlan, events: RunEvents, embedder_factory: EmbedderFactory) -> TaskJob:
-    """The job that runs ``task``'s methods: every open-output task shares the generate-parse-score job;
-    classification scores its closed label set (label log-likelihood or generate-and-parse)."""
-    if isinstance(task, Task):
-        return TextJob(plan, task, events, embedder_factory)
-    return ClassificationJob(plan, events, embedder_factory)
 
 
 def run_pipeline(
@@ -46,7 +35,7 @@ def run_pipeline(
     predictions.jsonl). ``cfg`` itself is not changed: it is resolved into a frozen plan first."""
     plan = resolve_plan(cfg, overwrite=overwrite, resume=resume)
     events.info(f"Task: {plan.task}" + (f" ({plan.why})" if plan.why else ""))
-    job = job_for(make_task(plan.cfg), plan, events, embedder_factory)
+    job = Job(plan, make_task(plan.cfg), events, embedder_factory)
     header = job.prepare()  # data read and checked before any model loads
     session = RunSession.open(plan.cfg, header, events, overwrite=overwrite, resume=resume)
     with session.running():

@@ -11,6 +11,7 @@ import numpy as np
 
 from fewtune.backends.base import Backend, ProgressFn
 from fewtune.data.load import Example
+from fewtune.methods import row_name
 from fewtune.prompts.template import QUERY_LEAD, PromptTemplate
 
 PLAIN_ADAPTER = "plain-adapter"
@@ -70,18 +71,10 @@ class Predictor:
     @property
     def name(self) -> str:
         """Unique per method row, e.g. "few-shot k=8 balanced calibrated" or "lora n=200"."""
-        parts = [self.method]
-        if self.train_examples:
-            parts.append(f"n={self.train_examples}")
-        if self.shots:
-            parts.append(f"k={self.shots}")
-            if self.demo_selection:
-                parts.append(self.demo_selection)
-        if self.calibrated:
-            parts.append("calibrated")
-        if self.recipe:
-            parts.append(self.recipe)
-        return " ".join(parts)
+        calibrated = "calibrated" if self.calibrated else ""
+        return row_name(
+            self.method, self.train_examples, self.shots, self.demo_selection, calibrated, self.recipe or ""
+        )
 
     def demos_for(self, texts: Sequence[str]) -> list[tuple[Example, ...]]:
         if self.per_row_demos is not None:

@@ -1,10 +1,11 @@
-"""The job of every open-output task (extraction, generation, multi-label): every method generates on the
-same test rows.
+"""The rows of every open-output task (extraction, generation, multi-label): every method generates on the
+same test rows, and each output is parsed and scored by the task.
 
-Rows: zero-shot and k-shot prompts (demo selections random or nearest; ``balanced`` has no labels to
-balance here and draws at random), each also schema-constrained with ``--constrained`` (extraction), the
-task's no-LLM reference per training size where it has one (multi-label), then a LoRA adapter per training
-size, alone and with the first k-shot prompt. Results are recorded as each row finishes.
+Rows: the task's floor (no model), zero-shot and k-shot prompts (demo selections random or nearest;
+``balanced`` has no labels to balance here and draws at random), each also schema-constrained with
+``--constrained`` (extraction), the task's no-LLM reference per training size where it has one
+(multi-label), then the trained rows (:func:`fewtune.run.training_rows.train_rows`), alone and with the
+first k-shot prompt. Results are recorded as each row finishes.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from fewtune.config import RunConfig
 from fewtune.errors import ConfigError, ModelError
-from fewtune.methods import Method, any_fine_tuned
+from fewtune.methods import Method
 from fewtune.prompts.demos import NEAREST, DemoIndex, NearestDemos, select_demos, training_demos
 from fewtune.prompts.template import OutputTemplate
 from fewtune.results.resume import fingerprint
@@ -28,12 +29,12 @@ from fewtune.run.evaluate_text import (
     score_outputs,
 )
 from fewtune.run.events import RunEvents
-from fewtune.run.job import TaskJob
-from fewtune.run.loaders import answerers
 from fewtune.run.plan import RunPlan, check_shots_and_sizes
+from fewtune.run.rows import TaskRows
 from fewtune.run.session import RunSession
+from fewtune.run.training_rows import PLAIN, Tuning
 from fewtune.strategies.base import PLAIN_ADAPTER
-from fewtune.tasks.base import Task, TaskExample
+from fewtune.tasks.base import Task
 from fewtune.tasks.data import TaskData, prepare_task_data, stratified
 
 TEXT_METHODS = tuple(m.value for m in Method if m.uses_llm)
@@ -57,7 +58,7 @@ def check_text_plan(cfg: RunConfig, task: Task) -> None:
         )
 
 
-class TextJob(TaskJob):
+class OutputRows(TaskRows):
     def __init__(
         self, plan: RunPlan, task: Task, events: RunEvents, embedder_factory: Callable[[Any, RunEvents], Any]
     ) -> None:
@@ -117,10 +118,9 @@ class TextJob(TaskJob):
             self.events.warn(warning)
         return {"task": task.describe(), "dataset": dataset}
 
-    def execute(self, session: RunSession, backends: tuple[Any, Any]) -> None:
+    def start(self, session: RunSession) -> DemoIndex | None:
         data = self.data
         assert data is not None, "prepare() first"
-        session.answerers = answerers(self.cfg, backends[1])
         index = None
         if self.embedder is not None and NEAREST in self.cfg.prompt.demo_selection:
             index = self.events.progress(
@@ -129,8 +129,7 @@ class TextJob(TaskJob):
                 lambda progress: DemoIndex.build(data.pool, self.embedder, progress),
             )
         self._record_floor(session)
-        reference = (lambda: self._run_reference(session)) if self._needs_reference() else None
-        run_text_methods(self.cfg, self.task, data, backends, session, self.events, index, reference)
+        return index
 
     def _record_floor(self, session: RunSession) -> None:
         """The task's floor, which the verdict holds the shipped method against: the better of two outputs
@@ -158,10 +157,12 @@ class TextJob(TaskJob):
         session.store.append_predictions(predictions)
         session.write()
 
-    def _run_reference(self, session: RunSession) -> None:
+    def reference_rows(self, session: RunSession) -> None:
         """The task's no-LLM reference on the same training examples as each LoRA adapter."""
         cfg, task, data = self.cfg, self.task, self.data
         assert data is not None
+        if not self._needs_reference():
+            return
         for n in cfg.lora.train_sizes:
             if f"{Method.REFERENCE} n={n}" in session.done:
                 continue
@@ -176,50 +177,54 @@ class TextJob(TaskJob):
                 )
             session.record(row, predictions)
 
+    def prompt_rows(self, session: RunSession, backends: tuple[Any, Any], index: DemoIndex | None) -> None:
+        cfg, task, data = self.cfg, self.task, self.data
+        assert data is not None
+        instruction = cfg.prompt.instruction or task.default_instruction
+        self.template = template = OutputTemplate(instruction, task.output_format())
+        # backend: --model, which LoRA trains on; prompt_backend: the model the prompting rows ask.
+        prompt_backend = backends[1]
+        self.cap = max_new_tokens(prompt_backend, template, data.pool, cfg.seed)
+        methods = cfg.eval.methods
+        base = TextPredictor("zero-shot", prompt_backend, template, self.cap, stop=task.stop)
+        schema = getattr(task, "schema", None)
+        constraint = prompt_backend.schema_constraint(schema) if cfg.eval.constrained and schema else None
+        prompts: list[TextPredictor] = []
+        if "zero-shot" in methods and 0 in cfg.prompt.shots:
+            prompts.append(base)
+        if "few-shot" in methods:
+            selections = list(
+                dict.fromkeys("random" if s == "balanced" else s for s in cfg.prompt.demo_selection)
+            )
+            prompts += [self.demos_for(base, k, s, "few-shot", index) for k in self.shots for s in selections]
+        for predictor in prompts:
+            self.score(session, predictor)
+            if constraint is not None:
+                self.score(session, replace(predictor, constraint=constraint))
 
-def run_text_methods(
-    cfg: RunConfig,
-    task: Task,
-    data: TaskData,
-    backends: tuple[Any, Any],
-    session: RunSession,
-    events: RunEvents,
-    index: DemoIndex | None,
-    reference: Callable[[], None] | None = None,
-) -> None:
-    """Every LLM method of the plan, then (between the prompts and LoRA, as for classification) the
-    ``reference`` rows when given."""
-    instruction = cfg.prompt.instruction or task.default_instruction
-    template = OutputTemplate(instruction, task.output_format())
-    # An adapter learns the output format from its training targets, so its prompts carry the instruction
-    # line only: the shorter requests that fine-tuning buys (the guides' cost argument), and a training
-    # run that does not spend most of its tokens on a format block.
-    tuned_template = OutputTemplate(instruction, "")
-    # backend: --model, which LoRA trains on; prompt_backend: the model the prompting rows ask.
-    backend, prompt_backend = backends
-    cap = max_new_tokens(prompt_backend, template, data.pool, cfg.seed)
-    methods = cfg.eval.methods
-    shots = [k for k in cfg.prompt.shots if k > 0]
-    base = TextPredictor("zero-shot", prompt_backend, template, cap, stop=task.stop)
-    schema = getattr(task, "schema", None)
-    constraint = prompt_backend.schema_constraint(schema) if cfg.eval.constrained and schema else None
+    @property
+    def shots(self) -> list[int]:
+        return [k for k in self.cfg.prompt.shots if k > 0]
 
-    def demos_for(predictor: TextPredictor, k: int, selection: str, method: str) -> TextPredictor:
+    def demos_for(
+        self, predictor: TextPredictor, k: int, selection: str, method: str, index: DemoIndex | None
+    ) -> TextPredictor:
+        assert self.data is not None
         if selection == NEAREST:
             assert index is not None
             return predictor.with_demos((), method, NEAREST, per_row_demos=NearestDemos(index, k))
-        picked = select_demos(data.pool, k, "random", cfg.seed)
-        return predictor.with_demos(picked, method, "random", demo_seed=cfg.seed)
+        picked = select_demos(self.data.pool, k, "random", self.cfg.seed)
+        return predictor.with_demos(picked, method, "random", demo_seed=self.cfg.seed)
 
-    def score(predictor: TextPredictor) -> None:
-        if predictor.name in session.done:
-            return
-        row, predictions = events.progress(
+    def evaluate(self, predictor: TextPredictor) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        cfg, data = self.cfg, self.data
+        assert data is not None
+        result: tuple[dict[str, Any], list[dict[str, Any]]] = self.events.progress(
             f"Generating {predictor.name}",
             len(data.test),
             lambda progress: evaluate_text(
                 predictor,
-                task,
+                self.task,
                 data.test,
                 batch_size=cfg.eval.batch_size,
                 latency_requests=cfg.eval.latency_requests,
@@ -227,88 +232,65 @@ def run_text_methods(
                 progress=progress,
             ),
         )
-        session.record(row, predictions)
+        return result
 
-    prompts: list[TextPredictor] = []
-    if "zero-shot" in methods and 0 in cfg.prompt.shots:
-        prompts.append(base)
-    if "few-shot" in methods:
-        selections = list(
-            dict.fromkeys("random" if s == "balanced" else s for s in cfg.prompt.demo_selection)
-        )
-        prompts += [demos_for(base, k, s, "few-shot") for k in shots for s in selections]
-    for predictor in prompts:
-        score(predictor)
-        if constraint is not None:
-            score(replace(predictor, constraint=constraint))
-    if reference is not None:
-        reference()
-    if not any_fine_tuned(methods):
-        return
-    from fewtune.training.lora import FullFineTune, Lora
+    def score(self, session: RunSession, predictor: TextPredictor) -> None:
+        if predictor.name not in session.done:
+            session.record(*self.evaluate(predictor))
 
-    if not backend.capabilities.trainable:
-        raise ConfigError(
-            f"LoRA needs a local Hugging Face model; backend '{backend.name}' cannot be trained"
-        )
+    def tuning(self, session: RunSession, backends: tuple[Any, Any], index: DemoIndex | None) -> Tuning:
+        return OutputTuning(self, backends, index)
 
-    lead = cfg.prompt.demo_selection[0]
-    selection = lead if lead == NEAREST else "random"
-    recipe = cfg.lora.kshot_training
-    plain_kshot = "lora+few-shot" in methods and recipe in ("plain", "both")
-    demo_kshot = "lora+few-shot" in methods and recipe in ("demos", "both")
 
-    def trained(
-        strategy: Any, train: list[TaskExample], n: int, title: str, demos: Any = None
-    ) -> TextPredictor:
-        nonlocal cap
-        model, info = events.training(title, partial(_train, strategy, train, demos))
-        if backend is not prompt_backend:  # the cap counts the trained model's tokens
-            cap = max_new_tokens(backend, template, data.pool, cfg.seed)
+class OutputTuning(Tuning):
+    """An open-output task's side of the training loop. An adapter learns the output format from its
+    training targets, so its prompts carry the instruction line only: the shorter requests that fine-tuning
+    buys (the guides' cost argument), and a training run that does not spend most of its tokens on a format
+    block."""
+
+    def __init__(self, rows: OutputRows, backends: tuple[Any, Any], index: DemoIndex | None) -> None:
+        assert rows.data is not None
+        self.rows, self.cfg, self.task, self.data, self.index = rows, rows.cfg, rows.task, rows.data, index
+        self.backend, self.prompt_backend = backends
+        self.template = OutputTemplate(self.cfg.prompt.instruction or self.task.default_instruction, "")
+        self.shots = rows.shots
+        lead = self.cfg.prompt.demo_selection[0]
+        self.lead = lead if lead == NEAREST else "random"
+
+    def sample(self, n: int) -> list[Any]:
+        return [self.data.pool[i] for i in stratified(self.data.pool, n, self.task, self.cfg.seed)]
+
+    def selection(self, k: int) -> str:
+        return self.lead
+
+    def training_demos(self, train: list[Any], k: int) -> Any:
+        return training_demos(train, self.data.pool, k, self.lead, self.cfg.seed, self.index)
+
+    def trained(self, strategy: Any, train: list[Any], title: str, demos: Any = None) -> TextPredictor:
+        rows = self.rows
+        model, info = rows.events.training(title, partial(_train, strategy, train, demos))
+        if self.backend is not self.prompt_backend:  # the cap counts the trained model's tokens
+            rows.cap = max_new_tokens(self.backend, rows.template, self.data.pool, self.cfg.seed)
         return TextPredictor(
-            strategy.method, model, tuned_template, cap, stop=task.stop, train_examples=n, info=info
+            strategy.method,
+            model,
+            self.template,
+            rows.cap,
+            stop=self.task.stop,
+            train_examples=len(train),
+            info=info,
         )
 
-    def prompted(tuned: TextPredictor, k: int, kshot_training: str) -> TextPredictor:
-        shown = demos_for(tuned, k, selection, "lora+few-shot")
+    def prompted(self, tuned: TextPredictor, k: int, kshot_training: str) -> TextPredictor:
+        shown = self.rows.demos_for(tuned, k, self.lead, "lora+few-shot", self.index)
         return replace(
             shown,
-            recipe=PLAIN_ADAPTER if kshot_training == "plain" else None,
+            recipe=PLAIN_ADAPTER if kshot_training == PLAIN else None,
             info={**tuned.info, "kshot_training": kshot_training},
         )
 
-    def done(name: str) -> bool:
-        return any(row.startswith(name) for row in session.done)
-
-    for n in cfg.lora.train_sizes:
-        train: list[TaskExample] = [data.pool[i] for i in stratified(data.pool, n, task, cfg.seed)]
-        plain_rows = [f"lora n={n}"] if "lora" in methods else []
-        plain_rows += [f"lora+few-shot n={n} k={k} {PLAIN_ADAPTER}" for k in shots if plain_kshot]
-        if plain_rows and not all(done(name) for name in plain_rows):
-            lora = Lora(
-                backend, tuned_template, cfg.lora, session.store.adapter_dir(f"lora-n{n}"), seed=cfg.seed
-            )
-            tuned = trained(lora, train, n, f"Training lora n={n}")
-            if "lora" in methods:
-                score(tuned)
-            for k in shots if plain_kshot else ():
-                score(prompted(tuned, k, "plain"))
-        for k in shots if demo_kshot else ():
-            if any(
-                row.startswith(f"lora+few-shot n={n} k={k}") and PLAIN_ADAPTER not in row
-                for row in session.done
-            ):
-                continue
-            shown = training_demos(train, data.pool, k, selection, cfg.seed, index)
-            folder = session.store.adapter_dir(f"lora-n{n}-k{k}")
-            lora = Lora(backend, tuned_template, cfg.lora, folder, seed=cfg.seed)
-            tuned = trained(lora, train, n, f"Training lora n={n} with {k} demos per prompt", shown)
-            score(prompted(tuned, k, "demos"))
-        if Method.FULL_FT in methods and not done(f"full-ft n={n}"):
-            full = FullFineTune(
-                backend, tuned_template, cfg.lora, session.store.adapter_dir(f"full-n{n}"), seed=cfg.seed
-            )
-            score(trained(full, train, n, f"Training full-ft n={n}"))
+    def evaluate(self, predictor: TextPredictor) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        return self.rows.evaluate(predictor)
 
 
 def _train(strategy: Any, train: Any, demos: Any, on_step: Any) -> tuple[Any, dict[str, Any]]:

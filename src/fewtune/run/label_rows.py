@@ -1,10 +1,11 @@
-"""Classification's job: every method scores a closed label set on the same test rows.
+"""Classification's rows: every method scores a closed label set on the same test rows.
 
 Rows: zero-shot and k-shot prompts (each demo selection, several demo draws, a calibrated twin with
-``--calibrate``), the no-LLM reference per training size, then a LoRA adapter per training size, alone and
-with the first selection's k-shot demos. How a row is scored is chosen here, once: by the labels'
-log-likelihoods, or by generating an answer and parsing it where ``--label-scoring generate`` asks for it or
-the prompt model gives no prompt log-probabilities.
+``--calibrate``), the no-LLM reference per training size, a fine-tuning API's job (:mod:`fewtune.hosted`),
+then the trained rows (:func:`fewtune.run.training_rows.train_rows`), alone and with the first selection's
+k-shot demos. How a row is scored is chosen here, once: by the labels' log-likelihoods, or by generating an
+answer and parsing it where ``--label-scoring generate`` asks for it or the prompt model gives no prompt
+log-probabilities.
 """
 
 from __future__ import annotations
@@ -20,19 +21,19 @@ from fewtune.data.split import PreparedData, stratified_sample
 from fewtune.decide.cost import load_price_table
 from fewtune.decide.curves import build_curves
 from fewtune.embeddings import Embedder
-from fewtune.errors import ConfigError, ModelError
-from fewtune.methods import Method, any_fine_tuned
+from fewtune.errors import ModelError
+from fewtune.methods import Method
 from fewtune.prompts.demos import NEAREST, DemoIndex, training_demos
 from fewtune.prompts.template import DEFAULT_TASK, PromptTemplate, resolve_label_names
 from fewtune.results.record import method_rows
 from fewtune.results.resume import fingerprint
 from fewtune.run.evaluate import evaluate
 from fewtune.run.events import RunEvents
-from fewtune.run.job import TaskJob
-from fewtune.run.loaders import answerers
 from fewtune.run.plan import RunPlan, check_plan, load_data
+from fewtune.run.rows import TaskRows
 from fewtune.run.session import RunSession
 from fewtune.run.sweep import check_context, few_shot_draws, prompt_sets, run_prompt_set
+from fewtune.run.training_rows import PLAIN, Tuning
 from fewtune.strategies.base import PLAIN_ADAPTER, Predictor
 from fewtune.tasks.base import CLASSIFICATION
 
@@ -43,13 +44,15 @@ def generates_labels(label_scoring: str, prompt_backend: Backend) -> bool:
     return label_scoring == "generate" or not prompt_backend.capabilities.loglikelihood
 
 
-class ClassificationJob(TaskJob):
+class LabelRows(TaskRows):
     def __init__(
         self, plan: RunPlan, events: RunEvents, embedder_factory: Callable[[Any, RunEvents], Embedder]
     ) -> None:
         self.plan, self.cfg, self.events = plan, plan.cfg, events
         self.embedder_factory = embedder_factory
         self.data: PreparedData | None = None
+        self.embedder: Embedder | None = None
+        self.generate = False
 
     def prepare(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -71,12 +74,10 @@ class ClassificationJob(TaskJob):
             "labels": data.labels,
         }
 
-    def execute(self, session: RunSession, backends: tuple[Any, Any]) -> None:
-        assert self.data is not None, "prepare() first"
-        session.answerers = answerers(self.cfg, backends[1])
+    def start(self, session: RunSession) -> DemoIndex | None:
         session.derive = lambda rows: {"curves": build_curves(method_rows({"methods": rows}))}
-        embedder, index = self._check_data(session)
-        self._run_methods(session, backends, embedder, index)
+        self.embedder, index = self._check_data(session)
+        return index
 
     def _needs_index(self) -> bool:
         """Nearest-neighbour demos are asked for and some method shows demos."""
@@ -131,28 +132,23 @@ class ClassificationJob(TaskJob):
         session.write()
         return embedder, index
 
-    def _run_methods(
-        self,
-        session: RunSession,
-        backends: tuple[Backend, Backend],
-        embedder: Embedder | None,
-        index: DemoIndex | None,
-    ) -> None:
+    def _with_progress(self, title: str, work: Callable[[ProgressFn | None], Any]) -> Any:
+        assert self.data is not None
+        return self.events.progress(title, len(self.data.test), work)
+
+    def prompt_rows(self, session: RunSession, backends: tuple[Any, Any], index: DemoIndex | None) -> None:
         cfg, data, events = self.cfg, self.data, self.events
         assert data is not None
         names = resolve_label_names(data.labels, cfg.prompt.label_names)
-        template = PromptTemplate(tuple(data.labels), cfg.prompt.instruction or DEFAULT_TASK, names)
+        template = self.template = PromptTemplate(
+            tuple(data.labels), cfg.prompt.instruction or DEFAULT_TASK, names
+        )
         if names:
             session.results["label_names"] = names
-        methods = cfg.eval.methods
         shots = [k for k in cfg.prompt.shots if k > 0]
         texts = [ex.text for ex in data.test]
-        backend, prompt_backend = backends
-
-        def with_progress(title: str, work: Callable[[ProgressFn | None], Any]) -> Any:
-            return events.progress(title, len(texts), work)
-
-        generate = generates_labels(cfg.eval.label_scoring, prompt_backend)
+        prompt_backend = backends[1]
+        self.generate = generate = generates_labels(cfg.eval.label_scoring, prompt_backend)
         scorer = GenerateAndParse(prompt_backend) if generate else prompt_backend
         if generate != (cfg.eval.label_scoring == "generate"):
             session.warn(
@@ -161,9 +157,9 @@ class ClassificationJob(TaskJob):
         sets = prompt_sets(cfg, data.pool, scorer, template, index)
         # lora+few-shot prompts with the first selection's first demo draw.
         first_selection = cfg.prompt.demo_selection[0]
-        lead = {
+        self.lead = lead = {
             k: few_shot_draws(scorer, template, data.pool, k, first_selection, cfg.seed, 1, index)[0]
-            for k in (shots if "lora+few-shot" in methods else [])
+            for k in (shots if Method.LORA_FEW_SHOT in cfg.eval.methods else [])
         }
         checked = [p for s in sets for p in s.draws] + list(lead.values())
         if not prompt_backend.capabilities.remote:  # an endpoint would be sent a request per prompt
@@ -175,109 +171,17 @@ class ClassificationJob(TaskJob):
             twin = cfg.prompt.calibrate and pset.first.per_row_demos is None
             if {pset.first.name, *([f"{pset.first.name} calibrated"] if twin else [])} <= session.done:
                 continue  # finished before --resume
-            run_prompt_set(pset, data.test, cfg, session.record, with_progress)
-        if Method.REFERENCE in methods and embedder is not None:
-            self._run_reference(session, embedder)
-        if Method.HOSTED_FT in methods:  # a fine-tuning API's job, scored there (fewtune.hosted)
-            from fewtune.hosted.run import hosted_rows
+            run_prompt_set(pset, data.test, cfg, session.record, self._with_progress)
 
-            hosted_rows(session, cfg, data, template, events)
-        if not any_fine_tuned(methods):
-            return
-        from fewtune.training.lora import FullFineTune, Lora
-
-        if not backend.capabilities.trainable:
-            raise ConfigError(
-                f"LoRA needs a local Hugging Face model; backend '{backend.name}' cannot be trained"
-            )
-
-        def score(predictor: Predictor) -> None:
-            if predictor.name in session.done:
-                return
-            row, predictions = with_progress(
-                f"Scoring {predictor.name}",
-                lambda progress: evaluate(
-                    predictor,
-                    data.test,
-                    batch_size=cfg.eval.batch_size,
-                    latency_requests=cfg.eval.latency_requests,
-                    seed=cfg.seed,
-                    progress=progress,
-                ),
-            )
-            session.record(row, predictions)
-
-        recipe = cfg.lora.kshot_training
-        plain_kshot = "lora+few-shot" in methods and recipe in ("plain", "both")
-        demo_kshot = "lora+few-shot" in methods and recipe in ("demos", "both")
-
-        def trained(strategy: Any, train: list[Any], title: str, demos: Any = None) -> Predictor:
-            predictor = events.training(title, partial(_fit, strategy, train, demos))
-            if generate:
-                predictor = replace(predictor, backend=GenerateAndParse(predictor.backend))
-            events.info(
-                f"  {title.removeprefix('Training ')}: {predictor.info['train_seconds']:.0f} s "
-                f"({predictor.info['train_tokens_per_second']:.0f} tokens/s); "
-                f"saved {predictor.info['adapter_path']}"
-            )
-            return predictor
-
-        def prompted(adapter: Predictor, k: int, kshot_training: str) -> Predictor:
-            demos = lead[k]
-            return replace(
-                adapter.with_demos(
-                    demos.demos,
-                    "lora+few-shot",
-                    demos.demo_selection,
-                    per_row_demos=demos.per_row_demos,
-                    demo_seed=demos.demo_seed,
-                    recipe=PLAIN_ADAPTER if kshot_training == "plain" else None,
-                ),
-                info={**adapter.info, "kshot_training": kshot_training},
-            )
-
-        for n in cfg.lora.train_sizes:
-            train, _ = stratified_sample(data.pool, n, cfg.seed)
-            plain_rows = [f"lora n={n}"] if "lora" in methods else []
-            if plain_kshot:
-                plain_rows += [
-                    f"lora+few-shot n={n} k={k} {lead[k].demo_selection} {PLAIN_ADAPTER}" for k in lead
-                ]
-            if plain_rows and not set(plain_rows) <= session.done:  # one adapter, trained without demos
-                folder = session.store.adapter_dir(f"lora-n{n}")
-                lora = Lora(backend, template, cfg.lora, folder, seed=cfg.seed)
-                adapter = trained(lora, train, f"Training lora n={n}")
-                if "lora" in methods:
-                    score(adapter)
-                for k in lead if plain_kshot else ():
-                    score(prompted(adapter, k, "plain"))
-            for k in lead if demo_kshot else ():  # an adapter per shot count, trained as it is prompted
-                if f"lora+few-shot n={n} k={k} {lead[k].demo_selection}" in session.done:
-                    continue
-                shown = training_demos(train, data.pool, k, first_selection, cfg.seed, index)
-                lora = Lora(
-                    backend, template, cfg.lora, session.store.adapter_dir(f"lora-n{n}-k{k}"), seed=cfg.seed
-                )
-                score(
-                    prompted(
-                        trained(lora, train, f"Training lora n={n} with {k} demos per prompt", shown),
-                        k,
-                        "demos",
-                    )
-                )
-            if Method.FULL_FT in methods and f"full-ft n={n}" not in session.done:
-                full = FullFineTune(
-                    backend, template, cfg.lora, session.store.adapter_dir(f"full-n{n}"), seed=cfg.seed
-                )
-                score(trained(full, train, f"Training full-ft n={n}"))
-
-    def _run_reference(self, session: RunSession, embedder: Embedder) -> None:
+    def reference_rows(self, session: RunSession) -> None:
         """Embeddings + logistic regression on the same training examples as each LoRA adapter."""
         from fewtune.run.evaluate import evaluate_reference
         from fewtune.strategies.reference import EmbeddingReference
 
-        cfg, data = self.cfg, self.data
+        cfg, data, embedder = self.cfg, self.data, self.embedder
         assert data is not None
+        if Method.REFERENCE not in cfg.eval.methods or embedder is None:
+            return
         for n in cfg.lora.train_sizes:
             if f"{Method.REFERENCE} n={n}" in session.done:
                 continue
@@ -293,6 +197,79 @@ class ClassificationJob(TaskJob):
                     model, data.test, latency_requests=cfg.eval.latency_requests, seed=cfg.seed
                 )
             session.record(row, predictions)
+
+    def hosted_rows(self, session: RunSession) -> None:
+        """A fine-tuning API's job per training size, scored there (:mod:`fewtune.hosted`)."""
+        from fewtune.hosted.run import hosted_rows
+
+        assert self.data is not None
+        hosted_rows(session, self.cfg, self.data, self.template, self.events)
+
+    def tuning(self, session: RunSession, backends: tuple[Any, Any], index: DemoIndex | None) -> Tuning:
+        return LabelTuning(self, index)
+
+
+class LabelTuning(Tuning):
+    """Classification's side of the training loop: adapters that score the labels (or generate one, as the
+    prompting rows do), prompted with the first selection's first demo draw."""
+
+    def __init__(self, rows: LabelRows, index: DemoIndex | None) -> None:
+        assert rows.data is not None
+        self.rows, self.cfg, self.data, self.index = rows, rows.cfg, rows.data, index
+        self.template = rows.template
+        self.shots = list(rows.lead)
+
+    def sample(self, n: int) -> list[Any]:
+        return stratified_sample(self.data.pool, n, self.cfg.seed)[0]
+
+    def selection(self, k: int) -> str:
+        return str(self.rows.lead[k].demo_selection)
+
+    def training_demos(self, train: list[Any], k: int) -> Any:
+        return training_demos(
+            train, self.data.pool, k, self.cfg.prompt.demo_selection[0], self.cfg.seed, self.index
+        )
+
+    def trained(self, strategy: Any, train: list[Any], title: str, demos: Any = None) -> Predictor:
+        events = self.rows.events
+        predictor: Predictor = events.training(title, partial(_fit, strategy, train, demos))
+        if self.rows.generate:
+            predictor = replace(predictor, backend=GenerateAndParse(predictor.backend))
+        events.info(
+            f"  {title.removeprefix('Training ')}: {predictor.info['train_seconds']:.0f} s "
+            f"({predictor.info['train_tokens_per_second']:.0f} tokens/s); "
+            f"saved {predictor.info['adapter_path']}"
+        )
+        return predictor
+
+    def prompted(self, tuned: Predictor, k: int, kshot_training: str) -> Predictor:
+        demos = self.rows.lead[k]
+        return replace(
+            tuned.with_demos(
+                demos.demos,
+                Method.LORA_FEW_SHOT.value,
+                demos.demo_selection,
+                per_row_demos=demos.per_row_demos,
+                demo_seed=demos.demo_seed,
+                recipe=PLAIN_ADAPTER if kshot_training == PLAIN else None,
+            ),
+            info={**tuned.info, "kshot_training": kshot_training},
+        )
+
+    def evaluate(self, predictor: Predictor) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        cfg = self.cfg
+        result: tuple[dict[str, Any], list[dict[str, Any]]] = self.rows._with_progress(
+            f"Scoring {predictor.name}",
+            lambda progress: evaluate(
+                predictor,
+                self.data.test,
+                batch_size=cfg.eval.batch_size,
+                latency_requests=cfg.eval.latency_requests,
+                seed=cfg.seed,
+                progress=progress,
+            ),
+        )
+        return result
 
 
 def _fit(strategy: Any, train: Any, demos: Any, on_step: Any) -> Predictor:
