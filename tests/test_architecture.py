@@ -61,6 +61,42 @@ def test_no_import_circles() -> None:
         visit(name, [])
 
 
+# The layers, top first: a module imports from its own layer or those below it (docs/development.md).
+LAYERS = (
+    ("cli",),
+    ("release", "serve", "report"),
+    ("run", "hosted"),
+    ("tasks", "strategies", "training"),
+    ("decide",),
+    ("results", "config", "config_yaml"),
+    ("prompts",),
+    ("data",),
+    ("backends", "embeddings"),
+)
+"""Everything else (errors, methods, metrics, files, sysinfo, ...) is a utility under them all; ``docgen``
+reads the CLI to write the reference pages, and the package itself exports the library face: both sit above
+them."""
+ABOVE_ALL = {"fewtune", "docgen", "__main__"}
+
+
+def _layer(module: str) -> int:
+    top = module.removeprefix("fewtune.").split(".")[0]
+    if top in ABOVE_ALL:
+        return -1
+    return next((i for i, group in enumerate(LAYERS) if top in group), len(LAYERS))
+
+
+def test_no_import_goes_up_the_layers() -> None:
+    modules = _modules()
+    upward = [
+        f"{name} -> {other}"
+        for name, path in modules.items()
+        for other in _imports(path, modules)
+        if _layer(other) < _layer(name)
+    ]
+    assert not upward, "imports against the layer order (docs/development.md): " + ", ".join(sorted(upward))
+
+
 def test_no_isinstance_on_a_backend_class_outside_backends() -> None:
     offenders = []
     for path in SRC.rglob("*.py"):

@@ -17,7 +17,7 @@ from servers import make_adapter
 from tiny import tiny_tokenizer
 
 from fewtune.errors import ConfigError
-from fewtune.results.store import file_sha256
+from fewtune.files import file_sha256
 from fewtune.serve.launch import settings_from_cli
 from fewtune.serve.vllm import lora_rank_limit, versioned_names, vllm_command
 

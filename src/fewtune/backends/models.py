@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fewtune.errors import ModelError
-from fewtune.results.store import file_sha256
+from fewtune.files import file_sha256
 
 DEFAULT_MODEL = "gemma-3-270m"
 # Bumped when the conversion changes, so old caches are not reused.

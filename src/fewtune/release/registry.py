@@ -89,7 +89,7 @@ def _migrate(db: sqlite3.Connection) -> None:
 
 
 def _sha256(path: Path) -> str | None:
-    from fewtune.results.store import file_sha256
+    from fewtune.files import file_sha256
 
     return file_sha256(path) if path.is_file() else None
 

@@ -25,13 +25,14 @@ from pydantic import TypeAdapter, ValidationError
 from fewtune.errors import FewtuneError
 from fewtune.methods import Method
 from fewtune.results.record import MethodRow, MetricValue, RunResults
-from fewtune.tasks.base import CLASSIFICATION
 
 SCHEMA_VERSION = 2
 """results.json's layout: 2 adds the ``task`` block, and ``primary`` / ``metrics`` on every method row."""
 # Classification's label metrics, as the map names them: (value field, interval field).
 LABEL_METRICS = {"accuracy": ("accuracy", "accuracy_ci95"), "macro_f1": ("macro_f1", "macro_f1_ci95")}
 # What every row of a task carries, whoever wrote it: the report, cost and verdict read these unguarded.
+CLASSIFICATION = "classification"
+"""The task of a record that names none (every record before tasks were recorded)."""
 REQUIRED_FIELDS = {CLASSIFICATION: ("accuracy", "accuracy_ci95")}
 # What the report computes: always in analysis.json, even where a results.json written by an earlier version
 # (whose report added them there) already holds the same values. Recomputed, so not checked when read back.

@@ -28,17 +28,6 @@ def default_run_dir(root: str | Path = "runs") -> Path:
     return Path(root) / datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
-def file_sha256(path: Path) -> str:
-    """The file's sha256, read in 1 MiB blocks."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` through a synced temporary file in the same folder, so a reader
     sees the old file or the new one, never a part; the temporary file is removed if writing fails."""

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fewtune.errors import ConfigError
-from fewtune.results.store import file_sha256
+from fewtune.files import file_sha256
 from fewtune.serve.adapters import ADAPTER_FILES, adapter_rank
 from fewtune.serve.launch import ServeSettings
 

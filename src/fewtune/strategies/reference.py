@@ -16,15 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from fewtune.data.checks import REFERENCE_C, REFERENCE_MAX_ITER
 from fewtune.data.load import Example
 from fewtune.embeddings import Embedder
 from fewtune.methods import Method
 
-# Inverse L2 strength of the logistic regression. fewtune's choice: on unit-length MiniLM vectors
-# scikit-learn's default C=1 underfits small training sets (trec, 300 test rows: n=50 0.57 at C=1 vs 0.66 at
-# C=10; n=400 0.79 at both; sst2 within a point), and C=10 was never worse by more than 1.5 points there.
-REFERENCE_C = 10.0
-REFERENCE_MAX_ITER = 2000
 # Log-probability given to labels absent from the training sample (the classifier cannot predict them).
 UNSEEN_LABEL_LOG_PROB = float(np.log(1e-12))
 

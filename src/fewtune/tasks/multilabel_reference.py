@@ -62,7 +62,7 @@ class MultiLabelReference:
     def fit(self, train: Sequence[TaskExample]) -> FittedMultiLabelReference:
         from sklearn.linear_model import LogisticRegression
 
-        from fewtune.strategies.reference import REFERENCE_C, REFERENCE_MAX_ITER
+        from fewtune.data.checks import REFERENCE_C, REFERENCE_MAX_ITER
 
         if not train:
             raise ValueError("the reference needs at least one training example")
