@@ -1,4 +1,4 @@
-"""The code's shape, checked: small files, no import circles, backends asked for capabilities."""
+"""The code's shape, checked: small files and functions, no import circles, capabilities not isinstance."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "fewtune"
 MAX_LINES = 400
+MAX_FUNCTION_LINES = 100
 BACKEND_CLASSES = {"HFBackend", "OpenAICompatBackend", "FakeBackend", "GenerateAndParse"}
 
 
@@ -39,6 +40,48 @@ def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
 def test_no_file_is_past_the_line_limit(path: Path) -> None:
     lines = len(path.read_text(encoding="utf-8").splitlines())
     assert lines <= MAX_LINES, f"{path.relative_to(SRC)} has {lines} lines: split it"
+
+
+_DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+
+
+def _span(node: ast.stmt) -> int:
+    """Lines a definition takes, its decorators included."""
+    first = min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", []))])
+    return (node.end_lineno or node.lineno) - first + 1
+
+
+def _nested_definitions(node: ast.AST) -> list[ast.stmt]:
+    """The functions and classes defined anywhere inside ``node``, outermost only."""
+    found: list[ast.stmt] = []
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, _DEFINITIONS):
+            found.append(child)
+        else:
+            found.extend(_nested_definitions(child))
+    return found
+
+
+def _body_lines(function: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """Lines from the first statement after the docstring to the function's end, less the nested
+    functions and classes (each is counted as a function of its own)."""
+    body = function.body
+    docstring = isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+    first = body[1] if docstring and len(body) > 1 else body[0]
+    total = (function.end_lineno or function.lineno) - first.lineno + 1
+    return total - sum(_span(n) for n in _nested_definitions(function))
+
+
+def test_no_function_is_past_the_line_limit() -> None:
+    """Short functions are read and tested one idea at a time."""
+    long = []
+    for path in sorted(SRC.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = _body_lines(node)
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(SRC)}:{node.name} ({lines} lines)")
+    assert not long, f"split these by idea (at most {MAX_FUNCTION_LINES} lines each): {long}"
 
 
 def test_no_import_circles() -> None:

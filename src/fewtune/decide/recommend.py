@@ -206,24 +206,9 @@ def recommend(s: Situation) -> Recommendation:
     caveats = list(s.extra_caveats)
     if not s.volume_given:
         caveats.insert(0, f"no --volume-per-day given: costs assume {s.volume_per_day:,.0f} calls/day")
-    label = s.metric.label
-    prompts = [m for m in s.methods if m.kind == PROMPT]
-    if not any(m.shots >= MIN_PROMPT_SHOTS for m in prompts):
-        measured = ", ".join(m.name for m in s.methods)
-        return Recommendation(
-            CHOICE_MEASURE_PROMPTING,
-            None,
-            f"Measure prompting with at least {MIN_PROMPT_SHOTS} examples before deciding",
-            [
-                f"no prompting method with {MIN_PROMPT_SHOTS} or more examples was measured (measured: "
-                f"{measured}); it is always measured first because it often closes the gap with no "
-                f"training: re-run with --shots 0,{MIN_PROMPT_SHOTS} (or more) and few-shot in --methods"
-            ],
-            caveats,
-            metric=s.metric.name,
-            metric_reason=s.metric_reason,
-            settled=None,
-        )
+    first = _measure_prompting_first(s, caveats)
+    if first is not None:
+        return first
     degenerate = {m.name: m.degenerate for m in s.methods if m.degenerate}
     caveats += [degenerate_caveat(m, s.class_balance) for m in s.methods if m.degenerate]
     viable = [m for m in s.methods if m.viable]
@@ -243,43 +228,12 @@ def recommend(s: Situation) -> Recommendation:
         comparisons.append(c)
     verdict: Verdict | None
     if s.gap == "knowledge":
-        figures = ", ".join(f"{m.name} {m.score:.3f}" for m in (prompt, tuned, reference) if m)
-        verdict = Verdict(
-            CHOICE_RETRIEVAL,
-            None,
-            "Add retrieval (RAG) rather than fine-tuning: you stated a knowledge gap",
-            [
-                "you stated the model lacks knowledge (--gap knowledge), not behaviour",
-                f"measured {label}: {figures}; fine-tuning on a few hundred examples teaches format and "
-                "behaviour more reliably than new facts, while retrieval puts the missing facts in the "
-                "prompt",
-            ],
-        )
+        verdict = _knowledge_gap_verdict(s, [m for m in (prompt, tuned, reference) if m])
     else:
         verdict = _ordered_verdict(viable, tuned, s, comparisons)
     top = best(viable)
     steps = low_steps(s.methods, s.kappa, s.class_balance, prompt, top)
-    kappa = s.kappa.get(top.name) if top else None
-    if verdict is None or top is None:
-        verdict = Verdict(
-            CHOICE_NOT_GOOD_ENOUGH,
-            None,
-            "Not good enough yet: no method does the task",
-            [f"every method is degenerate: {'; '.join(f'{k}: {v}' for k, v in degenerate.items())}"],
-        )
-    elif kappa is not None and kappa < GOOD_ENOUGH_KAPPA and s.gap != "knowledge":
-        leaning = f" (the verdict between them would be: {verdict.headline})" if verdict.method else ""
-        verdict = Verdict(
-            CHOICE_NOT_GOOD_ENOUGH,
-            top,
-            f"Not good enough yet: the best, {top.name}, reaches {top.score:.3f} {label}",
-            [
-                f"{top.name} agrees with the gold labels only slightly or fairly beyond chance "
-                f"(Cohen's kappa {kappa:.2f}, below {GOOD_ENOUGH_KAPPA:.1f}, 'moderate' in Landis & Koch "
-                f"1977); shipping any method now ships a weak one{leaning}",
-                *verdict.reasons,
-            ],
-        )
+    verdict = _good_enough(verdict, top, degenerate, s)
     if s.floor is not None and verdict.choice not in (CHOICE_NOT_GOOD_ENOUGH, CHOICE_UNDECIDABLE):
         verdict = _floor_verdict(verdict, top, s, comparisons) or verdict
     verdict.reasons.extend(full_ft_reasons)
@@ -307,6 +261,72 @@ def recommend(s: Situation) -> Recommendation:
         verdict.settled,
         verdict.unsettled,
     )
+
+
+def _measure_prompting_first(s: Situation, caveats: list[str]) -> Recommendation | None:
+    """Rule 1: without a prompting row of at least 5 examples there is nothing to decide yet."""
+    if any(m.shots >= MIN_PROMPT_SHOTS for m in s.methods if m.kind == PROMPT):
+        return None
+    measured = ", ".join(m.name for m in s.methods)
+    return Recommendation(
+        CHOICE_MEASURE_PROMPTING,
+        None,
+        f"Measure prompting with at least {MIN_PROMPT_SHOTS} examples before deciding",
+        [
+            f"no prompting method with {MIN_PROMPT_SHOTS} or more examples was measured (measured: "
+            f"{measured}); it is always measured first because it often closes the gap with no "
+            f"training: re-run with --shots 0,{MIN_PROMPT_SHOTS} (or more) and few-shot in --methods"
+        ],
+        caveats,
+        metric=s.metric.name,
+        metric_reason=s.metric_reason,
+        settled=None,
+    )
+
+
+def _knowledge_gap_verdict(s: Situation, bests: list[MethodEvidence]) -> Verdict:
+    """Rule 6, on the user's word: a stated knowledge gap is retrieval's, whatever the scores."""
+    figures = ", ".join(f"{m.name} {m.score:.3f}" for m in bests)
+    return Verdict(
+        CHOICE_RETRIEVAL,
+        None,
+        "Add retrieval (RAG) rather than fine-tuning: you stated a knowledge gap",
+        [
+            "you stated the model lacks knowledge (--gap knowledge), not behaviour",
+            f"measured {s.metric.label}: {figures}; fine-tuning on a few hundred examples teaches format and "
+            "behaviour more reliably than new facts, while retrieval puts the missing facts in the "
+            "prompt",
+        ],
+    )
+
+
+def _good_enough(
+    verdict: Verdict | None, top: MethodEvidence | None, degenerate: dict[str, str], s: Situation
+) -> Verdict:
+    """Rules 2 and 7: 'not good enough yet' when no method does the task, or when the best agrees with the
+    gold labels only fairly beyond chance (the verdict it would have been kept among the reasons)."""
+    kappa = s.kappa.get(top.name) if top else None
+    if verdict is None or top is None:
+        return Verdict(
+            CHOICE_NOT_GOOD_ENOUGH,
+            None,
+            "Not good enough yet: no method does the task",
+            [f"every method is degenerate: {'; '.join(f'{k}: {v}' for k, v in degenerate.items())}"],
+        )
+    if kappa is not None and kappa < GOOD_ENOUGH_KAPPA and s.gap != "knowledge":
+        leaning = f" (the verdict between them would be: {verdict.headline})" if verdict.method else ""
+        return Verdict(
+            CHOICE_NOT_GOOD_ENOUGH,
+            top,
+            f"Not good enough yet: the best, {top.name}, reaches {top.score:.3f} {s.metric.label}",
+            [
+                f"{top.name} agrees with the gold labels only slightly or fairly beyond chance "
+                f"(Cohen's kappa {kappa:.2f}, below {GOOD_ENOUGH_KAPPA:.1f}, 'moderate' in Landis & Koch "
+                f"1977); shipping any method now ships a weak one{leaning}",
+                *verdict.reasons,
+            ],
+        )
+    return verdict
 
 
 def _floor_verdict(

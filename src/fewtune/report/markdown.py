@@ -138,15 +138,10 @@ def check_section(report: Report) -> list[str]:
     return out
 
 
-def render_markdown(report: Report, plot_files: dict[str, str]) -> str:
+def recommendation_section(report: Report) -> list[str]:
+    """What to ship, on which metric, why, what to do next and what to watch for."""
     rec = report.recommendation
-    focus = report.focus["name"]
-    rollout = report.rollout
     out = [
-        f"# fewtune report: {report.folder.name}",
-        "",
-        run_line(report),
-        "",
         "## Recommendation",
         "",
         f"**{rec.headline}**",
@@ -162,7 +157,96 @@ def render_markdown(report: Report, plot_files: dict[str, str]) -> str:
         out += ["Next steps:", "", *[f"{i}. {step}" for i, step in enumerate(rec.next_steps, 1)], ""]
     if rec.caveats:
         out += ["Caveats:", "", *[f"- {caveat}" for caveat in rec.caveats], ""]
+    return out
+
+
+def per_class_section(report: Report, plot_files: dict[str, str]) -> list[str]:
+    """The focus method's scores per class and its confusion matrix."""
+    return [
+        f"## Per class: {report.focus['name']}",
+        "",
+        (
+            "The recommended method."
+            if report.recommendation.shipped
+            else "The most accurate method that does the task (none is recommended yet)."
+        ),
+        "",
+        markdown_table(tables.per_class_table(report.focus)),
+        "",
+        markdown_table(tables.confusion_table(report.labels, report.confusion)),
+        "",
+        f"![confusion matrix]({plot_files['confusion']})",
+        "",
+    ]
+
+
+def data_section(report: Report) -> list[str]:
+    """The data's sizes and class balance, then the embedding-based checks."""
+    dataset = report.results.get("dataset") or {}
+    return [
+        "## Data checks",
+        "",
+        markdown_table(tables.data_check_table(dataset)),
+        "",
+        "Class balance:",
+        "",
+        markdown_table(tables.class_balance_table(dataset)),
+        "",
+        *check_section(report),
+    ]
+
+
+def rollout_section(report: Report) -> list[str]:
+    """How to deploy the shipped method (or the baselines when none ships) and when to roll it back."""
+    rollout = report.rollout
+    out = [f"## Rollout: {rollout.method}", ""]
+    if not rollout.chosen:
+        out += [
+            "No method is recommended to ship yet; these are the baselines any deployment should meet.",
+            "",
+        ]
     out += [
+        "Before deploying:",
+        "",
+        *[f"{i}. {check}" for i, check in enumerate(rollout.checks, 1)],
+        "",
+        "Roll back when:",
+        "",
+        markdown_table(tables.trigger_table(rollout)),
+        "",
+    ]
+    return out
+
+
+def assumption_section(report: Report) -> list[str]:
+    """The price table and the volume and horizon every cost above was computed at."""
+    return [
+        "## Cost assumptions",
+        "",
+        f"Price table: preset `{report.prices.preset}`"
+        + (f", overrides from `{report.prices.file}`" if report.prices.file else "")
+        + " (defaults and sources: `src/fewtune/costs.yaml`). The prices are examples; replace them with "
+        "yours.",
+        "",
+        markdown_table(
+            tables.assumption_table(
+                report.prices,
+                f"{report.volume_per_day:,.0f} calls/day" + ("" if report.volume_given else " (default)"),
+                f"{report.horizon_days:,} days",
+            )
+        ),
+        "",
+    ]
+
+
+def render_markdown(report: Report, plot_files: dict[str, str]) -> str:
+    """The whole report.md: the run, the recommendation, then the figures behind it, section by section."""
+    out = [
+        f"# fewtune report: {report.folder.name}",
+        "",
+        run_line(report),
+        "",
+        *recommendation_section(report),
         "## Methods",
         "",
         "Every method was scored on the same test rows. Costs use the assumptions at the end of this report.",
@@ -192,60 +276,9 @@ def render_markdown(report: Report, plot_files: dict[str, str]) -> str:
         "",
         "One request at a time after warm-up, on the run's hardware; the run keeps p50, p95 and the mean.",
         "",
-        f"## Per class: {focus}",
-        "",
-        (
-            "The recommended method."
-            if rec.shipped
-            else "The most accurate method that does the task (none is recommended yet)."
-        ),
-        "",
-        markdown_table(tables.per_class_table(report.focus)),
-        "",
-        markdown_table(tables.confusion_table(report.labels, report.confusion)),
-        "",
-        f"![confusion matrix]({plot_files['confusion']})",
-        "",
-        "## Data checks",
-        "",
-        markdown_table(tables.data_check_table(report.results.get("dataset") or {})),
-        "",
-        "Class balance:",
-        "",
-        markdown_table(tables.class_balance_table(report.results.get("dataset") or {})),
-        "",
-        *check_section(report),
-        f"## Rollout: {rollout.method}",
-        "",
-    ]
-    if not rollout.chosen:
-        out += [
-            "No method is recommended to ship yet; these are the baselines any deployment should meet.",
-            "",
-        ]
-    out += [
-        "Before deploying:",
-        "",
-        *[f"{i}. {check}" for i, check in enumerate(rollout.checks, 1)],
-        "",
-        "Roll back when:",
-        "",
-        markdown_table(tables.trigger_table(rollout)),
-        "",
-        "## Cost assumptions",
-        "",
-        f"Price table: preset `{report.prices.preset}`"
-        + (f", overrides from `{report.prices.file}`" if report.prices.file else "")
-        + " (defaults and sources: `src/fewtune/costs.yaml`). The prices are examples; replace them with "
-        "yours.",
-        "",
-        markdown_table(
-            tables.assumption_table(
-                report.prices,
-                f"{report.volume_per_day:,.0f} calls/day" + ("" if report.volume_given else " (default)"),
-                f"{report.horizon_days:,} days",
-            )
-        ),
-        "",
+        *per_class_section(report, plot_files),
+        *data_section(report),
+        *rollout_section(report),
+        *assumption_section(report),
     ]
     return "\n".join(out)

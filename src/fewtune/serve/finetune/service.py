@@ -263,19 +263,13 @@ class FineTuning:
 
     def _train(self, job_id: str) -> None:
         from fewtune.serve.finetune.compare import Training, compare_on_validation
-        from fewtune.training.lora import Lora
 
         with self._lock:
             if self.job(job_id)["status"] != "queued":
                 return
             job = self.store.update_job(job_id, status="running")
         self.store.add_event(job_id, "Fine-tuning job started")
-        held = set(self.store.internal(job_id).get("held_back_lines") or [])
-        rows = self._rows(job["training_file"])
-        train = [row for row in rows if row.line not in held]
-        validation = [r for r in rows if r.line in held]
-        if job["validation_file"]:
-            validation = self._rows(job["validation_file"])
+        train, validation = self._split(job_id, job)
         hyper = job["hyperparameters"]
         args = replace(
             self.defaults,
@@ -285,27 +279,13 @@ class FineTuning:
         )
         base = self.base_factory()
         self._check(job_id)
-        render, steps = self.engine.render_chat, []
+        render = self.engine.render_chat
         examples = as_examples(train, render)
         total_tokens = sum(
             len(base.encode_prompt(ex.text)) + len(base.encode_continuation(ex.label)) for ex in examples
         )
-
-        def on_step(step: int, total: int, loss: float) -> None:
-            self._check(job_id)
-            steps.append({"step": step, "train_loss": loss})
-            if step % max(1, total // STEP_EVENTS) == 0 or step == total:
-                data = {"step": step, "total_steps": total, "train_loss": loss}
-                self.store.add_event(
-                    job_id, f"Step {step}/{total}: training loss={loss:.4f}", data=data, kind="metrics"
-                )
-
         folder = adapter_folder(self.store, job_id)
-        lora = Lora(base, RenderedTemplate(), args, folder, seed=job["seed"], progress=on_step)
-        tuned, info = lora.train(examples)
-        if info.get("resumed_at_step"):
-            step = info["resumed_at_step"]
-            self.store.add_event(job_id, f"Training continued from the checkpoint at step {step}")
+        tuned, info, steps = self._fit(job_id, base, examples, args, folder, job["seed"])
         self._check(job_id)
         name = model_name(self.base_name, job["user_provided_suffix"], job_id)
         chat_template = bool(getattr(self.engine.adapters.tokenizer, "chat_template", None))
@@ -347,6 +327,45 @@ class FineTuning:
             **result,
             "steps": steps,
         }
+        self._succeed(job_id, name, document)
+
+    def _split(self, job_id: str, job: dict[str, Any]) -> tuple[list[ChatRow], list[ChatRow]]:
+        """The rows to train on and the rows to compare on: the validation file's, or those held back."""
+        held = set(self.store.internal(job_id).get("held_back_lines") or [])
+        rows = self._rows(job["training_file"])
+        train = [row for row in rows if row.line not in held]
+        validation = [r for r in rows if r.line in held]
+        if job["validation_file"]:
+            validation = self._rows(job["validation_file"])
+        return train, validation
+
+    def _fit(
+        self, job_id: str, base: HFBackend, examples: list[Example], args: LoraArgs, folder: Path, seed: int
+    ) -> tuple[HFBackend, dict[str, Any], list[dict[str, Any]]]:
+        """Train the job's adapter (from its checkpoint if any); returns each step's loss as well."""
+        from fewtune.training.lora import Lora
+
+        steps: list[dict[str, Any]] = []
+
+        def on_step(step: int, total: int, loss: float) -> None:
+            self._check(job_id)
+            steps.append({"step": step, "train_loss": loss})
+            if step % max(1, total // STEP_EVENTS) == 0 or step == total:
+                data = {"step": step, "total_steps": total, "train_loss": loss}
+                self.store.add_event(
+                    job_id, f"Step {step}/{total}: training loss={loss:.4f}", data=data, kind="metrics"
+                )
+
+        lora = Lora(base, RenderedTemplate(), args, folder, seed=seed, progress=on_step)
+        tuned, info = lora.train(examples)
+        if info.get("resumed_at_step"):
+            step = info["resumed_at_step"]
+            self.store.add_event(job_id, f"Training continued from the checkpoint at step {step}")
+        return tuned, info, steps
+
+    def _succeed(self, job_id: str, name: str, document: dict[str, Any]) -> None:
+        """Save the comparison and checkpoint, mark the job succeeded: under one lock (unless cancelled)."""
+        training, steps = document["training"], document["steps"]
         content = json.dumps(document, indent=2, ensure_ascii=False).encode("utf-8")
         with self._lock:
             if self.job(job_id)["status"] != "running":  # cancelled while the adapter was registered
@@ -360,8 +379,8 @@ class FineTuning:
                 "created_at": now(),
                 "fine_tuned_model_checkpoint": name,
                 "fine_tuning_job_id": job_id,
-                "metrics": {"step": info["train_steps"], "train_loss": last},
-                "step_number": info["train_steps"],
+                "metrics": {"step": training["steps"], "train_loss": last},
+                "step_number": training["steps"],
             }
             self.store.set_checkpoints(job_id, [checkpoint])
             self.store.update_job(
@@ -369,7 +388,7 @@ class FineTuning:
                 status="succeeded",
                 fine_tuned_model=name,
                 finished_at=now(),
-                trained_tokens=trained_tokens,
+                trained_tokens=training["trained_tokens"],
                 result_files=[results["id"]],
             )
         self.store.add_event(job_id, f"New fine-tuned model created: {name}")
