@@ -1,5 +1,5 @@
-"""``fewtune run`` in the terminal: the pipeline (:func:`~fewtune.run.pipeline.run_pipeline`) with rich
-progress, then the report of its run folder."""
+"""``fewtune run`` in the terminal: the library's run (:func:`fewtune.api.run_and_report`: the pipeline, then
+the report of its run folder) with rich progress, then the summary and the run registry."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from fewtune.api import run_and_report
 from fewtune.backends.base import Backend
 from fewtune.cli.console import plain_console
 from fewtune.cli.ui import RichEvents, print_summary, register_run
@@ -15,7 +16,6 @@ from fewtune.config import RunConfig
 from fewtune.embeddings import Embedder
 from fewtune.run.events import RunEvents
 from fewtune.run.loaders import load_backend, load_embedder
-from fewtune.run.pipeline import run_pipeline
 
 
 def run(
@@ -49,7 +49,7 @@ def run(
             return Path(cfg.out or ".")
     console = console or plain_console()
     try:
-        folder = run_pipeline(
+        folder, built = run_and_report(
             cfg,
             RichEvents(console),
             backend_factory,
@@ -60,10 +60,6 @@ def run(
     finally:
         if launched_processes() > 1:  # the other processes stop waiting for orders
             dist.order(None)
-    from fewtune.report.build import write_reports
-
-    with console.status("Writing the report..."):
-        built, _ = write_reports(folder, cfg.cost)
     print_summary(console, built)
     register_run(console, folder, cfg.mlflow)
     return folder

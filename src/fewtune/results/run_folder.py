@@ -6,34 +6,46 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from fewtune.config import CostArgs
+from fewtune.config import CostArgs, RunConfig, build_config, load_config_file
 from fewtune.errors import ConfigError, FewtuneError
-from fewtune.results.run_record import REPORT_KEYS, REPORT_ROW_KEYS
+from fewtune.results.run_record import REPORT_KEYS, REPORT_ROW_KEYS, RunRecord
+
+RESULTS_FILE = "results.json"
+PREDICTIONS_FILE = "predictions.jsonl"
+CONFIG_FILE = "config.yaml"
+ANALYSIS_FILE = "analysis.json"
 
 
 def read_run(folder: str | Path) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
     """results.json and predictions.jsonl (grouped by method name, in row order) of a run folder."""
+    record = read_record(folder)
+    if not record.methods:
+        raise FewtuneError(f"{Path(folder) / RESULTS_FILE}: no finished methods to report yet")
+    return record.to_dict(), read_predictions(folder)
+
+
+def read_record(folder: str | Path) -> RunRecord:
+    """results.json as a :class:`RunRecord` (earlier versions are read as this one), possibly without
+    finished methods yet; one-line errors name the file."""
     folder = Path(folder)
-    path = folder / "results.json"
+    path = folder / RESULTS_FILE
     if not path.is_file():
         raise FewtuneError(f"{folder}: no results.json here; give a run folder written by `fewtune run`")
-    try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise FewtuneError(f"{path}:{err.lineno}: malformed JSON ({err.msg})") from None
-    from fewtune.results.run_record import RunRecord
+    record = RunRecord.from_dict(_read_json(path), path)
+    record.folder = folder
+    return record
 
-    record = RunRecord.from_dict(results, path)  # earlier versions are read as this one
-    if not record.methods:
-        raise FewtuneError(f"{path}: no finished methods to report yet")
-    results = record.to_dict()
+
+def read_predictions(folder: str | Path) -> dict[str, list[dict[str, Any]]]:
+    """predictions.jsonl's rows grouped by method name, in row order; empty when the file is absent."""
     predictions: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    pred_path = folder / "predictions.jsonl"
+    pred_path = Path(folder) / PREDICTIONS_FILE
     if pred_path.is_file():
         with pred_path.open(encoding="utf-8") as handle:
             for number, line in enumerate(handle, 1):
@@ -43,10 +55,21 @@ def read_run(folder: str | Path) -> tuple[dict[str, Any], dict[str, list[dict[st
                     row = json.loads(line)
                 except json.JSONDecodeError as err:
                     raise FewtuneError(f"{pred_path}:{number}: malformed JSON ({err.msg})") from None
+                if not isinstance(row, dict) or "method" not in row or "row" not in row:
+                    raise FewtuneError(f"{pred_path}:{number}: a prediction needs 'method' and 'row' fields")
                 predictions[row.get("name") or row["method"]].append(row)
     for rows in predictions.values():
         rows.sort(key=lambda r: r["row"])
-    return results, dict(predictions)
+    return dict(predictions)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise FewtuneError(f"{path}:{err.lineno}: malformed JSON ({err.msg})") from None
+    except UnicodeDecodeError:
+        raise FewtuneError(f"{path}: not a UTF-8 text file") from None
 
 
 def cost_args_for(folder: str | Path, overrides: dict[str, Any] | None = None) -> CostArgs:
@@ -88,9 +111,6 @@ def saved_setting_top(folder: Path, key: str) -> Any:
     return saved.get(key) if isinstance(saved, dict) else None
 
 
-ANALYSIS_FILE = "analysis.json"
-
-
 def analysis_of(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     """What the report added to or changed in a run's results: top-level keys, and per method row (by name)
     the row keys, under ``methods``."""
@@ -122,3 +142,63 @@ def read_analysed(folder: str | Path) -> dict[str, Any]:
     for row in results.get("methods") or []:
         row.update(rows.get(row.get("name"), {}))
     return {**results, **analysis}
+
+
+def settings_from_file(path: str | Path) -> RunConfig:
+    """A YAML settings file (a run's config.yaml, or a ``--config`` file) as :class:`RunConfig`; a bad file
+    or setting is a one-line error naming the file."""
+    try:
+        return build_config(load_config_file(path), {})
+    except ConfigError as err:
+        message = str(err)
+        raise ConfigError(message if message.startswith(str(path)) else f"{path}: {message}") from None
+
+
+class RunFolder:
+    """A run folder, read through one typed reader: its record (results.json), predictions
+    (predictions.jsonl), settings (config.yaml) and the report's analysis (analysis.json).
+
+    Opening it reads the record, so a folder without a readable results.json fails at once, in one line;
+    the other files are read when first asked for, each failing in one line naming the file.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.record: RunRecord = read_record(self.path)
+        """What the run measured: its typed method rows (``record.methods``) and header."""
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    @cached_property
+    def predictions(self) -> dict[str, list[dict[str, Any]]]:
+        """Each method's predictions.jsonl rows (by method name, in test-row order)."""
+        return read_predictions(self.path)
+
+    @cached_property
+    def settings(self) -> RunConfig:
+        """The resolved settings the run was made with (config.yaml); ``fewtune.run(settings)`` re-runs it."""
+        path = self.path / CONFIG_FILE
+        if not path.is_file():
+            raise FewtuneError(f"{path}: no such file; the run's settings are saved there by `fewtune run`")
+        return settings_from_file(path)
+
+    @cached_property
+    def analysis(self) -> dict[str, Any]:
+        """What the report computed (analysis.json): ``recommendation``, ``break_even``, ``cost_assumptions``,
+        ``curves`` and, under ``methods``, each row's ``costs``."""
+        path = self.path / ANALYSIS_FILE
+        if not path.is_file():
+            raise FewtuneError(f"{path}: no such file; write the report first: fewtune report {self.path}")
+        analysis = _read_json(path)
+        if not isinstance(analysis, dict):
+            raise FewtuneError(f"{path}: expected a JSON object, got {type(analysis).__name__}")
+        return analysis
+
+    @property
+    def recommendation(self) -> dict[str, Any]:
+        """The report's verdict: ``headline``, ``choice``, ``method``, ``reasons``, ``next_steps``, ..."""
+        verdict = self.analysis.get("recommendation")
+        if not isinstance(verdict, dict):
+            raise FewtuneError(f"{self.path / ANALYSIS_FILE}: no recommendation in it")
+        return verdict

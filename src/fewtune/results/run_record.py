@@ -152,6 +152,8 @@ class RunRecord:
     methods: list[MethodResult]
     header: dict[str, Any] = field(repr=False)
     """Every other top-level field as written (model, seed, dataset, hardware, labels, curves, ...)."""
+    folder: Path | None = field(default=None, compare=False)
+    """The run folder it was read from (None for a record built from a dict); not part of results.json."""
 
     @property
     def task_name(self) -> str:

@@ -19,13 +19,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fewtune import __version__
 from fewtune.config import RunConfig
 from fewtune.results.record import Answerers
 from fewtune.results.resume import resume_results
 from fewtune.results.run_record import SCHEMA_VERSION, MethodResult, RunRecord
 from fewtune.results.store import RunStore, clear_run
 from fewtune.run.events import RunEvents
+from fewtune.version import __version__
 
 # Fields of an earlier run's record that a resumed run says again or that are no longer true.
 STALE_ON_RESUME = ("warnings", "error", "finished_at")
