@@ -31,7 +31,9 @@ def task_names() -> tuple[str, ...]:
     return tuple(sorted(t.name for t in TASK_TYPES))
 
 
-def task_type(name: str) -> type[TaskType]:
+def task_type(name: str | None) -> type[TaskType]:
+    """The task type ``name`` names; classification for none (records written before tasks had names)."""
+    name = name or ClassificationTask.name
     for kind in TASK_TYPES:
         if kind.name == name:
             return kind
@@ -46,4 +48,4 @@ def make_task(cfg: RunConfig) -> TaskType:
 
 def task_of_record(block: Mapping[str, Any]) -> TaskType:
     """The task a run's record names (its ``task`` block; classification for records without one)."""
-    return task_type(block.get("name") or ClassificationTask.name).from_record(block)
+    return task_type(block.get("name")).from_record(block)
