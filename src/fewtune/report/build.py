@@ -82,8 +82,12 @@ def _cost_plot_methods(report: Report) -> list[MethodRow]:
 
 def write_reports(folder: str | Path, args: CostArgs) -> tuple[Report | OutputsReport, list[Path]]:
     """Compute, write analysis.json, report.md (+ PNGs next to it) and report.html; results.json is left as
-    the run wrote it."""
+    the run wrote it. ``args.metric`` must be one of the run's task's metrics."""
+    from fewtune.tasks.registry import check_metric
+
     kind = task_of_run(folder)
+    if kind is not None:
+        check_metric(kind, args.metric)
     if kind is not None and kind.open_output:
         return write_outputs_reports(folder, args)
     report = analyse(folder, args)

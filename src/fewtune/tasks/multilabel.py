@@ -172,7 +172,7 @@ class MultiLabelTask(Task):
 
     @classmethod
     def from_config(cls, cfg: RunConfig) -> MultiLabelTask:
-        return cls(cfg.cost.metric if cfg.cost.metric in METRIC_CHOICES else None)
+        return cls(cfg.cost.metric)
 
     @classmethod
     def from_record(cls, block: Mapping[str, Any]) -> MultiLabelTask:
