@@ -153,6 +153,77 @@ def test_no_isinstance_on_a_backend_class_outside_backends() -> None:
     assert not offenders, f"ask backend.capabilities instead of isinstance: {offenders}"
 
 
+TASK_NAMES = {"classification", "extraction", "generation", "multi-label"}
+TASK_NAME_CONSTANTS = {"CLASSIFICATION", "EXTRACTION", "GENERATION", "MULTI_LABEL", "MULTILABEL"}
+
+
+def _names_a_task(node: ast.expr) -> bool:
+    """A task's name, as a literal or one of the tasks' name constants, or a tuple, list or set of them."""
+    if isinstance(node, ast.Constant):
+        return node.value in TASK_NAMES
+    if isinstance(node, ast.Name | ast.Attribute):
+        return (node.id if isinstance(node, ast.Name) else node.attr) in TASK_NAME_CONSTANTS
+    if isinstance(node, ast.Tuple | ast.List | ast.Set):
+        return any(_names_a_task(element) for element in node.elts)
+    return False
+
+
+# Left until their callers (run/plan.py, training/lora.py) can ask the task type instead.
+TASK_NAME_COMPARISONS_ALLOWED = {("config.py", "default_target_modules")}
+
+
+def task_name_comparisons(source: str) -> list[tuple[int, str]]:
+    """(line, enclosing function or '') of every comparison in ``source`` with a task's name (``==``,
+    ``!=``, ``in``, ``is``, or a ``case``)."""
+    tree = ast.parse(source)
+    owner: dict[int, str] = {}
+    for function in ast.walk(tree):  # outer functions first, so an inner one's name wins for its nodes
+        if isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+            owner.update((id(node), function.name) for node in ast.walk(function))
+    found = []
+    for node in ast.walk(tree):
+        compared = isinstance(node, ast.Compare) and [node.left, *node.comparators]
+        cased = isinstance(node, ast.MatchValue) and [node.value]
+        if any(_names_a_task(n) for n in compared or cased or []):
+            found.append((node.lineno, owner.get(id(node), "")))  # type: ignore[attr-defined]
+    return found
+
+
+def test_no_module_outside_tasks_compares_a_task_name() -> None:
+    """What differs between tasks is an attribute or method of the task type (tasks/base.py): code outside
+    tasks/ asks the task (``task_type(name).open_output``), never which task it is."""
+    offenders = []
+    for path in sorted(SRC.rglob("*.py")):
+        where = path.relative_to(SRC).as_posix()
+        if where.startswith("tasks/"):
+            continue
+        for line, function in task_name_comparisons(path.read_text(encoding="utf-8")):
+            if (where, function) not in TASK_NAME_COMPARISONS_ALLOWED:
+                offenders.append(f"{where}:{line}")
+    assert not offenders, f"ask the task type instead of comparing its name: {offenders}"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        'if task == "classification": pass',
+        "if baseline.task_name != CLASSIFICATION: pass",
+        "ok = name in (EXTRACTION, GENERATION)",
+        "ok = task in (None, 'classification')",
+        'ok = block.get("name", "classification") == "classification"',
+        "ok = tasks.MULTI_LABEL is name",
+        'match name:\n    case "extraction": pass',
+    ],
+)
+def test_the_task_name_rule_sees_each_kind_of_comparison(line: str) -> None:
+    assert task_name_comparisons(line)
+
+
+def test_the_task_name_rule_leaves_other_uses_of_a_name_alone() -> None:
+    source = 'block = {"name": CLASSIFICATION}\nname = task or "classification"\nok = kind.open_output\n'
+    assert task_name_comparisons(source) == []
+
+
 # -- the typed run record ------------------------------------------------------------------------------------
 
 

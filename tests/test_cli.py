@@ -179,3 +179,12 @@ def test_flags_reach_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cfg.prompt.shots == [0, 4] and cfg.lora.r == 4 and cfg.eval.batch_size == 3
     assert cfg.data.label_field == "slots" and cfg.eval.constrained and cfg.data.task == "extraction"
     assert cfg.prompt.label_names == {"A": "alpha"}
+
+
+def test_the_metric_help_names_every_tasks_own_metrics() -> None:
+    from fewtune.config import CostArgs
+    from fewtune.tasks.registry import TASK_TYPES
+
+    help_text = cli_options.field_docs(CostArgs)["metric"]
+    for kind in TASK_TYPES:
+        assert kind.name in help_text and all(metric in help_text for metric in kind.metric_choices)

@@ -96,3 +96,69 @@ def test_a_multi_label_run_is_inferred_and_runs_every_method(
     report = (folder / "report.md").read_text()
     assert "## Per label:" in report and "micro-F1" in report
     assert 'id="per-label"' in (folder / "report.html").read_text()
+
+
+def cli_run_on_the_fake_backend(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *flags: str) -> Path:
+    """``fewtune run --task multi-label FLAGS`` through the CLI's entry point, on the fake backend."""
+    from fewtune.backends.fake import FakeBackend
+    from fewtune.cli import commands as cli
+    from fewtune.cli import runner
+
+    real_run = runner.run
+
+    def fake_run(cfg: RunConfig, console: Any, overwrite: bool = False, resume: bool = False) -> Path:
+        return real_run(
+            cfg, console, lambda c, e: FakeBackend(), lambda c, e: FakeEmbedder(dim=64), overwrite, resume
+        )
+
+    monkeypatch.setattr("fewtune.cli.runner.run", fake_run)
+    pool = write_jsonl(tmp_path / "pool.jsonl", rows(16))
+    test = write_jsonl(tmp_path / "test.jsonl", rows(6, start=50))
+    out = tmp_path / "run"
+    data = ["--data", str(pool), "--test", str(test), "--task", "multi-label"]
+    methods = ["--methods", "zero-shot,few-shot", "--shots", "0,2"]
+    monkeypatch.setattr("sys.argv", ["fewtune", "run", *data, *methods, "--out", str(out), *flags])
+    try:
+        cli.main()
+    except SystemExit as exit_info:
+        if exit_info.code:
+            raise
+    return out
+
+
+@pytest.mark.parametrize("metric", ["micro-f1", "example-f1"])
+def test_the_cli_decides_a_multi_label_run_on_the_metric_it_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, metric: str
+) -> None:
+    folder = cli_run_on_the_fake_backend(monkeypatch, tmp_path, "--metric", metric)
+    analysed = read_analysed(folder)
+    assert analysed["status"] == "complete" and analysed["task"]["primary_metric"] == metric
+    assert analysed["recommendation"]["metric"] == metric
+    assert all(row["primary"]["name"] == metric for row in analysed["methods"])
+
+
+def test_the_cli_refuses_a_metric_of_another_task_in_one_line_naming_the_tasks_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli_run_on_the_fake_backend(monkeypatch, tmp_path, "--metric", "accuracy")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--metric for multi-label takes micro-f1, macro-f1, example-f1, got 'accuracy'" in err
+    assert "Traceback" not in err and not (tmp_path / "run" / "results.json").exists()
+
+
+def test_the_report_checks_its_metric_against_the_runs_task(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fewtune.cli import commands as cli
+
+    folder = cli_run_on_the_fake_backend(monkeypatch, tmp_path)
+    capsys.readouterr()
+    monkeypatch.setattr("sys.argv", ["fewtune", "report", str(folder), "--metric", "accuracy"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--metric for multi-label takes micro-f1, macro-f1, example-f1, got 'accuracy'" in err
+    assert "Traceback" not in err

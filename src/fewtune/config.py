@@ -15,14 +15,10 @@ from fewtune.backends.models import DEFAULT_MODEL
 from fewtune.config_yaml import _coerce as _coerce
 from fewtune.config_yaml import load_config_file as load_config_file
 from fewtune.config_yaml import read_yaml as read_yaml
-from fewtune.decide.metric import METRIC_CHOICES
 from fewtune.errors import ConfigError
 from fewtune.methods import ALL_METHODS, DEFAULT_METHODS
 from fewtune.prompts.demos import DEMO_SELECTIONS
 from fewtune.prompts.template import AUTO_LABEL_NAMES
-
-# --metric: classification's two, extraction's field F1, generation's proxies.
-ALL_METRICS = (*METRIC_CHOICES, "field-f1", "chrf", "rouge-l", "semantic")
 
 METHODS = ALL_METHODS
 CLASS_BALANCE = ("none", "loss", "sampling")
@@ -227,14 +223,15 @@ class CostArgs:
     gap: str | None = None
     """What the model lacks, if you know: knowledge (facts -> retrieval) or behaviour (format -> tuning)."""
     metric: str | None = None
-    """The metric the verdict is decided on: accuracy or macro-f1; None = accuracy, or macro-F1 when the test
-    labels are imbalanced."""
+    """The metric the verdict is decided on, one of the task's own: accuracy or macro-f1 (classification),
+    field-f1 (extraction), chrf, rouge-l or semantic (generation), micro-f1, macro-f1 or example-f1
+    (multi-label); None = the task's default (classification: accuracy, or macro-F1 when the test labels are
+    imbalanced)."""
     value_per_correct: float | None = None
     """Dollars one more correct answer is worth: the option with the best value net of cost ships."""
 
     def __post_init__(self) -> None:
-        if self.metric is not None and self.metric not in ALL_METRICS:
-            raise ConfigError(f"--metric takes {', '.join(ALL_METRICS)}, got {self.metric!r}")
+        # ``metric`` is checked against the task's own choices once the task is known (tasks.registry).
         if self.value_per_correct is not None and not self.value_per_correct >= 0:
             raise ConfigError(f"--value-per-correct must be 0 or more dollars, got {self.value_per_correct}")
         if self.volume_per_day is not None and self.volume_per_day < 1:

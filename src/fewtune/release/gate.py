@@ -31,10 +31,10 @@ from scipy.stats import beta
 
 from fewtune.decide.cost import format_usd
 from fewtune.decide.evidence import MethodEvidence, compare, describe
-from fewtune.decide.metric import PrimaryMetric, choose_metric, label_stats
+from fewtune.decide.metric import PrimaryMetric
 from fewtune.release.policy import Policy
 from fewtune.release.sides import Side
-from fewtune.tasks.base import CLASSIFICATION
+from fewtune.tasks.registry import task_of_record
 
 PASS, FAIL, UNKNOWN, SKIPPED = "pass", "fail", "cannot judge", "not checked"
 EXIT_CODES = {PASS: 0, FAIL: 1, UNKNOWN: 2}
@@ -104,22 +104,11 @@ class GateResult:
 
 
 def _metric(baseline: Side, policy: Policy) -> PrimaryMetric:
-    if baseline.task_name == CLASSIFICATION:
-        counts: dict[str, int] = {}
-        for p in baseline.lines:
-            counts[str(p["gold"])] = counts.get(str(p["gold"]), 0) + 1
-        return choose_metric(counts, policy.metric).metric
-    from fewtune.report.outputs import primary_metric
-
-    return primary_metric(baseline.task)
+    return task_of_record(baseline.task).release_metric(baseline.lines, policy.metric)
 
 
 def _evidence(side: Side, metric: PrimaryMetric) -> MethodEvidence:
-    if side.task_name == CLASSIFICATION:
-        gold = [str(p["gold"]) for p in side.lines]
-        stats = label_stats(gold, [str(p["predicted"]) for p in side.lines], side.labels)
-    else:
-        stats = np.array([p["primary_stats"] for p in side.lines], dtype=float)
+    stats = side.kind.row_stats(side.lines, side.labels)
     return MethodEvidence(name=side.method, kind="", score=metric.value(stats), cost=side.cost, stats=stats)
 
 
@@ -183,7 +172,7 @@ def upper_bound(hits: float, chances: float, alpha: float) -> float:
 
 def class_floors(baseline: Side, candidate: Side, policy: Policy) -> Check:
     base, cand = baseline.class_hits(), candidate.class_hits()
-    kind = "field" if baseline.task_name == "extraction" else "class"
+    kind = baseline.kind.class_word
     name = f"per-{kind} recall floors"
     if not base:
         return Check(

@@ -21,7 +21,8 @@ from fewtune.errors import FewtuneError
 from fewtune.release.verdict import Verdict
 from fewtune.results.record import latency_of
 from fewtune.results.run_folder import ANALYSIS_FILE, cost_args_for, read_run
-from fewtune.tasks.base import CLASSIFICATION, EXTRACTION
+from fewtune.tasks.base import CLASSIFICATION, ClassHits, TaskType
+from fewtune.tasks.registry import task_type
 
 
 @dataclass(frozen=True)
@@ -61,56 +62,19 @@ class Side:
         value = latency_of(self.row).get("p95")  # type: ignore[arg-type]
         return float(value) if value else None
 
+    @property
+    def kind(self) -> type[TaskType]:
+        """The task type the run's record names: what the gate asks of its rows."""
+        return task_type(self.task_name)
+
     def failed(self) -> np.ndarray:
         """Per row, 1 where the method gave no valid answer: not one of the labels, unparsed, or not valid
         for the schema."""
-        if self.task_name == CLASSIFICATION:
-            known = set(self.labels)
-            return np.array([float(str(p["predicted"]) not in known) for p in self.lines])
-        scores = [p.get("scores") or {} for p in self.lines]
-        for key in ("schema_valid", "valid", "parsed"):
-            if scores and all(key in s for s in scores):
-                return np.array([1.0 - float(s[key]) for s in scores])
-        return np.zeros(len(self.lines))
+        return self.kind.failed(self.lines, self.labels)
 
-    def class_hits(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    def class_hits(self) -> ClassHits:
         """Per class (label, field): per-row (hits, chances), whose ratio is the class's recall."""
-        n = len(self.lines)
-        groups: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-
-        def add(name: str, row: int, hit: float, chances: float) -> None:
-            if name not in groups:
-                groups[name] = (np.zeros(n), np.zeros(n))
-            groups[name][0][row] += hit
-            groups[name][1][row] += chances
-
-        for i, p in enumerate(self.lines):
-            if self.task_name == CLASSIFICATION:
-                add(str(p["gold"]), i, float(p["predicted"] == p["gold"]), 1.0)
-            elif self.task_name == EXTRACTION:
-                from fewtune.tasks.extraction import pairs
-
-                gold = pairs(_json_object(p.get("gold")))
-                found = pairs(p.get("parsed") if isinstance(p.get("parsed"), dict) else None)
-                for (key, value), count in gold.items():
-                    add(key, i, float(min(count, found[(key, value)])), float(count))
-            else:  # multi-label: per-label true positives and misses
-                scores = p.get("scores") or {}
-                for key, value in scores.items():
-                    kind, _, label = key.partition(":")
-                    if label and kind in ("tp", "fn"):
-                        add(label, i, float(value) if kind == "tp" else 0.0, float(value))
-        return groups
-
-
-def _json_object(text: Any) -> dict[str, Any] | None:
-    if isinstance(text, dict):
-        return text
-    try:
-        value = json.loads(text) if isinstance(text, str) else None
-    except json.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None
+        return self.kind.class_hits(self.lines)
 
 
 def split_spec(spec: str) -> tuple[Path, str | None]:
@@ -156,7 +120,7 @@ def read_side(spec: str, folder: Path | None = None) -> Side:
         raise FewtuneError(f"{spec}: no method {method!r} in {folder}; its methods: {', '.join(names)}")
     _, costs = method_costs(results, cost_args_for(folder))
     labels = list(results.get("labels") or [])
-    if not labels and results.get("task", {}).get("name", CLASSIFICATION) == CLASSIFICATION:
+    if not labels and task_type((results.get("task") or {}).get("name")).labels_from_gold:
         labels = sorted(Counter(str(p["gold"]) for rows in predictions.values() for p in rows))
     return Side(
         spec=spec,

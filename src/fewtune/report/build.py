@@ -20,6 +20,7 @@ from fewtune.report.outputs import OutputsReport, analyse_outputs
 from fewtune.results.record import MethodRow
 from fewtune.results.run_folder import ANALYSIS_FILE, analysis_of
 from fewtune.results.store import owned, record_written, write_json_atomic, write_text_atomic
+from fewtune.tasks.base import TaskType
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
@@ -81,8 +82,13 @@ def _cost_plot_methods(report: Report) -> list[MethodRow]:
 
 def write_reports(folder: str | Path, args: CostArgs) -> tuple[Report | OutputsReport, list[Path]]:
     """Compute, write analysis.json, report.md (+ PNGs next to it) and report.html; results.json is left as
-    the run wrote it."""
-    if is_outputs_run(folder):
+    the run wrote it. ``args.metric`` must be one of the run's task's metrics."""
+    from fewtune.tasks.registry import check_metric
+
+    kind = task_of_run(folder)
+    if kind is not None:
+        check_metric(kind, args.metric)
+    if kind is not None and kind.open_output:
         return write_outputs_reports(folder, args)
     report = analyse(folder, args)
     folder = report.folder
@@ -104,17 +110,17 @@ def write_reports(folder: str | Path, args: CostArgs) -> tuple[Report | OutputsR
     return report, [folder / REPORT_MD, folder / REPORT_HTML, *written]
 
 
-def is_outputs_run(folder: str | Path) -> bool:
-    """An extraction or generation run (its results name an open-output task)."""
+def task_of_run(folder: str | Path) -> type[TaskType] | None:
+    """The task type the run's results name (classification for results without one); None when there is
+    no readable results.json (``analyse`` says why)."""
     from fewtune.results.store import read_results
+    from fewtune.tasks.registry import task_type
 
     try:
         task = (read_results(folder).get("task") or {}).get("name")
-    except (OSError, ValueError, AttributeError):  # no or broken results.json: analyse() says which
-        return False
-    from fewtune.tasks.base import CLASSIFICATION
-
-    return task is not None and task != CLASSIFICATION
+    except (OSError, ValueError, AttributeError):
+        return None
+    return task_type(task)
 
 
 def write_outputs_reports(folder: str | Path, args: CostArgs) -> tuple[OutputsReport, list[Path]]:

@@ -29,7 +29,7 @@ from fewtune.methods import Method
 from fewtune.report.rollout import Rollout, rollout_plan
 from fewtune.results.record import MethodRow
 from fewtune.results.run_folder import read_run
-from fewtune.tasks.base import EXTRACTION, Task
+from fewtune.tasks.base import Task
 
 SIDE_BY_SIDE_ROWS = 6
 # Degenerate open outputs: one output on at least this share of the rows (from this many rows on), while the
@@ -93,18 +93,11 @@ def degenerate_output(task: str, row: MethodRow, lines: list[dict[str, Any]]) ->
             str(row["degenerate_reason"]),
             f"Likely cause: the outputs do not depend on the input; try {more}",
         )
-    if task == EXTRACTION:
-        parse_rate, f1 = metrics.get("parse_rate"), metrics.get("field_f1")
-        if parse_rate is not None and parse_rate["value"] == 0:
-            return (
-                "produces no output that parses as a JSON object",
-                f"Likely cause: it has not picked up the output format; try --constrained, {more}",
-            )
-        if f1 is not None and f1["value"] == 0:
-            return (
-                "gets no field value right",
-                f"Likely cause: the output follows the format but not the input; try {more}",
-            )
+    from fewtune.tasks.registry import task_type
+
+    flagged = task_type(task).degenerate_metrics(metrics, more)
+    if flagged is not None:  # the task's own reading of its metrics (extraction: nothing parses)
+        return flagged
     outputs = Counter(str(p.get("output", "")).strip() for p in lines)
     golds = Counter(str(p.get("gold", "")).strip() for p in lines)
     if len(lines) > 1 and len(outputs) == 1:

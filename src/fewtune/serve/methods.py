@@ -48,14 +48,9 @@ def methods_of_run(run_dir: Path, adapters: dict[str, Path]) -> dict[str, Method
     from fewtune.tasks.registry import task_of_record
 
     results, _ = read_run(run_dir)
-    block = results.get("task") or {"name": "classification"}
     instruction = (_config(run_dir).get("prompt") or {}).get("instruction")
-    classification = block.get("name", "classification") == "classification"
-    task: Task | None = None
-    if not classification:
-        found = task_of_record(block)
-        assert isinstance(found, Task), f"{found.name} is not an open-output task"
-        task = found
+    found = task_of_record(results.get("task") or {})
+    task = found if isinstance(found, Task) else None  # None: classification, scored over its labels
     labels = tuple(results.get("labels") or ())
     label_template = PromptTemplate(
         labels, instruction or DEFAULT_TASK, dict(results.get("label_names") or {})

@@ -39,6 +39,10 @@ EXTRACTION = "extraction"
 GENERATION = "generation"
 BOOTSTRAP_RESAMPLES = 1000
 
+ClassHits = dict[str, tuple[np.ndarray, np.ndarray]]
+"""Per class (label, field): per-row (hits, chances), whose ratio is the class's recall (the release gate's
+class floors)."""
+
 
 @dataclass(frozen=True)
 class TaskExample(Example):
@@ -84,14 +88,59 @@ def bootstrap_ci(stats: np.ndarray, aggregate: Any, seed: int) -> tuple[float, f
     return (float(low), float(high))
 
 
+def add_hit(groups: ClassHits, rows: int, name: str, row: int, hit: float, chances: float) -> None:
+    """Count ``hit`` out of ``chances`` for class ``name`` on ``row`` (of ``rows``)."""
+    if name not in groups:
+        groups[name] = (np.zeros(rows), np.zeros(rows))
+    groups[name][0][row] += hit
+    groups[name][1][row] += chances
+
+
 class TaskType:
-    """What the pipeline and the report need of every task (class-level: known before any data)."""
+    """What the pipeline, the report, the server and the release gate need of every task (class-level:
+    known before any data). Code outside ``tasks/`` asks these, never the task's name."""
 
     name: str
     target_field: str = "label"
     """The field a row's target is read from unless ``--target-field`` names another."""
     has_reference: bool = False
     """Whether a no-LLM reference exists for the task (run as the ``reference`` method)."""
+    metric_choices: tuple[str, ...] = ()
+    """What ``--metric`` may name for this task."""
+    open_output: bool = False
+    """Whether the model writes open text the task parses (extraction, generation, multi-label): the report
+    shows outputs side by side and the server generates; classification scores a closed label set."""
+    labels_from_gold: bool = False
+    """Whether every row's gold answer is one of the run's labels, so that a run recorded without its label
+    list has them in its gold answers (classification)."""
+    class_word: str = "class"
+    """What the release gate calls one of the groups it floors recall over (a label; extraction: a field)."""
+
+    @classmethod
+    def failed(cls, lines: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> np.ndarray:
+        """Per prediction line (predictions.jsonl), 1 where the method gave no valid answer, else 0."""
+        raise NotImplementedError
+
+    @classmethod
+    def class_hits(cls, lines: Sequence[Mapping[str, Any]]) -> ClassHits:
+        """Per class, per prediction line: (hits, chances); none by default."""
+        return {}
+
+    @classmethod
+    def row_stats(cls, lines: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> np.ndarray:
+        """The per-row statistics the primary metric aggregates, read back from prediction lines."""
+        raise NotImplementedError
+
+    @classmethod
+    def degenerate_metrics(cls, metrics: Mapping[str, Any], more: str) -> tuple[str, str] | None:
+        """Why a method's metrics show it is not doing the task, and what to try (``more`` names the remedy
+        of its kind of method), for the report; None by default."""
+        return None
+
+    def release_metric(self, lines: Sequence[Mapping[str, Any]], override: str | None) -> PrimaryMetric:
+        """The metric the release gate decides on over the baseline's prediction lines (``override``: the
+        policy's metric, where the task lets the user choose at gate time)."""
+        raise NotImplementedError
 
     @classmethod
     def claims(cls, values: Sequence[Any], field: str) -> str | None:
@@ -114,8 +163,7 @@ class Task(TaskType, abc.ABC):
     default_instruction: str
     primary: PrimaryMetric
     """What the verdict decides on."""
-    metric_choices: tuple[str, ...] = ()
-    """What ``--metric`` may name for this task."""
+    open_output = True
     stop: str = END_MARKER
     """Where generation stops: the end of the output block (one-line outputs stop at the line's end)."""
     metrics_note: str = ""
@@ -190,3 +238,20 @@ class Task(TaskType, abc.ABC):
     def describe(self) -> dict[str, Any]:
         """The results' ``task`` block."""
         return {"name": self.name, "primary_metric": self.primary.name}
+
+    @classmethod
+    def failed(cls, lines: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> np.ndarray:
+        """Unparsed, or not valid (for the schema, or the known labels): the strictest check every line
+        records."""
+        scores = [p.get("scores") or {} for p in lines]
+        for key in ("schema_valid", "valid", "parsed"):
+            if scores and all(key in s for s in scores):
+                return np.array([1.0 - float(s[key]) for s in scores])
+        return np.zeros(len(lines))
+
+    @classmethod
+    def row_stats(cls, lines: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> np.ndarray:
+        return np.array([p["primary_stats"] for p in lines], dtype=float)
+
+    def release_metric(self, lines: Sequence[Mapping[str, Any]], override: str | None) -> PrimaryMetric:
+        return self.primary

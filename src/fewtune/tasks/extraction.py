@@ -26,7 +26,7 @@ import numpy as np
 
 from fewtune.decide.metric import PrimaryMetric
 from fewtune.errors import ConfigError, DataError
-from fewtune.tasks.base import EXTRACTION, Metric, Parsed, Task, TaskExample, bootstrap_ci
+from fewtune.tasks.base import EXTRACTION, ClassHits, Metric, Parsed, Task, TaskExample, add_hit, bootstrap_ci
 
 if TYPE_CHECKING:
     from fewtune.config import RunConfig
@@ -173,6 +173,7 @@ class ExtractionTask(Task):
     default_instruction = DEFAULT_INSTRUCTION
     primary = FIELD_F1_METRIC
     metric_choices = (FIELD_F1_METRIC.name,)
+    class_word = "field"
     stop = "\n"  # the JSON is rendered on one line
     metrics_note = (
         "Field precision, recall and F1 are micro-averaged over (field, value) pairs after normalisation "
@@ -317,6 +318,44 @@ class ExtractionTask(Task):
             "schema_source": "--schema" if self.given_schema else "inferred from the pool",
             "normalisation": "Unicode NFC, case folding, whitespace collapsed",
         }
+
+    @classmethod
+    def class_hits(cls, lines: Sequence[Mapping[str, Any]]) -> ClassHits:
+        """Per field: its gold values, and how many of them each row's parsed output holds."""
+        groups: ClassHits = {}
+        for i, p in enumerate(lines):
+            gold = pairs(_json_object(p.get("gold")))
+            found = pairs(p.get("parsed") if isinstance(p.get("parsed"), dict) else None)
+            for (key, value), count in gold.items():
+                add_hit(groups, len(lines), key, i, float(min(count, found[(key, value)])), float(count))
+        return groups
+
+    @classmethod
+    def degenerate_metrics(cls, metrics: Mapping[str, Any], more: str) -> tuple[str, str] | None:
+        """No output parses as a JSON object, or none gets a field value right."""
+        parse_rate, f1 = metrics.get("parse_rate"), metrics.get("field_f1")
+        if parse_rate is not None and parse_rate["value"] == 0:
+            return (
+                "produces no output that parses as a JSON object",
+                f"Likely cause: it has not picked up the output format; try --constrained, {more}",
+            )
+        if f1 is not None and f1["value"] == 0:
+            return (
+                "gets no field value right",
+                f"Likely cause: the output follows the format but not the input; try {more}",
+            )
+        return None
+
+
+def _json_object(text: Any) -> dict[str, Any] | None:
+    """A prediction line's gold (the rendered JSON text) read back as an object, or None."""
+    if isinstance(text, dict):
+        return text
+    try:
+        value = json.loads(text) if isinstance(text, str) else None
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def field_table(examples: Sequence[TaskExample], parsed: Sequence[Parsed]) -> dict[str, dict[str, float]]:

@@ -76,7 +76,7 @@ class GenerationTask(Task):
 
     @classmethod
     def from_config(cls, cfg: RunConfig) -> GenerationTask:
-        return cls(cfg.cost.metric if cfg.cost.metric in PRIMARY_CHOICES else None)
+        return cls(cfg.cost.metric)
 
     @classmethod
     def from_record(cls, block: Mapping[str, Any]) -> GenerationTask:

@@ -49,7 +49,7 @@ import numpy as np
 
 from fewtune.decide.metric import PrimaryMetric
 from fewtune.errors import ConfigError, DataError
-from fewtune.tasks.base import Metric, Parsed, Task, TaskExample, bootstrap_ci
+from fewtune.tasks.base import ClassHits, Metric, Parsed, Task, TaskExample, add_hit, bootstrap_ci
 from fewtune.tasks.multilabel_text import SEPARATOR, SEPARATORS, STRIP_CHARS, Embed, normalise, render
 
 __all__ = ["MULTI_LABEL", "MultiLabelTask", "is_multi_label_value", "normalise", "render"]
@@ -172,7 +172,7 @@ class MultiLabelTask(Task):
 
     @classmethod
     def from_config(cls, cfg: RunConfig) -> MultiLabelTask:
-        return cls(cfg.cost.metric if cfg.cost.metric in METRIC_CHOICES else None)
+        return cls(cfg.cost.metric)
 
     @classmethod
     def from_record(cls, block: Mapping[str, Any]) -> MultiLabelTask:
@@ -362,6 +362,17 @@ class MultiLabelTask(Task):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "labels": list(self.labels)}
+
+    @classmethod
+    def class_hits(cls, lines: Sequence[Mapping[str, Any]]) -> ClassHits:
+        """Per label: the rows holding it (true positives and misses), and those the output named it on."""
+        groups: ClassHits = {}
+        for i, p in enumerate(lines):
+            for key, value in (p.get("scores") or {}).items():
+                kind, _, label = key.partition(":")
+                if label and kind in ("tp", "fn"):
+                    add_hit(groups, len(lines), label, i, float(value) if kind == "tp" else 0.0, float(value))
+        return groups
 
 
 def _columns(rows: Sequence[Mapping[str, float]], keys: Sequence[str]) -> np.ndarray:

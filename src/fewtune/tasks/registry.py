@@ -31,19 +31,30 @@ def task_names() -> tuple[str, ...]:
     return tuple(sorted(t.name for t in TASK_TYPES))
 
 
-def task_type(name: str) -> type[TaskType]:
+def task_type(name: str | None) -> type[TaskType]:
+    """The task type ``name`` names; classification for none (records written before tasks had names)."""
+    name = name or ClassificationTask.name
     for kind in TASK_TYPES:
         if kind.name == name:
             return kind
     raise ConfigError(f"--task takes {', '.join(task_names())}, got {name!r}")
 
 
+def check_metric(kind: type[TaskType], metric: str | None) -> None:
+    """``--metric`` (None: the task's default) is one of the task's own metric choices."""
+    if metric is not None and metric not in kind.metric_choices:
+        raise ConfigError(f"--metric for {kind.name} takes {', '.join(kind.metric_choices)}, got {metric!r}")
+
+
 def make_task(cfg: RunConfig) -> TaskType:
-    """The task a resolved run's settings name, built from them (extraction's schema, a chosen metric)."""
+    """The task a resolved run's settings name, built from them (extraction's schema, a chosen metric);
+    ``--metric`` is checked here, once the task is known."""
     assert cfg.data.task is not None, "the plan resolves the task"
-    return task_type(cfg.data.task).from_config(cfg)
+    kind = task_type(cfg.data.task)
+    check_metric(kind, cfg.cost.metric)
+    return kind.from_config(cfg)
 
 
 def task_of_record(block: Mapping[str, Any]) -> TaskType:
     """The task a run's record names (its ``task`` block; classification for records without one)."""
-    return task_type(block.get("name") or ClassificationTask.name).from_record(block)
+    return task_type(block.get("name")).from_record(block)
