@@ -99,8 +99,13 @@ def test_run_extraction_end_to_end(
 
 
 def test_lora_target_modules_default_by_task_and_a_flag_overrides() -> None:
-    assert default_target_modules("classification") == ["q_proj", "k_proj", "v_proj", "o_proj"]
-    assert default_target_modules("extraction") == default_target_modules("generation") == ALL_LINEAR
+    from fewtune.tasks.registry import task_type
+
+    def default(task: str) -> list[str]:
+        return default_target_modules(task_type(task).open_output)
+
+    assert default("classification") == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert default("extraction") == default("generation") == default("multi-label") == ALL_LINEAR
     from fewtune.cli.options import setting_options
 
     flags = {flag: convert for section, name, flag, _, convert in setting_options()}

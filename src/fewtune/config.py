@@ -105,8 +105,9 @@ ATTENTION_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 ALL_LINEAR = [*ATTENTION_PROJECTIONS, "gate_proj", "up_proj", "down_proj"]
 
 
-def default_target_modules(task: str | None) -> list[str]:
-    """The layers LoRA adapts when ``--lora-target-modules`` is not given.
+def default_target_modules(open_output: bool) -> list[str]:
+    """The layers LoRA adapts when ``--lora-target-modules`` is not given, by whether the task's answer is an
+    open output (the task type's ``open_output``).
 
     Classification keeps the attention projections: its answer is a label's few tokens, and its measured
     figures (README) were made with them. Extraction and generation write whole outputs, and LoRA on every
@@ -114,7 +115,7 @@ def default_target_modules(task: str | None) -> list[str]:
     fine-tuning on generation; on snips (500 rows) it moved field F1 from 0.365 to 0.504 for 8% more
     training time. Both are served by vLLM and LoRAX.
     """
-    return list(ATTENTION_PROJECTIONS if task in (None, "classification") else ALL_LINEAR)
+    return list(ALL_LINEAR if open_output else ATTENTION_PROJECTIONS)
 
 
 @dataclass

@@ -74,7 +74,8 @@ def resolve_plan(cfg: RunConfig, *, overwrite: bool = False, resume: bool = Fals
     resolved.data.label_field = infer_target_field(data, cfg.data.label_field, DataArgs.label_field)
     task, why = resolve_task(resolved)
     resolved.data.task = task
-    resolved.lora.target_modules = cfg.lora.target_modules or default_target_modules(task)
+    open_output = task_type(task).open_output
+    resolved.lora.target_modules = cfg.lora.target_modules or default_target_modules(open_output)
     resolved.out = str(cfg.out or default_run_dir())
     if not task_type(task).has_reference:  # e.g. generation: no classifier can write free text
         resolved.eval.methods = [m for m in cfg.eval.methods if m != Method.REFERENCE]

@@ -4,9 +4,9 @@ row is scored (after lm-evaluation-harness's ``Task``: ``doc_to_target``, ``proc
 
 Every task is a :class:`TaskType` in the registry (:mod:`fewtune.tasks.registry`): its name, whether a
 target value is its kind (task inference), how it is built from the settings and read back from a run's
-record. The pipeline gives it the job that runs its methods (:func:`fewtune.run.pipeline.job_for`).
+record. Every task's methods run through one job (:class:`fewtune.run.job.Job`).
 Classification scores a closed label set by label log-likelihood (or generate-and-parse where the backend
-has no log-probabilities; :mod:`fewtune.run.classify`).
+has no log-probabilities; :mod:`fewtune.run.label_rows`).
 Open-output tasks (:class:`Task`: extraction, generation, multi-label) share one job: the model generates
 text after ``Output:`` until the end of the output block (the ``---`` separator line every demo ends with),
 the task parses it, scores each row, and aggregates. Every task names one

@@ -1,6 +1,6 @@
 """Classification: one label per row from a closed label set, scored by the labels' log-likelihoods (or,
 where the prompt model gives no log-probabilities, or with ``--label-scoring generate``, by generating an
-answer and parsing it), with optional calibration; its job is :class:`fewtune.run.classify.ClassificationJob`.
+answer and parsing it), with optional calibration; its rows are :class:`fewtune.run.label_rows.LabelRows`.
 Its primary metric (accuracy, or macro-F1 on imbalanced test rows) is chosen by the report from the test
 rows' label shares (:func:`fewtune.decide.metric.choose_metric`)."""
 

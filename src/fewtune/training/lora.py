@@ -204,7 +204,7 @@ class Lora(LocalTuning):
                     r=self.args.r,
                     lora_alpha=self.args.alpha,
                     lora_dropout=self.args.dropout,
-                    target_modules=self.args.target_modules or default_target_modules(None),
+                    target_modules=self.args.target_modules or default_target_modules(open_output=False),
                     task_type="CAUSAL_LM",
                 ),
             )
