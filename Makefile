@@ -21,8 +21,8 @@ demo: setup
 	$(VENV)/bin/fewtune run
 
 lint: setup
-	$(VENV)/bin/ruff check src tests bench
-	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/ruff check src tests bench tools
+	$(VENV)/bin/ruff format --check src tests bench tools
 	$(VENV)/bin/mypy src
 
 # Everything, including the slow end-to-end run on the real default model (what CI runs).
@@ -37,4 +37,4 @@ test-fast: setup
 # when they are stale.
 .PHONY: docs
 docs: setup
-	$(PY) -m fewtune.docgen
+	$(PY) tools/docgen.py

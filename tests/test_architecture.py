@@ -117,10 +117,10 @@ LAYERS = (
     ("data",),
     ("backends", "embeddings"),
 )
-"""Everything else (errors, methods, metrics, files, sysinfo, ...) is a utility under them all; ``docgen``
-reads the CLI to write the reference pages, and the package itself exports the library face (``api``, which
-the CLI is a thin layer over): they sit above them all."""
-ABOVE_ALL = {"fewtune", "docgen", "__main__"}
+"""Everything else (errors, methods, metrics, files, sysinfo, ...) is a utility under them all; the package
+itself exports the library face (``api``, which the CLI is a thin layer over) and ``__main__`` runs the CLI:
+they sit above them all."""
+ABOVE_ALL = {"fewtune", "__main__"}
 
 
 def _layer(module: str) -> int:
