@@ -35,3 +35,14 @@ def test_a_lone_surrogate_is_read_as_the_replacement_character() -> None:
     record = read_json_line('{"text": "bad \\ud83d here", "label": ["x\\udc00"]}', Path("f.jsonl"), 1)
     assert record == {"text": "bad \ufffd here", "label": ["x\ufffd"]}
     json.dumps(record, ensure_ascii=False).encode("utf-8")  # writable as UTF-8
+
+
+def test_unknown_settings_given_in_code_are_one_line_errors() -> None:
+    from fewtune.config import build_config
+    from fewtune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown keys in settings section 'prompt': shot"):
+        build_config(None, {"prompt": {"shot": [0, 5]}})
+    with pytest.raises(ConfigError, match="unknown settings section 'prompts'"):
+        build_config(None, {"prompts": {"shots": [0, 5]}})
+    assert build_config(None, {"run": {"seed": 3}, "prompt": {"shots": [0, 2]}}).seed == 3

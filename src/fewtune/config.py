@@ -316,8 +316,21 @@ _SECTIONS = {
 }
 
 
+def _check_overrides(overrides: dict[str, dict[str, Any]]) -> None:
+    """Overrides name known sections and settings (a library caller's typo is a one-line error, not a
+    ``TypeError`` from a dataclass)."""
+    for name, given in overrides.items():
+        cls = RunConfig if name == "run" else _SECTIONS.get(name)
+        if cls is None:
+            raise ConfigError(f"unknown settings section '{name}'; sections: run, {', '.join(_SECTIONS)}")
+        bad = sorted(set(given) - {f.name for f in fields(cls)})
+        if bad:
+            raise ConfigError(f"unknown keys in settings section '{name}': {', '.join(bad)}")
+
+
 def build_config(file_values: dict[str, Any] | None, overrides: dict[str, dict[str, Any]]) -> RunConfig:
     """Merge a config file's values and command-line overrides (None = not given) over the defaults."""
+    _check_overrides(overrides)
     file_values = dict(file_values or {})
     known = {f.name for f in fields(RunConfig)}
     unknown = sorted(set(file_values) - known)
