@@ -168,7 +168,7 @@ def test_report_writes_costs_and_recommendation_beside_an_old_results_json(legac
     assert all(
         row["primary"]["metric"] == "accuracy" and row["degenerate"] is None for row in results["methods"]
     )
-    assert report.focus["name"] == "lora n=100"
+    assert report.focus.name == "lora n=100"
 
 
 def test_report_markdown_matches_golden(legacy_run: Path) -> None:
@@ -352,6 +352,7 @@ def test_rollout_says_what_to_freeze_for_each_demo_selection(
 ) -> None:
     from fewtune.decide.cost import MethodCost
     from fewtune.report.rollout import rollout_plan
+    from fewtune.results.rows import Row
 
     row = {
         "method": method,
@@ -363,7 +364,7 @@ def test_rollout_says_what_to_freeze_for_each_demo_selection(
         "accuracy_ci95": [0.85, 0.95],
         "latency_ms": {"p95": 100.0},
     }
-    plan = rollout_plan(row, MethodCost(1.0, 0.001), 300, chosen=True)
+    plan = rollout_plan(Row(row), MethodCost(1.0, 0.001), 300, chosen=True)
     assert fragment in plan.checks[0]
 
 
