@@ -305,6 +305,31 @@ def test_an_extraction_run_decided_on_field_f1_completes(tmp_path: Path) -> None
     assert results["status"] == "complete" and results["task"]["primary_metric"] == "field-f1"
 
 
+def test_the_open_output_analysis_leaves_the_record_it_read_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import copy
+
+    from fewtune.config import CostArgs
+    from fewtune.report import outputs
+    from fewtune.results.run_folder import read_run
+
+    cfg = text_config(tmp_path, "extraction")
+    run_fake(cfg, Embedders(missing=True))
+    read: list[dict[str, Any]] = []
+
+    def remember(folder: Path) -> Any:
+        results, predictions = read_run(folder)
+        read.extend([results, copy.deepcopy(results)])
+        return results, predictions
+
+    monkeypatch.setattr(outputs, "read_run", remember)
+    report = outputs.analyse_outputs(tmp_path / "run", CostArgs())
+    assert read[0] == read[1]  # not a key added, not a row changed
+    assert all(row.costs is not None for row in report.methods)
+    assert "recommendation" in report.results and "recommendation" not in read[0]
+
+
 def test_open_output_degeneracy_names_the_failure_and_a_fix() -> None:
     from fewtune.report.outputs import degenerate_output
     from fewtune.results.rows import Row
