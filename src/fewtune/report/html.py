@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from html import escape
 from typing import TYPE_CHECKING, Any
 
@@ -109,7 +110,7 @@ def _curve_section(report: Report, images: dict[str, bytes]) -> str:
     return "\n".join(parts)
 
 
-def _check_section(found: dict[str, Any]) -> str:
+def _check_section(found: Mapping[str, Any]) -> str:
     if not found:
         return ""
     parts = [list_html(checks.check_summary_lines(found))]

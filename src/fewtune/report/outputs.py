@@ -32,11 +32,23 @@ from fewtune.results.rows import BreakEvenRecord, Row, RowAnalysis, RunAnalysis,
 from fewtune.results.run_folder import read_run
 from fewtune.tasks.base import Task
 
+Predictions = Mapping[str, Sequence[Mapping[str, Any]]]
+"""predictions.jsonl's rows by method name (:func:`fewtune.results.run_folder.read_predictions`)."""
 SIDE_BY_SIDE_ROWS = 6
 # Degenerate open outputs: one output on at least this share of the rows (from this many rows on), while the
 # test rows' own most common output holds less: a constant answer with a few strays, not only an exact one.
 SAME_OUTPUT_SHARE = 0.95
 SAME_OUTPUT_MIN_ROWS = 20
+
+
+@dataclass(frozen=True)
+class ShownRow:
+    """One test row shown side by side: its input, the reference and what each method wrote (by name)."""
+
+    row: int
+    input: str
+    reference: str
+    outputs: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -57,7 +69,7 @@ class OutputsReport:
     rollout: Rollout
     break_even_pair: tuple[str, str] | None
     break_even: BreakEven | None
-    side_by_side: list[dict[str, Any]]
+    side_by_side: list[ShownRow]
     """Seeded test rows: input, reference and each method's output."""
 
     @property
@@ -86,7 +98,7 @@ def primary_metric(block: Mapping[str, Any]) -> PrimaryMetric:
     return output_task(block).primary
 
 
-def degenerate_output(task: str, row: Row, lines: list[dict[str, Any]]) -> tuple[str, str] | None:
+def degenerate_output(task: str, row: Row, lines: Sequence[Mapping[str, Any]]) -> tuple[str, str] | None:
     """Why a method produces nothing usable and what to try, or None."""
     metrics = row.metrics
     tuned = bool(row.train_examples)
@@ -119,9 +131,7 @@ def degenerate_output(task: str, row: Row, lines: list[dict[str, Any]]) -> tuple
     return None
 
 
-def _side_by_side(
-    methods: Sequence[Row], predictions: dict[str, list[dict[str, Any]]], seed: int
-) -> list[dict[str, Any]]:
+def _side_by_side(methods: Sequence[Row], predictions: Predictions, seed: int) -> list[ShownRow]:
     first = predictions.get(methods[0].name, []) if methods else []
     if not first:
         return []
@@ -133,7 +143,7 @@ def _side_by_side(
             lines = predictions.get(row.name) or []
             if i < len(lines):
                 outputs[row.name] = lines[i].get("output", "")
-        rows.append({"row": i, "input": first[i]["text"], "reference": first[i]["gold"], "outputs": outputs})
+        rows.append(ShownRow(row=i, input=first[i]["text"], reference=first[i]["gold"], outputs=outputs))
     return rows
 
 
@@ -211,7 +221,7 @@ def analyse_outputs(folder: str | Path, args: CostArgs) -> OutputsReport:
 
 
 def _evidence(
-    row: Row, predictions: dict[str, list[dict[str, Any]]], metric: PrimaryMetric, cost: MethodCost, task: str
+    row: Row, predictions: Predictions, metric: PrimaryMetric, cost: MethodCost, task: str
 ) -> MethodEvidence:
     """What the verdict weighs of one row: its primary score (from its per-row statistics when the
     predictions hold them), cost and degeneracy."""
@@ -238,7 +248,7 @@ def _evidence(
 
 
 def _floor(
-    results: Mapping[str, Any], predictions: dict[str, list[dict[str, Any]]], metric: PrimaryMetric
+    results: Mapping[str, Any], predictions: Predictions, metric: PrimaryMetric
 ) -> MethodEvidence | None:
     """The better output that needs no model (results.json's ``floor``), as evidence the verdict weighs."""
     floor_lines = predictions.get("floor") or []

@@ -135,12 +135,12 @@ def render_outputs_markdown(report: OutputsReport) -> str:
     lines += ["## Outputs side by side", ""]
     for shown in report.side_by_side:
         lines += [
-            f"### Test row {shown['row']}",
+            f"### Test row {shown.row}",
             "",
-            f"- **input:** {_short(shown['input'])}",
-            f"- **reference:** {_short(shown['reference'])}",
+            f"- **input:** {_short(shown.input)}",
+            f"- **reference:** {_short(shown.reference)}",
         ]
-        lines += [f"- **{name}:** {_short(out.strip())}" for name, out in shown["outputs"].items()]
+        lines += [f"- **{name}:** {_short(out.strip())}" for name, out in shown.outputs.items()]
         lines.append("")
     rollout = report.rollout
     lines += [
@@ -157,12 +157,12 @@ def render_outputs_markdown(report: OutputsReport) -> str:
 def _side_by_side_html(report: OutputsReport) -> str:
     parts = []
     for shown in report.side_by_side:
-        rows = [("input", shown["input"]), ("reference", shown["reference"]), *shown["outputs"].items()]
+        rows = [("input", shown.input), ("reference", shown.reference), *shown.outputs.items()]
         body = "".join(
             f'<tr><th>{escape(name)}</th><td class="out">{escape(_short(str(text).strip()))}</td></tr>'
             for name, text in rows
         )
-        parts.append(f'<h3>Test row {shown["row"]}</h3><table class="text side">{body}</table>')
+        parts.append(f'<h3>Test row {shown.row}</h3><table class="text side">{body}</table>')
     return "".join(parts)
 
 

@@ -114,7 +114,7 @@ def per_class_table(row: Row) -> Table:
     return headers, rows
 
 
-def confusion_matrix(labels: Sequence[str], predictions: Sequence[dict[str, Any]]) -> list[list[int]]:
+def confusion_matrix(labels: Sequence[str], predictions: Sequence[Mapping[str, Any]]) -> list[list[int]]:
     """Counts with gold labels as rows and predicted labels as columns, in ``labels`` order."""
     index = {label: i for i, label in enumerate(labels)}
     matrix = [[0] * len(labels) for _ in labels]
@@ -129,7 +129,7 @@ def confusion_table(labels: Sequence[str], matrix: Sequence[Sequence[int]]) -> T
     return headers, [[label, *(str(n) for n in counts)] for label, counts in zip(labels, matrix, strict=True)]
 
 
-def data_check_table(dataset: dict[str, Any]) -> Table:
+def data_check_table(dataset: Mapping[str, Any]) -> Table:
     rows = [
         ["pool rows (after checks)", str(dataset.get("pool_size", "-"))],
         ["test rows", str(dataset.get("test_size", "-"))],
@@ -142,7 +142,7 @@ def data_check_table(dataset: dict[str, Any]) -> Table:
     return ["check", "value"], rows
 
 
-def class_balance_table(dataset: dict[str, Any]) -> Table:
+def class_balance_table(dataset: Mapping[str, Any]) -> Table:
     counts = dataset.get("label_counts") or {}
     pool, test = counts.get("pool") or {}, counts.get("test") or {}
     pool_total, test_total = sum(pool.values()) or 1, sum(test.values()) or 1
