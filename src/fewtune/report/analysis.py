@@ -144,7 +144,9 @@ def analyse(folder: str | Path, args: CostArgs) -> Report:
     folder = Path(folder)
     results, predictions = read_run(folder)
     read_rows = method_rows(results)
-    labels = list(results.get("labels") or sorted({p["gold"] for rows in predictions.values() for p in rows}))
+    labels = list(
+        results.get("labels") or sorted({p["gold"] for lines in predictions.values() for p in lines})
+    )
     prices, costs = method_costs(results, args)
     volume = float(args.volume_per_day or DEFAULT_VOLUME_PER_DAY)
     dataset = results.get("dataset") or {}
