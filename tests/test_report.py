@@ -23,7 +23,7 @@ from fewtune.cli.runner import run
 from fewtune.config import CostArgs, build_config
 from fewtune.metrics import classification_metrics
 from fewtune.report.build import PLOT_FILES, REPORT_HTML, REPORT_MD, write_reports
-from fewtune.results.run_folder import read_analysed
+from fewtune.results.run_folder import read_analysed, read_run
 
 GOLDEN = Path(__file__).parent / "golden"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -168,7 +168,28 @@ def test_report_writes_costs_and_recommendation_beside_an_old_results_json(legac
     assert all(
         row["primary"]["metric"] == "accuracy" and row["degenerate"] is None for row in results["methods"]
     )
-    assert report.focus["name"] == "lora n=100"
+    assert report.focus.name == "lora n=100"
+
+
+def test_the_analysis_builds_its_own_record_and_leaves_the_one_it_read_unchanged(
+    legacy_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import copy
+
+    from fewtune.report import analysis
+
+    read: list[dict[str, Any]] = []
+
+    def remember(folder: Path) -> Any:
+        results, predictions = read_run(folder)
+        read.extend([results, copy.deepcopy(results)])
+        return results, predictions
+
+    monkeypatch.setattr(analysis, "read_run", remember)
+    report = analysis.analyse(legacy_run, CostArgs(volume_per_day=50_000))
+    assert read[0] == read[1]  # not a key added, not a row changed
+    assert all(row.costs is not None and row.primary for row in report.methods)
+    assert report.results["recommendation"]["method"] == report.focus.name
 
 
 def test_report_markdown_matches_golden(legacy_run: Path) -> None:
@@ -352,6 +373,7 @@ def test_rollout_says_what_to_freeze_for_each_demo_selection(
 ) -> None:
     from fewtune.decide.cost import MethodCost
     from fewtune.report.rollout import rollout_plan
+    from fewtune.results.rows import Row
 
     row = {
         "method": method,
@@ -363,7 +385,7 @@ def test_rollout_says_what_to_freeze_for_each_demo_selection(
         "accuracy_ci95": [0.85, 0.95],
         "latency_ms": {"p95": 100.0},
     }
-    plan = rollout_plan(row, MethodCost(1.0, 0.001), 300, chosen=True)
+    plan = rollout_plan(Row(row), MethodCost(1.0, 0.001), 300, chosen=True)
     assert fragment in plan.checks[0]
 
 

@@ -305,17 +305,45 @@ def test_an_extraction_run_decided_on_field_f1_completes(tmp_path: Path) -> None
     assert results["status"] == "complete" and results["task"]["primary_metric"] == "field-f1"
 
 
+def test_the_open_output_analysis_leaves_the_record_it_read_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import copy
+
+    from fewtune.config import CostArgs
+    from fewtune.report import outputs
+    from fewtune.results.run_folder import read_run
+
+    cfg = text_config(tmp_path, "extraction")
+    run_fake(cfg, Embedders(missing=True))
+    read: list[dict[str, Any]] = []
+
+    def remember(folder: Path) -> Any:
+        results, predictions = read_run(folder)
+        read.extend([results, copy.deepcopy(results)])
+        return results, predictions
+
+    monkeypatch.setattr(outputs, "read_run", remember)
+    report = outputs.analyse_outputs(tmp_path / "run", CostArgs())
+    assert read[0] == read[1]  # not a key added, not a row changed
+    assert all(row.costs is not None for row in report.methods)
+    assert "recommendation" in report.results and "recommendation" not in read[0]
+
+
 def test_open_output_degeneracy_names_the_failure_and_a_fix() -> None:
     from fewtune.report.outputs import degenerate_output
+    from fewtune.results.rows import Row
 
-    def row(parse: float, f1: float, tuned: int = 0) -> Any:
-        return {
-            "train_examples": tuned,
-            "metrics": {
-                "parse_rate": {"value": parse, "ci95": [0, 0]},
-                "field_f1": {"value": f1, "ci95": [0, 0]},
-            },
-        }
+    def row(parse: float, f1: float, tuned: int = 0) -> Row:
+        return Row(
+            {
+                "train_examples": tuned,
+                "metrics": {
+                    "parse_rate": {"value": parse, "ci95": [0, 0]},
+                    "field_f1": {"value": f1, "ci95": [0, 0]},
+                },
+            }
+        )
 
     lines = [{"output": "a"}, {"output": "b"}]
     assert degenerate_output("extraction", row(0.0, 0.0), lines)[0].startswith(
@@ -325,12 +353,12 @@ def test_open_output_degeneracy_names_the_failure_and_a_fix() -> None:
     assert what == "gets no field value right" and "--epochs" in fix
     assert degenerate_output("extraction", row(1.0, 0.2), lines) is None
     same = [{"output": " x "}, {"output": "x"}]
-    assert degenerate_output("generation", {}, same)[0] == "gives the same output for every test row"
-    assert degenerate_output("generation", {}, lines) is None
+    assert degenerate_output("generation", Row({}), same)[0] == "gives the same output for every test row"
+    assert degenerate_output("generation", Row({}), lines) is None
     # One stray among 40 rows does not hide a constant answer; varied outputs are not flagged.
     stray = [{"output": "x", "gold": f"g{i}"} for i in range(39)] + [{"output": "y", "gold": "g"}]
-    assert degenerate_output("generation", {}, stray)[0].startswith(
+    assert degenerate_output("generation", Row({}), stray)[0].startswith(
         "gives the same output for 98% of the test rows"
     )
     varied = [{"output": f"o{i % 4}", "gold": f"g{i}"} for i in range(40)]
-    assert degenerate_output("generation", {}, varied) is None
+    assert degenerate_output("generation", Row({}), varied) is None

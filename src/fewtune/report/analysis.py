@@ -1,12 +1,14 @@
 """The analysis behind a report: costs, the verdict, break-even and rollout for a run folder, as one view
-model (:class:`Report`) that the renderers read; it also adds the cost and recommendation fields to the run's
-results. Works on run folders written before costs existed: every cost is recomputed from measured fields.
+model (:class:`Report`) that the renderers read; it also builds the analysed record (the run's results with
+the cost and recommendation fields, a new record: the one read is left as it was). Works on run folders
+written before costs existed: every cost is recomputed from measured fields.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,27 +23,47 @@ from fewtune.decide.cost import (
     method_cost,
 )
 from fewtune.decide.curves import best_prompt, build_curves, mean_accuracy
-from fewtune.decide.from_run import accuracy_floor, check_caveats, run_evidence
-from fewtune.decide.metric import ACCURACY_METRIC, chance_level, choose_metric
+from fewtune.decide.evidence import MethodEvidence
+from fewtune.decide.from_run import RunEvidence, accuracy_floor, check_caveats, run_evidence
+from fewtune.decide.metric import ACCURACY_METRIC, MetricChoice, chance_level, choose_metric
 from fewtune.decide.recommend import Recommendation, Situation, recommend
 from fewtune.decide.thresholds import GOOD_ENOUGH_KAPPA, MARGIN_POINTS
 from fewtune.methods import Method
 from fewtune.report.rollout import Rollout, rollout_plan
 from fewtune.report.tables import confusion_matrix
-from fewtune.results.record import MethodRow
+from fewtune.results.record import Costs, MethodRow, Primary, method_rows
+from fewtune.results.rows import (
+    BreakEvenRecord,
+    Row,
+    RowAnalysis,
+    RunAnalysis,
+    analysed,
+    analysed_run,
+    rows,
+)
 from fewtune.results.run_folder import read_run, saved_setting
 from fewtune.tasks.base import bootstrap_ci
 
 
-@dataclass
+@dataclass(frozen=True)
+class BestPrompt:
+    """The best prompting row, with its accuracy averaged over its demo draws."""
+
+    name: str
+    accuracy: float
+    draws: int
+
+
+@dataclass(frozen=True)
 class Report:
     """Everything the renderers show, computed once from a run folder."""
 
     folder: Path
-    results: dict[str, Any]
-    """results.json, with the cost and recommendation fields added."""
-    methods: list[MethodRow]
-    """results.json method rows, in run order."""
+    results: Mapping[str, Any]
+    """The analysed record: results.json with the cost and recommendation fields (a new record)."""
+    methods: list[Row]
+    """results.json method rows with the report's fields (primary, degenerate, cohen_kappa, costs), in run
+    order."""
     labels: list[str]
     prices: PriceTable
     costs: dict[str, MethodCost]
@@ -54,7 +76,7 @@ class Report:
     floor: float
     """Accuracy at which Cohen's kappa reaches the good-enough bar for predictions with the test shares."""
     recommendation: Recommendation
-    focus: MethodRow
+    focus: Row
     """The recommended method's row, or the most accurate one when none is recommended."""
     confusion: list[list[int]]
     """Confusion matrix of the focus method (gold rows, predicted columns)."""
@@ -64,8 +86,7 @@ class Report:
     break_even: BreakEven | None
     curves: dict[str, Any]
     """results.json's ``curves``: shots, train_examples, reference, crossover (see fewtune.decide.curves)."""
-    best_prompt: dict[str, Any] | None
-    """``{name, accuracy, draws}`` of the best prompt (accuracy averaged over its demo draws)."""
+    best_prompt: BestPrompt | None
 
     @property
     def horizon_requests(self) -> float:
@@ -77,21 +98,14 @@ class Report:
 
 
 def _cost_caveats(
-    results: dict[str, Any], prices: PriceTable, costs: dict[str, MethodCost], volume: float
+    results: Mapping[str, Any], prices: PriceTable, costs: dict[str, MethodCost], volume: float
 ) -> list[str]:
     hardware = results.get("hardware") or {}
     device = hardware.get("device", "cpu")
     model = results.get("model", "the run's model")
     caveats = []
     if prices.pricing == "self-hosted":
-        busiest = max(
-            (
-                1 / m["throughput_rows_per_second"]
-                for m in results["methods"]
-                if m.get("throughput_rows_per_second")
-            ),
-            default=0.0,
-        )
+        busiest = max((1 / row.throughput for row in rows(results) if row.throughput), default=0.0)
         hours = volume * busiest / 3600
         caveats.append(
             f"per-request costs use the batch throughput measured on this run's machine ({device}, "
@@ -113,15 +127,15 @@ def _cost_caveats(
     return caveats
 
 
-def method_costs(results: dict[str, Any], args: CostArgs) -> tuple[PriceTable, dict[str, MethodCost]]:
+def method_costs(results: Mapping[str, Any], args: CostArgs) -> tuple[PriceTable, dict[str, MethodCost]]:
     """The price table for a run's hardware and each method's cost, by name. The reference runs no LLM, so
     it has no tokens to price on an API: it is priced as self-hosted."""
     device = (results.get("hardware") or {}).get("device")
     prices = load_price_table(args.costs, device)
     local_prices = prices if prices.pricing == "self-hosted" else load_price_table(None, device)
-    rows = results["methods"]
     return prices, {
-        row["name"]: method_cost(row, local_prices if _is_reference(row) else prices) for row in rows
+        row.name: method_cost(row.record, local_prices if row.kind is Method.REFERENCE else prices)
+        for row in rows(results)
     }
 
 
@@ -129,14 +143,16 @@ def analyse(folder: str | Path, args: CostArgs) -> Report:
     """Costs, break-even, recommendation and rollout for a run folder (nothing is written)."""
     folder = Path(folder)
     results, predictions = read_run(folder)
-    methods = results["methods"]
-    labels = list(results.get("labels") or sorted({p["gold"] for rows in predictions.values() for p in rows}))
+    read_rows = method_rows(results)
+    labels = list(
+        results.get("labels") or sorted({p["gold"] for lines in predictions.values() for p in lines})
+    )
     prices, costs = method_costs(results, args)
     volume = float(args.volume_per_day or DEFAULT_VOLUME_PER_DAY)
     dataset = results.get("dataset") or {}
     test_counts = (dataset.get("label_counts") or {}).get("test") or {}
     choice = choose_metric(test_counts, args.metric)
-    found = run_evidence(methods, predictions, labels, choice, costs)
+    found = run_evidence(read_rows, predictions, labels, choice, costs)
     caveats = _cost_caveats(results, prices, costs, volume) + check_caveats(dataset, MARGIN_POINTS)
     if not predictions:
         caveats.append("predictions.jsonl is missing: no paired test between methods was possible")
@@ -155,33 +171,17 @@ def analyse(folder: str | Path, args: CostArgs) -> Report:
         seed=int(results.get("seed") or 0),
     )
     rec = recommend(situation)
-    by_name = {row["name"]: row for row in methods}
-    for m in found.methods:
-        row = by_name[m.name]
-        if choice.metric.per_row_correct:  # accuracy: the row's own interval
-            low, high = row["accuracy_ci95"]
-        elif m.stats is not None:
-            low, high = bootstrap_ci(m.stats, choice.metric.aggregate, situation.seed)
-        else:  # no predictions to resample
-            low, high = None, None
-        row["primary"] = {
-            "name": choice.metric.name,
-            "metric": choice.metric.name,
-            "label": choice.metric.label,
-            "value": m.score,
-            "ci95": [low, high],
-        }
-        row["degenerate"] = m.degenerate
-        row["cohen_kappa"] = found.kappa.get(m.name)
+    at_horizon = {name: cost.to_row(volume * args.horizon_days) for name, cost in costs.items()}
+    methods = _analysed_rows(results, found, choice, situation.seed, at_horizon)
     viable = [m for m in found.methods if m.viable] or list(found.methods)
+    by_name = {row.name: row for row in methods}
     focus = by_name[rec.method] if rec.method else by_name[max(viable, key=lambda m: m.score).name]
     pair = (rec.comparison.baseline, rec.comparison.candidate) if rec.comparison else None
     be = rec.break_even
-    test_rows = int(dataset.get("test_size") or len(predictions.get(focus["name"], [])))
-    shown = focus.copy()
-    adapter = focus.get("adapter_path")
+    test_rows = int(dataset.get("test_size") or len(predictions.get(focus.name, [])))
+    adapter = focus.adapter_path
     if adapter and Path(adapter).is_relative_to(folder.resolve()):
-        shown["adapter_path"] = os.path.relpath(adapter, folder.resolve())
+        adapter = os.path.relpath(adapter, folder.resolve())
     report = Report(
         folder=folder,
         results=results,
@@ -196,54 +196,98 @@ def analyse(folder: str | Path, args: CostArgs) -> Report:
         floor=accuracy_floor(test_counts, GOOD_ENOUGH_KAPPA),
         recommendation=rec,
         focus=focus,
-        confusion=confusion_matrix(labels, predictions.get(focus["name"], [])),
-        rollout=rollout_plan(shown, costs[focus["name"]], test_rows, chosen=rec.shipped is not None),
+        confusion=confusion_matrix(labels, predictions.get(focus.name, [])),
+        rollout=rollout_plan(
+            focus, costs[focus.name], test_rows, chosen=rec.shipped is not None, adapter=adapter
+        ),
         break_even_pair=pair,
         break_even=be,
-        curves=build_curves(methods),
-        best_prompt=_best_prompt(methods),
+        curves=build_curves(read_rows),
+        best_prompt=_best_prompt(read_rows),
     )
-    _add_to_results(report, args)
-    return report
+    return replace(report, results=_analysed_record(report, args))
 
 
-def _is_reference(row: MethodRow) -> bool:
-    return Method.of(row) is Method.REFERENCE
+def _analysed_rows(
+    results: Mapping[str, Any],
+    found: RunEvidence,
+    choice: MetricChoice,
+    seed: int,
+    costs: Mapping[str, Costs],
+) -> list[Row]:
+    """Each row with what the report adds to it (new rows: the ones read are left as they were)."""
+    evidence = {m.name: m for m in found.methods}
+    return [
+        analysed(row, _row_analysis(row, evidence.get(row.name), choice, seed, found.kappa, costs[row.name]))
+        for row in rows(results)
+    ]
 
 
-def _best_prompt(methods: list[MethodRow]) -> dict[str, Any] | None:
+def _row_analysis(
+    row: Row,
+    found: MethodEvidence | None,
+    choice: MetricChoice,
+    seed: int,
+    kappa: Mapping[str, float],
+    costs: Costs,
+) -> RowAnalysis:
+    """The primary score (with its interval), degeneracy and kappa of a row the verdict weighed, then its
+    costs."""
+    if found is None:
+        return RowAnalysis(costs=costs)
+    if choice.metric.per_row_correct:  # accuracy: the row's own interval
+        low, high = row.accuracy_ci95
+    elif found.stats is not None:
+        low, high = bootstrap_ci(found.stats, choice.metric.aggregate, seed)
+    else:  # no predictions to resample
+        low, high = None, None
+    primary = Primary(
+        name=choice.metric.name,
+        metric=choice.metric.name,
+        label=choice.metric.label,
+        value=found.score,
+        ci95=[low, high],
+    )
+    return RowAnalysis(
+        primary=primary, degenerate=found.degenerate, cohen_kappa=kappa.get(found.name), costs=costs
+    )
+
+
+def _best_prompt(methods: list[MethodRow]) -> BestPrompt | None:
     best = best_prompt(methods)
     if best is None:
         return None
-    draws = len(best.get("accuracy_draws") or [best["accuracy"]])
-    return {"name": best["name"], "accuracy": mean_accuracy(best), "draws": draws}
+    row = Row(best)
+    draws = len(row.accuracy_draws or [row.accuracy])
+    return BestPrompt(name=row.name, accuracy=mean_accuracy(best), draws=draws)
 
 
-def _add_to_results(report: Report, args: CostArgs) -> None:
-    """The results.json fields: per-method costs, break-even, the resolved price table, the recommendation."""
-    results = report.results
-    for row in report.methods:
-        row["costs"] = report.costs[row["name"]].to_row(report.horizon_requests)
-    be = report.break_even
-    results["break_even_requests"] = be.requests if be else None
-    results["break_even"] = {
-        "prompting": report.break_even_pair[0] if report.break_even_pair else None,
-        "fine_tuned": report.break_even_pair[1] if report.break_even_pair else None,
-        "requests": be.requests if be else None,
-        "days_at_volume": be.requests / report.volume_per_day if be and be.requests is not None else None,
-        "reason": be.reason if be else "needs one prompting and one fine-tuned method",
-    }
-    results["cost_assumptions"] = {
-        "preset": report.prices.preset,
-        "file": report.prices.file,
-        "volume_per_day": report.volume_per_day,
-        "volume_given": report.volume_given,
-        "horizon_days": report.horizon_days,
-        "requests_at_horizon": report.horizon_requests,
-        "gap": args.gap,
-        "metric": args.metric,
-        "value_per_correct": args.value_per_correct,
-        "prices": report.prices.to_dict(),
-    }
-    results["recommendation"] = report.recommendation.to_dict()
-    results["curves"] = report.curves
+def _analysed_record(report: Report, args: CostArgs) -> Mapping[str, Any]:
+    """The analysed record: the run's results with the analysed rows, break-even, the resolved price table,
+    the recommendation and the curves (a new record; ``report.results``, the one read, is left as it was)."""
+    be, pair = report.break_even, report.break_even_pair
+    analysis = RunAnalysis(
+        break_even_requests=be.requests if be else None,
+        break_even=BreakEvenRecord(
+            prompting=pair[0] if pair else None,
+            fine_tuned=pair[1] if pair else None,
+            requests=be.requests if be else None,
+            days_at_volume=be.requests / report.volume_per_day if be and be.requests is not None else None,
+            reason=be.reason if be else "needs one prompting and one fine-tuned method",
+        ),
+        cost_assumptions={
+            "preset": report.prices.preset,
+            "file": report.prices.file,
+            "volume_per_day": report.volume_per_day,
+            "volume_given": report.volume_given,
+            "horizon_days": report.horizon_days,
+            "requests_at_horizon": report.horizon_requests,
+            "gap": args.gap,
+            "metric": args.metric,
+            "value_per_correct": args.value_per_correct,
+            "prices": report.prices.to_dict(),
+        },
+        recommendation=report.recommendation.to_dict(),
+        curves=report.curves,
+    )
+    return analysed_run(report.results, report.methods, analysis).data

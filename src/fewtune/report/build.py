@@ -8,6 +8,7 @@ recomputed from the measured fields (tokens, throughput, train seconds).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from fewtune.report.analysis import Report, analyse
 from fewtune.report.html import render_html
 from fewtune.report.markdown import render_markdown
 from fewtune.report.outputs import OutputsReport, analyse_outputs
-from fewtune.results.record import MethodRow
+from fewtune.results.rows import Curves, Row
 from fewtune.results.run_folder import ANALYSIS_FILE, analysis_of
 from fewtune.results.store import owned, record_written, write_json_atomic, write_text_atomic
 from fewtune.tasks.base import TaskType
@@ -55,29 +56,25 @@ def draw_plots(report: Report) -> dict[str, bytes]:
         ),
         "latency": plots.latency_plot(report.methods),
         "confusion": plots.confusion_plot(
-            report.labels, report.confusion, f"{report.focus['name']}: gold vs predicted"
+            report.labels, report.confusion, f"{report.focus.name}: gold vs predicted"
         ),
     }
-    curves = report.curves
-    if has_shot_curve(curves):
-        images["shots"] = plots.shots_plot(curves["shots"], report.chance)
-    if has_train_curve(curves):
+    curves = Curves(report.curves)
+    if has_shot_curve(report.curves):
+        images["shots"] = plots.shots_plot(curves.shots, report.chance)
+    if has_train_curve(report.curves):
         images["train"] = plots.train_plot(
-            curves["train_examples"],
-            curves["reference"],
-            report.best_prompt,
-            curves["crossover"],
-            report.chance,
+            curves.train_examples, curves.reference, report.best_prompt, curves.crossover, report.chance
         )
     return images
 
 
-def _cost_plot_methods(report: Report) -> list[MethodRow]:
+def _cost_plot_methods(report: Report) -> list[Row]:
     """Every method when few; otherwise the break-even pair and the recommended method."""
     if len(report.methods) <= COST_PLOT_MAX_LINES:
         return report.methods
-    keep = set(report.break_even_pair or ()) | {report.recommendation.method, report.focus["name"]}
-    return [row for row in report.methods if row["name"] in keep]
+    keep = set(report.break_even_pair or ()) | {report.recommendation.method, report.focus.name}
+    return [row for row in report.methods if row.name in keep]
 
 
 def write_reports(folder: str | Path, args: CostArgs) -> tuple[Report | OutputsReport, list[Path]]:
@@ -135,9 +132,9 @@ def write_outputs_reports(folder: str | Path, args: CostArgs) -> tuple[OutputsRe
     return report, [folder / REPORT_MD, folder / REPORT_HTML]
 
 
-def _write_analysis(folder: Path, analysed: dict[str, Any]) -> None:
+def _write_analysis(folder: Path, analysed: Mapping[str, Any]) -> None:
     """analysis.json: what the report added to the run's results (see :func:`analysis_of`)."""
     from fewtune.results.store import read_results
 
     record_written(folder, ANALYSIS_FILE)
-    write_json_atomic(folder / ANALYSIS_FILE, analysis_of(read_results(folder), analysed))
+    write_json_atomic(folder / ANALYSIS_FILE, analysis_of(read_results(folder), dict(analysed)))

@@ -6,6 +6,7 @@ empty tables and no lines.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from fewtune.report.tables import Table
@@ -19,7 +20,7 @@ def _short(text: str, width: int = TEXT_WIDTH) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _row_cell(row: dict[str, Any]) -> str:
+def _row_cell(row: Mapping[str, Any]) -> str:
     return f"{_short(row.get('text', ''))} (line {row.get('line', '-')}, {row.get('label', '-')})"
 
 
@@ -27,7 +28,7 @@ def _share(count: int, total: int) -> str:
     return f"{count:,} of {total:,} ({count / total:.1%})" if total else f"{count:,}"
 
 
-def label_issue_table(checks: dict[str, Any], top: int = 20) -> Table:
+def label_issue_table(checks: Mapping[str, Any], top: int = 20) -> Table:
     """The ``top`` rows cleanlab finds least likely to carry their label, worst first."""
     headers = ["split", "line", "text", "label", "suggested", "quality"]
     rows = [
@@ -44,7 +45,7 @@ def label_issue_table(checks: dict[str, Any], top: int = 20) -> Table:
     return headers, rows
 
 
-def near_duplicate_table(checks: dict[str, Any]) -> Table:
+def near_duplicate_table(checks: Mapping[str, Any]) -> Table:
     """Pool pairs with different labels, then pool rows that nearly repeat a test row, most similar first."""
     headers = ["kind", "cosine", "pool row (line, label)", "other row (line, label)"]
     rows = [
@@ -58,7 +59,7 @@ def near_duplicate_table(checks: dict[str, Any]) -> Table:
     return headers, rows
 
 
-def check_summary_lines(checks: dict[str, Any]) -> list[str]:
+def check_summary_lines(checks: Mapping[str, Any]) -> list[str]:
     """One sentence per check, with figures, including the checks that found nothing."""
     if not checks:
         return []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from html import escape
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,7 @@ from fewtune.report.markdown import (
     shots_note,
     train_note,
 )
+from fewtune.results.rows import Curves
 
 if TYPE_CHECKING:
     from fewtune.report.analysis import Report
@@ -88,18 +90,18 @@ def list_html(items: list[str], ordered: bool = False) -> str:
 def _curve_section(report: Report, images: dict[str, bytes]) -> str:
     if not has_curves(report):
         return ""
-    curves = report.curves
+    curves = Curves(report.curves)
     parts = ['<section id="curves"><h2>Learning curves</h2>']
-    if curves.get("shots"):
+    if curves.shots:
         parts.append(f'<p class="note">{escape(shots_note(report))}</p>')
-        if has_shot_curve(curves) and "shots" in images:
+        if has_shot_curve(report.curves) and "shots" in images:
             parts.append(_image(images["shots"], "accuracy vs shots per demo selection"))
-        parts.append(f'<div class="wide">{table_html(tables.shots_table(curves["shots"]))}</div>')
-    if curves.get("train_examples") or curves.get("reference"):
+        parts.append(f'<div class="wide">{table_html(tables.shots_table(curves.shots))}</div>')
+    if curves.train_examples or curves.reference:
         parts.append(f'<p class="note">{escape(train_note(report))}</p>')
-        if has_train_curve(curves) and "train" in images:
+        if has_train_curve(report.curves) and "train" in images:
             parts.append(_image(images["train"], "accuracy vs training examples"))
-        parts.append(table_html(tables.train_table(curves["train_examples"], curves["reference"])))
+        parts.append(table_html(tables.train_table(curves.train_examples, curves.reference)))
     parts.append(f'<p id="crossover">{escape(crossover_sentence(report))}</p>')
     warnings = report.results.get("warnings") or []
     if warnings:
@@ -108,7 +110,7 @@ def _curve_section(report: Report, images: dict[str, bytes]) -> str:
     return "\n".join(parts)
 
 
-def _check_section(found: dict[str, Any]) -> str:
+def _check_section(found: Mapping[str, Any]) -> str:
     if not found:
         return ""
     parts = [list_html(checks.check_summary_lines(found))]
@@ -123,7 +125,7 @@ def _check_section(found: dict[str, Any]) -> str:
 def render_html(report: Report, images: dict[str, bytes]) -> str:
     rec = report.recommendation
     rollout = report.rollout
-    focus = report.focus["name"]
+    focus = report.focus.name
     colour = CHOICE_COLOURS.get(rec.choice, "#4a5568")
     dataset = report.results.get("dataset") or {}
     caveats = f'<h3>Caveats</h3><div class="caveats">{list_html(rec.caveats)}</div>' if rec.caveats else ""

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from fewtune.decide.cost import format_count, format_days
 from fewtune.decide.curves import has_shot_curve, has_train_curve
 from fewtune.report import checks, tables
+from fewtune.results.rows import Curves
 
 if TYPE_CHECKING:
     from fewtune.report.analysis import Report
@@ -40,7 +41,7 @@ def break_even_sentence(report: Report | OutputsReport) -> str:
 
 
 def shots_note(report: Report) -> str:
-    draws = max((r["draws"] for r in report.curves.get("shots") or []), default=1)
+    draws = max((r["draws"] for r in Curves(report.curves).shots), default=1)
     spread = (
         f": mean over {draws} demo draws, error bars ±1 std"
         if draws > 1
@@ -50,41 +51,41 @@ def shots_note(report: Report) -> str:
 
 
 def train_note(report: Report) -> str:
-    parts = []
-    if report.curves.get("train_examples"):
+    curves, parts = Curves(report.curves), []
+    if curves.train_examples:
         parts.append("LoRA with its 95% bootstrap interval")
-    if report.curves.get("reference"):
+    if curves.reference:
         parts.append("the no-LLM reference (sentence embeddings + logistic regression) on the same examples")
     return f"Accuracy as labelled training examples grow: {' and '.join(parts)}."
 
 
 def crossover_sentence(report: Report) -> str:
-    cross = report.curves.get("crossover")
+    cross = Curves(report.curves).crossover
     if cross is None:
         return "No crossover: it needs a prompting method and at least one LoRA training size."
     return "Crossover: " + cross["statement"] + "."
 
 
 def has_curves(report: Report) -> bool:
-    curves = report.curves
-    return bool(curves.get("shots") or curves.get("train_examples") or curves.get("reference"))
+    curves = Curves(report.curves)
+    return bool(curves.shots or curves.train_examples or curves.reference)
 
 
 def curve_section(report: Report, plot_files: dict[str, str]) -> list[str]:
     if not has_curves(report):
         return []
-    curves = report.curves
+    curves = Curves(report.curves)
     out = ["## Learning curves", ""]
-    if curves.get("shots"):
+    if curves.shots:
         out += [shots_note(report), ""]
-        if has_shot_curve(curves):
+        if has_shot_curve(report.curves):
             out += [f"![accuracy vs shots per demo selection]({plot_files['shots']})", ""]
-        out += [markdown_table(tables.shots_table(curves["shots"])), ""]
-    if curves.get("train_examples") or curves.get("reference"):
+        out += [markdown_table(tables.shots_table(curves.shots)), ""]
+    if curves.train_examples or curves.reference:
         out += [train_note(report), ""]
-        if has_train_curve(curves):
+        if has_train_curve(report.curves):
             out += [f"![accuracy vs training examples]({plot_files['train']})", ""]
-        out += [markdown_table(tables.train_table(curves["train_examples"], curves["reference"])), ""]
+        out += [markdown_table(tables.train_table(curves.train_examples, curves.reference)), ""]
     out += [crossover_sentence(report), ""]
     warnings = report.results.get("warnings") or []
     if warnings:
@@ -163,7 +164,7 @@ def recommendation_section(report: Report) -> list[str]:
 def per_class_section(report: Report, plot_files: dict[str, str]) -> list[str]:
     """The focus method's scores per class and its confusion matrix."""
     return [
-        f"## Per class: {report.focus['name']}",
+        f"## Per class: {report.focus.name}",
         "",
         (
             "The recommended method."

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,12 @@ from fewtune.decide.metric import PrimaryMetric
 from fewtune.decide.recommend import Recommendation, Situation, recommend
 from fewtune.methods import Method
 from fewtune.report.rollout import Rollout, rollout_plan
-from fewtune.results.record import MethodRow
+from fewtune.results.rows import BreakEvenRecord, Row, RowAnalysis, RunAnalysis, analysed, analysed_run, rows
 from fewtune.results.run_folder import read_run
 from fewtune.tasks.base import Task
 
+Predictions = Mapping[str, Sequence[Mapping[str, Any]]]
+"""predictions.jsonl's rows by method name (:func:`fewtune.results.run_folder.read_predictions`)."""
 SIDE_BY_SIDE_ROWS = 6
 # Degenerate open outputs: one output on at least this share of the rows (from this many rows on), while the
 # test rows' own most common output holds less: a constant answer with a few strays, not only an exact one.
@@ -38,11 +41,23 @@ SAME_OUTPUT_SHARE = 0.95
 SAME_OUTPUT_MIN_ROWS = 20
 
 
-@dataclass
+@dataclass(frozen=True)
+class ShownRow:
+    """One test row shown side by side: its input, the reference and what each method wrote (by name)."""
+
+    row: int
+    input: str
+    reference: str
+    outputs: dict[str, str]
+
+
+@dataclass(frozen=True)
 class OutputsReport:
     folder: Path
-    results: dict[str, Any]
-    methods: list[MethodRow]
+    results: Mapping[str, Any]
+    """The analysed record: results.json with the costs, break-even and recommendation (a new record)."""
+    methods: list[Row]
+    """results.json method rows with the report's fields (degenerate, costs), in run order."""
     prices: PriceTable
     costs: dict[str, MethodCost]
     volume_per_day: float
@@ -50,15 +65,15 @@ class OutputsReport:
     horizon_days: int
     metric: PrimaryMetric
     recommendation: Recommendation
-    focus: MethodRow
+    focus: Row
     rollout: Rollout
     break_even_pair: tuple[str, str] | None
     break_even: BreakEven | None
-    side_by_side: list[dict[str, Any]]
+    side_by_side: list[ShownRow]
     """Seeded test rows: input, reference and each method's output."""
 
     @property
-    def task(self) -> dict[str, Any]:
+    def task(self) -> Mapping[str, Any]:
         return self.results.get("task") or {}
 
     @property
@@ -70,7 +85,7 @@ class OutputsReport:
         return f"{self.horizon_days:,} days at {self.volume_per_day:,.0f}/day"
 
 
-def output_task(block: dict[str, Any]) -> Task:
+def output_task(block: Mapping[str, Any]) -> Task:
     """The open-output task a run's ``task`` block names, from the registry."""
     from fewtune.tasks.registry import task_of_record
 
@@ -79,18 +94,18 @@ def output_task(block: dict[str, Any]) -> Task:
     return task
 
 
-def primary_metric(block: dict[str, Any]) -> PrimaryMetric:
+def primary_metric(block: Mapping[str, Any]) -> PrimaryMetric:
     return output_task(block).primary
 
 
-def degenerate_output(task: str, row: MethodRow, lines: list[dict[str, Any]]) -> tuple[str, str] | None:
+def degenerate_output(task: str, row: Row, lines: Sequence[Mapping[str, Any]]) -> tuple[str, str] | None:
     """Why a method produces nothing usable and what to try, or None."""
-    metrics = row.get("metrics") or {}
-    tuned = bool(row.get("train_examples"))
+    metrics = row.metrics
+    tuned = bool(row.train_examples)
     more = "more training examples or --epochs" if tuned else "more shots, nearest demos, or fine-tuning"
-    if row.get("degenerate_reason"):  # the task's own check, made when the row was scored
+    if row.degenerate_reason:  # the task's own check, made when the row was scored
         return (
-            str(row["degenerate_reason"]),
+            row.degenerate_reason,
             f"Likely cause: the outputs do not depend on the input; try {more}",
         )
     from fewtune.tasks.registry import task_type
@@ -116,10 +131,8 @@ def degenerate_output(task: str, row: MethodRow, lines: list[dict[str, Any]]) ->
     return None
 
 
-def _side_by_side(
-    methods: list[MethodRow], predictions: dict[str, list[dict[str, Any]]], seed: int
-) -> list[dict[str, Any]]:
-    first = predictions.get(methods[0]["name"], []) if methods else []
+def _side_by_side(methods: Sequence[Row], predictions: Predictions, seed: int) -> list[ShownRow]:
+    first = predictions.get(methods[0].name, []) if methods else []
     if not first:
         return []
     picked = sorted(random.Random(seed).sample(range(len(first)), min(SIDE_BY_SIDE_ROWS, len(first))))
@@ -127,57 +140,26 @@ def _side_by_side(
     for i in picked:
         outputs = {}
         for row in methods:
-            lines = predictions.get(row["name"]) or []
+            lines = predictions.get(row.name) or []
             if i < len(lines):
-                outputs[row["name"]] = lines[i].get("output", "")
-        rows.append({"row": i, "input": first[i]["text"], "reference": first[i]["gold"], "outputs": outputs})
+                outputs[row.name] = lines[i].get("output", "")
+        rows.append(ShownRow(row=i, input=first[i]["text"], reference=first[i]["gold"], outputs=outputs))
     return rows
 
 
 def analyse_outputs(folder: str | Path, args: CostArgs) -> OutputsReport:
     folder = Path(folder)
     results, predictions = read_run(folder)
-    methods = results["methods"]
     task = results.get("task") or {}
     metric = primary_metric(task)
     prices = load_price_table(args.costs, (results.get("hardware") or {}).get("device"))
     volume = float(args.volume_per_day or DEFAULT_VOLUME_PER_DAY)
-    costs = {row["name"]: method_cost(row, prices) for row in methods}
-    evidence = []
-    for row in methods:
-        lines = predictions.get(row["name"]) or []
-        stats = np.array([p["primary_stats"] for p in lines], dtype=float) if lines else None
-        score = metric.value(stats) if stats is not None else float(row["primary"]["value"])
-        flag = degenerate_output(task.get("name", ""), row, lines)
-        evidence.append(
-            MethodEvidence(
-                name=row["name"],
-                kind=kind_of(row),
-                score=score,
-                cost=costs[row["name"]],
-                shots=int(row.get("shots") or 0),
-                train_examples=row.get("train_examples"),
-                demo_selection=row.get("demo_selection"),
-                calibrated=False,
-                stats=stats,
-                accuracy=score,
-                degenerate=flag[0] if flag else None,
-                degenerate_cause=flag[1] if flag else None,
-                stored_bytes=row.get("adapter_bytes"),
-                whole_model=Method.of(row) is Method.FULL_FT,
-            )
-        )
-    floor = None
-    floor_lines = predictions.get("floor") or []
-    if results.get("floor") and floor_lines:
-        floor_stats = np.array([p["primary_stats"] for p in floor_lines], dtype=float)
-        floor = MethodEvidence(
-            name=f"the floor ({results['floor']['output']})",
-            kind="floor",
-            score=metric.value(floor_stats),
-            cost=MethodCost(setup=0.0, per_request=0.0),
-            stats=floor_stats,
-        )
+    read_rows = rows(results)
+    costs = {row.name: method_cost(row.record, prices) for row in read_rows}
+    evidence = [
+        _evidence(row, predictions, metric, costs[row.name], task.get("name", "")) for row in read_rows
+    ]
+    floor = _floor(results, predictions, metric)
     caveats = (
         [f"{metric.label} is a proxy for quality: read the outputs side by side before shipping"]
         if task.get("metrics_are_proxies")
@@ -200,12 +182,28 @@ def analyse_outputs(folder: str | Path, args: CostArgs) -> OutputsReport:
             floor=floor,
         )
     )
-    by_name = {row["name"]: row for row in methods}
+    horizon_requests = volume * args.horizon_days
+    methods = [
+        analysed(row, RowAnalysis(degenerate=m.degenerate, costs=costs[m.name].to_row(horizon_requests)))
+        for row, m in zip(read_rows, evidence, strict=True)
+    ]
+    by_name = {row.name: row for row in methods}
     focus = by_name[rec.method] if rec.method else by_name[max(evidence, key=lambda m: m.score).name]
     test_rows = int((results.get("dataset") or {}).get("test_size") or 0)
-    report = OutputsReport(
+    pair = (rec.comparison.baseline, rec.comparison.candidate) if rec.comparison else None
+    be = rec.break_even
+    analysis = RunAnalysis(
+        break_even=BreakEvenRecord(
+            prompting=pair[0] if pair else None,
+            fine_tuned=pair[1] if pair else None,
+            requests=be.requests if be else None,
+            reason=be.reason if be else "needs one prompting and one fine-tuned method",
+        ),
+        recommendation=rec.to_dict(),
+    )
+    return OutputsReport(
         folder=folder,
-        results=results,
+        results=analysed_run(results, methods, analysis).data,
         methods=methods,
         prices=prices,
         costs=costs,
@@ -215,20 +213,52 @@ def analyse_outputs(folder: str | Path, args: CostArgs) -> OutputsReport:
         metric=metric,
         recommendation=rec,
         focus=focus,
-        rollout=rollout_plan(focus, costs[focus["name"]], test_rows, chosen=rec.shipped is not None),
-        break_even_pair=(rec.comparison.baseline, rec.comparison.candidate) if rec.comparison else None,
-        break_even=rec.break_even,
-        side_by_side=_side_by_side(methods, predictions, int(results.get("seed") or 0)),
+        rollout=rollout_plan(focus, costs[focus.name], test_rows, chosen=rec.shipped is not None),
+        break_even_pair=pair,
+        break_even=be,
+        side_by_side=_side_by_side(read_rows, predictions, int(results.get("seed") or 0)),
     )
-    for m in evidence:
-        by_name[m.name]["degenerate"] = m.degenerate
-        by_name[m.name]["costs"] = costs[m.name].to_row(report.horizon_requests)
-    be = report.break_even
-    results["break_even"] = {
-        "prompting": report.break_even_pair[0] if report.break_even_pair else None,
-        "fine_tuned": report.break_even_pair[1] if report.break_even_pair else None,
-        "requests": be.requests if be else None,
-        "reason": be.reason if be else "needs one prompting and one fine-tuned method",
-    }
-    results["recommendation"] = rec.to_dict()
-    return report
+
+
+def _evidence(
+    row: Row, predictions: Predictions, metric: PrimaryMetric, cost: MethodCost, task: str
+) -> MethodEvidence:
+    """What the verdict weighs of one row: its primary score (from its per-row statistics when the
+    predictions hold them), cost and degeneracy."""
+    lines = predictions.get(row.name) or []
+    stats = np.array([p["primary_stats"] for p in lines], dtype=float) if lines else None
+    score = metric.value(stats) if stats is not None else float(row.primary["value"])
+    flag = degenerate_output(task, row, lines)
+    return MethodEvidence(
+        name=row.name,
+        kind=kind_of(row.record),
+        score=score,
+        cost=cost,
+        shots=row.shots,
+        train_examples=row.train_examples,
+        demo_selection=row.demo_selection,
+        calibrated=False,
+        stats=stats,
+        accuracy=score,
+        degenerate=flag[0] if flag else None,
+        degenerate_cause=flag[1] if flag else None,
+        stored_bytes=row.adapter_bytes,
+        whole_model=row.kind is Method.FULL_FT,
+    )
+
+
+def _floor(
+    results: Mapping[str, Any], predictions: Predictions, metric: PrimaryMetric
+) -> MethodEvidence | None:
+    """The better output that needs no model (results.json's ``floor``), as evidence the verdict weighs."""
+    floor_lines = predictions.get("floor") or []
+    if not results.get("floor") or not floor_lines:
+        return None
+    floor_stats = np.array([p["primary_stats"] for p in floor_lines], dtype=float)
+    return MethodEvidence(
+        name=f"the floor ({results['floor']['output']})",
+        kind="floor",
+        score=metric.value(floor_stats),
+        cost=MethodCost(setup=0.0, per_request=0.0),
+        stats=floor_stats,
+    )

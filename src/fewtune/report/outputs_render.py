@@ -12,7 +12,7 @@ from fewtune.report import tables
 from fewtune.report.html import CHOICE_COLOURS, CSS, list_html, table_html
 from fewtune.report.markdown import break_even_sentence, markdown_table
 from fewtune.report.outputs import OutputsReport, output_task
-from fewtune.results.record import latency_of
+from fewtune.results.rows import Row
 
 SHOWN_OUTPUT_CHARS = 600
 # Column names for the metrics' keys (others: underscores to spaces).
@@ -33,7 +33,7 @@ def _ci(metric: Mapping[str, Any] | None) -> str:
 def metrics_table(report: OutputsReport) -> tables.Table:
     names = [
         name
-        for name in dict.fromkeys(name for row in report.methods for name in row.get("metrics") or {})
+        for name in dict.fromkeys(name for row in report.methods for name in row.metrics)
         if name.replace("_", "-") != report.metric.name
     ]
     headers = [
@@ -54,37 +54,33 @@ def metrics_table(report: OutputsReport) -> tables.Table:
     ]
     rows = []
     for row, title in zip(report.methods, tables.method_titles(report.methods), strict=True):
-        latency = latency_of(row)
-        metrics = row.get("metrics") or {}
+        metrics = row.metrics
         rows.append(
             [
                 title,
-                str(row.get("shots", 0)),
-                str(row.get("train_examples") or "-"),
-                _ci(row.get("primary")),
+                str(row.shots),
+                str(row.train_examples or "-"),
+                _ci(row.primary),
                 *[_ci(metrics.get(name)) for name in names],
-                tables.num(row.get("stopped_rate"), ".2f"),
-                tables.num(latency.get("p50"), ".0f"),
-                tables.num(latency.get("p95"), ".0f"),
-                tables.num(row.get("prompt_tokens_mean"), ".0f"),
-                tables.num(row.get("output_tokens_mean"), ".1f"),
-                tables.num(row.get("output_tokens_per_second"), ".0f"),
-                tables.num(row.get("train_seconds"), ".0f"),
-                format_usd(report.costs[row["name"]].per_request),
-                format_usd(row["costs"]["total_at_horizon"]),
+                tables.num(row.stopped_rate, ".2f"),
+                tables.num(row.p50, ".0f"),
+                tables.num(row.p95, ".0f"),
+                tables.num(row.prompt_tokens_mean, ".0f"),
+                tables.num(row.output_tokens_mean, ".1f"),
+                tables.num(row.output_tokens_per_second, ".0f"),
+                tables.num(row.train_seconds, ".0f"),
+                format_usd(report.costs[row.name].per_request),
+                tables.usd(row.total_cost),
             ]
         )
     return headers, rows
 
 
-def breakdowns(row: Mapping[str, Any]) -> list[tuple[str, tables.Table]]:
+def breakdowns(row: Row) -> list[tuple[str, tables.Table]]:
     """A row's per-item tables (``per_field``, ``per_label``, any ``per_<item>`` a task writes: each item's
     precision, recall, F1 and support), most supported first, titled by the item."""
     found = []
-    for key, items in row.items():
-        if not key.startswith("per_") or not isinstance(items, dict) or not items:
-            continue
-        item = key.removeprefix("per_")
+    for item, items in row.breakdowns.items():
         rows = [
             [name, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", f"{v['support']:.0f}"]
             for name, v in sorted(items.items(), key=lambda kv: (-kv[1]["support"], kv[0]))
@@ -135,16 +131,16 @@ def render_outputs_markdown(report: OutputsReport) -> str:
         "",
     ]
     for item, table in breakdowns(report.focus):
-        lines += [f"## Per {item}: {report.focus['name']}", "", markdown_table(table), ""]
+        lines += [f"## Per {item}: {report.focus.name}", "", markdown_table(table), ""]
     lines += ["## Outputs side by side", ""]
     for shown in report.side_by_side:
         lines += [
-            f"### Test row {shown['row']}",
+            f"### Test row {shown.row}",
             "",
-            f"- **input:** {_short(shown['input'])}",
-            f"- **reference:** {_short(shown['reference'])}",
+            f"- **input:** {_short(shown.input)}",
+            f"- **reference:** {_short(shown.reference)}",
         ]
-        lines += [f"- **{name}:** {_short(out.strip())}" for name, out in shown["outputs"].items()]
+        lines += [f"- **{name}:** {_short(out.strip())}" for name, out in shown.outputs.items()]
         lines.append("")
     rollout = report.rollout
     lines += [
@@ -161,12 +157,12 @@ def render_outputs_markdown(report: OutputsReport) -> str:
 def _side_by_side_html(report: OutputsReport) -> str:
     parts = []
     for shown in report.side_by_side:
-        rows = [("input", shown["input"]), ("reference", shown["reference"]), *shown["outputs"].items()]
+        rows = [("input", shown.input), ("reference", shown.reference), *shown.outputs.items()]
         body = "".join(
             f'<tr><th>{escape(name)}</th><td class="out">{escape(_short(str(text).strip()))}</td></tr>'
             for name, text in rows
         )
-        parts.append(f'<h3>Test row {shown["row"]}</h3><table class="text side">{body}</table>')
+        parts.append(f'<h3>Test row {shown.row}</h3><table class="text side">{body}</table>')
     return "".join(parts)
 
 
@@ -176,7 +172,7 @@ def render_outputs_html(report: OutputsReport) -> str:
     steps = f"<h3>Next steps</h3>{list_html(rec.next_steps, ordered=True)}" if rec.next_steps else ""
     caveats = f'<h3>Caveats</h3><div class="caveats">{list_html(rec.caveats)}</div>' if rec.caveats else ""
     per_item = "".join(
-        f'<section id="per-{escape(item)}"><h2>Per {escape(item)}: {escape(report.focus["name"])}</h2>'
+        f'<section id="per-{escape(item)}"><h2>Per {escape(item)}: {escape(report.focus.name)}</h2>'
         f"{table_html(table)}</section>"
         for item, table in breakdowns(report.focus)
     )
@@ -197,7 +193,7 @@ def render_outputs_html(report: OutputsReport) -> str:
         f"<h3>Why</h3>{list_html(rec.reasons)}{steps}{caveats}",
         "</section>",
         '<section id="methods"><h2>Methods</h2><div class="wide">',
-        table_html(metrics_table(report), focus=report.focus["name"]),
+        table_html(metrics_table(report), focus=report.focus.name),
         f'</div><p class="note">{escape(output_task(report.task).metrics_note)}</p>',
         f"<p>{escape(break_even_sentence(report))}</p></section>",
         per_item,

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fewtune.decide.cost import BreakEven, MethodCost, format_count, format_usd
 from fewtune.methods import Method
-from fewtune.results.record import MethodRow, latency_of
+from fewtune.results.rows import Row, SizePoint
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+    from fewtune.report.analysis import BestPrompt
 
 PROMPT_COLOUR = "#2b6cb0"
 TUNED_COLOUR = "#c05621"
@@ -45,21 +47,23 @@ def _png(fig: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def _colour(row: MethodRow) -> str:
-    method = Method.of(row)
+def _colour(row: Row) -> str:
+    method = row.kind
     if method is Method.REFERENCE:
         return REFERENCE_COLOUR
     return TUNED_COLOUR if method.trained else PROMPT_COLOUR
 
 
-def accuracy_plot(methods: Sequence[MethodRow], chance: float, floor: float, chosen: str | None) -> bytes:
+def accuracy_plot(methods: Sequence[Row], chance: float, floor: float, chosen: str | None) -> bytes:
     """Accuracy per method with its 95% bootstrap interval; chance and the good-enough floor marked."""
     fig = _figure(len(methods))
     ax = fig.add_subplot()
-    names = [m["name"] for m in methods][::-1]
+    names = [m.name for m in methods][::-1]
     for y, row in enumerate(methods[::-1]):
-        low, high = row["accuracy_ci95"]
-        acc = row["accuracy"]
+        low, high = row.accuracy_ci95
+        acc = row.accuracy
+        if acc is None:  # a classification row always has one
+            continue
         ax.errorbar(
             acc, y, xerr=[[acc - low], [high - acc]], fmt="o", color=_colour(row), capsize=4, markersize=7
         )
@@ -79,7 +83,7 @@ def accuracy_plot(methods: Sequence[MethodRow], chance: float, floor: float, cho
 
 
 def cost_plot(
-    methods: Sequence[MethodRow],
+    methods: Sequence[Row],
     costs: dict[str, MethodCost],
     horizon_requests: float,
     horizon_label: str,
@@ -96,9 +100,9 @@ def cost_plot(
     ax = fig.add_subplot()
     styles = ["-", "--", "-.", ":"]
     for i, row in enumerate(methods):
-        cost = costs[row["name"]]
+        cost = costs[row.name]
         totals = np.maximum(cost.setup + cost.per_request * requests, 0.01)
-        ax.plot(requests, totals, styles[i % 4], color=_colour(row), label=row["name"], linewidth=1.8)
+        ax.plot(requests, totals, styles[i % 4], color=_colour(row), label=row.name, linewidth=1.8)
     ax.axvline(horizon_requests, color="#4a5568", linewidth=1, linestyle=":")
     ax.annotate(
         horizon_label,
@@ -154,15 +158,14 @@ def cost_plot(
     return _png(fig)
 
 
-def latency_plot(methods: Sequence[MethodRow]) -> bytes:
+def latency_plot(methods: Sequence[Row]) -> bytes:
     """Per-request latency per method: p50 to p95 bar with the mean marked (one request at a time)."""
     fig = _figure(len(methods))
     ax = fig.add_subplot()
     names = []
     for y, row in enumerate(methods[::-1]):
-        names.append(row["name"])
-        latency = latency_of(row)
-        p50, p95, mean = latency["p50"], latency["p95"], latency["mean"]
+        names.append(row.name)
+        p50, p95, mean = row.p50, row.p95, row.latency_mean
         if p50 is None or p95 is None:
             ax.annotate("not measured", (0, y), fontsize=8, va="center")
             continue
@@ -206,7 +209,7 @@ def confusion_plot(labels: Sequence[str], matrix: Sequence[Sequence[int]], title
     return _png(fig)
 
 
-def shots_plot(curve: Sequence[dict[str, Any]], chance: float) -> bytes:
+def shots_plot(curve: Sequence[Mapping[str, Any]], chance: float) -> bytes:
     """Accuracy vs demos per prompt, one line per selection: mean over demo draws, error bars +-1 std."""
     from matplotlib.transforms import offset_copy
 
@@ -253,10 +256,10 @@ def _finish_accuracy_curve(fig: Figure, ax: Any, xlabel: str) -> bytes:
 
 
 def train_plot(
-    lora: Sequence[dict[str, Any]],
-    reference: Sequence[dict[str, Any]],
-    prompt: dict[str, Any] | None,
-    cross: dict[str, Any] | None,
+    lora: Sequence[SizePoint],
+    reference: Sequence[SizePoint],
+    prompt: BestPrompt | None,
+    cross: Mapping[str, Any] | None,
     chance: float,
 ) -> bytes:
     """LoRA accuracy vs training examples with its 95% band, the reference, the best prompt and the
@@ -264,26 +267,26 @@ def train_plot(
     fig = _figure(6, width=8.0)
     ax = fig.add_subplot()
     if lora:
-        sizes = [p["n"] for p in lora]
+        sizes = [p.n for p in lora]
         ax.fill_between(
-            sizes, [p["ci95"][0] for p in lora], [p["ci95"][1] for p in lora], color=TUNED_COLOUR, alpha=0.15
+            sizes, [p.ci95[0] for p in lora], [p.ci95[1] for p in lora], color=TUNED_COLOUR, alpha=0.15
         )
-        ax.plot(sizes, [p["accuracy"] for p in lora], "o-", color=TUNED_COLOUR, label="LoRA (95% CI band)")
+        ax.plot(sizes, [p.accuracy for p in lora], "o-", color=TUNED_COLOUR, label="LoRA (95% CI band)")
     if reference:
         ax.plot(
-            [p["n"] for p in reference],
-            [p["accuracy"] for p in reference],
+            [p.n for p in reference],
+            [p.accuracy for p in reference],
             "d--",
             color=REFERENCE_COLOUR,
             label="reference: sentence embeddings + logistic regression",
         )
     if prompt is not None:
         ax.axhline(
-            prompt["accuracy"],
+            prompt.accuracy,
             color=PROMPT_COLOUR,
             linewidth=1.4,
-            label=f"best prompt: {prompt['name']} ({prompt['accuracy']:.3f}"
-            + (f", mean of {prompt['draws']} demo draws)" if prompt.get("draws", 1) > 1 else ")"),
+            label=f"best prompt: {prompt.name} ({prompt.accuracy:.3f}"
+            + (f", mean of {prompt.draws} demo draws)" if prompt.draws > 1 else ")"),
         )
     ax.axhline(chance, color="#718096", linestyle=":", linewidth=1, label=f"chance {chance:.2f}")
     if cross and cross.get("reached") and cross.get("n"):
@@ -307,7 +310,7 @@ def train_plot(
             fontsize=9,
             color=CROSSOVER_COLOUR,
         )
-    ticks = sorted({p["n"] for p in [*lora, *reference]})
+    ticks = sorted({p.n for p in [*lora, *reference]})
     ax.set_xscale("log")
     ax.set_xticks(ticks, [str(n) for n in ticks])
     return _finish_accuracy_curve(fig, ax, "labelled training examples (log scale)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fewtune.decide.cost import MethodCost, format_usd, is_trained
+from fewtune.decide.cost import MethodCost, format_usd
 from fewtune.decide.thresholds import (
     CANARY_HOURS,
     CANARY_TRAFFIC_SHARE,
@@ -17,7 +17,7 @@ from fewtune.decide.thresholds import (
     ROLLBACK_ERROR_RATE,
     ROLLBACK_P95_FACTOR,
 )
-from fewtune.results.record import MethodRow, Primary, latency_of
+from fewtune.results.rows import Row
 
 
 @dataclass(frozen=True)
@@ -43,34 +43,36 @@ class Rollout:
     """Rollback triggers."""
 
 
-def rollout_plan(row: MethodRow, cost: MethodCost, test_rows: int, chosen: bool) -> Rollout:
-    """Checks and triggers for the method in results.json ``row``, filled with its measured figures."""
-    name = row.get("name") or row["method"]
-    primary: Primary = row.get("primary") or Primary()
+def rollout_plan(
+    row: Row, cost: MethodCost, test_rows: int, chosen: bool, adapter: str | None = None
+) -> Rollout:
+    """Checks and triggers for the method in results.json ``row``, filled with its measured figures;
+    ``adapter`` is where the plan says the adapter is (default: the row's ``adapter_path``)."""
+    name = row.name
+    primary = row.primary
+    accuracy: float | None
     if (primary.get("ci95") or [None])[0] is not None:  # the metric the verdict was decided on
         label, accuracy, (low, high) = primary["label"], primary["value"], primary["ci95"]
     else:
-        label, accuracy, (low, high) = "accuracy", row["accuracy"], row["accuracy_ci95"]
-    p95 = latency_of(row)["p95"]
-    nearest = row.get("demo_selection") == "nearest"
-    if is_trained(row):
-        adapter = row.get("adapter_path") or "the adapter folder"
-        size = row.get("adapter_bytes")
+        label, accuracy, (low, high) = "accuracy", row.accuracy, row.accuracy_ci95
+    p95 = row.p95
+    nearest = row.demo_selection == "nearest"
+    if row.kind.trained:
+        adapter = adapter or row.adapter_path or "the adapter folder"
+        size = row.adapter_bytes
         freeze = f"Freeze the adapter ({adapter}" + (f", {size / 1e6:.1f} MB" if size else "") + ")"
-        if row.get("shots"):
-            demos = "the demo pool and embedding model" if nearest else f"the {row['shots']} demos"
+        if row.shots:
+            demos = "the demo pool and embedding model" if nearest else f"the {row.shots} demos"
             freeze += f" and {demos}"
         freeze += "; load it in the serving stack (peft or vLLM's LoRA support) with the same base model."
     elif nearest:
         freeze = (
             f"Freeze the prompt (task line, label list) and the demo picker: the demo pool and the sentence "
-            f"embedding model that choose each request's {row.get('shots', 0)} nearest demos, so serving "
+            f"embedding model that choose each request's {row.shots} nearest demos, so serving "
             "picks the same demos as this run."
         )
     else:
-        freeze = (
-            f"Freeze the prompt: task line, label list and the {row.get('shots', 0)} demos in results.json."
-        )
+        freeze = f"Freeze the prompt: task line, label list and the {row.shots} demos in results.json."
     checks = [
         freeze,
         f"Re-score the frozen method on the same {test_rows} test rows through the serving path: {label} "

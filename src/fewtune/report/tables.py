@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fewtune.decide.cost import MethodCost, PriceTable, format_usd
 from fewtune.report.rollout import Rollout
-from fewtune.results.record import MethodRow, latency_of
+from fewtune.results.record import MethodRow
+from fewtune.results.rows import Row, SizePoint
 
 Table = tuple[list[str], list[list[str]]]
 
@@ -16,7 +17,11 @@ def num(value: Any, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
-def model_phrase(results: dict[str, Any]) -> str:
+def usd(value: float | None) -> str:
+    return "-" if value is None else format_usd(value)
+
+
+def model_phrase(results: Mapping[str, Any]) -> str:
     """``Model X``, or for a two-model run ``Prompting rows on X, LoRA on Y``; with how an endpoint scored."""
     prompted = results.get("prompt_model") or {}
     phrase = f"Model {results.get('model', '?')}"
@@ -27,26 +32,25 @@ def model_phrase(results: dict[str, Any]) -> str:
     return phrase
 
 
-def method_titles(methods: Sequence[MethodRow]) -> list[str]:
+def method_titles(methods: Sequence[Row]) -> list[str]:
     """Each row's name, with the model that answered it when two models did, and ``(degenerate)``."""
-    two_models = len({row.get("model") for row in methods if row.get("model")}) > 1
+    two_models = len({row.model for row in methods if row.model}) > 1
     return [
-        row["name"]
-        + (f" on {row.get('model')}" if two_models else "")
-        + (" (degenerate)" if row.get("degenerate") else "")
+        row.name + (f" on {row.model}" if two_models else "") + (" (degenerate)" if row.degenerate else "")
         for row in methods
     ]
 
 
 def draws_cell(row: MethodRow) -> str:
     """``0.842 ± 0.031 (3)`` over demo draws, or ``-`` for a row with one draw."""
-    if row.get("accuracy_std") is None:
+    read = Row(row)
+    if read.accuracy_std is None:
         return "-"
-    return f"{row['accuracy_mean']:.3f} ± {row['accuracy_std']:.3f} ({len(row.get('accuracy_draws') or [])})"
+    return f"{read.accuracy_mean:.3f} ± {read.accuracy_std:.3f} ({len(read.accuracy_draws)})"
 
 
-def method_table(methods: Sequence[MethodRow], costs: dict[str, MethodCost], horizon_label: str) -> Table:
-    with_draws = any(row.get("accuracy_std") is not None for row in methods)
+def method_table(methods: Sequence[Row], costs: dict[str, MethodCost], horizon_label: str) -> Table:
+    with_draws = any(row.accuracy_std is not None for row in methods)
     headers = [
         "method",
         "shots",
@@ -64,54 +68,53 @@ def method_table(methods: Sequence[MethodRow], costs: dict[str, MethodCost], hor
     ]
     rows = []
     for row, title in zip(methods, method_titles(methods), strict=True):
-        cost = costs[row["name"]]
-        low, high = row["accuracy_ci95"]
-        latency = latency_of(row)
+        cost = costs[row.name]
+        low, high = row.accuracy_ci95
         rows.append(
             [
                 title,
-                str(row.get("shots", 0)),
-                str(row.get("train_examples") or "-"),
-                f"{row['accuracy']:.3f} ({low:.3f}-{high:.3f})",
-                *([draws_cell(row)] if with_draws else []),
-                f"{row['macro_f1']:.3f}",
-                num(latency.get("p50"), ".0f"),
-                num(latency.get("p95"), ".0f"),
-                num(row.get("prompt_tokens_mean"), ".0f"),
-                num(row.get("train_seconds"), ".0f"),
+                str(row.shots),
+                str(row.train_examples or "-"),
+                f"{row.accuracy:.3f} ({low:.3f}-{high:.3f})",
+                *([draws_cell(row.record)] if with_draws else []),
+                f"{row.macro_f1:.3f}",
+                num(row.p50, ".0f"),
+                num(row.p95, ".0f"),
+                num(row.prompt_tokens_mean, ".0f"),
+                num(row.train_seconds, ".0f"),
                 format_usd(cost.setup),
                 format_usd(cost.per_request),
-                format_usd(row["costs"]["total_at_horizon"]),
+                usd(row.total_cost),
             ]
         )
     return headers, rows
 
 
-def setup_table(methods: Sequence[MethodRow], costs: dict[str, MethodCost]) -> Table:
+def setup_table(methods: Sequence[Row], costs: dict[str, MethodCost]) -> Table:
     headers = ["method", "engineering", "labelling", "training compute", "per request from"]
     rows = [
         [
-            row["name"],
-            format_usd(costs[row["name"]].setup_breakdown.get("engineering", 0.0)),
-            format_usd(costs[row["name"]].setup_breakdown.get("labelling", 0.0)),
-            format_usd(costs[row["name"]].setup_breakdown.get("training_compute", 0.0)),
-            costs[row["name"]].basis,
+            row.name,
+            format_usd(costs[row.name].setup_breakdown.get("engineering", 0.0)),
+            format_usd(costs[row.name].setup_breakdown.get("labelling", 0.0)),
+            format_usd(costs[row.name].setup_breakdown.get("training_compute", 0.0)),
+            costs[row.name].basis,
         ]
         for row in methods
     ]
     return headers, rows
 
 
-def per_class_table(row: MethodRow) -> Table:
+def per_class_table(row: Row) -> Table:
     headers = ["label", "precision", "recall", "F1", "support"]
     rows = [
         [label, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"])]
-        for label, m in row["per_class"].items()
+        for label, m in row.per_class.items()
     ]
     return headers, rows
 
 
-def confusion_matrix(labels: Sequence[str], predictions: Sequence[dict[str, Any]]) -> list[list[int]]:
+def confusion_matrix(labels: Sequence[str], predictions: Sequence[Mapping[str, Any]]) -> list[list[int]]:
     """Counts with gold labels as rows and predicted labels as columns, in ``labels`` order."""
     index = {label: i for i, label in enumerate(labels)}
     matrix = [[0] * len(labels) for _ in labels]
@@ -126,7 +129,7 @@ def confusion_table(labels: Sequence[str], matrix: Sequence[Sequence[int]]) -> T
     return headers, [[label, *(str(n) for n in counts)] for label, counts in zip(labels, matrix, strict=True)]
 
 
-def data_check_table(dataset: dict[str, Any]) -> Table:
+def data_check_table(dataset: Mapping[str, Any]) -> Table:
     rows = [
         ["pool rows (after checks)", str(dataset.get("pool_size", "-"))],
         ["test rows", str(dataset.get("test_size", "-"))],
@@ -139,7 +142,7 @@ def data_check_table(dataset: dict[str, Any]) -> Table:
     return ["check", "value"], rows
 
 
-def class_balance_table(dataset: dict[str, Any]) -> Table:
+def class_balance_table(dataset: Mapping[str, Any]) -> Table:
     counts = dataset.get("label_counts") or {}
     pool, test = counts.get("pool") or {}, counts.get("test") or {}
     pool_total, test_total = sum(pool.values()) or 1, sum(test.values()) or 1
@@ -171,7 +174,7 @@ def trigger_table(rollout: Rollout) -> Table:
     )
 
 
-def shots_table(curve: Sequence[dict[str, Any]]) -> Table:
+def shots_table(curve: Sequence[Mapping[str, Any]]) -> Table:
     """Accuracy per selection (rows) and shot count (columns): mean, with ± std over demo draws."""
     ks = sorted({r["k"] for r in curve})
     strategies = list(dict.fromkeys(r["strategy"] for r in curve))
@@ -191,13 +194,13 @@ def shots_table(curve: Sequence[dict[str, Any]]) -> Table:
     return ["demo selection", *(f"k={k}" for k in ks)], rows
 
 
-def train_table(lora: Sequence[dict[str, Any]], reference: Sequence[dict[str, Any]]) -> Table:
+def train_table(lora: Sequence[SizePoint], reference: Sequence[SizePoint]) -> Table:
     """Accuracy (95% CI) per training size: LoRA and the embedding + logistic-regression reference."""
     by_size: dict[int, dict[str, str]] = {}
     for key, curve in (("lora", lora), ("reference", reference)):
         for p in curve:
-            low, high = p["ci95"]
-            by_size.setdefault(p["n"], {})[key] = f"{p['accuracy']:.3f} ({low:.3f}-{high:.3f})"
+            low, high = p.ci95
+            by_size.setdefault(p.n, {})[key] = f"{p.accuracy:.3f} ({low:.3f}-{high:.3f})"
     keys = [key for key, curve in (("lora", lora), ("reference", reference)) if curve]
     titles = {"lora": "LoRA accuracy (95% CI)", "reference": "reference: embeddings + LR (95% CI)"}
     rows = [[str(n), *(cells.get(key, "-") for key in keys)] for n, cells in sorted(by_size.items())]

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
+
+from typing_extensions import TypedDict
 
 from fewtune.methods import Method
-from fewtune.results.record import Costs, Latency, Primary
+from fewtune.results.record import Costs, Latency, MethodRow, MetricValue, Primary
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,65 @@ class Row:
     def total_cost(self) -> float | None:
         return None if self.costs is None else self.costs["total_at_horizon"]
 
+    # -- added for report/
+
+    @property
+    def record(self) -> MethodRow:
+        """The row as results.json's typed dict, for the functions that take one whole (cost, curves)."""
+        return cast(MethodRow, self.data)
+
+    @property
+    def model(self) -> str | None:
+        """The model that answered the row (absent on reference rows)."""
+        return self.data.get("model")
+
+    @property
+    def metrics(self) -> dict[str, MetricValue]:
+        """Open outputs: every metric of the task with its interval, by name."""
+        return dict(self.data.get("metrics") or {})
+
+    @property
+    def accuracy_mean(self) -> float | None:
+        """Prompting rows: mean accuracy over the demo draws."""
+        return self.data.get("accuracy_mean")
+
+    @property
+    def accuracy_std(self) -> float | None:
+        """Prompting rows: sample std of accuracy over the demo draws; None for one draw."""
+        return self.data.get("accuracy_std")
+
+    @property
+    def accuracy_draws(self) -> list[float]:
+        """Prompting rows: accuracy of every demo draw; empty when not recorded."""
+        return list(self.data.get("accuracy_draws") or [])
+
+    @property
+    def latency_mean(self) -> float | None:
+        return None if self.latency is None else self.latency.get("mean")
+
+    @property
+    def stopped_rate(self) -> float | None:
+        """Open outputs: share of outputs that ended on their own."""
+        return self.data.get("stopped_rate")
+
+    @property
+    def output_tokens_mean(self) -> float | None:
+        return self.data.get("output_tokens_mean")
+
+    @property
+    def output_tokens_per_second(self) -> float | None:
+        return self.data.get("output_tokens_per_second")
+
+    @property
+    def breakdowns(self) -> dict[str, dict[str, dict[str, float]]]:
+        """Every non-empty ``per_<item>`` table of the row (per_class, per_field, per_label, any a task
+        writes), by item name, in the row's order."""
+        return {
+            key.removeprefix("per_"): dict(items)
+            for key, items in self.data.items()
+            if key.startswith("per_") and isinstance(items, dict) and items
+        }
+
 
 def rows(results: Mapping[str, Any]) -> list[Row]:
     """Every method row of a record (results.json, or the analysed record), typed."""
@@ -195,3 +256,92 @@ class Run:
             if row.name == name:
                 return row
         raise KeyError(name)
+
+
+class RowAnalysis(TypedDict, total=False):
+    """What the report adds to a method row (analysis.json's ``methods.<name>``), in the order given."""
+
+    primary: Primary
+    degenerate: str | None
+    cohen_kappa: float | None
+    costs: Costs
+
+
+def analysed(row: Row, analysis: RowAnalysis) -> Row:
+    """A new row: ``row`` with the report's fields laid over it (a field it holds keeps its place); the row
+    read is left as it was."""
+    return Row({**row.data, **analysis})
+
+
+class BreakEvenRecord(TypedDict, total=False):
+    """The report's ``break_even``: the pair compared and where fine-tuning becomes cheaper."""
+
+    prompting: str | None
+    fine_tuned: str | None
+    requests: float | None
+    days_at_volume: float | None
+    """Classification reports: the requests at the run's volume per day."""
+    reason: str
+
+
+class RunAnalysis(TypedDict, total=False):
+    """What the report adds to a run's record (analysis.json's top-level keys), in the order given."""
+
+    break_even_requests: float | None
+    break_even: BreakEvenRecord
+    cost_assumptions: Mapping[str, Any]
+    recommendation: Mapping[str, Any]
+    curves: Mapping[str, Any]
+
+
+def analysed_run(results: Mapping[str, Any], analysed_rows: Sequence[Row], analysis: RunAnalysis) -> Run:
+    """A new record: ``results`` with its rows replaced by ``analysed_rows`` and the report's fields laid
+    over it (a field it holds keeps its place); the record read is left as it was."""
+    return Run({**results, "methods": [row.data for row in analysed_rows], **analysis})
+
+
+@dataclass(frozen=True)
+class SizePoint:
+    """One point of a training-size curve (LoRA's or the reference's): ``{n, accuracy, ci95, name}``."""
+
+    data: Mapping[str, Any]
+
+    @property
+    def n(self) -> int:
+        return int(self.data["n"])
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.data["accuracy"])
+
+    @property
+    def ci95(self) -> tuple[float, float]:
+        low, high = self.data["ci95"]
+        return float(low), float(high)
+
+
+@dataclass(frozen=True)
+class Curves:
+    """A typed view of a record's ``curves`` (:func:`fewtune.decide.curves.build_curves`)."""
+
+    data: Mapping[str, Any]
+
+    @property
+    def shots(self) -> list[Mapping[str, Any]]:
+        """``[{strategy, k, mean, std, draws, name}]``: accuracy per demo selection and shot count."""
+        return list(self.data.get("shots") or [])
+
+    @property
+    def train_examples(self) -> list[SizePoint]:
+        """LoRA's accuracy per training size."""
+        return [SizePoint(p) for p in self.data.get("train_examples") or []]
+
+    @property
+    def reference(self) -> list[SizePoint]:
+        """The no-LLM reference's accuracy per training size."""
+        return [SizePoint(p) for p in self.data.get("reference") or []]
+
+    @property
+    def crossover(self) -> Mapping[str, Any] | None:
+        """``{reached, n, prompt_accuracy, statement, ...}``, or None without a pair to compare."""
+        return self.data.get("crossover")
