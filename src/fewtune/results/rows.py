@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fewtune.methods import Method
-from fewtune.results.record import Costs, Latency, Primary
+from fewtune.results.record import Costs, Latency, MetricValue, Primary
 
 
 @dataclass(frozen=True)
@@ -156,6 +156,86 @@ class Row:
     def total_cost(self) -> float | None:
         return None if self.costs is None else self.costs["total_at_horizon"]
 
+    # -- added for decide/release/cli/
+    @property
+    def train_examples_recorded(self) -> int | None:
+        """train_examples as the row holds it: None where it is null (prompting rows may hold 0 or null)."""
+        return self.data.get("train_examples")
+
+    @property
+    def calibrated(self) -> bool:
+        """A contextually calibrated row (--calibrate)."""
+        return bool(self.data.get("calibrated"))
+
+    @property
+    def constrained(self) -> bool:
+        """Extraction: decoded under the output's JSON Schema."""
+        return bool(self.data.get("constrained"))
+
+    @property
+    def accuracy_draws(self) -> list[float]:
+        """Prompting rows: accuracy of every demo draw; empty for a row with one draw."""
+        return list(self.data.get("accuracy_draws") or [])
+
+    @property
+    def accuracy_mean(self) -> float | None:
+        """Prompting rows: mean accuracy over the demo draws; None for a row without draws."""
+        return self.data.get("accuracy_mean")
+
+    @property
+    def accuracy_std(self) -> float | None:
+        """Prompting rows: sample std of accuracy over the demo draws; None for one draw."""
+        return self.data.get("accuracy_std")
+
+    @property
+    def demo_seed(self) -> int | None:
+        return self.data.get("demo_seed")
+
+    @property
+    def demos(self) -> list[Mapping[str, str]]:
+        """The demos shown: ``[{text, label}]``; extraction and generation ``[{text, output}]``."""
+        return list(self.data.get("demos") or [])
+
+    @property
+    def label_bias(self) -> Mapping[str, float] | None:
+        """Calibrated rows: ``{label: log p}`` of the content-free inputs; None otherwise."""
+        return self.data.get("label_bias") or None
+
+    @property
+    def metrics(self) -> Mapping[str, MetricValue]:
+        """Extraction and generation: every metric of the task with its interval; empty for label rows."""
+        return dict(self.data.get("metrics") or {})
+
+    @property
+    def max_new_tokens(self) -> int | None:
+        return self.data.get("max_new_tokens")
+
+    @property
+    def pricing(self) -> str | None:
+        """hosted-api for rows answered by an endpoint; None: the price table's pricing."""
+        return self.data.get("pricing")
+
+    @property
+    def output_tokens_mean(self) -> float | None:
+        return self.data.get("output_tokens_mean")
+
+    @property
+    def mean_latency_ms(self) -> float | None:
+        return None if self.latency is None else self.latency.get("mean")
+
+    @property
+    def train_tokens_per_second(self) -> float | None:
+        return self.data.get("train_tokens_per_second")
+
+    @property
+    def train_steps(self) -> int | None:
+        return self.data.get("train_steps")
+
+    @property
+    def trained_tokens(self) -> int | None:
+        """hosted-ft: the tokens the job trained on as the provider counts them."""
+        return self.data.get("trained_tokens")
+
 
 def rows(results: Mapping[str, Any]) -> list[Row]:
     """Every method row of a record (results.json, or the analysed record), typed."""
@@ -195,3 +275,54 @@ class Run:
             if row.name == name:
                 return row
         raise KeyError(name)
+
+
+# -- added for decide/release/cli/
+@dataclass(frozen=True)
+class CurvePoint:
+    """A typed view of one point of a training-size curve (``curves.train_examples[]`` or ``reference[]``)."""
+
+    data: Mapping[str, Any]
+
+    @property
+    def n(self) -> int:
+        """Training examples."""
+        return int(self.data["n"])
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.data["accuracy"])
+
+    @property
+    def ci95(self) -> list[float]:
+        return list(self.data.get("ci95") or [])
+
+    @property
+    def name(self) -> str:
+        return str(self.data.get("name"))
+
+
+@dataclass(frozen=True)
+class Curves:
+    """A typed view of a record's ``curves`` (:func:`fewtune.decide.curves.build_curves`'s record)."""
+
+    data: Mapping[str, Any]
+
+    @property
+    def shots(self) -> list[Mapping[str, Any]]:
+        """The shot curve's points ``{strategy, k, mean, std, draws, name}``."""
+        return list(self.data.get("shots") or [])
+
+    @property
+    def train_examples(self) -> list[Mapping[str, Any]]:
+        """LoRA's points by training size (see :class:`CurvePoint`)."""
+        return list(self.data.get("train_examples") or [])
+
+    @property
+    def reference(self) -> list[Mapping[str, Any]]:
+        """The reference's points by training size (see :class:`CurvePoint`)."""
+        return list(self.data.get("reference") or [])
+
+    @property
+    def crossover(self) -> Mapping[str, Any] | None:
+        return self.data.get("crossover")
