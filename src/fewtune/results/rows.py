@@ -326,3 +326,28 @@ class Curves:
     @property
     def crossover(self) -> Mapping[str, Any] | None:
         return self.data.get("crossover")
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """A typed view of a record's ``recommendation`` as far as release reads it (the method and whether the
+    verdict is settled); :func:`fewtune.decide.recommend.recommend` writes the whole record."""
+
+    data: Mapping[str, Any]
+
+    @property
+    def method(self) -> str | None:
+        """The method to ship; None when the report recommends none."""
+        value = self.data.get("method")
+        return str(value) if value else None
+
+    @property
+    def settled(self) -> bool | None:
+        """True settled, False provisional, None unknown (a report older than the flag)."""
+        value = self.data.get("settled")
+        return value if isinstance(value, bool) else None
+
+    @property
+    def unsettled(self) -> Any:
+        """What did not settle, as written (``{shipped, other, lead_points, ...}``), when provisional."""
+        return self.data.get("unsettled")
