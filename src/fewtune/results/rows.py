@@ -351,3 +351,18 @@ class Recommendation:
     def unsettled(self) -> Any:
         """What did not settle, as written (``{shipped, other, lead_points, ...}``), when provisional."""
         return self.data.get("unsettled")
+
+
+def training_fields(info: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A method row's training fields from what its training measured (``Strategy.info``): train_seconds
+    first, null for a method that did not train, then the rest in the order training reported them."""
+    return {
+        "train_seconds": info.get("train_seconds"),
+        **{k: v for k, v in info.items() if k != "train_seconds"},
+    }
+
+
+def degenerate_fields(reason: str | None) -> Mapping[str, Any]:
+    """A method row's ``degenerate_reason`` (the task's own check) where its outputs do not do the task;
+    nothing where they do."""
+    return {"degenerate_reason": reason} if reason else {}
