@@ -46,7 +46,7 @@ def test_a_reported_run_is_recorded_once_and_found_by_id_prefix(tmp_path: Path) 
     runs = list_runs(path)
     assert [r["run_id"] for r in runs] == [run_id] and runs[0]["task"] == "classification"
     found = find_run(path, run_id[:-3])
-    (method,) = found["methods"]
+    (method,) = found.methods
     assert method["name"] == "zero-shot" and method["p95_ms"] == 50.0 and method["cost_per_request"] > 0
     assert method["metric"] == "accuracy" and method["ci_low"] < method["value"] < method["ci_high"]
     with pytest.raises(FewtuneError, match="no run 'nope'"):
@@ -108,7 +108,7 @@ def test_the_registry_stores_and_lists_whether_the_verdict_is_settled(
         write_verdict(run, VERDICTS[verdict])
     run_id, path = record_run(run)
     (row,) = list_runs(path)
-    assert row["settled"] == column and find_run(path, run_id)["settled"] == column
+    assert row["settled"] == column and find_run(path, run_id).columns["settled"] == column
     listing = wide_listing(monkeypatch, capsys, "runs", "--root", str(tmp_path / "runs"))
     recommended = "few-shot k=8 balanced" if verdict else "-"
     assert f"| {recommended} | {shown} | {run.resolve()} |" in listing.replace("│", "|")
@@ -152,7 +152,7 @@ def test_a_registry_from_before_the_settled_column_is_migrated_and_keeps_its_row
     db.close()
     (old,) = list_runs(path)  # opening it migrates it
     assert old["run_id"] == "old-1a2b3c4d" and old["recommended"] == "lora n=200" and old["settled"] is None
-    assert [m["value"] for m in find_run(path, "old-1a2b3c4d")["methods"]] == [0.9]
+    assert [m["value"] for m in find_run(path, "old-1a2b3c4d").methods] == [0.9]
     with sqlite3.connect(path) as db:
         assert "settled" in {row[1] for row in db.execute("PRAGMA table_info(runs)")}
     db.close()

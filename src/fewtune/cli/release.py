@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -162,7 +163,7 @@ def _fmt(value: object, digits: str = ".3f") -> str:
     return "-" if value is None else format(value, digits) if isinstance(value, float) else str(value)
 
 
-def _verdict(run: dict[str, Any]) -> Text:
+def _verdict(run: Mapping[str, Any]) -> Text:
     """A registry row's ``settled`` column in words: settled, provisional (in yellow) or - (unknown)."""
     from fewtune.release.verdict import PROVISIONAL, settled_label
 
@@ -201,7 +202,8 @@ def runs_show(
     from fewtune.decide.cost import format_usd
     from fewtune.release.registry import find_run, registry_path
 
-    r = find_run(registry_path(root), run)
+    found = find_run(registry_path(root), run)
+    r = found.columns
     for key in ("run_id", "folder", "started_at", "finished_at", "status", "task", "model", "seed",
                 "config_sha256", "data_sha256", "test_sha256", "test_rows", "recommended"):  # fmt: skip
         console.print(styled(key, "bold", f": {_fmt(r[key])}"), highlight=False)
@@ -209,7 +211,7 @@ def runs_show(
     table = Table(title_justify="left")
     for column in ("method", "metric", "value", "95% CI", "p95 ms", "cost/request", "adapter sha256"):
         table.add_column(column, overflow="fold")
-    for m in r["methods"]:
+    for m in found.methods:
         ci = f"{m['ci_low']:.3f}-{m['ci_high']:.3f}" if m["ci_low"] is not None else "-"
         cost = format_usd(m["cost_per_request"]) if m["cost_per_request"] is not None else "-"
         adapter = (m["adapter_sha256"] or "-")[:16]
@@ -229,7 +231,8 @@ def runs_compare(
     from fewtune.release.registry import find_run, registry_path
 
     path = registry_path(root)
-    a, b = find_run(path, first), find_run(path, second)
+    first_run, second_run = find_run(path, first), find_run(path, second)
+    a, b = first_run.columns, second_run.columns
     for key in ("task", "model", "seed", "config_sha256", "data_sha256", "test_sha256", "test_rows"):
         same = Text("same") if a[key] == b[key] else Text("differs", style="yellow")
         line = styled(key, "bold", f": {_fmt(a[key])[:16]} / {_fmt(b[key])[:16]} (")
@@ -237,11 +240,11 @@ def runs_compare(
     table = Table(title_justify="left")
     for column in ("method", f"{a['run_id']} value", f"{b['run_id']} value", "p95 ms", "cost ratio"):
         table.add_column(column, overflow="fold")
-    theirs = {m["name"]: m for m in b["methods"]}
-    names = [m["name"] for m in a["methods"]] + [
-        n for n in theirs if n not in {m["name"] for m in a["methods"]}
+    theirs = {m["name"]: m for m in second_run.methods}
+    names = [m["name"] for m in first_run.methods] + [
+        n for n in theirs if n not in {m["name"] for m in first_run.methods}
     ]
-    mine = {m["name"]: m for m in a["methods"]}
+    mine = {m["name"]: m for m in first_run.methods}
     for name in names:
         x, y = mine.get(name, {}), theirs.get(name, {})
         p95 = f"{_fmt(x.get('p95_ms'), '.0f')} / {_fmt(y.get('p95_ms'), '.0f')}"

@@ -17,6 +17,7 @@ from rich.text import Text
 from fewtune.backends.base import ProgressFn
 from fewtune.cli.console import plain_console, styled
 from fewtune.report.tables import draws_cell
+from fewtune.results.rows import Row
 from fewtune.run.events import TrainStep
 
 if TYPE_CHECKING:
@@ -37,27 +38,28 @@ def progress_bar(console: Console) -> Progress:
     )
 
 
-def describe_row(row: Mapping[str, Any]) -> str:
+def describe_row(data: Mapping[str, Any]) -> str:
     """One finished method in a line: its primary metric with the interval, then the others."""
-    if "primary" in row:  # a generated-output row: every metric of its task
+    row = Row(data)
+    primary = row.primary
+    if primary:  # a generated-output row: every metric of its task
         from fewtune.report.outputs_render import metric_name
 
-        primary = row["primary"]
         low, high = primary["ci95"]
         others = ", ".join(
             f"{metric_name(name)} {m['value']:.3f}"
-            for name, m in row["metrics"].items()
+            for name, m in row.metrics.items()
             if name.replace("_", "-") != primary["name"]
         )
-        return f"  {row['name']}: {primary['label']} {primary['value']:.3f} [{low:.3f}, {high:.3f}]; {others}"
-    low, high = row["accuracy_ci95"]
+        return f"  {row.name}: {primary['label']} {primary['value']:.3f} [{low:.3f}, {high:.3f}]; {others}"
+    low, high = row.accuracy_ci95
     spread = ""
-    if row.get("accuracy_std") is not None:
-        draws = len(row.get("accuracy_draws") or [])
-        spread = f"; over {draws} demo draws {row['accuracy_mean']:.3f} ± {row['accuracy_std']:.3f}"
+    if row.accuracy_std is not None:
+        draws = len(row.accuracy_draws)
+        spread = f"; over {draws} demo draws {row.accuracy_mean:.3f} ± {row.accuracy_std:.3f}"
     return (
-        f"  {row['name']}: accuracy {row['accuracy']:.3f} [{low:.3f}, {high:.3f}], "
-        f"macro-F1 {row['macro_f1']:.3f}{spread}"
+        f"  {row.name}: accuracy {row.accuracy:.3f} [{low:.3f}, {high:.3f}], "
+        f"macro-F1 {row.macro_f1:.3f}{spread}"
     )
 
 
@@ -70,7 +72,8 @@ def method_table(rows: Sequence[Mapping[str, Any]]) -> Table:
     table = Table(
         title="fewtune: methods on the same test rows"
     )  # cells are Text: names hold the user's data
-    with_draws = any(row.get("accuracy_std") is not None for row in rows)
+    typed = [Row(row) for row in rows]
+    with_draws = any(row.accuracy_std is not None for row in typed)
     headers = [
         "method",
         "shots",
@@ -85,19 +88,19 @@ def method_table(rows: Sequence[Mapping[str, Any]]) -> Table:
     ]
     for header in headers:
         table.add_column(header, justify="left" if header == "method" else "right")
-    for row in rows:
-        low, high = row["accuracy_ci95"]
+    for row in typed:
+        low, high = row.accuracy_ci95
         table.add_row(
-            Text(str(row.get("name") or row["method"])),
-            str(row["shots"]),
-            str(row["train_examples"] or "-"),
-            f"{row['accuracy']:.3f} ({low:.3f}-{high:.3f})",
-            *([draws_cell(row)] if with_draws else []),  # type: ignore[arg-type]
-            f"{row['macro_f1']:.3f}",
-            _num(row["latency_ms"]["p50"], ".0f"),
-            _num(row["latency_ms"]["p95"], ".0f"),
-            _num(row.get("prompt_tokens_mean"), ".0f"),
-            _num(row.get("train_seconds"), ".0f"),
+            Text(row.name),
+            str(row.shots),
+            str(row.train_examples or "-"),
+            f"{row.accuracy:.3f} ({low:.3f}-{high:.3f})",
+            *([draws_cell(row.data)] if with_draws else []),  # type: ignore[arg-type]
+            f"{row.macro_f1:.3f}",
+            _num(row.p50, ".0f"),
+            _num(row.p95, ".0f"),
+            _num(row.prompt_tokens_mean, ".0f"),
+            _num(row.train_seconds, ".0f"),
         )
     return table
 
@@ -119,7 +122,7 @@ class RichEvents:
         self.console.print(Text(describe_row(row)), highlight=False)
 
     def summary(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        if rows and all("accuracy" in row for row in rows):
+        if rows and all(Row(row).accuracy is not None for row in rows):
             self.console.print(method_table(rows))
 
     def status(self, message: str) -> contextlib.AbstractContextManager[Any]:

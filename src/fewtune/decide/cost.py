@@ -26,7 +26,8 @@ import yaml
 
 from fewtune.errors import ConfigError
 from fewtune.methods import Method
-from fewtune.results.record import Costs, MethodRow, latency_of
+from fewtune.results.record import Costs, MethodRow
+from fewtune.results.rows import Row
 
 SECONDS_PER_HOUR = 3600
 TOKENS_PER_MILLION = 1_000_000
@@ -218,14 +219,14 @@ def uses_prompt_engineering(row: MethodRow) -> bool:
     return not method.trained or method.uses_demos
 
 
-def _seconds_per_request(row: MethodRow) -> tuple[float, str]:
-    throughput = row.get("throughput_rows_per_second")
+def _seconds_per_request(row: Row) -> tuple[float, str]:
+    throughput = row.throughput
     if throughput:
         return 1 / throughput, f"{throughput:.3g} requests/s measured in batches"
-    mean_ms = latency_of(row)["mean"]
+    mean_ms = row.latency_mean
     if mean_ms:
         return mean_ms / 1000, f"{mean_ms:.0f} ms mean single-request latency (no batch throughput)"
-    raise ConfigError(f"method {row.get('name', row.get('method'))}: no throughput or latency to price")
+    raise ConfigError(f"method {row.name}: no throughput or latency to price")
 
 
 def token_prices(prices: PriceTable, tuned: bool) -> tuple[float, float]:
@@ -240,8 +241,9 @@ def token_prices(prices: PriceTable, tuned: bool) -> tuple[float, float]:
 
 def per_request_cost(row: MethodRow, prices: PriceTable) -> tuple[float, str]:
     """Dollars per request for one results.json method row, and how it was computed."""
-    if row.get("pricing", prices.pricing) == "self-hosted":
-        seconds, measured = _seconds_per_request(row)
+    typed = Row(row)
+    if (typed.pricing or prices.pricing) == "self-hosted":
+        seconds, measured = _seconds_per_request(typed)
         dollars = prices.serving_dollars_per_hour / SECONDS_PER_HOUR * seconds / prices.serving_utilization
         return dollars, (
             f"{measured} x ${prices.serving_dollars_per_hour:g}/h ({prices.serving_hardware})"
@@ -249,8 +251,8 @@ def per_request_cost(row: MethodRow, prices: PriceTable) -> tuple[float, str]:
         )
     tuned = is_trained(row)
     price_in, price_out = token_prices(prices, tuned)
-    prompt_tokens = float(row.get("prompt_tokens_mean") or 0)
-    output_tokens = float(row.get("output_tokens_mean") or 0)
+    prompt_tokens = float(typed.prompt_tokens_mean or 0)
+    output_tokens = float(typed.output_tokens_mean or 0)
     dollars = (prompt_tokens * price_in + output_tokens * price_out) / TOKENS_PER_MILLION
     model = "fine-tuned" if tuned else "base"
     return dollars, (
@@ -263,9 +265,10 @@ def training_compute_cost(row: MethodRow, prices: PriceTable) -> float:
     """Training tokens x the per-token training price when the table has one (a hosted-ft row's
     ``trained_tokens`` as its provider billed them, else measured seconds x tokens per second), else
     training seconds x the training machine's $/hour."""
-    seconds = float(row.get("train_seconds") or 0)
-    trained = row.get("trained_tokens")
-    tokens_per_second = row.get("train_tokens_per_second")
+    typed = Row(row)
+    seconds = float(typed.train_seconds or 0)
+    trained = typed.trained_tokens
+    tokens_per_second = typed.train_tokens_per_second
     tokens = float(trained) if trained is not None else seconds * float(tokens_per_second or 0)
     if prices.training_dollars_per_million_tokens is not None and tokens:
         return tokens / TOKENS_PER_MILLION * prices.training_dollars_per_million_tokens
@@ -278,7 +281,7 @@ def method_cost(row: MethodRow, prices: PriceTable) -> MethodCost:
     breakdown = {"engineering": 0.0, "labelling": 0.0, "training_compute": 0.0}
     if is_trained(row):
         hours += prices.fine_tuning_engineering_hours
-        breakdown["labelling"] = float(row.get("train_examples") or 0) * prices.labelling_dollars_per_example
+        breakdown["labelling"] = float(Row(row).train_examples) * prices.labelling_dollars_per_example
         breakdown["training_compute"] = training_compute_cost(row, prices)
     breakdown["engineering"] = hours * prices.engineer_dollars_per_hour
     per_request, basis = per_request_cost(row, prices)

@@ -15,48 +15,63 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fewtune.methods import Method
 from fewtune.results.record import MethodRow
+from fewtune.results.rows import Row
+from fewtune.results.views import Curves, SizePoint
 
 LORA_METHOD = Method.LORA.value
 CALIBRATED_SUFFIX = " calibrated"
 
 
-def mean_accuracy(row: MethodRow) -> float:
+def accuracy_of(row: Row) -> float:
+    """A label row's accuracy (the curves are drawn for label rows only, which always have one)."""
+    if row.accuracy is None:
+        raise KeyError(f"method row {row.name!r} has no accuracy")
+    return row.accuracy
+
+
+def mean_accuracy(row: Mapping[str, Any]) -> float:
     """Accuracy averaged over demo draws where there were several, else the row's accuracy."""
-    mean = row.get("accuracy_mean")
-    return float(row["accuracy"] if mean is None else mean)
+    typed = Row(row)
+    mean = typed.accuracy_mean
+    return accuracy_of(typed) if mean is None else float(mean)
 
 
-def strategy(row: MethodRow) -> str:
+def strategy(row: Mapping[str, Any]) -> str:
     """The shot curve a prompting row belongs to: its demo selection, plus " calibrated" when it is."""
-    base = row.get("demo_selection") or "balanced"
-    return base + (CALIBRATED_SUFFIX if row.get("calibrated") else "")
+    typed = Row(row)
+    base = typed.demo_selection or "balanced"
+    return base + (CALIBRATED_SUFFIX if typed.calibrated else "")
+
+
+def draw_count(row: Row) -> int:
+    """Demo draws behind the row's accuracy (1 without --demo-seeds)."""
+    return len(row.accuracy_draws) or 1
 
 
 def shot_curve(methods: Sequence[MethodRow]) -> list[dict[str, Any]]:
     """Rows of ``{strategy, k, mean, std, draws, name}``, by strategy (first seen first) then k."""
-    prompting = [m for m in methods if Method.of(m).prompting]
-    zero = {bool(m.get("calibrated")): m for m in prompting if not m.get("shots")}
-    few = [m for m in prompting if m.get("shots")]
-    strategies = list(dict.fromkeys(strategy(m) for m in few))
+    prompting = [Row(m) for m in methods if Method.of(m).prompting]
+    zero = {m.calibrated: m for m in prompting if not m.shots}
+    few = [m for m in prompting if m.shots]
+    strategies = list(dict.fromkeys(strategy(m.data) for m in few))
     rows = []
     for name in strategies:
-        members = [m for m in few if strategy(m) == name]
+        members = [m for m in few if strategy(m.data) == name]
         start = zero.get(name.endswith(CALIBRATED_SUFFIX))
-        for row in ([start] if start else []) + sorted(members, key=lambda m: m["shots"]):
-            draws = row.get("accuracy_draws") or [row["accuracy"]]
+        for row in ([start] if start else []) + sorted(members, key=lambda m: m.shots):
             rows.append(
                 {
                     "strategy": name,
-                    "k": int(row.get("shots") or 0),
-                    "mean": mean_accuracy(row),
-                    "std": row.get("accuracy_std"),
-                    "draws": len(draws),
-                    "name": row["name"],
+                    "k": row.shots,
+                    "mean": mean_accuracy(row.data),
+                    "std": row.accuracy_std,
+                    "draws": draw_count(row),
+                    "name": row.name,
                 }
             )
     return rows
@@ -64,15 +79,10 @@ def shot_curve(methods: Sequence[MethodRow]) -> list[dict[str, Any]]:
 
 def train_curve(methods: Sequence[MethodRow], method: str = LORA_METHOD) -> list[dict[str, Any]]:
     """Rows of ``{n, accuracy, ci95, name}`` for ``method`` (lora or reference), by n."""
-    rows = [m for m in methods if m.get("method") == method and m.get("train_examples")]
+    rows = [row for row in map(Row, methods) if row.method == method and row.train_examples]
     return [
-        {
-            "n": int(m.get("train_examples") or 0),
-            "accuracy": float(m["accuracy"]),
-            "ci95": list(m["accuracy_ci95"]),
-            "name": m["name"],
-        }
-        for m in sorted(rows, key=lambda m: m.get("train_examples") or 0)
+        {"n": row.train_examples, "accuracy": accuracy_of(row), "ci95": row.accuracy_ci95, "name": row.name}
+        for row in sorted(rows, key=lambda row: row.train_examples)
     ]
 
 
@@ -83,7 +93,7 @@ def best_prompt(methods: Sequence[MethodRow]) -> MethodRow | None:
 
 
 def crossover(
-    train: Sequence[dict[str, Any]], prompt: MethodRow | None, method: str = LORA_METHOD
+    train: Sequence[Mapping[str, Any]], prompt: MethodRow | None, method: str = LORA_METHOD
 ) -> dict[str, Any] | None:
     """Where ``train`` (a :func:`train_curve`) first reaches the best prompt's accuracy.
 
@@ -92,59 +102,61 @@ def crossover(
     """
     if prompt is None or not train:
         return None
+    best = Row(prompt)
     target = mean_accuracy(prompt)
     out: dict[str, Any] = {
         "method": method,
-        "prompt": prompt["name"],
+        "prompt": best.name,
         "prompt_accuracy": target,
-        "prompt_draws": len(prompt.get("accuracy_draws") or [prompt["accuracy"]]),
+        "prompt_draws": draw_count(best),
         "reached": False,
         "n": None,
         "between": None,
     }
     previous = None
-    for point in train:
-        if point["accuracy"] >= target:
+    for point in map(SizePoint, train):
+        if point.accuracy >= target:
             out["reached"] = True
             if previous is None:
-                out["n"] = float(point["n"])
-                out["between"] = [None, point["n"]]
+                out["n"] = float(point.n)
+                out["between"] = [None, point.n]
             else:
-                low, high = math.log(previous["n"]), math.log(point["n"])
-                share = (target - previous["accuracy"]) / (point["accuracy"] - previous["accuracy"])
+                low, high = math.log(previous.n), math.log(point.n)
+                share = (target - previous.accuracy) / (point.accuracy - previous.accuracy)
                 out["n"] = math.exp(low + share * (high - low))
-                out["between"] = [previous["n"], point["n"]]
+                out["between"] = [previous.n, point.n]
             break
         previous = point
     out["statement"] = crossover_statement(out, train)
     return out
 
 
-def crossover_statement(cross: dict[str, Any], train: Sequence[dict[str, Any]]) -> str:
+def crossover_statement(cross: Mapping[str, Any], train: Sequence[Mapping[str, Any]]) -> str:
     """One sentence with the figures, for the report."""
     draws = cross.get("prompt_draws") or 1
     mean = f", mean of {draws} demo draws" if draws > 1 else ""
     prompt = f"the best prompt, {cross['prompt']} ({cross['prompt_accuracy']:.3f}{mean})"
+    points = [SizePoint(p) for p in train]
     if not cross["reached"]:
-        top = max(train, key=lambda p: p["accuracy"])
-        sizes = ", ".join(str(p["n"]) for p in train)
+        top = max(points, key=lambda p: p.accuracy)
+        sizes = ", ".join(str(p.n) for p in points)
         return (
-            f"LoRA does not match {prompt}, within the sizes tried ({sizes}): its best, n={top['n']}, "
-            f"reaches {top['accuracy']:.3f}; the prompt is worth more than {train[-1]['n']} labelled "
+            f"LoRA does not match {prompt}, within the sizes tried ({sizes}): its best, n={top.n}, "
+            f"reaches {top.accuracy:.3f}; the prompt is worth more than {points[-1].n} labelled "
             "examples here"
         )
     low, high = cross["between"]
-    at_high = next(p for p in train if p["n"] == high)
+    at_high = next(p for p in points if p.n == high)
     if low is None:
         return (
             f"LoRA matches {prompt}, already at the smallest size tried, n={high} "
-            f"({at_high['accuracy']:.3f}): "
+            f"({at_high.accuracy:.3f}): "
             f"the prompt is worth {high} labelled examples or fewer; try smaller sizes to find the crossover"
         )
-    at_low = next(p for p in train if p["n"] == low)
+    at_low = next(p for p in points if p.n == low)
     return (
         f"LoRA needs about {cross['n']:,.0f} labelled examples to match {prompt}: n={low} reaches "
-        f"{at_low['accuracy']:.3f}, n={high} {at_high['accuracy']:.3f} (interpolated in log n); the prompt "
+        f"{at_low.accuracy:.3f}, n={high} {at_high.accuracy:.3f} (interpolated in log n); the prompt "
         f"is worth about {cross['n']:,.0f} labelled examples"
     )
 
@@ -160,14 +172,15 @@ def build_curves(methods: Sequence[MethodRow]) -> dict[str, Any]:
     }
 
 
-def has_shot_curve(curves: dict[str, Any]) -> bool:
+def has_shot_curve(curves: Mapping[str, Any]) -> bool:
     """At least one selection measured at two or more shot counts."""
     points: dict[str, int] = defaultdict(int)
-    for row in curves.get("shots") or []:
+    for row in Curves(curves).shots:
         points[row["strategy"]] += 1
     return any(count >= 2 for count in points.values())
 
 
-def has_train_curve(curves: dict[str, Any]) -> bool:
+def has_train_curve(curves: Mapping[str, Any]) -> bool:
     """LoRA or the reference measured at two or more training sizes."""
-    return any(len(curves.get(key) or []) >= 2 for key in ("train_examples", "reference"))
+    typed = Curves(curves)
+    return len(typed.train_examples) >= 2 or len(typed.reference) >= 2

@@ -2,27 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from fewtune.decide.cost import MethodCost, is_trained
+from fewtune.decide.cost import MethodCost
 from fewtune.decide.evidence import FINE_TUNED, PROMPT, REFERENCE, MethodEvidence, degeneracy
 from fewtune.decide.metric import MetricChoice, label_stats
 from fewtune.methods import Method
 from fewtune.results.record import MethodRow
+from fewtune.results.rows import Row
 
 # Share of test rows cleanlab flags as likely mislabelled above which the verdict is caveated: at 2% label
 # noise a 5-point margin is still clear of it; above it, gaps of a few points may be noise in the labels.
 LABEL_NOISE_CAVEAT_SHARE = 0.02
 
 
-def kind_of(row: MethodRow) -> str:
-    if Method.of(row) is Method.REFERENCE:
+def kind_of(row: Mapping[str, Any]) -> str:
+    method = Row(row).kind
+    if method is Method.REFERENCE:
         return REFERENCE
-    return FINE_TUNED if is_trained(row) else PROMPT
+    return FINE_TUNED if method.trained else PROMPT
 
 
 @dataclass(frozen=True)
@@ -45,8 +47,8 @@ def run_evidence(
 
     metric = choice.metric
     evidence, kappa = [], {}
-    for row in rows:
-        name = row["name"]
+    for row in map(Row, rows):
+        name = row.name
         lines = predictions.get(name) or []
         stats, degenerate = None, None
         if lines:
@@ -58,25 +60,34 @@ def run_evidence(
             if len(set(gold) | set(predicted)) > 1:
                 kappa[name] = float(cohen_kappa_score(gold, predicted))
         else:
-            score = float(row["accuracy"] if metric.per_row_correct else row.get("macro_f1", row["accuracy"]))
+            score = row_score(row, metric.per_row_correct)
         evidence.append(
             MethodEvidence(
                 name=name,
-                kind=kind_of(row),
+                kind=kind_of(row.data),
                 score=score,
                 cost=costs[name],
-                shots=int(row.get("shots") or 0),
-                train_examples=row.get("train_examples"),
-                demo_selection=row.get("demo_selection"),
-                calibrated=bool(row.get("calibrated")),
+                shots=row.shots,
+                train_examples=row.train_examples_recorded,
+                demo_selection=row.demo_selection,
+                calibrated=row.calibrated,
                 stats=stats,
-                accuracy=row.get("accuracy"),
+                accuracy=row.accuracy,
                 degenerate=degenerate,
-                stored_bytes=row.get("adapter_bytes"),
-                whole_model=Method.of(row) is Method.FULL_FT,
+                stored_bytes=row.adapter_bytes,
+                whole_model=row.kind is Method.FULL_FT,
             )
         )
     return RunEvidence(tuple(evidence), kappa)
+
+
+def row_score(row: Row, per_row_correct: bool) -> float:
+    """A label row's own score without its predictions: accuracy, or macro-F1 (accuracy where the row has
+    none) when the metric is not a share of rows right."""
+    score = row.accuracy if per_row_correct or row.macro_f1 is None else row.macro_f1
+    if score is None:
+        raise KeyError(f"method row {row.name!r} has no accuracy")
+    return score
 
 
 def check_caveats(dataset: dict[str, Any], margin_points: float) -> list[str]:

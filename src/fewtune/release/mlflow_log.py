@@ -44,6 +44,7 @@ def log_run(folder: str | Path, uri: str, run_id: str | None = None) -> str:
         raise FewtuneError("--mlflow needs the mlflow extra: pip install 'fewtune[mlflow]'") from None
     import yaml
 
+    from fewtune.results.rows import rows
     from fewtune.results.run_folder import read_analysed
 
     folder = Path(folder)
@@ -64,16 +65,16 @@ def log_run(folder: str | Path, uri: str, run_id: str | None = None) -> str:
             tags["fewtune.run_id"] = run_id
         with mlflow.start_run(run_name=folder.resolve().name, tags=tags) as run:
             mlflow.log_params(_flat(config or {}))
-            for row in results.get("methods") or []:
-                name = _key(row["name"])
-                primary = row.get("primary") or {}
+            for row in rows(results):
+                name = _key(row.name)
+                primary = row.primary
                 figures = {
                     "primary": primary.get("value"),
                     "primary_ci_low": (primary.get("ci95") or [None, None])[0],
                     "primary_ci_high": (primary.get("ci95") or [None, None])[1],
-                    "p95_ms": (row.get("latency_ms") or {}).get("p95"),
-                    "cost_per_request": (row.get("costs") or {}).get("per_request"),
-                    "train_seconds": row.get("train_seconds"),
+                    "p95_ms": row.p95,
+                    "cost_per_request": row.per_request_cost,
+                    "train_seconds": row.train_seconds,
                 }
                 mlflow.log_metrics({f"{name}.{k}": float(v) for k, v in figures.items() if v is not None})
             for artifact in ARTIFACTS:

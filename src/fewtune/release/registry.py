@@ -14,8 +14,9 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -104,6 +105,7 @@ def record_run(folder: str | Path, path: Path | None = None) -> tuple[str, Path]
     """Add or update the run in ``folder`` (its results.json with the report's analysis.json laid over it)
     in the registry; return its id and the registry file."""
     from fewtune.release.verdict import Verdict
+    from fewtune.results.rows import Run
     from fewtune.results.run_folder import read_analysed
 
     folder = Path(folder)
@@ -112,21 +114,21 @@ def record_run(folder: str | Path, path: Path | None = None) -> tuple[str, Path]
     started = str(results.get("started_at") or "")
     run_id = run_id_of(folder, started)
     dataset = results.get("dataset") or {}
+    record = Run(results)
     methods = []
-    for row in results.get("methods") or []:
-        primary = row.get("primary") or {}
+    for row in record.rows:
+        primary = row.primary
         low, high = [*(primary.get("ci95") or []), None, None][:2]
-        adapter = row.get("adapter_path")
+        adapter = row.adapter_path
         adapter_file = Path(adapter) / "adapter_model.safetensors" if adapter else None
         methods.append(
             (
-                run_id, row["name"], str(row.get("method")), int(row.get("shots") or 0),
-                row.get("train_examples"), primary.get("label"), primary.get("value"), low, high,
-                (row.get("latency_ms") or {}).get("p95"), (row.get("costs") or {}).get("per_request"),
+                run_id, row.name, row.method, row.shots, row.train_examples_recorded, primary.get("label"),
+                primary.get("value"), low, high, row.p95, row.per_request_cost,
                 adapter, _sha256(adapter_file) if adapter_file else None,
             )
         )  # fmt: skip
-    verdict = Verdict.of(results.get("recommendation"))
+    verdict = Verdict.of(record.recommendation)
     run = {
         "run_id": run_id, "folder": str(folder.resolve()),
         "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"), "started_at": started,
@@ -153,7 +155,17 @@ def list_runs(path: Path) -> list[dict[str, Any]]:
         return [dict(r) for r in rows]
 
 
-def find_run(path: Path, key: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class RegisteredRun:
+    """A run as the registry holds it: its ``runs`` columns, and its rows of the ``methods`` table."""
+
+    columns: Mapping[str, Any]
+    """run_id, folder, task, model, hashes, recommended, settled, ... (the ``runs`` table)."""
+    methods: list[Mapping[str, Any]]
+    """Per method: name, method, shots, metric, value, ci_low, ci_high, p95_ms, cost_per_request, adapter."""
+
+
+def find_run(path: Path, key: str) -> RegisteredRun:
     """The run whose id (or a unique prefix of it) or folder is ``key``, with its methods."""
     with connect(path, create=False) as db:
         rows = db.execute(
@@ -169,8 +181,7 @@ def find_run(path: Path, key: str) -> dict[str, Any]:
             raise FewtuneError(f"{path}: {key!r} matches {len(rows)} runs ({ids}); give more of the id")
         run = dict(rows[0])
         methods = db.execute("SELECT * FROM methods WHERE run_id = ? ORDER BY rowid", (run["run_id"],))
-        run["methods"] = [dict(m) for m in methods.fetchall()]
-        return run
+        return RegisteredRun(run, [dict(m) for m in methods.fetchall()])
 
 
 def resolve(spec: str) -> Side:
@@ -183,4 +194,4 @@ def resolve(spec: str) -> Side:
     path = registry_path()
     if not path.is_file():
         raise FewtuneError(f"{folder}: no such run folder (and no run registry at {path} to look it up in)")
-    return read_side(spec, Path(find_run(path, str(folder))["folder"]))
+    return read_side(spec, Path(find_run(path, str(folder)).columns["folder"]))

@@ -19,7 +19,7 @@ import numpy as np
 from fewtune.decide.cost import MethodCost
 from fewtune.errors import FewtuneError
 from fewtune.release.verdict import Verdict
-from fewtune.results.record import latency_of
+from fewtune.results.rows import Row, Run
 from fewtune.results.run_folder import ANALYSIS_FILE, cost_args_for, read_run
 from fewtune.tasks.base import CLASSIFICATION, ClassHits, TaskType
 from fewtune.tasks.registry import task_type
@@ -35,7 +35,7 @@ class Side:
     method: str
     task: dict[str, Any]
     labels: list[str]
-    row: dict[str, Any]
+    row: Row
     """The method's results.json row."""
     lines: list[dict[str, Any]]
     """Its predictions, in row order."""
@@ -59,7 +59,7 @@ class Side:
 
     @property
     def p95_ms(self) -> float | None:
-        value = latency_of(self.row).get("p95")  # type: ignore[arg-type]
+        value = self.row.p95
         return float(value) if value else None
 
     @property
@@ -96,7 +96,7 @@ def verdict_of(folder: Path) -> Verdict:
         analysis = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         return Verdict(None, None)
-    return Verdict.of(analysis.get("recommendation") if isinstance(analysis, dict) else None)
+    return Verdict.of(Run(analysis).recommendation if isinstance(analysis, dict) else None)
 
 
 def read_side(spec: str, folder: Path | None = None) -> Side:
@@ -106,7 +106,8 @@ def read_side(spec: str, folder: Path | None = None) -> Side:
     path, method = split_spec(spec)
     folder = folder or path
     results, predictions = read_run(folder)
-    names = [row["name"] for row in results["methods"]]
+    rows = Run(results).rows
+    names = [row.name for row in rows]
     verdict = None
     if method is None:
         verdict = verdict_of(folder)
@@ -128,7 +129,7 @@ def read_side(spec: str, folder: Path | None = None) -> Side:
         method=method,
         task=dict(results.get("task") or {"name": CLASSIFICATION}),
         labels=labels,
-        row=next(row for row in results["methods"] if row["name"] == method),
+        row=next(row for row in rows if row.name == method),
         lines=predictions.get(method) or [],
         cost=costs[method],
         hardware=dict(results.get("hardware") or {}),

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from fewtune.results.views import Recommendation
+
 SETTLED, PROVISIONAL, UNKNOWN = "settled", "provisional", "-"
 
 
@@ -82,11 +84,9 @@ class Verdict:
         """From analysis.json's ``recommendation`` object (or anything else, read as no recommendation)."""
         if not isinstance(recommendation, dict):
             return cls(None, None)
-        method = recommendation.get("method")
-        settled = recommendation.get("settled")
-        flag = settled if isinstance(settled, bool) else None
-        detail = Unsettled.of(recommendation.get("unsettled")) if flag is False else None
-        return cls(str(method) if method else None, flag, detail)
+        read = Recommendation(recommendation)
+        detail = Unsettled.of(read.unsettled) if read.settled is False else None
+        return cls(read.method, read.settled, detail)
 
     @property
     def label(self) -> str:

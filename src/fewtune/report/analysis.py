@@ -31,16 +31,9 @@ from fewtune.decide.thresholds import GOOD_ENOUGH_KAPPA, MARGIN_POINTS
 from fewtune.methods import Method
 from fewtune.report.rollout import Rollout, rollout_plan
 from fewtune.report.tables import confusion_matrix
+from fewtune.results.builders import BreakEvenRecord, RowAnalysis, RunAnalysis, analysed, analysed_run
 from fewtune.results.record import Costs, MethodRow, Primary, method_rows
-from fewtune.results.rows import (
-    BreakEvenRecord,
-    Row,
-    RowAnalysis,
-    RunAnalysis,
-    analysed,
-    analysed_run,
-    rows,
-)
+from fewtune.results.rows import Row, rows
 from fewtune.results.run_folder import read_run, saved_setting
 from fewtune.tasks.base import bootstrap_ci
 

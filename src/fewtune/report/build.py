@@ -18,9 +18,10 @@ from fewtune.report.analysis import Report, analyse
 from fewtune.report.html import render_html
 from fewtune.report.markdown import render_markdown
 from fewtune.report.outputs import OutputsReport, analyse_outputs
-from fewtune.results.rows import Curves, Row
+from fewtune.results.rows import Row
 from fewtune.results.run_folder import ANALYSIS_FILE, analysis_of
 from fewtune.results.store import owned, record_written, write_json_atomic, write_text_atomic
+from fewtune.results.views import Curves
 from fewtune.tasks.base import TaskType
 
 REPORT_MD = "report.md"

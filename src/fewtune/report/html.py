@@ -19,7 +19,7 @@ from fewtune.report.markdown import (
     shots_note,
     train_note,
 )
-from fewtune.results.rows import Curves
+from fewtune.results.views import Curves
 
 if TYPE_CHECKING:
     from fewtune.report.analysis import Report

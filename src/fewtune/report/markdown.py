@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from fewtune.decide.cost import format_count, format_days
 from fewtune.decide.curves import has_shot_curve, has_train_curve
 from fewtune.report import checks, tables
-from fewtune.results.rows import Curves
+from fewtune.results.views import Curves
 
 if TYPE_CHECKING:
     from fewtune.report.analysis import Report

@@ -28,7 +28,8 @@ from fewtune.decide.metric import PrimaryMetric
 from fewtune.decide.recommend import Recommendation, Situation, recommend
 from fewtune.methods import Method
 from fewtune.report.rollout import Rollout, rollout_plan
-from fewtune.results.rows import BreakEvenRecord, Row, RowAnalysis, RunAnalysis, analysed, analysed_run, rows
+from fewtune.results.builders import BreakEvenRecord, RowAnalysis, RunAnalysis, analysed, analysed_run
+from fewtune.results.rows import Row, rows
 from fewtune.results.run_folder import read_run
 from fewtune.tasks.base import Task
 

@@ -10,7 +10,8 @@ import numpy as np
 
 from fewtune.decide.cost import BreakEven, MethodCost, format_count, format_usd
 from fewtune.methods import Method
-from fewtune.results.rows import Row, SizePoint
+from fewtune.results.rows import Row
+from fewtune.results.views import SizePoint
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

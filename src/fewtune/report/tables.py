@@ -8,7 +8,8 @@ from typing import Any
 from fewtune.decide.cost import MethodCost, PriceTable, format_usd
 from fewtune.report.rollout import Rollout
 from fewtune.results.record import MethodRow
-from fewtune.results.rows import Row, SizePoint
+from fewtune.results.rows import Row
+from fewtune.results.views import SizePoint
 
 Table = tuple[list[str], list[list[str]]]
 

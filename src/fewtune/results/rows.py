@@ -13,8 +13,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from typing_extensions import TypedDict
-
 from fewtune.methods import Method
 from fewtune.results.record import Costs, Latency, MethodRow, MetricValue, Primary
 
@@ -217,6 +215,58 @@ class Row:
             if key.startswith("per_") and isinstance(items, dict) and items
         }
 
+    # -- added for decide/release/cli/
+    @property
+    def train_examples_recorded(self) -> int | None:
+        """train_examples as the row holds it: None where it is null (prompting rows may hold 0 or null)."""
+        return self.data.get("train_examples")
+
+    @property
+    def calibrated(self) -> bool:
+        """A contextually calibrated row (--calibrate)."""
+        return bool(self.data.get("calibrated"))
+
+    @property
+    def constrained(self) -> bool:
+        """Extraction: decoded under the output's JSON Schema."""
+        return bool(self.data.get("constrained"))
+
+    @property
+    def demo_seed(self) -> int | None:
+        return self.data.get("demo_seed")
+
+    @property
+    def demos(self) -> list[Mapping[str, str]]:
+        """The demos shown: ``[{text, label}]``; extraction and generation ``[{text, output}]``."""
+        return list(self.data.get("demos") or [])
+
+    @property
+    def label_bias(self) -> Mapping[str, float] | None:
+        """Calibrated rows: ``{label: log p}`` of the content-free inputs; None otherwise."""
+        return self.data.get("label_bias") or None
+
+    @property
+    def max_new_tokens(self) -> int | None:
+        return self.data.get("max_new_tokens")
+
+    @property
+    def pricing(self) -> str | None:
+        """hosted-api for rows answered by an endpoint; None: the price table's pricing."""
+        return self.data.get("pricing")
+
+    @property
+    def train_tokens_per_second(self) -> float | None:
+        return self.data.get("train_tokens_per_second")
+
+    @property
+    def train_steps(self) -> int | None:
+        return self.data.get("train_steps")
+
+    @property
+    def trained_tokens(self) -> int | None:
+        """hosted-ft: the tokens the job trained on as the provider counts them."""
+        return self.data.get("trained_tokens")
+
 
 def rows(results: Mapping[str, Any]) -> list[Row]:
     """Every method row of a record (results.json, or the analysed record), typed."""
@@ -256,92 +306,3 @@ class Run:
             if row.name == name:
                 return row
         raise KeyError(name)
-
-
-class RowAnalysis(TypedDict, total=False):
-    """What the report adds to a method row (analysis.json's ``methods.<name>``), in the order given."""
-
-    primary: Primary
-    degenerate: str | None
-    cohen_kappa: float | None
-    costs: Costs
-
-
-def analysed(row: Row, analysis: RowAnalysis) -> Row:
-    """A new row: ``row`` with the report's fields laid over it (a field it holds keeps its place); the row
-    read is left as it was."""
-    return Row({**row.data, **analysis})
-
-
-class BreakEvenRecord(TypedDict, total=False):
-    """The report's ``break_even``: the pair compared and where fine-tuning becomes cheaper."""
-
-    prompting: str | None
-    fine_tuned: str | None
-    requests: float | None
-    days_at_volume: float | None
-    """Classification reports: the requests at the run's volume per day."""
-    reason: str
-
-
-class RunAnalysis(TypedDict, total=False):
-    """What the report adds to a run's record (analysis.json's top-level keys), in the order given."""
-
-    break_even_requests: float | None
-    break_even: BreakEvenRecord
-    cost_assumptions: Mapping[str, Any]
-    recommendation: Mapping[str, Any]
-    curves: Mapping[str, Any]
-
-
-def analysed_run(results: Mapping[str, Any], analysed_rows: Sequence[Row], analysis: RunAnalysis) -> Run:
-    """A new record: ``results`` with its rows replaced by ``analysed_rows`` and the report's fields laid
-    over it (a field it holds keeps its place); the record read is left as it was."""
-    return Run({**results, "methods": [row.data for row in analysed_rows], **analysis})
-
-
-@dataclass(frozen=True)
-class SizePoint:
-    """One point of a training-size curve (LoRA's or the reference's): ``{n, accuracy, ci95, name}``."""
-
-    data: Mapping[str, Any]
-
-    @property
-    def n(self) -> int:
-        return int(self.data["n"])
-
-    @property
-    def accuracy(self) -> float:
-        return float(self.data["accuracy"])
-
-    @property
-    def ci95(self) -> tuple[float, float]:
-        low, high = self.data["ci95"]
-        return float(low), float(high)
-
-
-@dataclass(frozen=True)
-class Curves:
-    """A typed view of a record's ``curves`` (:func:`fewtune.decide.curves.build_curves`)."""
-
-    data: Mapping[str, Any]
-
-    @property
-    def shots(self) -> list[Mapping[str, Any]]:
-        """``[{strategy, k, mean, std, draws, name}]``: accuracy per demo selection and shot count."""
-        return list(self.data.get("shots") or [])
-
-    @property
-    def train_examples(self) -> list[SizePoint]:
-        """LoRA's accuracy per training size."""
-        return [SizePoint(p) for p in self.data.get("train_examples") or []]
-
-    @property
-    def reference(self) -> list[SizePoint]:
-        """The no-LLM reference's accuracy per training size."""
-        return [SizePoint(p) for p in self.data.get("reference") or []]
-
-    @property
-    def crossover(self) -> Mapping[str, Any] | None:
-        """``{reached, n, prompt_accuracy, statement, ...}``, or None without a pair to compare."""
-        return self.data.get("crossover")

@@ -12,8 +12,11 @@ import numpy as np
 from fewtune.backends.base import ProgressFn
 from fewtune.backends.generated import unanswered
 from fewtune.data.load import Example
+from fewtune.decide.curves import accuracy_of
 from fewtune.methods import Method
 from fewtune.metrics import classification_metrics
+from fewtune.results.builders import training_fields
+from fewtune.results.rows import Row
 from fewtune.run.latency import time_requests, wall_seconds
 from fewtune.strategies.base import Predictor, log_softmax
 
@@ -112,8 +115,7 @@ def evaluate(
         "output_tokens_mean": float(np.mean([label_tokens.get(p, longest) for p in predicted])),
         "throughput_rows_per_second": len(texts) / scoring_seconds if scoring_seconds else None,
         "scoring_seconds": scoring_seconds,
-        "train_seconds": predictor.info.get("train_seconds"),
-        **{k: v for k, v in predictor.info.items() if k != "train_seconds"},
+        **training_fields(predictor.info),
         "demos": [{"text": d.text, "label": d.label} for d in predictor.demos],
         "label_scoring": "generate" if generated else "loglik",
     }
@@ -164,7 +166,7 @@ def combine_draws(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     set drawn with ``--seed``, whose predictions keep the row's name) plus accuracy mean and std over draws.
     """
     first = dict(rows[0])
-    accuracies = [row["accuracy"] for row in rows]
+    accuracies = [accuracy_of(Row(row)) for row in rows]
     first["demo_seeds"] = [row.get("demo_seed") for row in rows]
     first["accuracy_draws"] = accuracies
     first["accuracy_mean"] = float(np.mean(accuracies))

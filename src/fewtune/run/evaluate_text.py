@@ -15,6 +15,7 @@ from fewtune.backends.base import Backend, Generation, ProgressFn
 from fewtune.data.load import Example
 from fewtune.methods import Method, row_name
 from fewtune.prompts.template import QUERY_LEAD, OutputTemplate
+from fewtune.results.builders import degenerate_fields, training_fields
 from fewtune.run.latency import time_requests, wall_seconds
 from fewtune.strategies.base import PerRowDemos
 from fewtune.tasks.base import END_MARKER, Task, TaskExample, bootstrap_ci
@@ -157,8 +158,7 @@ def evaluate_text(
         "throughput_rows_per_second": len(texts) / seconds if seconds else None,
         "scoring_seconds": seconds,
         "max_new_tokens": predictor.max_new_tokens,
-        "train_seconds": predictor.info.get("train_seconds"),
-        **{k: v for k, v in predictor.info.items() if k != "train_seconds"},
+        **training_fields(predictor.info),
         "demos": [{"text": d.text, "output": d.label} for d in predictor.demos],
     }
     identity = {
@@ -198,10 +198,8 @@ def score_outputs(
         "metrics": {name: metric.to_dict() for name, metric in task.aggregate(scores, seed).items()},
         **measured,
         **task.row_details(test, parsed, scores),
+        **degenerate_fields(task.degenerate(test, parsed)),
     }
-    degenerate = task.degenerate(test, parsed)
-    if degenerate:
-        row["degenerate_reason"] = degenerate
     stopped = [g.stopped for g in generations] if generations is not None else [True] * len(outputs)
     predictions = [
         {

@@ -21,6 +21,7 @@ from fewtune.methods import Method
 from fewtune.prompts.demos import NEAREST, DemoIndex, NearestDemos, select_demos, training_demos
 from fewtune.prompts.template import OutputTemplate
 from fewtune.results.resume import fingerprint
+from fewtune.results.rows import Row
 from fewtune.run.evaluate_text import (
     TextPredictor,
     evaluate_reference_outputs,
@@ -148,12 +149,13 @@ class OutputRows(TaskRows):
         ):
             identity = {"method": FLOOR, "name": FLOOR, "shots": 0, "train_examples": 0}
             row, predictions = score_outputs(self.task, data.test, outputs, identity, {}, self.cfg.seed)
-            value = float(row["primary"]["value"])
+            value = Row(row).primary_value
+            assert value is not None, "a scored row has a primary value"
             if best is None or value > best[0]:
                 best = (value, what, row, predictions)
         assert best is not None
         _, what, row, predictions = best
-        session.results["floor"] = {"output": what, "primary": row["primary"]}
+        session.results["floor"] = {"output": what, "primary": Row(row).primary}
         session.store.append_predictions(predictions)
         session.write()
 

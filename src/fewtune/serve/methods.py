@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from fewtune.data.load import Example
+from fewtune.methods import Method as MethodKind
 from fewtune.prompts.template import DEFAULT_TASK, OutputTemplate, PromptTemplate
+from fewtune.results.rows import Row, Run
 from fewtune.serve.arms import MethodPrompt, OutputMethod
 from fewtune.tasks.base import Task
 
@@ -30,12 +32,12 @@ def _config(run_dir: Path) -> dict[str, Any]:
     return values if isinstance(values, dict) else {}
 
 
-def _adapter_of(row: dict[str, Any], adapters: dict[str, Path]) -> tuple[bool, str | None]:
+def _adapter_of(row: Row, adapters: dict[str, Path]) -> tuple[bool, str | None]:
     """(servable, adapter name): by path, else by folder name (a copied or moved run folder keeps its
     adapters/ names); a trained row whose adapter is not loaded is not servable."""
-    if not row.get("adapter_path"):
+    if not row.adapter_path:
         return True, None
-    saved = Path(row["adapter_path"])
+    saved = Path(row.adapter_path)
     by_path = {str(path.resolve()): name for name, path in adapters.items()}
     name = by_path.get(str(saved.resolve())) or (saved.name if saved.name in adapters else None)
     return name is not None, name
@@ -56,19 +58,19 @@ def methods_of_run(run_dir: Path, adapters: dict[str, Path]) -> dict[str, Method
         labels, instruction or DEFAULT_TASK, dict(results.get("label_names") or {})
     )
     methods: dict[str, Method] = {}
-    for row in results["methods"]:
-        if row.get("method") == "reference" or row.get("demo_selection") == "nearest":
+    for row in Run(results).rows:
+        if row.method == MethodKind.REFERENCE or row.demo_selection == "nearest":
             continue
         servable, adapter = _adapter_of(row, adapters)
         if not servable:
             continue
-        trained = bool(row.get("train_examples"))
+        trained = bool(row.train_examples)
         if task is None:
-            bias = row.get("label_bias")
-            methods[row["name"]] = MethodPrompt(
-                name=row["name"],
+            bias = row.label_bias
+            methods[row.name] = MethodPrompt(
+                name=row.name,
                 template=label_template,
-                demos=tuple(Example(d["text"], d["label"]) for d in row.get("demos") or ()),
+                demos=tuple(Example(d["text"], d["label"]) for d in row.demos),
                 label_bias=tuple(float(bias[label]) for label in labels) if bias else None,
                 adapter=adapter,
                 trained=trained,
@@ -77,15 +79,15 @@ def methods_of_run(run_dir: Path, adapters: dict[str, Path]) -> dict[str, Method
         text = instruction or task.default_instruction
         # An adapter's prompts carry the instruction line only (it learned the format from its targets).
         template = OutputTemplate(text, "" if trained else task.output_format())
-        schema = getattr(task, "schema", None) if row.get("constrained") else None
-        methods[row["name"]] = OutputMethod(
-            name=row["name"],
+        schema = getattr(task, "schema", None) if row.constrained else None
+        methods[row.name] = OutputMethod(
+            name=row.name,
             template=template,
-            demos=tuple(Example(d["text"], d["output"]) for d in row.get("demos") or ()),
+            demos=tuple(Example(d["text"], d["output"]) for d in row.demos),
             adapter=adapter,
             trained=trained,
             task=task,
-            max_tokens=int(row.get("max_new_tokens") or 256),
+            max_tokens=int(row.max_new_tokens or 256),
             schema=schema,
         )
     return methods

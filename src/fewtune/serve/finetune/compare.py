@@ -31,8 +31,11 @@ from fewtune.decide.cost import PriceTable, break_even, method_cost
 from fewtune.decide.evidence import FINE_TUNED, PROMPT, Comparison, MethodEvidence, compare, versus
 from fewtune.decide.metric import ACCURACY_METRIC, label_stats
 from fewtune.decide.thresholds import MARGIN_POINTS
+from fewtune.methods import Method
 from fewtune.metrics import bootstrap_ci
 from fewtune.prompts.demos import select_demos
+from fewtune.results.record import MethodRow
+from fewtune.results.rows import Row
 from fewtune.serve.finetune.chat_rows import ChatRow, Render, few_shot_prompt
 from fewtune.serve.tokens import shared_prefix
 
@@ -198,8 +201,8 @@ def compare_on_validation(
         tuned_scores = _generate(tuned, plain, gold, max_new, stop)
         metric = "exact match"
     rows = len(validation)
-    fs_row: dict[str, Any] = {
-        "method": "few-shot",
+    fs_row: MethodRow = {
+        "method": Method.FEW_SHOT.value,
         "name": f"few-shot k={k}",
         "shots": k,
         "train_examples": 0,
@@ -207,8 +210,8 @@ def compare_on_validation(
         "prompt_tokens_mean": prompting.prompt_tokens_mean,
         "output_tokens_mean": prompting.output_tokens_mean,
     }
-    ft_row: dict[str, Any] = {
-        "method": "lora",
+    ft_row: MethodRow = {
+        "method": Method.LORA.value,
         "name": tuned_name,
         "shots": 0,
         "train_examples": training.examples,
@@ -218,20 +221,20 @@ def compare_on_validation(
         "prompt_tokens_mean": tuned_scores.prompt_tokens_mean,
         "output_tokens_mean": tuned_scores.output_tokens_mean,
     }
-    fs_cost, ft_cost = method_cost(fs_row, prices), method_cost(ft_row, prices)  # type: ignore[arg-type]
+    fs_cost, ft_cost = method_cost(fs_row, prices), method_cost(ft_row, prices)
     index = labels if labels is not None else ["right", "wrong"]
 
-    def evidence(row: dict[str, Any], scored: Scored, kind: str, cost: Any) -> MethodEvidence:
+    def evidence(row: Row, scored: Scored, kind: str, cost: Any) -> MethodEvidence:
         if labels is not None:
             stats = label_stats(gold, scored.predicted, index)
         else:  # right or wrong per row: (0, 0) or (0, 1)
             stats = np.array([[0, 0 if ok else 1] for ok in scored.correct], dtype=int)
         score = float(np.mean(scored.correct))
-        return MethodEvidence(row["name"], kind, score, cost, shots=row["shots"], stats=stats, accuracy=score)
+        return MethodEvidence(row.name, kind, score, cost, shots=row.shots, stats=stats, accuracy=score)
 
     comparison = compare(
-        evidence(fs_row, prompting, PROMPT, fs_cost),
-        evidence(ft_row, tuned_scores, FINE_TUNED, ft_cost),
+        evidence(Row(fs_row), prompting, PROMPT, fs_cost),
+        evidence(Row(ft_row), tuned_scores, FINE_TUNED, ft_cost),
         ACCURACY_METRIC,
         seed,
     )
