@@ -13,7 +13,7 @@ A bad line is a one-line :class:`~fewtune.errors.DataError` naming the file and 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +21,7 @@ from fewtune.data.load import Example
 from fewtune.errors import DataError
 
 ROLES = ("system", "user", "assistant")
-Render = Callable[[Sequence[dict[str, Any]]], str]
+Render = Callable[[Sequence[Mapping[str, Any]]], str]
 """Messages -> the prompt text (the engine's ``render_chat``)."""
 
 

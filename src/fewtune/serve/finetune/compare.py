@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 import numpy as np
 
@@ -37,6 +37,7 @@ from fewtune.prompts.demos import select_demos
 from fewtune.results.record import MethodRow
 from fewtune.results.rows import Row
 from fewtune.serve.finetune.chat_rows import ChatRow, Render, few_shot_prompt
+from fewtune.serve.finetune.state import HyperparameterValues
 from fewtune.serve.tokens import shared_prefix
 
 SHOTS = 5
@@ -66,6 +67,112 @@ class Scored:
     output_tokens_mean: float
     scores: list[float] | None = None
     """Closed sets: each row's log-likelihood of the answer it gave."""
+
+
+class MethodSummary(TypedDict):
+    """One side of the comparison: its score on the validation rows and what scoring them took."""
+
+    name: str
+    score: float
+    ci95: list[float]
+    correct: int
+    scoring_seconds: float
+    prompt_tokens_mean: float
+    output_tokens_mean: float
+
+
+class FewShotSummary(MethodSummary):
+    shots: int
+    demo_lines: list[int]
+    """The training file's lines shown as demos."""
+
+
+class FewShotCost(TypedDict):
+    setup: float
+    per_request: float
+    basis: str
+
+
+class FineTunedCost(FewShotCost):
+    setup_breakdown: dict[str, float]
+
+
+class CostSummary(TypedDict):
+    price_table: str
+    pricing: str
+    few_shot: FewShotCost
+    fine_tuned: FineTunedCost
+    break_even_requests: float | None
+    break_even: str
+
+
+class ValidationRow(TypedDict):
+    """A validation row's answers (and, for a closed set, each answer's log-likelihood)."""
+
+    line: int
+    answer: str
+    few_shot: str
+    fine_tuned: str
+    few_shot_logprob: NotRequired[float]
+    fine_tuned_logprob: NotRequired[float]
+
+
+class ComparisonResult(TypedDict):
+    """The comparison, as the job's result file holds it (:func:`compare_on_validation`)."""
+
+    object: str
+    verdict: str
+    metric: str
+    answers: str
+    labels: list[str] | None
+    few_shot: FewShotSummary
+    fine_tuned: MethodSummary
+    comparison: Mapping[str, Any]
+    """:meth:`fewtune.decide.evidence.Comparison.to_dict` and the metric's name."""
+    cost: CostSummary
+    rows: list[ValidationRow]
+
+
+class LoraShape(TypedDict):
+    r: int
+    alpha: int
+    dropout: float
+
+
+class TrainingSummary(TypedDict):
+    """What the job trained, in the result file."""
+
+    examples: int
+    trained_tokens: int
+    train_seconds: float
+    steps: int
+    hyperparameters: HyperparameterValues
+    learning_rate: float
+    lora: LoraShape
+
+
+class ValidationSource(TypedDict):
+    rows: int
+    source: str
+    file: str | None
+
+
+class LossStep(TypedDict):
+    step: int
+    train_loss: float
+
+
+class ResultFile(ComparisonResult):
+    """The job's result file (``fine-tune-results``): the comparison, with the job's training and where
+    its validation rows came from."""
+
+    job: str
+    fine_tuned_model: str
+    base_model: str
+    training: TrainingSummary
+    validation: ValidationSource
+    steps: list[LossStep]
+    """Each optimizer step's training loss."""
 
 
 def _closed(train: Sequence[ChatRow], validation: Sequence[ChatRow]) -> list[str] | None:
@@ -142,7 +249,7 @@ def verdict(c: Comparison, shots: int, metric: str) -> str:
     return f"not settled on {c.rows} validation rows ({line}){more}"
 
 
-def _summary(name: str, scored: Scored) -> dict[str, Any]:
+def _summary(name: str, scored: Scored) -> MethodSummary:
     return {
         "name": name,
         "score": float(np.mean(scored.correct)),
@@ -154,16 +261,15 @@ def _summary(name: str, scored: Scored) -> dict[str, Any]:
     }
 
 
-def _row(i: int, row: ChatRow, prompting: Scored, tuned: Scored) -> dict[str, Any]:
-    """A validation row's answers (and, for a closed set, each answer's log-likelihood)."""
-    out: dict[str, Any] = {
+def _row(i: int, row: ChatRow, prompting: Scored, tuned: Scored) -> ValidationRow:
+    out: ValidationRow = {
         "line": row.line,
         "answer": row.answer,
         "few_shot": prompting.predicted[i],
         "fine_tuned": tuned.predicted[i],
     }
     if prompting.scores is not None and tuned.scores is not None:
-        out.update(few_shot_logprob=prompting.scores[i], fine_tuned_logprob=tuned.scores[i])
+        out["few_shot_logprob"], out["fine_tuned_logprob"] = prompting.scores[i], tuned.scores[i]
     return out
 
 
@@ -180,7 +286,7 @@ def compare_on_validation(
     prices: PriceTable,
     tuned_name: str,
     say: Callable[[str], None] = lambda message: None,
-) -> dict[str, Any]:
+) -> ComparisonResult:
     """The comparison (module docstring) as the result file's JSON, with its verdict line."""
     labels = _closed(train, validation)
     demos = _demos(train, labels is not None, seed)

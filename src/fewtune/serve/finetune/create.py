@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from fewtune.config import LoraArgs
 from fewtune.errors import FewtuneError
-from fewtune.serve.finetune.state import ORGANIZATION, new_id, now
+from fewtune.serve.finetune.state import ORGANIZATION, HyperparameterValues, JobObject, new_id, now
 
 MAX_EPOCHS = 50
 MAX_BATCH_SIZE = 256
 MAX_LR_MULTIPLIER = 10.0
 """Largest learning-rate multiplier: 10 x LoRA's 5e-4 is already past what trains stably."""
 SUFFIX = re.compile(r"[A-Za-z0-9._-]{1,64}")
-SUPERVISED = "supervised"
+SUPERVISED: Final = "supervised"
 
 
 class JobRefused(FewtuneError):
@@ -40,7 +41,7 @@ class Hyperparameters:
     batch_size: int
     learning_rate_multiplier: float
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> HyperparameterValues:
         return {
             "n_epochs": self.n_epochs,
             "batch_size": self.batch_size,
@@ -59,7 +60,7 @@ def _number(value: Any, name: str, default: float, low: float, high: float, whol
     return float(value)
 
 
-def hyperparameters(body: dict[str, Any], defaults: LoraArgs) -> Hyperparameters:
+def hyperparameters(body: Mapping[str, Any], defaults: LoraArgs) -> Hyperparameters:
     """The job's hyperparameters, with ``"auto"`` resolved (module docstring)."""
     method = body.get("method") or {}
     if not isinstance(method, dict):
@@ -96,7 +97,7 @@ def model_name(base: str, suffix: str | None, job_id: str) -> str:
     return f"ft:{base}:{ORGANIZATION}:{suffix or ''}:{job_id}"
 
 
-def new_job(body: dict[str, Any], base: str, defaults: LoraArgs) -> dict[str, Any]:
+def new_job(body: Mapping[str, Any], base: str, defaults: LoraArgs) -> JobObject:
     """The job object of a create request (files are checked by the caller, which knows them)."""
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise JobRefused("model: the model to fine-tune is required", "model")

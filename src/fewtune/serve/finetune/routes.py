@@ -24,8 +24,8 @@ from fastapi.responses import Response
 
 from fewtune.serve.finetune.create import JobRefused
 from fewtune.serve.finetune.service import FineTuning
-from fewtune.serve.finetune.state import UnknownCursor, page
-from fewtune.serve.protocol import APIError
+from fewtune.serve.finetune.state import FileObject, Item, UnknownCursor, page
+from fewtune.serve.protocol import APIError, ErrorBody
 
 MAX_PAGE = 100
 """Most items a list page returns (OpenAI's limit for events and jobs)."""
@@ -38,7 +38,7 @@ class FineTuneAPIError(APIError):
         super().__init__(status, message, param=param)
         self.code = code
 
-    def body(self) -> dict[str, Any]:
+    def body(self) -> ErrorBody:
         body = super().body()
         body["error"]["code"] = self.code
         return body
@@ -57,9 +57,11 @@ async def _call(work: Any, *args: Any) -> Any:
         raise _refused(err) from None
 
 
-def _paged(items: list[dict[str, Any]], after: str | None, limit: int) -> dict[str, Any]:
+def _paged(items: list[Item], after: str | None, limit: int) -> dict[str, Any]:
+    """A page of ``items`` as the routes answer it: a free-form object to FastAPI, which would otherwise
+    validate it against :class:`~.state.Page`, turning whole numbers in float fields into floats."""
     try:
-        return page(items, after, limit)
+        return dict(page(items, after, limit))
     except UnknownCursor:
         raise FineTuneAPIError(400, f"after: {after!r} is not an id of this list", "after") from None
 
@@ -103,7 +105,7 @@ def finetune_router(service: FineTuning) -> APIRouter:
     ) -> dict[str, Any]:
         return _paged(service.store.files(purpose), after, limit)
 
-    def known_file(file_id: str) -> dict[str, Any]:
+    def known_file(file_id: str) -> FileObject:
         file = service.store.file(file_id)
         if file is None:
             raise FineTuneAPIError(404, f"no file {file_id!r} on this server", "file_id", "not_found")
@@ -111,7 +113,7 @@ def finetune_router(service: FineTuning) -> APIRouter:
 
     @router.get("/v1/files/{file_id}")
     async def retrieve_file(file_id: str) -> dict[str, Any]:
-        return known_file(file_id)
+        return dict(known_file(file_id))
 
     @router.get("/v1/files/{file_id}/content")
     async def file_content(file_id: str) -> Response:

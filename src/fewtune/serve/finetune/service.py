@@ -23,7 +23,7 @@ import shutil
 import sys
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,13 +33,16 @@ from fewtune.data.load import Example
 from fewtune.data.split import stratified_sample
 from fewtune.decide.cost import PriceTable
 from fewtune.errors import DataError, FewtuneError
+from fewtune.methods import Method
 from fewtune.serve.finetune.chat_rows import ChatRow, RenderedTemplate, as_examples, read_chat_rows
 from fewtune.serve.finetune.create import JobRefused, model_name, new_job
-from fewtune.serve.finetune.state import FINISHED, FineTuneStore, new_id, now
+from fewtune.serve.finetune.state import FINISHED, FineTuneStore, new_checkpoint, now
 
 if TYPE_CHECKING:
     from fewtune.backends.hf import HFBackend
     from fewtune.serve.engine import Engine
+    from fewtune.serve.finetune.compare import LossStep, ResultFile
+    from fewtune.serve.finetune.state import EventData, FileObject, JobError, JobObject
 
 FINE_TUNE = "fine-tune"
 RESULTS = "fine-tune-results"
@@ -92,10 +95,11 @@ class FineTuning:
         return self.engine.base_name
 
     # -- requests -------------------------------------------------------------------------------------
-    def upload(self, filename: str, purpose: str, content: bytes) -> dict[str, Any]:
+    def upload(self, filename: str, purpose: str, content: bytes) -> FileObject:
         if purpose != FINE_TUNE:
-            message = f"purpose: this server keeps files for fine-tuning only ('{FINE_TUNE}')"
-            raise JobRefused(message, "purpose")
+            raise JobRefused(
+                f"purpose: this server keeps files for fine-tuning only ('{FINE_TUNE}')", "purpose"
+            )
         try:
             read_chat_rows(content, filename)
         except DataError as err:
@@ -107,7 +111,7 @@ class FineTuning:
         if file_id and (file is None or file["purpose"] != FINE_TUNE):
             raise JobRefused(f"{param}: no fine-tuning file {file_id!r} on this server", param)
 
-    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+    def create(self, body: Mapping[str, Any]) -> JobObject:
         job = new_job(body, self.base_name, self.defaults)
         self._training_file(job["training_file"], "training_file")
         self._training_file(job["validation_file"], "validation_file")
@@ -117,7 +121,7 @@ class FineTuning:
         self._notify()
         return job
 
-    def cancel(self, job_id: str) -> dict[str, Any]:
+    def cancel(self, job_id: str) -> JobObject:
         with self._lock:
             job = self.job(job_id)
             if job["status"] in FINISHED:
@@ -127,7 +131,7 @@ class FineTuning:
         self._notify()
         return job
 
-    def job(self, job_id: str) -> dict[str, Any]:
+    def job(self, job_id: str) -> JobObject:
         job = self.store.job(job_id)
         if job is None:
             raise JobRefused(f"no fine-tuning job {job_id!r} on this server", "fine_tuning_job_id", 404)
@@ -147,20 +151,20 @@ class FineTuning:
             self.store.update_job(job_id, status="queued")
         for job in self.store.jobs():
             if job["status"] == "succeeded" and job["fine_tuned_model"]:
-                self._serve_again(job)
+                self._serve_again(job["id"], job["fine_tuned_model"])
         for target, name in ((self._validate_loop, "validator"), (self._train_loop, "trainer")):
             thread = threading.Thread(target=target, name=f"fewtune-finetune-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
 
-    def _serve_again(self, job: dict[str, Any]) -> None:
-        folder = adapter_folder(self.store, job["id"])
+    def _serve_again(self, job_id: str, model: str) -> None:
+        folder = adapter_folder(self.store, job_id)
         try:
-            self.engine.load_adapter(job["fine_tuned_model"], folder).result()
+            self.engine.load_adapter(model, folder).result()
         except FewtuneError as err:
-            print(f"fine-tuned model {job['fine_tuned_model']} not served: {err}", file=sys.stderr)
+            print(f"fine-tuned model {model} not served: {err}", file=sys.stderr)
             message = f"The fine-tuned model could not be served again: {err}"
-            self.store.add_event(job["id"], message, level="warn")
+            self.store.add_event(job_id, message, level="warn")
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Stop the threads; a job in training stops at its next step and stays ``running`` on disk, so the
@@ -231,7 +235,7 @@ class FineTuning:
         with self._lock:
             if self.job(job_id)["status"] in FINISHED:
                 return
-            error = {"code": code, "message": message, "param": param}
+            error: JobError = {"code": code, "message": message, "param": param}
             self.store.update_job(job_id, status="failed", error=error, finished_at=now())
         self.store.add_event(job_id, f"Fine-tuning job failed: {message}", level="error")
 
@@ -306,7 +310,7 @@ class FineTuning:
         self._check(job_id)
         self.engine.load_adapter(name, folder).result()
         trained_tokens = total_tokens * args.epochs
-        document = {
+        document: ResultFile = {
             "job": job_id,
             "fine_tuned_model": name,
             "base_model": self.base_name,
@@ -317,7 +321,7 @@ class FineTuning:
                 "steps": info["train_steps"],
                 "hyperparameters": hyper,
                 "learning_rate": args.lr,
-                "lora": {"r": args.r, "alpha": args.alpha, "dropout": args.dropout},
+                Method.LORA.value: {"r": args.r, "alpha": args.alpha, "dropout": args.dropout},
             },
             "validation": {
                 "rows": len(validation),
@@ -329,7 +333,7 @@ class FineTuning:
         }
         self._succeed(job_id, name, document)
 
-    def _split(self, job_id: str, job: dict[str, Any]) -> tuple[list[ChatRow], list[ChatRow]]:
+    def _split(self, job_id: str, job: JobObject) -> tuple[list[ChatRow], list[ChatRow]]:
         """The rows to train on and the rows to compare on: the validation file's, or those held back."""
         held = set(self.store.internal(job_id).get("held_back_lines") or [])
         rows = self._rows(job["training_file"])
@@ -341,17 +345,17 @@ class FineTuning:
 
     def _fit(
         self, job_id: str, base: HFBackend, examples: list[Example], args: LoraArgs, folder: Path, seed: int
-    ) -> tuple[HFBackend, dict[str, Any], list[dict[str, Any]]]:
+    ) -> tuple[HFBackend, dict[str, Any], list[LossStep]]:
         """Train the job's adapter (from its checkpoint if any); returns each step's loss as well."""
         from fewtune.training.lora import Lora
 
-        steps: list[dict[str, Any]] = []
+        steps: list[LossStep] = []
 
         def on_step(step: int, total: int, loss: float) -> None:
             self._check(job_id)
             steps.append({"step": step, "train_loss": loss})
             if step % max(1, total // STEP_EVENTS) == 0 or step == total:
-                data = {"step": step, "total_steps": total, "train_loss": loss}
+                data: EventData = {"step": step, "total_steps": total, "train_loss": loss}
                 self.store.add_event(
                     job_id, f"Step {step}/{total}: training loss={loss:.4f}", data=data, kind="metrics"
                 )
@@ -363,7 +367,7 @@ class FineTuning:
             self.store.add_event(job_id, f"Training continued from the checkpoint at step {step}")
         return tuned, info, steps
 
-    def _succeed(self, job_id: str, name: str, document: dict[str, Any]) -> None:
+    def _succeed(self, job_id: str, name: str, document: ResultFile) -> None:
         """Save the comparison and checkpoint, mark the job succeeded: under one lock (unless cancelled)."""
         training, steps = document["training"], document["steps"]
         content = json.dumps(document, indent=2, ensure_ascii=False).encode("utf-8")
@@ -373,16 +377,7 @@ class FineTuning:
                 raise _Stop
             results = self.store.add_file(f"{job_id}-comparison.json", RESULTS, content)
             last = steps[-1]["train_loss"] if steps else None
-            checkpoint = {
-                "id": new_id("ftckpt"),
-                "object": "fine_tuning.job.checkpoint",
-                "created_at": now(),
-                "fine_tuned_model_checkpoint": name,
-                "fine_tuning_job_id": job_id,
-                "metrics": {"step": training["steps"], "train_loss": last},
-                "step_number": training["steps"],
-            }
-            self.store.set_checkpoints(job_id, [checkpoint])
+            self.store.set_checkpoints(job_id, [new_checkpoint(job_id, name, training["steps"], last)])
             self.store.update_job(
                 job_id,
                 status="succeeded",

@@ -20,9 +20,9 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Literal, TypedDict, TypeVar, Unpack
 
 from fewtune.results.store import write_json_atomic
 
@@ -42,11 +42,168 @@ def now() -> int:
     return int(time.time())
 
 
+class FileObject(TypedDict):
+    """A file, as ``GET /v1/files/{id}`` returns it."""
+
+    id: str
+    object: str
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str
+    status: str
+    status_details: str | None
+    expires_at: int | None
+
+
+class HyperparameterValues(TypedDict):
+    """A job's hyperparameters with ``"auto"`` resolved (:func:`~.create.hyperparameters`)."""
+
+    n_epochs: int
+    batch_size: int
+    learning_rate_multiplier: float
+
+
+class SupervisedMethod(TypedDict):
+    hyperparameters: HyperparameterValues
+
+
+class JobMethod(TypedDict):
+    type: str
+    supervised: SupervisedMethod
+
+
+class JobError(TypedDict):
+    """Why a job failed: an OpenAI error ``code``, a sentence, and the request field at fault if any."""
+
+    code: str
+    message: str
+    param: str | None
+
+
+class JobObject(TypedDict):
+    """A fine-tuning job, as ``GET /v1/fine_tuning/jobs/{id}`` returns it (:func:`~.create.new_job`)."""
+
+    id: str
+    object: str
+    created_at: int
+    error: JobError | None
+    fine_tuned_model: str | None
+    finished_at: int | None
+    hyperparameters: HyperparameterValues
+    model: str
+    organization_id: str
+    result_files: list[str]
+    seed: int
+    status: str
+    trained_tokens: int | None
+    training_file: str
+    validation_file: str | None
+    estimated_finish: int | None
+    integrations: list[Mapping[str, Any]]
+    """Always empty: a request naming integrations is refused."""
+    metadata: dict[str, str] | None
+    user_provided_suffix: str | None
+    method: JobMethod
+
+
+class JobChanges(TypedDict, total=False):
+    """The fields of a job object that change after it is created."""
+
+    status: str
+    error: JobError | None
+    fine_tuned_model: str | None
+    finished_at: int | None
+    trained_tokens: int | None
+    result_files: list[str]
+
+
+class JobInternal(TypedDict, total=False):
+    """What the server keeps of a job and never shows."""
+
+    held_back_lines: list[int]
+    """Lines of the training file held back for the comparison (set once its files are validated)."""
+
+
+class EventData(TypedDict, total=False):
+    """A ``metrics`` event's numbers (other events carry none)."""
+
+    step: int
+    total_steps: int
+    train_loss: float
+
+
+class Event(TypedDict):
+    """A job's event, as ``GET /v1/fine_tuning/jobs/{id}/events`` lists it."""
+
+    id: str
+    object: str
+    created_at: int
+    level: str
+    message: str
+    data: EventData
+    type: str
+
+
+class CheckpointMetrics(TypedDict):
+    step: int
+    train_loss: float | None
+
+
+class Checkpoint(TypedDict):
+    """A job's checkpoint, as ``GET /v1/fine_tuning/jobs/{id}/checkpoints`` lists it."""
+
+    id: str
+    object: str
+    created_at: int
+    fine_tuned_model_checkpoint: str
+    fine_tuning_job_id: str
+    metrics: CheckpointMetrics
+    step_number: int
+
+
+def new_checkpoint(job_id: str, model: str, step: int, train_loss: float | None) -> Checkpoint:
+    """The checkpoint of a job that trained ``model`` for ``step`` steps, its last loss ``train_loss``."""
+    return {
+        "id": new_id("ftckpt"),
+        "object": "fine_tuning.job.checkpoint",
+        "created_at": now(),
+        "fine_tuned_model_checkpoint": model,
+        "fine_tuning_job_id": job_id,
+        "metrics": {"step": step, "train_loss": train_loss},
+        "step_number": step,
+    }
+
+
+Item = TypeVar("Item", bound=Mapping[str, Any])
+"""A listed object (it has an ``id``)."""
+
+
+class Page(TypedDict, Generic[Item]):
+    """A cursor page of a list, as the ``openai`` client reads it."""
+
+    object: Literal["list"]
+    data: list[Item]
+    has_more: bool
+
+
+class FileRecord(TypedDict):
+    file: FileObject
+    seq: int
+    """Order of creation, over files and jobs."""
+
+
+class JobRecord(TypedDict):
+    job: JobObject
+    internal: JobInternal
+    seq: int
+
+
 class UnknownCursor(ValueError):
     """``after`` names no item of the list."""
 
 
-def page(items: Sequence[dict[str, Any]], after: str | None, limit: int) -> dict[str, Any]:
+def page(items: Sequence[Item], after: str | None, limit: int) -> Page[Item]:
     """One page of a list (newest first): the items after the one whose id is ``after``, at most
     ``limit``, and whether more follow (the ``openai`` client's cursor page)."""
     start = 0
@@ -69,9 +226,8 @@ class FineTuneStore:
         self._files_dir.mkdir(parents=True, exist_ok=True)
         self._jobs_dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        self._files: dict[str, dict[str, Any]] = {}
-        self._jobs: dict[str, dict[str, Any]] = {}
-        """id -> ``{"job": the API object, "internal": what only the server reads, "seq": order}``."""
+        self._files: dict[str, FileRecord] = {}
+        self._jobs: dict[str, JobRecord] = {}
         self._seq = 0
         self._load()
 
@@ -92,11 +248,11 @@ class FineTuneStore:
         return self._seq
 
     # -- files ----------------------------------------------------------------------------------------
-    def add_file(self, filename: str, purpose: str, content: bytes) -> dict[str, Any]:
+    def add_file(self, filename: str, purpose: str, content: bytes) -> FileObject:
         """Keep ``content`` as a new file; its file object."""
         with self._lock:
             file_id = new_id("file")
-            file: dict[str, Any] = {
+            file: FileObject = {
                 "id": file_id,
                 "object": "file",
                 "bytes": len(content),
@@ -108,48 +264,48 @@ class FineTuneStore:
                 "expires_at": None,
             }
             (self._files_dir / f"{file_id}.data").write_bytes(content)
-            record = {"file": file, "seq": self._next()}
+            record: FileRecord = {"file": file, "seq": self._next()}
             write_json_atomic(self._files_dir / f"{file_id}.json", record)
             self._files[file_id] = record
-            return dict(file)
+            return file.copy()
 
-    def file(self, file_id: str) -> dict[str, Any] | None:
+    def file(self, file_id: str) -> FileObject | None:
         with self._lock:
             record = self._files.get(file_id)
-            return dict(record["file"]) if record else None
+            return record["file"].copy() if record else None
 
     def file_content(self, file_id: str) -> bytes:
         return (self._files_dir / f"{file_id}.data").read_bytes()
 
-    def files(self, purpose: str | None = None) -> list[dict[str, Any]]:
+    def files(self, purpose: str | None = None) -> list[FileObject]:
         with self._lock:
             records = sorted(self._files.values(), key=lambda r: -r["seq"])
-            return [dict(r["file"]) for r in records if purpose in (None, r["file"]["purpose"])]
+            return [r["file"].copy() for r in records if purpose in (None, r["file"]["purpose"])]
 
     # -- jobs -----------------------------------------------------------------------------------------
     def job_folder(self, job_id: str) -> Path:
         return self._jobs_dir / job_id
 
-    def add_job(self, job: dict[str, Any], internal: dict[str, Any]) -> dict[str, Any]:
+    def add_job(self, job: JobObject, internal: JobInternal) -> JobObject:
         with self._lock:
-            record = {"job": dict(job), "internal": dict(internal), "seq": self._next()}
+            record: JobRecord = {"job": job.copy(), "internal": internal.copy(), "seq": self._next()}
             self.job_folder(job["id"]).mkdir(parents=True, exist_ok=True)
             self._jobs[job["id"]] = record
             self._save(job["id"])
-            return dict(job)
+            return job.copy()
 
-    def job(self, job_id: str) -> dict[str, Any] | None:
+    def job(self, job_id: str) -> JobObject | None:
         with self._lock:
             record = self._jobs.get(job_id)
-            return dict(record["job"]) if record else None
+            return record["job"].copy() if record else None
 
-    def internal(self, job_id: str) -> dict[str, Any]:
+    def internal(self, job_id: str) -> JobInternal:
         with self._lock:
-            return dict(self._jobs[job_id]["internal"])
+            return self._jobs[job_id]["internal"].copy()
 
-    def jobs(self) -> list[dict[str, Any]]:
+    def jobs(self) -> list[JobObject]:
         with self._lock:
-            return [dict(r["job"]) for r in sorted(self._jobs.values(), key=lambda r: -r["seq"])]
+            return [r["job"].copy() for r in sorted(self._jobs.values(), key=lambda r: -r["seq"])]
 
     def oldest_first(self, status: str) -> list[str]:
         """Ids of the jobs in ``status``, in the order they were created."""
@@ -158,15 +314,15 @@ class FineTuneStore:
             return [r["job"]["id"] for r in records if r["job"]["status"] == status]
 
     def update_job(
-        self, job_id: str, *, internal: dict[str, Any] | None = None, **changes: Any
-    ) -> dict[str, Any]:
+        self, job_id: str, *, internal: JobInternal | None = None, **changes: Unpack[JobChanges]
+    ) -> JobObject:
         """Change fields of the job object (and of what the server keeps); the job as it now is."""
         with self._lock:
             record = self._jobs[job_id]
             record["job"].update(changes)
             record["internal"].update(internal or {})
             self._save(job_id)
-            return dict(record["job"])
+            return record["job"].copy()
 
     def _save(self, job_id: str) -> None:
         write_json_atomic(self.job_folder(job_id) / "job.json", self._jobs[job_id])
@@ -178,10 +334,10 @@ class FineTuneStore:
         message: str,
         *,
         level: str = "info",
-        data: dict[str, Any] | None = None,
+        data: EventData | None = None,
         kind: str = "message",
     ) -> None:
-        event = {
+        event: Event = {
             "id": new_id("ftevent"),
             "object": "fine_tuning.job.event",
             "created_at": now(),
@@ -193,12 +349,12 @@ class FineTuneStore:
         with self._lock, (self.job_folder(job_id) / "events.jsonl").open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(event) + "\n")
 
-    def events(self, job_id: str) -> list[dict[str, Any]]:
+    def events(self, job_id: str) -> list[Event]:
         """The job's events, newest first (a line cut short by a crash is skipped)."""
         path = self.job_folder(job_id) / "events.jsonl"
         with self._lock:
             lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
-        events = []
+        events: list[Event] = []
         for line in lines:
             try:
                 events.append(json.loads(line))
@@ -206,11 +362,11 @@ class FineTuneStore:
                 continue
         return events[::-1]
 
-    def set_checkpoints(self, job_id: str, checkpoints: list[dict[str, Any]]) -> None:
+    def set_checkpoints(self, job_id: str, checkpoints: list[Checkpoint]) -> None:
         with self._lock:
             write_json_atomic(self.job_folder(job_id) / "checkpoints.json", checkpoints)
 
-    def checkpoints(self, job_id: str) -> list[dict[str, Any]]:
+    def checkpoints(self, job_id: str) -> list[Checkpoint]:
         """The job's checkpoints, newest first."""
         record = _read(self.job_folder(job_id) / "checkpoints.json")
         return list(record or [])[::-1]
