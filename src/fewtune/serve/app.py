@@ -260,7 +260,7 @@ def create_app(
         outputs = await _run(engine, job, request, limits)
         record.prompt_tokens = sum(o.prompt_tokens for o in outputs)
         record.completion_tokens = sum(o.completion_tokens for o in outputs)
-        return completion_response(body.model, prompts, outputs, body.echo)
+        return dict(completion_response(body.model, prompts, outputs, body.echo))
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest, request: Request) -> dict[str, Any]:
@@ -271,7 +271,7 @@ def create_app(
             async def run_job(job: Job) -> list[Output]:
                 return await _run(engine, job, request, limits)
 
-            return await canary.chat(body, request.headers, record, run_job)
+            return dict(await canary.chat(body, request.headers, record, run_job))
         adapter = _resolve(engine, record, body.model)
         body.check()
         _within(limits, 1, body.new_tokens(limits.max_tokens))
@@ -284,7 +284,7 @@ def create_app(
         job = Job(adapter, [prompt], max_tokens=max_tokens, stop=body.stop_string(), schema=schema)
         (output,) = await _run(engine, job, request, limits)
         record.prompt_tokens, record.completion_tokens = output.prompt_tokens, output.completion_tokens
-        return chat_response(body.model, output, structured=schema is not None)
+        return dict(chat_response(body.model, output, structured=schema is not None))
 
     @app.post("/v1/load_lora_adapter")
     async def load_lora_adapter(body: LoadAdapterRequest, request: Request) -> PlainTextResponse:

@@ -19,15 +19,16 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from pydantic import BaseModel, Field
 
 from fewtune.decide.cost import PriceTable
 from fewtune.serve.arms import Arm, ArmError, RunJob
-from fewtune.serve.protocol import APIError
+from fewtune.serve.protocol import APIError, ChatCompletion
 from fewtune.serve.routes import Route, RouteTable
 
 USER_HEADER = "x-fewtune-user"
@@ -43,6 +44,21 @@ class WeightRequest(BaseModel):
 class FeedbackRequest(BaseModel):
     request_id: str = Field(min_length=1, max_length=200)
     answer: str = Field(max_length=10_000)
+
+
+class RouteInfo(TypedDict):
+    """Which route and arm answered, and the method that arm serves (``route`` and ``arm`` are None for a
+    method asked by name)."""
+
+    route: str | None
+    arm: str | None
+    method: str
+
+
+class RoutedChatCompletion(ChatCompletion):
+    """A chat completion answered by a method or a route, saying which."""
+
+    fewtune: RouteInfo
 
 
 class Canary:
@@ -70,7 +86,7 @@ class Canary:
     def names(self) -> list[str]:
         return [*self.routes.names(), *(a for a in self.arms if "@" not in a)]
 
-    async def chat(self, body: Any, headers: Any, record: Any, run_job: RunJob) -> dict[str, Any]:
+    async def chat(self, body: Any, headers: Any, record: Any, run_job: RunJob) -> RoutedChatCompletion:
         """Answer a chat request for a method or a route (module docstring)."""
         text = _user_text(body.messages)
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
@@ -140,7 +156,7 @@ class Canary:
                 await closing()
 
 
-def _user_text(messages: list[dict[str, Any]]) -> str:
+def _user_text(messages: Sequence[Mapping[str, Any]]) -> str:
     """The last user message's text: what the application sends a method (a 400 when there is none)."""
     for message in reversed(messages):
         if message.get("role") == "user":

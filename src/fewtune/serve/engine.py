@@ -31,7 +31,7 @@ import time
 import traceback
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -124,7 +124,7 @@ class Engine:
         names = ", ".join([self.base_name, *self.adapters.names()])
         raise UnknownModel(f"The model `{model}` does not exist. Served models: {names}")
 
-    def render_chat(self, messages: Sequence[dict[str, Any]]) -> str:
+    def render_chat(self, messages: Sequence[Mapping[str, Any]]) -> str:
         """The prompt for chat ``messages``: the tokenizer's chat template (ending where the assistant's turn
         starts) when it has one, else the message contents joined by newlines."""
         tokenizer = self.adapters.tokenizer

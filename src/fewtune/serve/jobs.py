@@ -15,9 +15,12 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fewtune.errors import FewtuneError
+
+if TYPE_CHECKING:
+    from fewtune.serve.tokens import LegacyLogprobs
 
 
 class UnknownModel(FewtuneError):
@@ -49,7 +52,7 @@ class Output:
     completion_tokens: int
     finish_reason: str
     """``stop`` (the stop string or EOS) or ``length`` (``max_tokens`` reached)."""
-    logprobs: dict[str, Any] | None = None
+    logprobs: LegacyLogprobs | None = None
 
 
 @dataclass

@@ -9,18 +9,34 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from fewtune.serve.jobs import Output
 
+if TYPE_CHECKING:
+    from fewtune.serve.tokens import LegacyLogprobs
+
 DEFAULT_CHAT_MAX_TOKENS = 256
 """Chat requests without ``max_tokens``: OpenAI has no limit, a CPU server needs one (the server's
 ``--max-tokens-limit`` where that is lower)."""
 DEFAULT_COMPLETION_MAX_TOKENS = 16
 """Completions without ``max_tokens``: OpenAI's default (or the server's limit where that is lower)."""
+
+
+class ErrorDetail(TypedDict):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorBody(TypedDict):
+    """OpenAI's error JSON."""
+
+    error: ErrorDetail
 
 
 class APIError(Exception):
@@ -41,7 +57,7 @@ class APIError(Exception):
         self.param = param
         self.headers = headers
 
-    def body(self) -> dict[str, Any]:
+    def body(self) -> ErrorBody:
         code = {401: "invalid_api_key", 404: "model_not_found", 429: "rate_limit_exceeded", 504: "timeout"}
         return {
             "error": {
@@ -173,14 +189,61 @@ class UnloadAdapterRequest(BaseModel):
     lora_int_id: int | None = None  # vLLM accepts it; names are enough here
 
 
-def usage(outputs: list[Output]) -> dict[str, int]:
+class Usage(TypedDict):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class CompletionChoice(TypedDict):
+    index: int
+    text: str
+    logprobs: LegacyLogprobs | None
+    finish_reason: str
+
+
+class Completion(TypedDict):
+    """A ``/v1/completions`` response."""
+
+    id: str
+    object: str
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+
+
+class ChatMessage(TypedDict):
+    role: str
+    content: str
+
+
+class ChatChoice(TypedDict):
+    index: int
+    message: ChatMessage
+    logprobs: None
+    finish_reason: str
+
+
+class ChatCompletion(TypedDict):
+    """A ``/v1/chat/completions`` response."""
+
+    id: str
+    object: str
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+def usage(outputs: list[Output]) -> Usage:
     prompt = sum(o.prompt_tokens for o in outputs)
     completion = sum(o.completion_tokens for o in outputs)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def completion_response(model: str, prompts: list[str], outputs: list[Output], echo: bool) -> dict[str, Any]:
-    choices = [
+def completion_response(model: str, prompts: list[str], outputs: list[Output], echo: bool) -> Completion:
+    choices: list[CompletionChoice] = [
         {
             "index": i,
             "text": (prompt if echo else "") + output.text,
@@ -199,7 +262,7 @@ def completion_response(model: str, prompts: list[str], outputs: list[Output], e
     }
 
 
-def chat_response(model: str, output: Output, structured: bool) -> dict[str, Any]:
+def chat_response(model: str, output: Output, structured: bool) -> ChatCompletion:
     # The schema grammar starts with the space that follows "Output:" in fewtune's prompts; a chat answer
     # is the JSON alone.
     content = output.text.lstrip() if structured else output.text

@@ -19,7 +19,7 @@ import copy
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
@@ -270,7 +270,17 @@ def token_texts(tokenizer: Any, ids: Sequence[int]) -> list[str]:
     return [tokenizer.decode([token]) for token in ids]
 
 
-def legacy_logprobs(tokenizer: Any, scores: TokenScores) -> dict[str, Any]:
+class LegacyLogprobs(TypedDict):
+    """The OpenAI completions ``logprobs`` object: per token of the text, its text, log-probability, most
+    likely candidates and where it begins."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
+def legacy_logprobs(tokenizer: Any, scores: TokenScores) -> LegacyLogprobs:
     """The OpenAI completions ``logprobs`` object for the tokens of ``scores``, which are those of the
     returned text (the prompt's too with ``echo``).
 
