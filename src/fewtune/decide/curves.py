@@ -167,7 +167,7 @@ def build_curves(methods: Sequence[MethodRow]) -> dict[str, Any]:
     return {
         "shots": shot_curve(methods),
         "train_examples": train,
-        "reference": train_curve(methods, Method.REFERENCE),
+        Method.REFERENCE.value: train_curve(methods, Method.REFERENCE),
         "crossover": crossover(train, best_prompt(methods)),
     }
 

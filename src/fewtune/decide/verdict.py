@@ -8,11 +8,12 @@ from typing import Any
 
 from fewtune.decide.evidence import Comparison, MethodEvidence, missing_evidence
 from fewtune.decide.metric import ACCURACY_METRIC, PrimaryMetric
+from fewtune.methods import Method
 
 CHOICE_PROMPT = "prompt"
 CHOICE_FINE_TUNE = "fine-tune"
 CHOICE_RETRIEVAL = "retrieval"
-CHOICE_REFERENCE = "reference"
+CHOICE_REFERENCE = Method.REFERENCE.value
 CHOICE_NOT_GOOD_ENOUGH = "not-good-enough"
 CHOICE_MEASURE_PROMPTING = "measure-prompting-first"
 CHOICE_UNDECIDABLE = "undecidable"

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from fewtune.methods import Method
+
 
 @dataclass(frozen=True)
 class SizePoint:
@@ -52,7 +54,7 @@ class Curves:
     @property
     def reference(self) -> list[SizePoint]:
         """The no-LLM reference's accuracy per training size."""
-        return [SizePoint(p) for p in self.data.get("reference") or []]
+        return [SizePoint(p) for p in self.data.get(Method.REFERENCE.value) or []]
 
     @property
     def crossover(self) -> Mapping[str, Any] | None:
