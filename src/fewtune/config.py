@@ -342,7 +342,7 @@ _SECTIONS = {
 }
 
 
-def _check_overrides(overrides: dict[str, dict[str, Any]]) -> None:
+def _check_overrides(overrides: Mapping[str, Mapping[str, Any]]) -> None:
     """Overrides name known sections and settings (a library caller's typo is a one-line error, not a
     ``TypeError`` from a dataclass)."""
     for name, given in overrides.items():
@@ -354,7 +354,9 @@ def _check_overrides(overrides: dict[str, dict[str, Any]]) -> None:
             raise ConfigError(f"unknown keys in settings section '{name}': {', '.join(bad)}")
 
 
-def build_config(file_values: dict[str, Any] | None, overrides: dict[str, dict[str, Any]]) -> RunConfig:
+def build_config(
+    file_values: Mapping[str, Any] | None, overrides: Mapping[str, Mapping[str, Any]]
+) -> RunConfig:
     """Merge a config file's values and command-line overrides (None = not given) over the defaults."""
     _check_overrides(overrides)
     file_values = dict(file_values or {})
