@@ -172,7 +172,7 @@ class RunFolder:
         return RunConfig.load(path)
 
     @cached_property
-    def analysis(self) -> dict[str, Any]:
+    def analysis(self) -> Mapping[str, Any]:
         """What the report computed (analysis.json): ``recommendation``, ``break_even``, ``cost_assumptions``,
         ``curves`` and, under ``methods``, each row's ``costs``."""
         path = self.path / ANALYSIS_FILE
@@ -184,7 +184,7 @@ class RunFolder:
         return analysis
 
     @property
-    def recommendation(self) -> dict[str, Any]:
+    def recommendation(self) -> Mapping[str, Any]:
         """The report's verdict: ``headline``, ``choice``, ``method``, ``reasons``, ``next_steps``, ..."""
         verdict = self.analysis.get("recommendation")
         if not isinstance(verdict, dict):
