@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,7 +67,7 @@ class Recommendation:
     settled: bool | None = True
     """False: provisional, the shipped option's comparison with ``unsettled['other']`` did not settle; None:
     no verdict between options (undecidable, prompting not measured)."""
-    unsettled: dict[str, Any] | None = None
+    unsettled: Mapping[str, Any] | None = None
     """The open pair when provisional: ``{shipped, other, lead_points (other minus shipped), lead_ci95,
     rows, rows_to_settle, margin_points}``."""
 
@@ -118,7 +119,7 @@ class Verdict:
     headline: str
     reasons: list[str]
     settled: bool | None = True
-    unsettled: dict[str, Any] | None = None
+    unsettled: Mapping[str, Any] | None = None
 
 
 def undecidable(c: Comparison, methods: dict[str, MethodEvidence]) -> Verdict:
