@@ -5,6 +5,7 @@ Precedence: command line > ``--config FILE`` (YAML, same shape as a run's ``conf
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from fewtune.prompts.demos import DEMO_SELECTIONS
 from fewtune.prompts.template import AUTO_LABEL_NAMES
 
 METHODS = ALL_METHODS
+CONFIG_FILE = "config.yaml"
+"""A run folder's resolved settings, as :meth:`RunConfig.save` wrote them."""
 CLASS_BALANCE = ("none", "loss", "sampling")
 PRECISIONS = ("fp32", "bf16")
 QUANTIZE = ("none", "nf4")
@@ -305,6 +308,29 @@ class RunConfig:
     def save(self, path: Path) -> None:
         path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
+    @classmethod
+    def load(cls, folder_or_file: str | Path) -> RunConfig:
+        """The settings in a run folder's config.yaml (or a YAML settings file, e.g. ``--config``'s), over
+        the defaults; a missing or bad file or setting is a one-line error naming the file."""
+        path = _config_path(folder_or_file)
+        try:
+            return build_config(load_config_file(path), {})
+        except ConfigError as err:
+            message = str(err)
+            raise ConfigError(message if message.startswith(str(path)) else f"{path}: {message}") from None
+
+    @staticmethod
+    def load_values(folder_or_file: str | Path) -> Mapping[str, Any]:
+        """The values of a run folder's config.yaml (or a settings file) as written: neither validated nor
+        defaulted, for a caller that needs the saved settings themselves (resume compares them, MLflow logs
+        them); a missing or bad file is a one-line error naming it."""
+        return load_config_file(_config_path(folder_or_file))
+
+
+def _config_path(folder_or_file: str | Path) -> Path:
+    path = Path(folder_or_file)
+    return path / CONFIG_FILE if path.is_dir() else path
+
 
 _SECTIONS = {
     "data": DataArgs,
@@ -316,7 +342,7 @@ _SECTIONS = {
 }
 
 
-def _check_overrides(overrides: dict[str, dict[str, Any]]) -> None:
+def _check_overrides(overrides: Mapping[str, Mapping[str, Any]]) -> None:
     """Overrides name known sections and settings (a library caller's typo is a one-line error, not a
     ``TypeError`` from a dataclass)."""
     for name, given in overrides.items():
@@ -328,7 +354,9 @@ def _check_overrides(overrides: dict[str, dict[str, Any]]) -> None:
             raise ConfigError(f"unknown keys in settings section '{name}': {', '.join(bad)}")
 
 
-def build_config(file_values: dict[str, Any] | None, overrides: dict[str, dict[str, Any]]) -> RunConfig:
+def build_config(
+    file_values: Mapping[str, Any] | None, overrides: Mapping[str, Mapping[str, Any]]
+) -> RunConfig:
     """Merge a config file's values and command-line overrides (None = not given) over the defaults."""
     _check_overrides(overrides)
     file_values = dict(file_values or {})

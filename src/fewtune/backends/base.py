@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -133,7 +133,7 @@ class Backend(abc.ABC):
         result = call()
         return result, time.perf_counter() - start
 
-    def schema_constraint(self, schema: dict[str, Any]) -> Callable[[], Any]:
+    def schema_constraint(self, schema: Mapping[str, Any]) -> Callable[[], Any]:
         """A ``constraint`` for :meth:`generate_batch` that allows only JSON matching ``schema``."""
         raise NotImplementedError(f"backend '{self.name}' cannot constrain decoding")
 

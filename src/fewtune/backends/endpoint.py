@@ -18,12 +18,12 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, TypeVar
 
-from fewtune.backends.response_cache import ResponseCache, request_key
+from fewtune.backends.response_cache import Refusal, ResponseCache, request_key
 from fewtune.errors import ConfigError, FewtuneError
 
 Route = Literal["completions", "chat/completions"]
@@ -199,8 +199,8 @@ class Endpoint:
         )
 
     def request(
-        self, route: Route, body: dict[str, Any], *, cache_refusals: bool = False, work: bool = True
-    ) -> dict[str, Any]:
+        self, route: Route, body: Mapping[str, Any], *, cache_refusals: bool = False, work: bool = True
+    ) -> Mapping[str, Any]:
         """The response JSON for ``body`` POSTed to ``route``, from the cache when it holds it.
 
         Raises :class:`Refused` for a 4xx answer (stored, and raised again from the cache, when
@@ -218,7 +218,7 @@ class Endpoint:
             if "refused" in stored:
                 refused = stored["refused"]
                 raise Refused(refused["message"], int(refused["status"]), refused.get("code"))
-            response = dict(stored["response"])
+            response: Mapping[str, Any] = stored["response"]
             seconds = stored.get("seconds")
         else:
             with self._lock:
@@ -229,7 +229,7 @@ class Endpoint:
                 seconds = time.perf_counter() - started
             except Refused as err:
                 if cache_refusals and self.cache is not None:
-                    refusal = {"message": str(err), "status": err.status, "code": err.code}
+                    refusal = Refusal(message=str(err), status=err.status, code=err.code)
                     self.cache.put(key, route, {"refused": refusal})
                 raise
             if self.cache is not None:
@@ -271,14 +271,14 @@ class Endpoint:
             return result, seconds
         return result, self.cache.get_seconds(_pass_key(made))
 
-    def _count(self, response: dict[str, Any]) -> None:
+    def _count(self, response: Mapping[str, Any]) -> None:
         usage = response.get("usage") or {}
         with self._lock:
             for field in self.usage_totals:
                 value = usage.get(field)
                 self.usage_totals[field] += int(value) if isinstance(value, int | float) else 0
 
-    def _send(self, route: Route, body: dict[str, Any]) -> dict[str, Any]:
+    def _send(self, route: Route, body: Mapping[str, Any]) -> Mapping[str, Any]:
         openai, where = self._openai, f"{self.spec.url}/{route}"
         try:
             if route == "completions":

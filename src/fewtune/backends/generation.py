@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import torch
@@ -157,7 +157,7 @@ def generate_batch(
     return [r for r in results if r is not None]
 
 
-def json_schema_constraint(backend: LocalModel, schema: dict[str, Any]) -> Callable[[], Any]:
+def json_schema_constraint(backend: LocalModel, schema: Mapping[str, Any]) -> Callable[[], Any]:
     """A factory of xgrammar logits processors that allow only compact JSON matching ``schema``, after the
     space that follows ``Output:``.
 

@@ -14,7 +14,7 @@ every prompt position would cost more than the rest of a 270M model.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -283,7 +283,7 @@ class HFBackend(Backend):
         queue.flush()
         return scores
 
-    def schema_constraint(self, schema: dict[str, Any]) -> Callable[[], Any]:
+    def schema_constraint(self, schema: Mapping[str, Any]) -> Callable[[], Any]:
         from fewtune.backends.generation import json_schema_constraint
 
         return json_schema_constraint(self, schema)

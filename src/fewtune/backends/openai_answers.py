@@ -9,6 +9,7 @@ choice are those that start at or after the end of the prompt.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +30,7 @@ class JsonSchemaConstraint:
     """A ``constraint`` for :meth:`OpenAICompatBackend.generate_batch`: the schema, sent to the server as
     ``response_format``. Calling it (what a local backend does with a constraint) is an error."""
 
-    schema: dict[str, Any]
+    schema: Mapping[str, Any]
 
     def __call__(self) -> Any:
         raise TypeError("this constraint is enforced by the server (response_format), not by a local model")
@@ -38,7 +39,7 @@ class JsonSchemaConstraint:
         return {"type": "json_schema", "json_schema": {"name": "output", "schema": self.schema}}
 
 
-def continuation_logprob(response: dict[str, Any], prompt: str, text: str, where: str) -> float:
+def continuation_logprob(response: Mapping[str, Any], prompt: str, text: str, where: str) -> float:
     """Sum of the log-probabilities of the tokens of ``text`` (``prompt + choice``, echoed) that start at
     or after the end of ``prompt`` and before the end of ``text`` (a token generated after it is left out).
 

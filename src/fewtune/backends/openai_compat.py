@@ -28,7 +28,7 @@ caching).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from functools import partial
@@ -275,7 +275,7 @@ class OpenAICompatBackend(Backend):
         values = self._run([partial(score, i, j) for i, j in pairs], finished)
         return np.asarray(values, dtype=np.float64).reshape(len(prompts), len(choices))
 
-    def schema_constraint(self, schema: dict[str, Any]) -> Callable[[], Any]:
+    def schema_constraint(self, schema: Mapping[str, Any]) -> Callable[[], Any]:
         """A :class:`JsonSchemaConstraint`: generation with it goes to ``/chat/completions`` with
         ``response_format`` ``json_schema`` (its answer is the JSON alone, without a leading space)."""
         return JsonSchemaConstraint(dict(schema))
@@ -320,7 +320,9 @@ class OpenAICompatBackend(Backend):
         done = (lambda i: progress(1)) if progress is not None else None
         return self._run([partial(generate, p) for p in prompts], done)
 
-    def _generation(self, response: dict[str, Any], prompt: str, chat: bool, stop: str | None) -> Generation:
+    def _generation(
+        self, response: Mapping[str, Any], prompt: str, chat: bool, stop: str | None
+    ) -> Generation:
         choice = (response.get("choices") or [{}])[0]
         raw = (choice.get("message") or {}).get("content") if chat else choice.get("text")
         text = str(raw or "")

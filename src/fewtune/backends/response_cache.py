@@ -22,8 +22,11 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from typing_extensions import TypedDict
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
@@ -44,7 +47,7 @@ BUSY_TIMEOUT_S = 30.0
 """How long a write waits for another process holding the database lock (sqlite3's ``timeout``)."""
 
 
-def request_key(endpoint: str, base_url: str, model: str, body: dict[str, Any]) -> str:
+def request_key(endpoint: str, base_url: str, model: str, body: Mapping[str, Any]) -> str:
     """The cache key of one request: SHA-256 hex of the canonical JSON of what decides its answer."""
     canonical = json.dumps(
         {"endpoint": endpoint, "base_url": base_url.rstrip("/"), "model": model, "body": body},
@@ -53,6 +56,22 @@ def request_key(endpoint: str, base_url: str, model: str, body: dict[str, Any]) 
         ensure_ascii=False,
     )
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+class Refusal(TypedDict):
+    """A 4xx answer, stored when it is a fact about the server (the probe's refusals)."""
+
+    message: str
+    status: int
+    code: str | None
+
+
+class CachedAnswer(TypedDict, total=False):
+    """What is stored for a request: its response JSON and the seconds it took, or its refusal."""
+
+    response: Mapping[str, Any]
+    seconds: float | None
+    refused: Refusal
 
 
 class ResponseCache:
@@ -71,13 +90,14 @@ class ResponseCache:
             self._connection.execute(SCHEMA)
             self._connection.execute(MEASUREMENTS)
 
-    def get(self, key: str) -> dict[str, Any] | None:
+    def get(self, key: str) -> CachedAnswer | None:
         """The stored response for ``key``, or None."""
         with self._lock:
             row = self._connection.execute("SELECT response FROM responses WHERE key = ?", (key,)).fetchone()
-        return None if row is None else dict(json.loads(row[0]))
+        stored: CachedAnswer | None = None if row is None else json.loads(row[0])
+        return stored
 
-    def put(self, key: str, endpoint: str, response: dict[str, Any]) -> None:
+    def put(self, key: str, endpoint: str, response: CachedAnswer) -> None:
         """Store (or replace) the response for ``key``; committed at once (autocommit)."""
         text = json.dumps(response, ensure_ascii=False, separators=(",", ":"))
         with self._lock:

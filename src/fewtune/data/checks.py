@@ -19,13 +19,21 @@ import json
 import warnings
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fewtune.backends.base import ProgressFn
+from fewtune.data.check_record import (
+    CheckedRow,
+    CheckSettings,
+    ConflictPair,
+    DataChecks,
+    LabelIssue,
+    LeakPair,
+)
 from fewtune.data.load import Example
 from fewtune.data.near_duplicates import NEAR_DUPLICATE_COSINE, near_pairs
 from fewtune.data.split import stratified_sample
@@ -51,31 +59,6 @@ LABEL_CHECK_FOLDS = 5
 MAX_LABEL_CHECK_ROWS = 2000
 # Labels listed by name in a class-size warning before "and N more".
 LABELS_LISTED = 6
-
-
-@dataclass
-class DataChecks:
-    """What the checks found; :meth:`to_dict` is ``results.json``'s ``dataset.checks``."""
-
-    label_issues: list[dict[str, Any]]  # every flagged row, worst (lowest quality) first
-    label_issue_counts: dict[str, int]
-    rows_checked: dict[str, int]
-    near_duplicate_conflicts: list[dict[str, Any]]
-    near_duplicate_leaks: list[dict[str, Any]]
-    small_classes: dict[str, int]
-    thin_classes: dict[str, int]
-    warnings: list[str]
-    near_duplicate_counts: dict[str, int] = field(default_factory=dict)
-    """``conflicts`` and ``leaks`` (pairs, complete even when the lists are cut), ``leaked_test_rows``."""
-    settings: dict[str, Any] = field(default_factory=dict)
-    """How the checks ran: threshold, folds, pool sample, classifier, embedding model, skipped checks."""
-
-    def to_dict(self, top: int = 20) -> dict[str, Any]:
-        """JSON-ready; the three lists are cut to their first ``top`` entries, counts stay complete."""
-        out = asdict(self)
-        for key in ("label_issues", "near_duplicate_conflicts", "near_duplicate_leaks"):
-            out[key] = out[key][:top]
-        return out
 
 
 @dataclass(frozen=True)
@@ -136,14 +119,15 @@ def run_data_checks(
     pool_vectors = vectors[: len(texts)] if pool_vectors is None else _unit(pool_vectors)
     pool_part = _Split("pool", list(pool), list(range(len(pool))), pool_vectors)
     test_part = _Split("test", list(test), list(range(len(test))), vectors[len(texts) :])
-    settings: dict[str, Any] = {
-        "embedding_model": embedder.name,
-        "classifier": repr(_classifier(seed)),
-        "near_duplicate_cosine": NEAR_DUPLICATE_COSINE,
-        "min_examples_per_class": MIN_EXAMPLES_PER_CLASS,
-        "good_examples_per_class": GOOD_EXAMPLES_PER_CLASS,
-        **({"pool_sample": len(sample)} if len(sample) < len(pool) else {}),
-    }
+    settings = CheckSettings(
+        embedding_model=embedder.name,
+        classifier=repr(_classifier(seed)),
+        near_duplicate_cosine=NEAR_DUPLICATE_COSINE,
+        min_examples_per_class=MIN_EXAMPLES_PER_CLASS,
+        good_examples_per_class=GOOD_EXAMPLES_PER_CLASS,
+    )
+    if len(sample) < len(pool):
+        settings["pool_sample"] = len(sample)
     checked = pool_part.subset(sample)
     issues, rows_checked = _label_issues(checked, pool_part, test_part, list(labels), seed, advance, settings)
     conflicts, leaks, near = _near_duplicates(pool_part, test_part, advance)
@@ -194,8 +178,8 @@ def _label_issues(
     labels: list[str],
     seed: int,
     advance: ProgressFn,
-    settings: dict[str, Any],
-) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    settings: CheckSettings,
+) -> tuple[list[LabelIssue], dict[str, int]]:
     """Flag rows whose given label cleanlab finds unlikely; returns (issues worst first, rows checked).
 
     ``checked`` (the pool or its sample) gets out-of-sample probabilities; ``test`` those of a classifier
@@ -207,7 +191,7 @@ def _label_issues(
         settings["label_check_skipped"] = f"the pool has one label ('{pool_labels[0]}')"
         advance(len(checked.rows) + len(test.rows))
         return [], rows_checked
-    issues: list[dict[str, Any]] = []
+    issues: list[LabelIssue] = []
     agreement: dict[str, float] = {}
     given = [ex.label for ex in checked.rows]
     smallest = min(Counter(given).values())
@@ -251,7 +235,7 @@ def _agreement(probs: np.ndarray, given: Sequence[str], labels: list[str]) -> fl
     return round(float(np.mean([labels[k] == label for k, label in zip(top, given, strict=True)])), 4)
 
 
-def _flag(split: _Split, probs: np.ndarray, labels: list[str], known: list[str]) -> list[dict[str, Any]]:
+def _flag(split: _Split, probs: np.ndarray, labels: list[str], known: list[str]) -> list[LabelIssue]:
     """cleanlab over the ``known`` labels (the classifier's; it has no others); one dict per flagged row."""
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
@@ -267,23 +251,23 @@ def _flag(split: _Split, probs: np.ndarray, labels: list[str], known: list[str])
         flagged = find_label_issues(given, known_probs, n_jobs=1)
         quality = get_label_quality_scores(given, known_probs)
     return [
-        {
-            "split": split.name,
-            "row": split.positions[i],
-            "line": rows[i].line,
-            "path": rows[i].path,
-            "text": rows[i].text,
-            "label": rows[i].label,
-            "suggested": known[int(known_probs[i].argmax())],
-            "quality": round(float(quality[i]), 4),
-        }
+        LabelIssue(
+            split=split.name,
+            row=split.positions[i],
+            line=rows[i].line,
+            path=rows[i].path,
+            text=rows[i].text,
+            label=rows[i].label,
+            suggested=known[int(known_probs[i].argmax())],
+            quality=round(float(quality[i]), 4),
+        )
         for i in np.flatnonzero(flagged).tolist()
     ]
 
 
 def _near_duplicates(
     pool: _Split, test: _Split, advance: ProgressFn
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, int]]:
+) -> tuple[list[ConflictPair], list[LeakPair], dict[str, int]]:
     """Pool pairs with different labels and pool/test pairs at or above the threshold; and their counts."""
     conflicts, conflict_count, _ = near_pairs(pool.vectors, pool.vectors, [ex.label for ex in pool.rows])
     advance(len(pool.rows) // 2)
@@ -291,18 +275,14 @@ def _near_duplicates(
     advance(len(pool.rows) - len(pool.rows) // 2)
     counts = {"conflicts": conflict_count, "leaks": leak_count, "leaked_test_rows": leaked_rows}
     return (
-        [_pair("a", pool.rows[i], "b", pool.rows[j], cos) for cos, i, j in conflicts],
-        [_pair("pool", pool.rows[i], "test", test.rows[j], cos) for cos, i, j in leaks],
+        [ConflictPair(a=_row(pool.rows[i]), b=_row(pool.rows[j]), cosine=cos) for cos, i, j in conflicts],
+        [LeakPair(pool=_row(pool.rows[i]), test=_row(test.rows[j]), cosine=cos) for cos, i, j in leaks],
         counts,
     )
 
 
-def _row(ex: Example) -> dict[str, Any]:
-    return {"text": ex.text, "label": ex.label, "line": ex.line}
-
-
-def _pair(first: str, a: Example, second: str, b: Example, cosine: float) -> dict[str, Any]:
-    return {first: _row(a), second: _row(b), "cosine": cosine}
+def _row(ex: Example) -> CheckedRow:
+    return CheckedRow(text=ex.text, label=ex.label, line=ex.line)
 
 
 def _share(count: int, total: int, split: str) -> str:

@@ -17,6 +17,7 @@ their sources, and presets); ``--costs`` names a preset or a file of overrides. 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from importlib.resources import files
 from pathlib import Path
@@ -112,7 +113,7 @@ def preset_names() -> list[str]:
     return [AUTO_PRESET, *_builtin_table()["presets"]]
 
 
-def _entries(values: dict[str, Any], where: str) -> dict[str, tuple[Any, str]]:
+def _entries(values: Mapping[str, Any], where: str) -> dict[str, tuple[Any, str]]:
     """``{key: value}`` or ``{key: {value, source}}`` -> ``{key: (value, source)}``, with checked keys."""
     out: dict[str, tuple[Any, str]] = {}
     for key, entry in values.items():

@@ -21,7 +21,7 @@ from typing import Any
 from fewtune.methods import Method
 from fewtune.results.record import MethodRow
 from fewtune.results.rows import Row
-from fewtune.results.views import Curves, SizePoint
+from fewtune.results.views import CrossoverRecord, Curves, CurvesRecord, ShotRecord, SizePoint, SizeRecord
 
 LORA_METHOD = Method.LORA.value
 CALIBRATED_SUFFIX = " calibrated"
@@ -53,7 +53,7 @@ def draw_count(row: Row) -> int:
     return len(row.accuracy_draws) or 1
 
 
-def shot_curve(methods: Sequence[MethodRow]) -> list[dict[str, Any]]:
+def shot_curve(methods: Sequence[MethodRow]) -> list[ShotRecord]:
     """Rows of ``{strategy, k, mean, std, draws, name}``, by strategy (first seen first) then k."""
     prompting = [Row(m) for m in methods if Method.of(m).prompting]
     zero = {m.calibrated: m for m in prompting if not m.shots}
@@ -65,23 +65,23 @@ def shot_curve(methods: Sequence[MethodRow]) -> list[dict[str, Any]]:
         start = zero.get(name.endswith(CALIBRATED_SUFFIX))
         for row in ([start] if start else []) + sorted(members, key=lambda m: m.shots):
             rows.append(
-                {
-                    "strategy": name,
-                    "k": row.shots,
-                    "mean": mean_accuracy(row.data),
-                    "std": row.accuracy_std,
-                    "draws": draw_count(row),
-                    "name": row.name,
-                }
+                ShotRecord(
+                    strategy=name,
+                    k=row.shots,
+                    mean=mean_accuracy(row.data),
+                    std=row.accuracy_std,
+                    draws=draw_count(row),
+                    name=row.name,
+                )
             )
     return rows
 
 
-def train_curve(methods: Sequence[MethodRow], method: str = LORA_METHOD) -> list[dict[str, Any]]:
+def train_curve(methods: Sequence[MethodRow], method: str = LORA_METHOD) -> list[SizeRecord]:
     """Rows of ``{n, accuracy, ci95, name}`` for ``method`` (lora or reference), by n."""
     rows = [row for row in map(Row, methods) if row.method == method and row.train_examples]
     return [
-        {"n": row.train_examples, "accuracy": accuracy_of(row), "ci95": row.accuracy_ci95, "name": row.name}
+        SizeRecord(n=row.train_examples, accuracy=accuracy_of(row), ci95=row.accuracy_ci95, name=row.name)
         for row in sorted(rows, key=lambda row: row.train_examples)
     ]
 
@@ -94,7 +94,7 @@ def best_prompt(methods: Sequence[MethodRow]) -> MethodRow | None:
 
 def crossover(
     train: Sequence[Mapping[str, Any]], prompt: MethodRow | None, method: str = LORA_METHOD
-) -> dict[str, Any] | None:
+) -> CrossoverRecord | None:
     """Where ``train`` (a :func:`train_curve`) first reaches the best prompt's accuracy.
 
     ``n`` is the smallest size tried whose accuracy is at least the prompt's, interpolated in log n from the
@@ -104,15 +104,15 @@ def crossover(
         return None
     best = Row(prompt)
     target = mean_accuracy(prompt)
-    out: dict[str, Any] = {
-        "method": method,
-        "prompt": best.name,
-        "prompt_accuracy": target,
-        "prompt_draws": draw_count(best),
-        "reached": False,
-        "n": None,
-        "between": None,
-    }
+    out = CrossoverRecord(
+        method=method,
+        prompt=best.name,
+        prompt_accuracy=target,
+        prompt_draws=draw_count(best),
+        reached=False,
+        n=None,
+        between=None,
+    )
     previous = None
     for point in map(SizePoint, train):
         if point.accuracy >= target:
@@ -161,15 +161,15 @@ def crossover_statement(cross: Mapping[str, Any], train: Sequence[Mapping[str, A
     )
 
 
-def build_curves(methods: Sequence[MethodRow]) -> dict[str, Any]:
+def build_curves(methods: Sequence[MethodRow]) -> CurvesRecord:
     """results.json's ``curves``: ``{shots, train_examples, reference, crossover}``."""
     train = train_curve(methods)
-    return {
-        "shots": shot_curve(methods),
-        "train_examples": train,
-        "reference": train_curve(methods, Method.REFERENCE),
-        "crossover": crossover(train, best_prompt(methods)),
-    }
+    return CurvesRecord(
+        shots=shot_curve(methods),
+        train_examples=train,
+        reference=train_curve(methods, Method.REFERENCE),
+        crossover=crossover(train, best_prompt(methods)),
+    )
 
 
 def has_shot_curve(curves: Mapping[str, Any]) -> bool:

@@ -18,6 +18,7 @@ from scipy.stats import norm
 from fewtune.decide.cost import MethodCost
 from fewtune.decide.metric import ACCURACY_METRIC, PrimaryMetric, macro_f1_from_indices
 from fewtune.decide.thresholds import MARGIN_POINTS, SIGNIFICANCE_ALPHA
+from fewtune.methods import Method
 from fewtune.metrics import (
     BOOTSTRAP_RESAMPLES,
     PLANNING_ALPHA,
@@ -29,7 +30,7 @@ from fewtune.metrics import (
 
 PROMPT = "prompt"
 FINE_TUNED = "fine-tuned"
-REFERENCE = "reference"
+REFERENCE = Method.REFERENCE.value
 
 
 @dataclass(frozen=True)

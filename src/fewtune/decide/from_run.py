@@ -36,7 +36,7 @@ class RunEvidence:
 
 def run_evidence(
     rows: Sequence[MethodRow],
-    predictions: dict[str, list[dict[str, Any]]],
+    predictions: Mapping[str, Sequence[Mapping[str, Any]]],
     labels: Sequence[str],
     choice: MetricChoice,
     costs: dict[str, MethodCost],
@@ -90,7 +90,7 @@ def row_score(row: Row, per_row_correct: bool) -> float:
     return score
 
 
-def check_caveats(dataset: dict[str, Any], margin_points: float) -> list[str]:
+def check_caveats(dataset: Mapping[str, Any], margin_points: float) -> list[str]:
     """Data-check findings that bear on the verdict (the checks themselves are listed in the report)."""
     checks = dataset.get("checks") or {}
     caveats = []

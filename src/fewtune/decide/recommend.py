@@ -62,6 +62,7 @@ from fewtune.decide.verdict import (
     best,
     undecidable,
 )
+from fewtune.methods import Method
 
 HEADLINES = {
     CHOICE_PROMPT: "Ship the prompt: {}",
@@ -378,7 +379,7 @@ def _steps(
     lora = [(m.train_examples or 0, m.score) for m in s.methods if m.kind == FINE_TUNED and m.shots == 0]
     sizes = sorted({m.train_examples or 0 for m in s.methods if m.kind == FINE_TUNED})
     if (verdict.choice in (CHOICE_FINE_TUNE, CHOICE_NOT_GOOD_ENOUGH) or tuned_open) and sizes:
-        step = data_step(trend("lora", "training examples", lora), sizes, label)
+        step = data_step(trend(Method.LORA.value, "training examples", lora), sizes, label)
         if step:
             steps.append(step)
     chosen = verdict.method

@@ -3,16 +3,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from fewtune.decide.evidence import Comparison, MethodEvidence, missing_evidence
 from fewtune.decide.metric import ACCURACY_METRIC, PrimaryMetric
+from fewtune.methods import Method
 
 CHOICE_PROMPT = "prompt"
 CHOICE_FINE_TUNE = "fine-tune"
 CHOICE_RETRIEVAL = "retrieval"
-CHOICE_REFERENCE = "reference"
+CHOICE_REFERENCE = Method.REFERENCE.value
 CHOICE_NOT_GOOD_ENOUGH = "not-good-enough"
 CHOICE_MEASURE_PROMPTING = "measure-prompting-first"
 CHOICE_UNDECIDABLE = "undecidable"
@@ -65,7 +67,7 @@ class Recommendation:
     settled: bool | None = True
     """False: provisional, the shipped option's comparison with ``unsettled['other']`` did not settle; None:
     no verdict between options (undecidable, prompting not measured)."""
-    unsettled: dict[str, Any] | None = None
+    unsettled: Mapping[str, Any] | None = None
     """The open pair when provisional: ``{shipped, other, lead_points (other minus shipped), lead_ci95,
     rows, rows_to_settle, margin_points}``."""
 
@@ -117,7 +119,7 @@ class Verdict:
     headline: str
     reasons: list[str]
     settled: bool | None = True
-    unsettled: dict[str, Any] | None = None
+    unsettled: Mapping[str, Any] | None = None
 
 
 def undecidable(c: Comparison, methods: dict[str, MethodEvidence]) -> Verdict:

@@ -9,9 +9,11 @@ config and adapters as artifacts. Needs the ``mlflow`` extra (``pip install 'few
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from fewtune.config import CONFIG_FILE, RunConfig
 from fewtune.errors import FewtuneError
 
 EXPERIMENT = "fewtune"
@@ -26,7 +28,7 @@ def _key(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_\-. /]", "_", text)
 
 
-def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, str]:
+def _flat(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     flat: dict[str, str] = {}
     for key, value in values.items():
         if isinstance(value, dict):
@@ -42,18 +44,12 @@ def log_run(folder: str | Path, uri: str, run_id: str | None = None) -> str:
         import mlflow
     except ImportError:
         raise FewtuneError("--mlflow needs the mlflow extra: pip install 'fewtune[mlflow]'") from None
-    import yaml
-
     from fewtune.results.rows import rows
     from fewtune.results.run_folder import read_analysed
 
     folder = Path(folder)
     results = read_analysed(folder)
-    config = (
-        yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
-        if (folder / "config.yaml").is_file()
-        else {}
-    )
+    config = RunConfig.load_values(folder) if (folder / CONFIG_FILE).is_file() else {}
     try:
         mlflow.set_tracking_uri(uri)
         mlflow.set_experiment(EXPERIMENT)
@@ -64,7 +60,7 @@ def log_run(folder: str | Path, uri: str, run_id: str | None = None) -> str:
         if run_id:
             tags["fewtune.run_id"] = run_id
         with mlflow.start_run(run_name=folder.resolve().name, tags=tags) as run:
-            mlflow.log_params(_flat(config or {}))
+            mlflow.log_params(_flat(config))
             for row in rows(results):
                 name = _key(row.name)
                 primary = row.primary

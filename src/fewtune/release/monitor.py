@@ -28,10 +28,11 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from scipy.stats import norm
+from typing_extensions import TypedDict
 
 from fewtune.errors import FewtuneError
 from fewtune.release.policy import Policy
@@ -74,7 +75,26 @@ class Watch:
         return {**asdict(self), "decision": self.decision}
 
 
-def read_log(path: Path, route: str, start: datetime, end: datetime) -> list[dict[str, Any]]:
+class LogLine(TypedDict, total=False):
+    """A line of the request log that ``fewtune serve`` writes (docs/request-log.schema.json); a route
+    request's line has the last five fields."""
+
+    time: str
+    model: str
+    adapter: str | None
+    endpoint: str
+    latency_ms: float
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    status: int
+    request_id: str
+    route: str
+    arm: str
+    cost_usd: float | None
+    answer: str | None
+
+
+def read_log(path: Path, route: str, start: datetime, end: datetime) -> list[LogLine]:
     """The route's request-log lines timed within [start, end); a malformed line (a write cut short) is
     skipped."""
     if not path.is_file():
@@ -83,7 +103,7 @@ def read_log(path: Path, route: str, start: datetime, end: datetime) -> list[dic
     with path.open(encoding="utf-8", errors="replace") as handle:
         for line in handle:
             try:
-                entry = json.loads(line)
+                entry: LogLine = json.loads(line)
                 when = datetime.fromisoformat(entry["time"])
             except (json.JSONDecodeError, KeyError, TypeError, ValueError):
                 continue
@@ -136,13 +156,13 @@ def _ratio_verdict(
     return Verdict(metric, base_text, cand_text, shown, threshold, PASS, "")
 
 
-def _answered(lines: Sequence[dict[str, Any]], key: str) -> np.ndarray:
+def _answered(lines: Sequence[LogLine], key: Literal["latency_ms", "cost_usd"]) -> np.ndarray:
     """``key`` of the requests that were answered (status below 400)."""
     return np.array([float(x.get(key) or 0.0) for x in lines if int(x["status"]) < 400])
 
 
 def judge(
-    lines: Sequence[dict[str, Any]],
+    lines: Sequence[LogLine],
     route: str,
     policy: Policy,
     start: datetime,
@@ -150,7 +170,7 @@ def judge(
     feedback: dict[str, str] | None = None,
 ) -> Watch:
     """The module docstring's verdicts on one window's log lines."""
-    arms: dict[str, list[dict[str, Any]]] = {"baseline": [], "candidate": []}
+    arms: dict[str, list[LogLine]] = {"baseline": [], "candidate": []}
     for line in lines:
         arms.setdefault(str(line["arm"]), []).append(line)
     base, cand = arms["baseline"], arms["candidate"]
@@ -221,9 +241,9 @@ def judge(
 
 
 def _quality(
-    base: list[dict[str, Any]], cand: list[dict[str, Any]], feedback: dict[str, str], policy: Policy, z: float
+    base: list[LogLine], cand: list[LogLine], feedback: dict[str, str], policy: Policy, z: float
 ) -> Verdict:
-    def right(lines: list[dict[str, Any]]) -> tuple[int, int]:
+    def right(lines: list[LogLine]) -> tuple[int, int]:
         scored = [x for x in lines if x.get("request_id") in feedback and x.get("answer") is not None]
         return sum(str(x["answer"]) == feedback[x["request_id"]] for x in scored), len(scored)
 
@@ -262,7 +282,7 @@ def read_feedback(path: Path | None) -> dict[str, str]:
     with path.open(encoding="utf-8", errors="replace") as handle:
         for line in handle:
             try:
-                entry = json.loads(line)
+                entry: LogLine = json.loads(line)
                 found[str(entry["request_id"])] = str(entry["answer"])
             except (json.JSONDecodeError, KeyError, TypeError):
                 continue

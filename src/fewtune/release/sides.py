@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,14 +34,14 @@ class Side:
     """As given, e.g. ``runs/sst2:lora n=200``."""
     folder: Path
     method: str
-    task: dict[str, Any]
+    task: Mapping[str, Any]
     labels: list[str]
     row: Row
     """The method's results.json row."""
-    lines: list[dict[str, Any]]
+    lines: Sequence[Mapping[str, Any]]
     """Its predictions, in row order."""
     cost: MethodCost
-    hardware: dict[str, Any]
+    hardware: Mapping[str, Any]
     verdict: Verdict | None = None
     """The run's verdict when the side is its recommended method, resolved because RUN was given without
     METHOD; None when METHOD was named (or the run recommends nothing)."""

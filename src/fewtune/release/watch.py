@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -36,7 +36,7 @@ def _key(api_key: str | None) -> dict[str, str]:
 
 def set_weight(
     server: str, route: str, weight: float, by: str, reason: str, api_key: str | None
-) -> dict[str, Any]:
+) -> Mapping[str, Any]:
     """``PUT /v1/routes/ROUTE`` on a running ``fewtune serve``; one-line errors when it cannot be done."""
     from fewtune.http_client import httpx
 
@@ -53,11 +53,11 @@ def set_weight(
         except (ValueError, KeyError, TypeError):
             message = reply.text[:200]
         raise FewtuneError(f"{url}: HTTP {reply.status_code}: {message}")
-    result: dict[str, Any] = reply.json()
+    result: Mapping[str, Any] = reply.json()
     return result
 
 
-def get_route(server: str, route: str, api_key: str | None) -> dict[str, Any]:
+def get_route(server: str, route: str, api_key: str | None) -> Mapping[str, Any]:
     from fewtune.http_client import httpx
 
     url = f"{server.rstrip('/')}/v1/routes"

@@ -35,6 +35,7 @@ from fewtune.results.builders import BreakEvenRecord, RowAnalysis, RunAnalysis, 
 from fewtune.results.record import Costs, MethodRow, Primary, method_rows
 from fewtune.results.rows import Row, rows
 from fewtune.results.run_folder import read_run, saved_setting
+from fewtune.results.views import CurvesRecord
 from fewtune.tasks.base import bootstrap_ci
 
 
@@ -77,7 +78,7 @@ class Report:
     break_even_pair: tuple[str, str] | None
     """(best prompt, best fine-tuned) names that break_even compares."""
     break_even: BreakEven | None
-    curves: dict[str, Any]
+    curves: CurvesRecord
     """results.json's ``curves``: shots, train_examples, reference, crossover (see fewtune.decide.curves)."""
     best_prompt: BestPrompt | None
 

@@ -8,6 +8,15 @@ from html import escape
 from typing import TYPE_CHECKING, Any
 
 from fewtune.decide.curves import has_shot_curve, has_train_curve
+from fewtune.decide.verdict import (
+    CHOICE_FINE_TUNE,
+    CHOICE_MEASURE_PROMPTING,
+    CHOICE_NOT_GOOD_ENOUGH,
+    CHOICE_PROMPT,
+    CHOICE_REFERENCE,
+    CHOICE_RETRIEVAL,
+    CHOICE_UNDECIDABLE,
+)
 from fewtune.report import checks, tables
 from fewtune.report.markdown import (
     accuracy_note,
@@ -25,13 +34,13 @@ if TYPE_CHECKING:
     from fewtune.report.analysis import Report
 
 CHOICE_COLOURS = {
-    "prompt": "#2b6cb0",
-    "fine-tune": "#c05621",
-    "undecidable": "#6b46c1",
-    "retrieval": "#2c7a7b",
-    "reference": "#2f855a",
-    "not-good-enough": "#c53030",
-    "measure-prompting-first": "#4a5568",
+    CHOICE_PROMPT: "#2b6cb0",
+    CHOICE_FINE_TUNE: "#c05621",
+    CHOICE_UNDECIDABLE: "#6b46c1",
+    CHOICE_RETRIEVAL: "#2c7a7b",
+    CHOICE_REFERENCE: "#2f855a",
+    CHOICE_NOT_GOOD_ENOUGH: "#c53030",
+    CHOICE_MEASURE_PROMPTING: "#4a5568",
 }
 
 CSS = """

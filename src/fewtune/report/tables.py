@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fewtune.decide.cost import MethodCost, PriceTable, format_usd
+from fewtune.methods import Method
 from fewtune.report.rollout import Rollout
 from fewtune.results.record import MethodRow
 from fewtune.results.rows import Row
@@ -197,12 +198,12 @@ def shots_table(curve: Sequence[Mapping[str, Any]]) -> Table:
 
 def train_table(lora: Sequence[SizePoint], reference: Sequence[SizePoint]) -> Table:
     """Accuracy (95% CI) per training size: LoRA and the embedding + logistic-regression reference."""
-    by_size: dict[int, dict[str, str]] = {}
-    for key, curve in (("lora", lora), ("reference", reference)):
+    by_size: dict[int, dict[Method, str]] = {}
+    for key, curve in ((Method.LORA, lora), (Method.REFERENCE, reference)):
         for p in curve:
             low, high = p.ci95
             by_size.setdefault(p.n, {})[key] = f"{p.accuracy:.3f} ({low:.3f}-{high:.3f})"
-    keys = [key for key, curve in (("lora", lora), ("reference", reference)) if curve]
-    titles = {"lora": "LoRA accuracy (95% CI)", "reference": "reference: embeddings + LR (95% CI)"}
+    keys = [key for key, curve in ((Method.LORA, lora), (Method.REFERENCE, reference)) if curve]
+    titles = {Method.LORA: "LoRA accuracy (95% CI)", Method.REFERENCE: "reference: embeddings + LR (95% CI)"}
     rows = [[str(n), *(cells.get(key, "-") for key in keys)] for n, cells in sorted(by_size.items())]
     return ["training examples", *(titles[key] for key in keys)], rows

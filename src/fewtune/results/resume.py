@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from fewtune.config import CONFIG_FILE, RunConfig
 from fewtune.errors import ConfigError
 from fewtune.results.store import RunStore
 
@@ -47,8 +48,8 @@ def resume_results(store: RunStore, config: dict[str, Any], files: dict[str, str
     folder = store.folder
     try:
         results = json.loads(store.results_path.read_text(encoding="utf-8"))
-        saved = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8")) or {}
-    except (OSError, ValueError, yaml.YAMLError) as err:
+        saved = RunConfig.load_values(folder / CONFIG_FILE)
+    except (OSError, ValueError, ConfigError) as err:
         raise ConfigError(f"--resume: {folder} holds no readable run ({err}); use --overwrite") from None
     # config.yaml is written through YAML, so compare like with like.
     difference = _first_difference(saved, yaml.safe_load(yaml.safe_dump(config, sort_keys=False)))

@@ -6,19 +6,17 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from fewtune.config import CostArgs, RunConfig, build_config, load_config_file
+from fewtune.config import CONFIG_FILE, CostArgs, RunConfig
 from fewtune.errors import ConfigError, FewtuneError
 from fewtune.results.run_record import REPORT_KEYS, REPORT_ROW_KEYS, RunRecord
 
 RESULTS_FILE = "results.json"
 PREDICTIONS_FILE = "predictions.jsonl"
-CONFIG_FILE = "config.yaml"
 ANALYSIS_FILE = "analysis.json"
 
 
@@ -72,16 +70,12 @@ def _read_json(path: Path) -> Any:
         raise FewtuneError(f"{path}: not a UTF-8 text file") from None
 
 
-def cost_args_for(folder: str | Path, overrides: dict[str, Any] | None = None) -> CostArgs:
+def cost_args_for(folder: str | Path, overrides: Mapping[str, Any] | None = None) -> CostArgs:
     """The run's saved ``cost`` settings (config.yaml), with non-None ``overrides`` on top."""
     values: dict[str, Any] = {}
-    config = Path(folder) / "config.yaml"
+    config = Path(folder) / CONFIG_FILE
     if config.is_file():
-        try:
-            saved = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError:
-            raise ConfigError(f"{config}: invalid YAML") from None
-        values.update((saved.get("cost") or {}) if isinstance(saved, dict) else {})
+        values.update(RunConfig.load_values(config).get("cost") or {})
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
         return CostArgs(**values)
@@ -89,26 +83,24 @@ def cost_args_for(folder: str | Path, overrides: dict[str, Any] | None = None) -
         raise ConfigError(f"{config}: bad cost section ({err})") from None
 
 
+def _saved_or_none(folder: Path) -> Mapping[str, Any] | None:
+    """The run's config.yaml as written, or None when it is missing or unreadable."""
+    config = folder / CONFIG_FILE
+    try:
+        return RunConfig.load_values(config) if config.is_file() else None
+    except ConfigError:
+        return None
+
+
 def saved_setting(folder: Path, section: str, key: str) -> Any:
     """One value from the run's config.yaml, or None."""
-    config = folder / "config.yaml"
-    if not config.is_file():
-        return None
-    try:
-        saved = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError:
-        return None
-    return ((saved.get(section) or {}) if isinstance(saved, dict) else {}).get(key)
+    saved = _saved_or_none(folder) or {}
+    return (saved.get(section) or {}).get(key)
 
 
 def saved_setting_top(folder: Path, key: str) -> Any:
     """A top-level value of the run's config.yaml (``model``, ``mlflow``, ...), or None."""
-    config = folder / "config.yaml"
-    try:
-        saved = yaml.safe_load(config.read_text(encoding="utf-8")) if config.is_file() else None
-    except (yaml.YAMLError, UnicodeDecodeError):
-        return None
-    return saved.get(key) if isinstance(saved, dict) else None
+    return (_saved_or_none(folder) or {}).get(key)
 
 
 def analysis_of(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
@@ -145,13 +137,9 @@ def read_analysed(folder: str | Path) -> dict[str, Any]:
 
 
 def settings_from_file(path: str | Path) -> RunConfig:
-    """A YAML settings file (a run's config.yaml, or a ``--config`` file) as :class:`RunConfig`; a bad file
-    or setting is a one-line error naming the file."""
-    try:
-        return build_config(load_config_file(path), {})
-    except ConfigError as err:
-        message = str(err)
-        raise ConfigError(message if message.startswith(str(path)) else f"{path}: {message}") from None
+    """A YAML settings file (a run's config.yaml, or a ``--config`` file) as :class:`RunConfig`
+    (:meth:`RunConfig.load`, kept for ``fewtune.api``)."""
+    return RunConfig.load(path)
 
 
 class RunFolder:
@@ -181,10 +169,10 @@ class RunFolder:
         path = self.path / CONFIG_FILE
         if not path.is_file():
             raise FewtuneError(f"{path}: no such file; the run's settings are saved there by `fewtune run`")
-        return settings_from_file(path)
+        return RunConfig.load(path)
 
     @cached_property
-    def analysis(self) -> dict[str, Any]:
+    def analysis(self) -> Mapping[str, Any]:
         """What the report computed (analysis.json): ``recommendation``, ``break_even``, ``cost_assumptions``,
         ``curves`` and, under ``methods``, each row's ``costs``."""
         path = self.path / ANALYSIS_FILE
@@ -196,7 +184,7 @@ class RunFolder:
         return analysis
 
     @property
-    def recommendation(self) -> dict[str, Any]:
+    def recommendation(self) -> Mapping[str, Any]:
         """The report's verdict: ``headline``, ``choice``, ``method``, ``reasons``, ``next_steps``, ..."""
         verdict = self.analysis.get("recommendation")
         if not isinstance(verdict, dict):

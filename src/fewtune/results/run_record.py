@@ -101,7 +101,7 @@ class MethodResult:
     train_examples: int | None
     metrics: dict[str, MetricValue]
     """Every metric with its 95% interval (``ci95`` is empty where the row recorded none)."""
-    row: dict[str, Any] = field(repr=False)
+    row: Mapping[str, Any] = field(repr=False)
     """The row as results.json holds it."""
 
     @property
@@ -147,7 +147,7 @@ class RunRecord:
     """A run: what it measured on which data, and each finished method."""
 
     schema_version: int
-    task: dict[str, Any]
+    task: Mapping[str, Any]
     status: str
     methods: list[MethodResult]
     header: dict[str, Any] = field(repr=False)

@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -179,11 +179,11 @@ class RunStore:
         """Record files fewtune wrote here (beside the ones written through this store)."""
         record_written(self.folder, *names)
 
-    def write_results(self, results: dict[str, Any]) -> None:
+    def write_results(self, results: Mapping[str, Any]) -> None:
         record_written(self.folder, self.results_path.name)
         write_json_atomic(self.results_path, results)
 
-    def append_predictions(self, rows: Iterable[dict[str, Any]]) -> None:
+    def append_predictions(self, rows: Iterable[Mapping[str, Any]]) -> None:
         record_written(self.folder, self.predictions_path.name)
         with self.predictions_path.open("a", encoding="utf-8") as handle:
             for row in rows:

@@ -5,7 +5,53 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NotRequired
+
+from typing_extensions import TypedDict
+
+from fewtune.methods import Method
+
+
+class ShotRecord(TypedDict):
+    """A point of a shot curve: a demo selection's accuracy at ``k`` demos."""
+
+    strategy: str
+    k: int
+    mean: float
+    std: float | None
+    draws: int
+    name: str
+
+
+class SizeRecord(TypedDict):
+    """A point of a training-size curve (LoRA's or the reference's)."""
+
+    n: int
+    accuracy: float
+    ci95: list[float]
+    name: str
+
+
+class CrossoverRecord(TypedDict):
+    """Where LoRA's training-size curve first reaches the best prompt's accuracy."""
+
+    method: str
+    prompt: str
+    prompt_accuracy: float
+    prompt_draws: int
+    reached: bool
+    n: float | None
+    between: list[int | None] | None
+    statement: NotRequired[str]
+
+
+class CurvesRecord(TypedDict):
+    """results.json's ``curves`` as :func:`fewtune.decide.curves.build_curves` writes it."""
+
+    shots: list[ShotRecord]
+    train_examples: list[SizeRecord]
+    reference: list[SizeRecord]
+    crossover: CrossoverRecord | None
 
 
 @dataclass(frozen=True)
@@ -52,7 +98,7 @@ class Curves:
     @property
     def reference(self) -> list[SizePoint]:
         """The no-LLM reference's accuracy per training size."""
-        return [SizePoint(p) for p in self.data.get("reference") or []]
+        return [SizePoint(p) for p in self.data.get(Method.REFERENCE.value) or []]
 
     @property
     def crossover(self) -> Mapping[str, Any] | None:

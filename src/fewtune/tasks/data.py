@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,7 @@ def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         yield line_no, record
 
 
-def _field(record: dict[str, Any], name: str, path: Path, line: int, option: str) -> Any:
+def _field(record: Mapping[str, Any], name: str, path: Path, line: int, option: str) -> Any:
     if name not in record:
         fields = ", ".join(sorted(record)) or "none"
         raise DataError(path, line, f"missing field '{name}' (fields here: {fields}; set {option})")

@@ -183,7 +183,7 @@ class ExtractionTask(Task):
         "token cap)."
     )
 
-    def __init__(self, schema: dict[str, Any] | None = None) -> None:
+    def __init__(self, schema: Mapping[str, Any] | None = None) -> None:
         self.schema = schema
         self.given_schema = schema is not None
         self._validator: Any = None
