@@ -23,7 +23,7 @@ from fewtune.errors import ConfigError
 from fewtune.prompts.template import PromptTemplate
 from fewtune.strategies.base import Predictor, Strategy
 from fewtune.sysinfo import lora_train_flops_per_token, matmul_peak_flops
-from fewtune.training.checkpoint import CHECKPOINT_SECONDS, checkpoint_key, remove_checkpoint
+from fewtune.training.checkpoint import CHECKPOINT_SECONDS, StateDict, checkpoint_key, remove_checkpoint
 from fewtune.training.distributed import Distributed, TrainingOrder
 from fewtune.training.loop import (
     AnswerLogProbs,
@@ -171,14 +171,14 @@ class LocalTuning(Strategy):
     def _lr(self) -> float: ...
 
     @abc.abstractmethod
-    def _state(self, model: Any) -> dict[str, Any]:
+    def _state(self, model: Any) -> StateDict:
         """The trained weights' state dict (what a checkpoint keeps)."""
 
     @abc.abstractmethod
-    def _restore(self, model: Any, state: dict[str, Any]) -> None: ...
+    def _restore(self, model: Any, state: StateDict) -> None: ...
 
     @abc.abstractmethod
-    def _save(self, model: Any, base: HFBackend, gathered: dict[str, Any] | None) -> None: ...
+    def _save(self, model: Any, base: HFBackend, gathered: StateDict | None) -> None: ...
 
     @abc.abstractmethod
     def _result(self, model: Any, base: HFBackend) -> HFBackend: ...
@@ -216,17 +216,17 @@ class Lora(LocalTuning):
     def _lr(self) -> float:
         return self.args.lr
 
-    def _state(self, model: Any) -> dict[str, Any]:
+    def _state(self, model: Any) -> StateDict:
         from peft import get_peft_model_state_dict
 
         return dict(get_peft_model_state_dict(model))
 
-    def _restore(self, model: Any, state: dict[str, Any]) -> None:
+    def _restore(self, model: Any, state: StateDict) -> None:
         from peft import set_peft_model_state_dict
 
         set_peft_model_state_dict(model, state)
 
-    def _save(self, model: Any, base: HFBackend, gathered: dict[str, Any] | None) -> None:
+    def _save(self, model: Any, base: HFBackend, gathered: StateDict | None) -> None:
         model.peft_config["default"].base_model_name_or_path = base.source
         if gathered is not None:  # DeepSpeed: the adapter's weights gathered from every process
             from peft import get_peft_model_state_dict
@@ -264,13 +264,13 @@ class FullFineTune(LocalTuning):
     def _lr(self) -> float:
         return self.args.full_lr
 
-    def _state(self, model: Any) -> dict[str, Any]:
+    def _state(self, model: Any) -> StateDict:
         return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-    def _restore(self, model: Any, state: dict[str, Any]) -> None:
+    def _restore(self, model: Any, state: StateDict) -> None:
         model.load_state_dict(state)
 
-    def _save(self, model: Any, base: HFBackend, gathered: dict[str, Any] | None) -> None:
+    def _save(self, model: Any, base: HFBackend, gathered: StateDict | None) -> None:
         model.save_pretrained(str(self.save_dir), state_dict=gathered)
         base.tokenizer.save_pretrained(str(self.save_dir))
 
