@@ -21,6 +21,7 @@ from fewtune.config import LoraArgs, default_target_modules
 from fewtune.data.load import Example
 from fewtune.errors import ConfigError
 from fewtune.prompts.template import PromptTemplate
+from fewtune.results.sections import LocalTraining
 from fewtune.strategies.base import Predictor, Strategy
 from fewtune.sysinfo import lora_train_flops_per_token, matmul_peak_flops
 from fewtune.training.checkpoint import CHECKPOINT_SECONDS, StateDict, checkpoint_key, remove_checkpoint
@@ -70,14 +71,18 @@ class LocalTuning(Strategy):
     def fit(self, train: Sequence[Example], demos: DemoSets | None = None) -> Predictor:
         if not isinstance(self.template, PromptTemplate):
             raise TypeError("fit makes a label predictor; use train for other templates")
-        backend, info = self.train(train, demos)
+        backend, fitted = self.train(train, demos)
         return Predictor(
-            method=self.method, backend=backend, template=self.template, train_examples=len(train), info=info
+            method=self.method,
+            backend=backend,
+            template=self.template,
+            train_examples=len(train),
+            fitted=fitted,
         )
 
     def train(
         self, train: Sequence[Example], demos: DemoSets | None = None
-    ) -> tuple[HFBackend, dict[str, Any]]:
+    ) -> tuple[HFBackend, LocalTraining]:
         """Train on ``train`` (answer-only loss on each example's continuation, after its prompt with
         ``demos[i]`` when given); return the trained model's backend and what training measured."""
         import torch
@@ -130,7 +135,7 @@ class LocalTuning(Strategy):
         result = self._result(model, base)
         return result, self._info(trained, result, base, trainable)
 
-    def _info(self, trained: Trained, result: HFBackend, base: HFBackend, trainable: int) -> dict[str, Any]:
+    def _info(self, trained: Trained, result: HFBackend, base: HFBackend, trainable: int) -> LocalTraining:
         done = trained.done
         tokens_per_second = done.tokens / trained.seconds
         flops_per_token = lora_train_flops_per_token(
@@ -140,23 +145,23 @@ class LocalTuning(Strategy):
             every_weight=self.kind == "full",
         )
         dtype = next(result.model.parameters()).dtype
-        return {
-            "train_seconds": trained.seconds,
-            "train_tokens_per_second": tokens_per_second,
-            "train_flops_per_token": flops_per_token,
+        return LocalTraining(
+            train_seconds=trained.seconds,
+            train_tokens_per_second=tokens_per_second,
+            train_flops_per_token=flops_per_token,
             # Model FLOPs utilisation against this machine's measured matmul peak (see sysinfo).
-            "train_mfu": tokens_per_second * flops_per_token / matmul_peak_flops(base.device, dtype),
-            "train_steps": trained.total_steps,
-            "resumed_at_step": trained.resumed_at,
-            "class_balance": self.args.class_balance,
-            "adapter_path": str(self.save_dir),
-            "adapter_bytes": sum(f.stat().st_size for f in self.save_dir.glob(self._saved_glob)),
-            "peak_memory_bytes": trained.peak_bytes,
-            "trained_parameters": trainable,
-            "train_processes": Distributed.current().processes,
-            "precision": str(dtype).removeprefix("torch."),
-            **({"quantization": "nf4"} if self.args.quantize == "nf4" else {}),
-        }
+            train_mfu=tokens_per_second * flops_per_token / matmul_peak_flops(base.device, dtype),
+            train_steps=trained.total_steps,
+            resumed_at_step=trained.resumed_at,
+            class_balance=self.args.class_balance,
+            adapter_path=str(self.save_dir),
+            adapter_bytes=sum(f.stat().st_size for f in self.save_dir.glob(self._saved_glob)),
+            peak_memory_bytes=trained.peak_bytes,
+            trained_parameters=trainable,
+            train_processes=Distributed.current().processes,
+            precision=str(dtype).removeprefix("torch."),
+            quantization="nf4" if self.args.quantize == "nf4" else None,
+        )
 
     _saved_glob: ClassVar[str]
 
