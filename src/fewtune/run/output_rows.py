@@ -192,17 +192,18 @@ class OutputRows(TaskRows):
         prompt_backend = backends[1]
         self.cap = max_new_tokens(prompt_backend, template, data.pool, cfg.seed)
         methods = cfg.eval.methods
-        base = TextPredictor("zero-shot", prompt_backend, template, self.cap, stop=task.stop)
+        base = TextPredictor(Method.ZERO_SHOT.value, prompt_backend, template, self.cap, stop=task.stop)
         schema = getattr(task, "schema", None)
         constraint = prompt_backend.schema_constraint(schema) if cfg.eval.constrained and schema else None
         prompts: list[TextPredictor] = []
-        if "zero-shot" in methods and 0 in cfg.prompt.shots:
+        if Method.ZERO_SHOT in methods and 0 in cfg.prompt.shots:
             prompts.append(base)
-        if "few-shot" in methods:
+        if Method.FEW_SHOT in methods:
             selections = list(
                 dict.fromkeys("random" if s == "balanced" else s for s in cfg.prompt.demo_selection)
             )
-            prompts += [self.demos_for(base, k, s, "few-shot", index) for k in self.shots for s in selections]
+            few_shot = Method.FEW_SHOT.value
+            prompts += [self.demos_for(base, k, s, few_shot, index) for k in self.shots for s in selections]
         for predictor in prompts:
             self.score(session, predictor)
             if constraint is not None:
@@ -288,7 +289,7 @@ class OutputTuning(Tuning):
         )
 
     def prompted(self, tuned: TextPredictor, k: int, kshot_training: str) -> TextPredictor:
-        shown = self.rows.demos_for(tuned, k, self.lead, "lora+few-shot", self.index)
+        shown = self.rows.demos_for(tuned, k, self.lead, Method.LORA_FEW_SHOT.value, self.index)
         return replace(
             shown,
             recipe=PLAIN_ADAPTER if kshot_training == PLAIN else None,

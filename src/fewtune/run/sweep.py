@@ -19,6 +19,7 @@ from fewtune.backends.base import Backend, ProgressFn
 from fewtune.config import RunConfig
 from fewtune.data.load import Example
 from fewtune.errors import ConfigError
+from fewtune.methods import Method
 from fewtune.prompts.demos import FIXED_SELECTIONS, DemoIndex
 from fewtune.prompts.template import PromptTemplate
 from fewtune.results.record import MethodRow
@@ -73,9 +74,9 @@ def prompt_sets(
 ) -> list[PromptSet]:
     """Every prompting row the run asked for, in report order (zero-shot, then by shots, then selection)."""
     sets = []
-    if "zero-shot" in cfg.eval.methods:
+    if Method.ZERO_SHOT in cfg.eval.methods:
         sets.append(PromptSet(few_shot_draws(backend, template, pool, 0, "balanced", cfg.seed)))
-    if "few-shot" in cfg.eval.methods:
+    if Method.FEW_SHOT in cfg.eval.methods:
         for k in (k for k in cfg.prompt.shots if k > 0):
             for selection in cfg.prompt.demo_selection:
                 draws = few_shot_draws(

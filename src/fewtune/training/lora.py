@@ -20,6 +20,7 @@ from fewtune.backends.hf import HFBackend
 from fewtune.config import LoraArgs, default_target_modules
 from fewtune.data.load import Example
 from fewtune.errors import ConfigError
+from fewtune.methods import Method
 from fewtune.prompts.template import PromptTemplate
 from fewtune.results.sections import LocalTraining
 from fewtune.strategies.base import Predictor, Strategy
@@ -193,8 +194,8 @@ class LocalTuning(Strategy):
 class Lora(LocalTuning):
     """Trains one LoRA adapter on ``train`` and returns a zero-shot predictor over the merged model."""
 
-    kind: ClassVar[str] = "lora"
-    method: ClassVar[str] = "lora"
+    kind: ClassVar[str] = Method.LORA.value
+    method: ClassVar[str] = Method.LORA.value
     _saved_glob: ClassVar[str] = "adapter_model.*"
 
     def _model(self, base: HFBackend) -> Any:
@@ -254,7 +255,7 @@ class FullFineTune(LocalTuning):
     """Trains every weight (the output layer and embeddings too) at ``--full-lr``; saves the whole model."""
 
     kind: ClassVar[str] = "full"
-    method: ClassVar[str] = "full-ft"
+    method: ClassVar[str] = Method.FULL_FT.value
     _saved_glob: ClassVar[str] = "*.safetensors"
 
     def _model(self, base: HFBackend) -> Any:
@@ -303,7 +304,7 @@ def quantized_base(base: HFBackend) -> Any:
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
-STRATEGIES: dict[str, type[LocalTuning]] = {"lora": Lora, "full": FullFineTune}
+STRATEGIES: dict[str, type[LocalTuning]] = {cls.kind: cls for cls in (Lora, FullFineTune)}
 
 
 def follow_orders(backend: Backend) -> None:
