@@ -249,6 +249,7 @@ def score_outputs(
 
 def evaluate_reference_outputs(
     model: Any,
+    embedding_model: str,
     task: Task,
     test: Sequence[TaskExample],
     train_examples: int,
@@ -256,7 +257,9 @@ def evaluate_reference_outputs(
     latency_requests: int,
     seed: int,
 ) -> tuple[Mapping[str, Any], list[OutputPrediction]]:
-    """A no-LLM reference's row (``model.predict(texts)`` gives output texts), shaped like a method's."""
+    """A no-LLM reference's row (``model.predict(texts)`` gives output texts), shaped like a method's: its
+    own description (``model.describe()``) and the ``embedding_model`` it was fitted over in place of the
+    training fields."""
     texts = [ex.text for ex in test]
     began = time.perf_counter()
     outputs = model.predict(texts)
@@ -284,6 +287,7 @@ def evaluate_reference_outputs(
         "throughput_rows_per_second": len(texts) / seconds if seconds else None,
         "scoring_seconds": seconds,
         **model.describe(),
+        "embedding_model": embedding_model,
         "demos": [],
     }
     return score_outputs(task, test, outputs, identity, measured, seed)

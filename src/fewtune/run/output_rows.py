@@ -177,9 +177,14 @@ class OutputRows(TaskRows):
                 f"Fitting reference n={n} (sentence embeddings + logistic regression)..."
             ):
                 model = task.reference(self.embedder.embed, cfg.seed).fit(train)
-                model.info["embedding_model"] = self.embedder.name
                 row, predictions = evaluate_reference_outputs(
-                    model, task, data.test, n, latency_requests=cfg.eval.latency_requests, seed=cfg.seed
+                    model,
+                    self.embedder.name,
+                    task,
+                    data.test,
+                    n,
+                    latency_requests=cfg.eval.latency_requests,
+                    seed=cfg.seed,
                 )
             session.record(row, predictions)
 
