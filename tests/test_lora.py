@@ -14,6 +14,7 @@ from fewtune.backends.hf import HFBackend
 from fewtune.config import LoraArgs
 from fewtune.data.load import Example
 from fewtune.prompts.template import PromptTemplate
+from fewtune.results.sections import LocalTraining
 from fewtune.training.lora import Lora, _batches, _collate, answer_loss, example_weights
 
 TRAIN = [Example(f"the film is {w} number {i}", w) for i in range(12) for w in ("positive", "negative")]
@@ -40,8 +41,10 @@ def test_training_saves_a_peft_adapter_that_reloads(tmp_path: Path) -> None:
     from peft import PeftModel
 
     backend, predictor = fit(tmp_path)
-    info = predictor.info  # type: ignore[attr-defined]
-    assert info["train_seconds"] > 0 and info["adapter_bytes"] > 0 and info["peak_memory_bytes"] > 0
+    training = predictor.fitted  # type: ignore[attr-defined]
+    assert isinstance(training, LocalTraining)
+    assert training.train_seconds > 0 and training.adapter_bytes > 0
+    assert training.peak_memory_bytes is not None and training.peak_memory_bytes > 0
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert config["r"] == 8 and config["peft_type"] == "LORA" and config["base_model_name_or_path"] == "tiny"
     assert set(config["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj"}
@@ -117,7 +120,7 @@ def test_answer_loss_weights_tokens_by_their_example() -> None:
 @pytest.mark.parametrize("balance", ["loss", "sampling"])
 def test_class_balanced_training_records_the_scheme(tmp_path: Path, balance: str) -> None:
     _, predictor = fit(tmp_path, class_balance=balance, epochs=1)
-    assert predictor.info["class_balance"] == balance  # type: ignore[attr-defined]
+    assert predictor.fitted.class_balance == balance  # type: ignore[attr-defined]
 
 
 def test_unknown_class_balance_is_a_config_error() -> None:
@@ -160,8 +163,8 @@ def test_training_killed_after_a_checkpoint_resumes_to_the_same_adapter(tmp_path
     assert resumed.score_choices([prompt], choices) == pytest.approx(
         whole.score_choices([prompt], choices), abs=1e-6
     )
-    assert info["train_steps"] == 12 and info["resumed_at_step"] == 7
-    assert whole_info["resumed_at_step"] == 0
+    assert info.train_steps == 12 and info.resumed_at_step == 7
+    assert whole_info.resumed_at_step == 0
     # A checkpoint from other settings is not continued.
     with pytest.raises(Interrupted):
         trainer(tmp_path / "other", stop_at=3).train(TRAIN)

@@ -349,8 +349,9 @@ def _check_overrides(overrides: Mapping[str, Mapping[str, Any]]) -> None:
         cls = RunConfig if name == "run" else _SECTIONS.get(name)
         if cls is None:
             raise ConfigError(f"unknown settings section '{name}'; sections: run, {', '.join(_SECTIONS)}")
-        bad = sorted(set(given) - {f.name for f in fields(cls)})
-        if bad:
+        known = {f.name for f in fields(cls)}
+        bad = sorted(key for key, value in given.items() if value is not None and key not in known)
+        if bad:  # None is "not given" (a command line's unset option), whatever its name
             raise ConfigError(f"unknown keys in settings section '{name}': {', '.join(bad)}")
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from typing_extensions import TypedDict
+
 from fewtune.backends.endpoint import EndpointSpec, Refused, ServerFailed, Unauthorized, Unreachable
 from fewtune.errors import FewtuneError
 
@@ -20,6 +22,22 @@ EVENTS_PAGE = 100
 """Events asked for per page (OpenAI's most)."""
 MESSAGE_CHARS = 300
 FINISHED = ("succeeded", "failed", "cancelled")
+
+
+class Hyperparameters(TypedDict, total=False):
+    """A supervised job's hyperparameters, as OpenAI's API names them; what is left out, the provider
+    chooses."""
+
+    n_epochs: int
+    batch_size: int
+    learning_rate_multiplier: float
+
+
+class JobOptions(TypedDict, total=False):
+    """The optional arguments of a job's creation that fewtune gives."""
+
+    validation_file: str
+    suffix: str
 
 
 class NoFineTuningAPI(FewtuneError):
@@ -132,13 +150,15 @@ class HostedAPI:
         self,
         training_file: str,
         validation_file: str | None,
-        hyperparameters: dict[str, Any],
+        hyperparameters: Hyperparameters,
         suffix: str | None,
         seed: int,
     ) -> Any:
         """Create a supervised job on ``spec.model``; the job object."""
         method: Any = {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}}
-        optional: dict[str, Any] = {"validation_file": validation_file} if validation_file else {}
+        optional = JobOptions()
+        if validation_file:
+            optional["validation_file"] = validation_file
         if suffix:
             optional["suffix"] = suffix
         return self._call(

@@ -21,14 +21,19 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import TypeAdapter, ValidationError
+from typing_extensions import TypedDict
 
 from fewtune.config import RunConfig
 from fewtune.data.load import Example
 from fewtune.data.split import PreparedData, stratified_sample
-from fewtune.hosted.api import FINISHED, HostedAPI, JobFailed, job_error
+from fewtune.hosted.api import FINISHED, HostedAPI, Hyperparameters, JobFailed, job_error
 from fewtune.methods import Method, adapter_folder
 from fewtune.prompts.template import PromptTemplate
+from fewtune.results.record import MethodRow
+from fewtune.results.sections import HostedComparison, HostedJob
 from fewtune.results.store import write_json_atomic
 from fewtune.run.events import RunEvents, TrainStep
 from fewtune.run.plan import check_hosted
@@ -40,6 +45,28 @@ JOB_FILE = "job.json"
 CACHE_FILE = "http_cache.sqlite"
 COMPARISON = "fewtune.fine_tuning.comparison"
 """The ``object`` of ``fewtune serve``'s result file (the held-out comparison against few-shot prompting)."""
+FileName = Literal["training", "validation"]
+FILE_KEYS: dict[FileName, Literal["training_file", "validation_file"]] = {
+    "training": "training_file",
+    "validation": "validation_file",
+}
+
+
+class JobState(TypedDict, total=False):
+    """``job.json``: the job a hosted-ft row follows, and what it was made from."""
+
+    endpoint: str
+    model: str
+    sha256: dict[str, str]
+    """The uploaded files' hashes, by name (training, validation)."""
+    training_file: str
+    validation_file: str
+    """The provider's ids of the uploaded files."""
+    job: str
+    created_at: int
+
+
+_JOB_STATE = TypeAdapter(JobState)
 
 
 def chat_jsonl(examples: Sequence[Example], template: PromptTemplate) -> bytes:
@@ -59,25 +86,29 @@ def chat_jsonl(examples: Sequence[Example], template: PromptTemplate) -> bytes:
     return ("\n".join(lines) + "\n").encode("utf-8")
 
 
-def _read_state(path: Path) -> dict[str, Any]:
+def _read_state(path: Path) -> JobState:
+    """What ``job.json`` recorded; nothing when it is missing or not a job's record."""
     try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return _JOB_STATE.validate_json(path.read_bytes())
+    except (OSError, ValidationError):
         return {}
-    return state if isinstance(state, dict) else {}
 
 
 def _job_id(
-    api: HostedAPI, folder: Path, files: dict[str, bytes], cfg: RunConfig, events: RunEvents, title: str
+    api: HostedAPI, folder: Path, files: dict[FileName, bytes], cfg: RunConfig, events: RunEvents, title: str
 ) -> str:
     """The job to follow: the one ``job.json`` records for the same endpoint, model and rows (unless it
     failed or was cancelled), else a new one, recorded before it is followed."""
     path = folder / JOB_FILE
-    digest = {name: hashlib.sha256(content).hexdigest() for name, content in files.items()}
-    wanted = {"endpoint": api.spec.url, "model": api.spec.model, "sha256": digest}
+    digest: dict[str, str] = {name: hashlib.sha256(content).hexdigest() for name, content in files.items()}
+    wanted = JobState(endpoint=api.spec.url, model=api.spec.model, sha256=digest)
     state = _read_state(path)
-    if {k: state.get(k) for k in wanted} != wanted:
-        state = dict(wanted)
+    if (state.get("endpoint"), state.get("model"), state.get("sha256")) != (
+        wanted["endpoint"],
+        wanted["model"],
+        wanted["sha256"],
+    ):
+        state = wanted
     if state.get("job"):
         job = api.job(state["job"])
         if job.status not in ("failed", "cancelled"):
@@ -87,24 +118,22 @@ def _job_id(
         state.pop("job")
     folder.mkdir(parents=True, exist_ok=True)
     for name, content in files.items():
-        key = f"{name}_file"
+        key = FILE_KEYS[name]
         if not state.get(key) or not api.has_file(state[key]):
             state[key] = api.upload(f"fewtune-{folder.name}-{name}.jsonl", content)
             write_json_atomic(path, state)
     hosted = cfg.hosted
-    hyperparameters = {
-        key: value
-        for key, value in (
-            ("n_epochs", hosted.n_epochs),
-            ("batch_size", hosted.batch_size),
-            ("learning_rate_multiplier", hosted.learning_rate_multiplier),
-        )
-        if value is not None
-    }
+    hyperparameters = Hyperparameters()  # what is not given, the provider chooses
+    if hosted.n_epochs is not None:
+        hyperparameters["n_epochs"] = hosted.n_epochs
+    if hosted.batch_size is not None:
+        hyperparameters["batch_size"] = hosted.batch_size
+    if hosted.learning_rate_multiplier is not None:
+        hyperparameters["learning_rate_multiplier"] = hosted.learning_rate_multiplier
     job = api.create_job(
         state["training_file"], state.get("validation_file"), hyperparameters, hosted.suffix, cfg.seed
     )
-    state.update(job=str(job.id), created_at=job.created_at)
+    state["job"], state["created_at"] = str(job.id), job.created_at
     write_json_atomic(path, state)
     events.info(f"{title}: created job {job.id} at {api.spec.url} (recorded in {path})")
     return str(job.id)
@@ -143,9 +172,13 @@ def follow(api: HostedAPI, job_id: str, events: RunEvents, name: str, poll_secon
         raise
 
 
-def _result_files(api: HostedAPI, job: Any, folder: Path, events: RunEvents) -> dict[str, Any]:
-    """Save the job's result files beside job.json; what a ``fewtune serve`` comparison in them says."""
-    saved, comparison = [], None
+def _result_files(
+    api: HostedAPI, job: Any, folder: Path, events: RunEvents
+) -> tuple[tuple[str, ...], HostedComparison | None]:
+    """Save the job's result files beside job.json; their names, and what a ``fewtune serve`` comparison
+    in them says."""
+    saved: list[str] = []
+    comparison: HostedComparison | None = None
     for file_id in job.result_files or []:
         content = api.content(file_id)
         name = Path(api.file_name(file_id)).name or file_id  # no folder of the provider's choosing
@@ -157,16 +190,16 @@ def _result_files(api: HostedAPI, job: Any, folder: Path, events: RunEvents) -> 
         except ValueError:
             continue  # a provider's CSV of step metrics
         if isinstance(document, dict) and document.get("object") == COMPARISON:
-            comparison = {
-                "verdict": document.get("verdict"),
-                "metric": document.get("metric"),
-                "rows": (document.get("comparison") or {}).get("rows"),
-                "few_shot": (document.get("few_shot") or {}).get("score"),
-                "fine_tuned": (document.get("fine_tuned") or {}).get("score"),
-                "file": target.name,
-            }
+            comparison = HostedComparison(
+                verdict=document.get("verdict"),
+                metric=document.get("metric"),
+                rows=(document.get("comparison") or {}).get("rows"),
+                few_shot=(document.get("few_shot") or {}).get("score"),
+                fine_tuned=(document.get("fine_tuned") or {}).get("score"),
+                file=target.name,
+            )
             events.info(f"  held-out comparison by the endpoint: {comparison['verdict']}")
-    return {"hosted_result_files": saved, **({"hosted_comparison": comparison} if comparison else {})}
+    return tuple(saved), comparison
 
 
 def hosted_rows(
@@ -187,7 +220,7 @@ def hosted_rows(
             title = f"{Method.HOSTED_FT} n={n}"
             train, rest = stratified_sample(data.pool, n, cfg.seed)
             validation = stratified_sample(rest, VALIDATION_ROWS, cfg.seed)[0] if rest else []
-            files = {"training": chat_jsonl(train, template)}
+            files: dict[FileName, bytes] = {"training": chat_jsonl(train, template)}
             if validation:
                 files["validation"] = chat_jsonl(validation, template)
             folder = session.store.adapter_dir(adapter_folder(Method.HOSTED_FT, n))
@@ -195,19 +228,21 @@ def hosted_rows(
             job = follow(api, job_id, events, title, cfg.hosted.poll_seconds)
             if job.status != "succeeded" or not job.fine_tuned_model:
                 raise JobFailed(f"{title}: fine-tuning job {job.id} at {spec.url} {job_error(job)}")
-            info = {
-                "fine_tuned_model": job.fine_tuned_model,
-                "fine_tuning_job": job.id,
-                "hosted_endpoint": spec.url,
-                "trained_tokens": job.trained_tokens,
+            saved, comparison = _result_files(api, job, folder, events)
+            hosted = HostedJob(
+                fine_tuned_model=job.fine_tuned_model,
+                fine_tuning_job=job.id,
+                hosted_endpoint=spec.url,
+                trained_tokens=job.trained_tokens,
                 # The job's wall time at the provider, queueing included: all a provider reports.
-                "train_seconds": float(job.finished_at - job.created_at) if job.finished_at else None,
-                "hosted_hyperparameters": job.hyperparameters.model_dump(),
-                "validation_examples": len(validation),
-                **_result_files(api, job, folder, events),
-            }
+                train_seconds=float(job.finished_at - job.created_at) if job.finished_at else None,
+                hosted_hyperparameters=job.hyperparameters.model_dump(),
+                validation_examples=len(validation),
+                hosted_result_files=saved,
+                hosted_comparison=comparison,
+            )
             tuned = replace(spec, model=job.fine_tuned_model)
-            score_hosted(session, cfg, data, template, events, tuned, n, info)
+            score_hosted(session, cfg, data, template, events, tuned, n, hosted)
     finally:
         api.close()
 
@@ -220,7 +255,7 @@ def score_hosted(
     events: RunEvents,
     spec: Any,
     n: int,
-    info: dict[str, Any],
+    hosted: HostedJob,
 ) -> None:
     """Score the fine-tuned model at ``spec`` on the test rows through the endpoint and record its row."""
     from fewtune.backends.generated import GenerateAndParse
@@ -237,9 +272,9 @@ def score_hosted(
             session.warn(f"{spec.model} gives no prompt log-probabilities: labels are generated and parsed")
         scorer: Any = GenerateAndParse(backend) if generate else backend
         predictor = Predictor(
-            method=Method.HOSTED_FT.value, backend=scorer, template=template, train_examples=n, info=info
+            method=Method.HOSTED_FT.value, backend=scorer, template=template, train_examples=n, fitted=hosted
         )
-        row, predictions = events.progress(
+        scored, predictions = events.progress(
             f"Scoring {predictor.name}",
             len(data.test),
             lambda progress: evaluate(
@@ -251,7 +286,12 @@ def score_hosted(
                 progress=progress,
             ),
         )
-        row.update(model=spec.model, pricing="hosted-api", hosted_usage=backend.usage_totals)
+        row: MethodRow = {
+            **scored,
+            "model": spec.model,
+            "pricing": "hosted-api",
+            "hosted_usage": backend.usage_totals,
+        }
         session.record(row, predictions)
     finally:
         backend.close()

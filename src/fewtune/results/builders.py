@@ -8,8 +8,9 @@ from typing import Any
 
 from typing_extensions import TypedDict
 
-from fewtune.results.record import Costs, Primary
+from fewtune.results.record import Costs, MethodRow, Primary
 from fewtune.results.rows import Row, Run
+from fewtune.results.sections import Fitted
 
 
 class RowAnalysis(TypedDict, total=False):
@@ -54,16 +55,14 @@ def analysed_run(results: Mapping[str, Any], analysed_rows: Sequence[Row], analy
     return Run({**results, "methods": [row.data for row in analysed_rows], **analysis})
 
 
-def training_fields(info: Mapping[str, Any]) -> Mapping[str, Any]:
-    """A method row's training fields from what its training measured (``Strategy.info``): train_seconds
-    first, null for a method that did not train, then the rest in the order training reported them."""
-    return {
-        "train_seconds": info.get("train_seconds"),
-        **{k: v for k, v in info.items() if k != "train_seconds"},
-    }
+def training_fields(fitted: Fitted | None) -> MethodRow:
+    """A method row's training fields from what fitting it measured (a predictor's ``fitted``):
+    train_seconds first, null for a method that did not train (``fitted`` None), then the rest of its
+    section's fields."""
+    return {"train_seconds": None} if fitted is None else fitted.fields()
 
 
-def degenerate_fields(reason: str | None) -> Mapping[str, Any]:
+def degenerate_fields(reason: str | None) -> MethodRow:
     """A method row's ``degenerate_reason`` (the task's own check) where its outputs do not do the task;
     nothing where they do."""
     return {"degenerate_reason": reason} if reason else {}

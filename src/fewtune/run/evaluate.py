@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NotRequired
 
 import numpy as np
+from typing_extensions import TypedDict
 
 from fewtune.backends.base import ProgressFn
 from fewtune.backends.generated import unanswered
@@ -16,6 +17,7 @@ from fewtune.decide.curves import accuracy_of
 from fewtune.methods import Method
 from fewtune.metrics import classification_metrics
 from fewtune.results.builders import training_fields
+from fewtune.results.record import Latency, MethodRow
 from fewtune.results.rows import Row
 from fewtune.run.latency import time_requests, wall_seconds
 from fewtune.strategies.base import Predictor, log_softmax
@@ -25,12 +27,52 @@ if TYPE_CHECKING:
 
 # Requests run and discarded before timing, so one-off costs (allocations, kernel selection) don't count.
 LATENCY_WARMUP_REQUESTS = 2
-LATENCY_FIELDS = ("latency_ms", "latency_ms_no_prefix_cache")
 # What predictions.jsonl records for a generated answer that names no label (it counts as wrong).
 NO_ANSWER = "(no answer)"
 
 
-def measure_latency(predictor: Predictor, texts: Sequence[str], requests: int) -> dict[str, Any]:
+class Identity(TypedDict):
+    """Which row a predictions.jsonl line belongs to (the first fields of every line)."""
+
+    method: str
+    name: str
+    shots: int
+    train_examples: int
+
+
+class LabelPrediction(Identity):
+    """A label row's predictions.jsonl line: one test row's outcome."""
+
+    row: int
+    text: str
+    gold: str
+    predicted: str
+    """The label chosen, or :data:`NO_ANSWER`."""
+    correct: bool
+    score: float
+    """The chosen label's log-probability among the labels."""
+    scores: dict[str, float]
+    """Every label's log-probability among the labels."""
+    demo_seed: NotRequired[int | None]
+    """Prompting rows: the seed of the draw the line comes from."""
+    draw: NotRequired[int]
+    """Prompting rows: the draw's index (0: the row's own demos)."""
+
+
+def label_metrics(
+    gold: Sequence[str], predicted: Sequence[str], labels: Sequence[str], seed: int
+) -> MethodRow:
+    """A label row's quality fields (accuracy with its interval, macro-F1, per_class), in that order."""
+    metrics = classification_metrics(gold, predicted, labels, seed=seed)
+    return {
+        "accuracy": metrics["accuracy"],
+        "accuracy_ci95": metrics["accuracy_ci95"],
+        "macro_f1": metrics["macro_f1"],
+        "per_class": metrics["per_class"],
+    }
+
+
+def measure_latency(predictor: Predictor, texts: Sequence[str], requests: int) -> Latency:
     """Milliseconds per request, one request at a time, as a deployment serving single calls sees them."""
     return time_requests(
         lambda text: predictor.backend.timed(partial(predictor.score, [text], batch_size=1)),
@@ -40,7 +82,7 @@ def measure_latency(predictor: Predictor, texts: Sequence[str], requests: int) -
     )
 
 
-def _latencies(predictor: Predictor, texts: Sequence[str], requests: int) -> dict[str, Any]:
+def _latencies(predictor: Predictor, texts: Sequence[str], requests: int) -> MethodRow:
     """``latency_ms`` as served with prefix caching (vLLM and SGLang do it by default) and, where the backend
     can switch it off, ``latency_ms_no_prefix_cache`` for a server that recomputes the demos every time."""
     backend: Any = predictor.backend
@@ -55,6 +97,16 @@ def _latencies(predictor: Predictor, texts: Sequence[str], requests: int) -> dic
     finally:
         backend.prefix_caching = original
     return {"latency_ms": cached, "latency_ms_no_prefix_cache": uncached}
+
+
+def latency_fields(row: MethodRow) -> MethodRow:
+    """``row``'s latency fields, for a row timed the same way (a calibrated twin, another demo draw)."""
+    fields: MethodRow = {}
+    if "latency_ms" in row:
+        fields["latency_ms"] = row["latency_ms"]
+    if "latency_ms_no_prefix_cache" in row:
+        fields["latency_ms_no_prefix_cache"] = row["latency_ms_no_prefix_cache"]
+    return fields
 
 
 def score_test(
@@ -76,8 +128,8 @@ def evaluate(
     seed: int = 0,
     progress: ProgressFn | None = None,
     scored: tuple[np.ndarray, float | None] | None = None,
-    latency: dict[str, Any] | None = None,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    latency: MethodRow | None = None,
+) -> tuple[MethodRow, list[LabelPrediction]]:
     """Return the method's results row and its per-test-row predictions.
 
     ``scored`` reuses raw scores from :func:`score_test` (a calibrated row shares its uncalibrated twin's);
@@ -99,7 +151,7 @@ def evaluate(
     longest = max(label_tokens.values())
     if latency is None:
         latency = _latencies(predictor, texts, latency_requests)
-    row: dict[str, Any] = {
+    row: MethodRow = {
         "method": predictor.method,
         "name": predictor.name,
         "shots": predictor.shots,
@@ -107,7 +159,7 @@ def evaluate(
         "demo_selection": predictor.demo_selection,
         "calibrated": predictor.calibrated,
         "demo_seed": predictor.demo_seed,
-        **classification_metrics(gold, predicted, labels, seed=seed),
+        **label_metrics(gold, predicted, labels, seed),
         **latency,
         "prompt_tokens_mean": float(np.mean(prompt_tokens)),
         "prompt_tokens_max": int(max(prompt_tokens)),
@@ -115,7 +167,7 @@ def evaluate(
         "output_tokens_mean": float(np.mean([label_tokens.get(p, longest) for p in predicted])),
         "throughput_rows_per_second": len(texts) / scoring_seconds if scoring_seconds else None,
         "scoring_seconds": scoring_seconds,
-        **training_fields(predictor.info),
+        **training_fields(predictor.fitted),
         "demos": [{"text": d.text, "label": d.label} for d in predictor.demos],
         "label_scoring": "generate" if generated else "loglik",
     }
@@ -125,22 +177,22 @@ def evaluate(
         row["label_bias"] = dict(zip(labels, predictor.label_bias, strict=True))
     if predictor.template.names:
         row["label_names"] = dict(predictor.template.names)
-    identity = {
-        "method": predictor.method,
-        "name": predictor.name,
-        "shots": predictor.shots,
-        "train_examples": predictor.train_examples,
-    }
+    identity = Identity(
+        method=predictor.method,
+        name=predictor.name,
+        shots=predictor.shots,
+        train_examples=predictor.train_examples,
+    )
     return row, prediction_rows(identity, test, predicted, scores, labels)
 
 
 def prediction_rows(
-    identity: dict[str, Any],
+    identity: Identity,
     test: Sequence[Example],
     predicted: Sequence[str],
     scores: np.ndarray,
     labels: Sequence[str],
-) -> list[dict[str, Any]]:
+) -> list[LabelPrediction]:
     """predictions.jsonl lines: ``identity`` (method, name, shots, train_examples) plus each row's outcome.
 
     ``scores`` are reported as log-probabilities among the labels (each row's log-softmax).
@@ -161,11 +213,11 @@ def prediction_rows(
     ]
 
 
-def combine_draws(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def combine_draws(rows: Sequence[MethodRow]) -> MethodRow:
     """One results row for several demo draws of the same method: the first draw's full metrics (the demo
     set drawn with ``--seed``, whose predictions keep the row's name) plus accuracy mean and std over draws.
     """
-    first = dict(rows[0])
+    first: MethodRow = {**rows[0]}
     accuracies = [accuracy_of(Row(row)) for row in rows]
     first["demo_seeds"] = [row.get("demo_seed") for row in rows]
     first["accuracy_draws"] = accuracies
@@ -175,7 +227,7 @@ def combine_draws(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return first
 
 
-def _reference_latency(model: ReferenceModel, texts: Sequence[str], requests: int) -> dict[str, Any]:
+def _reference_latency(model: ReferenceModel, texts: Sequence[str], requests: int) -> Latency:
     return time_requests(
         lambda text: wall_seconds(lambda: model.score([text])),
         texts,
@@ -186,7 +238,7 @@ def _reference_latency(model: ReferenceModel, texts: Sequence[str], requests: in
 
 def evaluate_reference(
     model: ReferenceModel, test: Sequence[Example], *, latency_requests: int = 20, seed: int = 0
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+) -> tuple[MethodRow, list[LabelPrediction]]:
     """The reference's results row and per-test-row predictions, shaped like ``evaluate``'s."""
     texts = [ex.text for ex in test]
     labels = list(model.labels)
@@ -195,7 +247,7 @@ def evaluate_reference(
     scoring_seconds = time.perf_counter() - start
     predicted = [labels[i] for i in scores.argmax(axis=1)]
     gold = [ex.label for ex in test]
-    row: dict[str, Any] = {
+    row: MethodRow = {
         "method": Method.REFERENCE.value,
         "name": model.name,
         "shots": 0,
@@ -203,19 +255,16 @@ def evaluate_reference(
         "demo_selection": None,
         "calibrated": False,
         "demo_seed": None,
-        **classification_metrics(gold, predicted, labels, seed=seed),
+        **label_metrics(gold, predicted, labels, seed),
         "latency_ms": _reference_latency(model, texts, latency_requests),
         "prompt_tokens_mean": None,
         "output_tokens_mean": None,
         "throughput_rows_per_second": len(texts) / scoring_seconds if scoring_seconds else None,
         "scoring_seconds": scoring_seconds,
-        **model.info,
+        **training_fields(model.fitted),
         "demos": [],
     }
-    identity = {
-        "method": Method.REFERENCE.value,
-        "name": model.name,
-        "shots": 0,
-        "train_examples": model.train_examples,
-    }
+    identity = Identity(
+        method=Method.REFERENCE.value, name=model.name, shots=0, train_examples=model.train_examples
+    )
     return row, prediction_rows(identity, test, predicted, scores, labels)

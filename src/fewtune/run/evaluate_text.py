@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
@@ -16,6 +16,9 @@ from fewtune.data.load import Example
 from fewtune.methods import Method, row_name
 from fewtune.prompts.template import QUERY_LEAD, OutputTemplate
 from fewtune.results.builders import degenerate_fields, training_fields
+from fewtune.results.record import Latency, MethodRow
+from fewtune.results.sections import Fitted
+from fewtune.run.evaluate import Identity
 from fewtune.run.latency import time_requests, wall_seconds
 from fewtune.strategies.base import PerRowDemos
 from fewtune.tasks.base import END_MARKER, Task, TaskExample, bootstrap_ci
@@ -32,6 +35,24 @@ LATENCY_MIN_REQUESTS = 5
 # One untimed request first (classification's scorer takes two): the batched pass has just run the same
 # model and prefix, so only the one-row shapes are new, and a long answer's warm-up costs a request's time.
 LATENCY_WARMUP_REQUESTS = 1
+# What a method measured that leads its row, after its identity (the rest follows the primary metrics).
+HEAD_FIELDS = ("demo_selection", "demo_seed", "calibrated", "constrained")
+
+
+class OutputPrediction(Identity):
+    """An open-output row's predictions.jsonl line: one test row's output and its scores."""
+
+    row: int
+    text: str
+    gold: str
+    references: list[str] | None
+    """Every reference output, where the row has several (None: ``gold`` alone)."""
+    output: str
+    parsed: Any
+    """The output as the task parsed it (JSON for extraction, labels for multi-label), or None."""
+    stopped: bool
+    scores: dict[str, float]
+    primary_stats: list[float]
 
 
 @dataclass(frozen=True)
@@ -50,7 +71,8 @@ class TextPredictor:
     demo_seed: int | None = None
     constraint: Callable[[], Any] | None = field(default=None, compare=False)
     """Makes a logits processor that constrains decoding to the output schema (``--constrained``)."""
-    info: dict[str, Any] = field(default_factory=dict, compare=False)
+    fitted: Fitted | None = field(default=None, compare=False)
+    """What training measured (a trained row), None for a prompt."""
     recipe: str | None = None
     """A prompted adapter trained another way than usual (``plain-adapter``), named in the row."""
 
@@ -103,7 +125,7 @@ def max_new_tokens(backend: Backend, template: OutputTemplate, pool: Sequence[Ta
     return math.ceil(longest * MAX_NEW_TOKENS_HEADROOM)
 
 
-def _latency(predictor: TextPredictor, texts: Sequence[str], requests: int) -> dict[str, Any]:
+def _latency(predictor: TextPredictor, texts: Sequence[str], requests: int) -> Latency:
     """Single-request latency; long outputs stop the timing early (:data:`LATENCY_BUDGET_SECONDS`)."""
 
     def one(text: str) -> float:
@@ -138,13 +160,13 @@ def evaluate_text(
     latency_requests: int = 20,
     seed: int = 0,
     progress: ProgressFn | None = None,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+) -> tuple[Mapping[str, Any], list[OutputPrediction]]:
     """The method's results row and its predictions.jsonl lines."""
     texts = [ex.text for ex in test]
     run = partial(predictor.generate, texts, batch_size, progress)
     generations, seconds = predictor.backend.pass_seconds(run)
     output_tokens = [g.output_tokens for g in generations]
-    measured: dict[str, Any] = {
+    measured: MethodRow = {
         "demo_selection": predictor.demo_selection,
         "demo_seed": predictor.demo_seed,
         "calibrated": False,
@@ -158,15 +180,15 @@ def evaluate_text(
         "throughput_rows_per_second": len(texts) / seconds if seconds else None,
         "scoring_seconds": seconds,
         "max_new_tokens": predictor.max_new_tokens,
-        **training_fields(predictor.info),
+        **training_fields(predictor.fitted),
         "demos": [{"text": d.text, "output": d.label} for d in predictor.demos],
     }
-    identity = {
-        "method": predictor.method,
-        "name": predictor.name,
-        "shots": predictor.shots,
-        "train_examples": predictor.train_examples,
-    }
+    identity = Identity(
+        method=predictor.method,
+        name=predictor.name,
+        shots=predictor.shots,
+        train_examples=predictor.train_examples,
+    )
     return score_outputs(task, test, [g.text for g in generations], identity, measured, seed, generations)
 
 
@@ -174,18 +196,22 @@ def score_outputs(
     task: Task,
     test: Sequence[TaskExample],
     outputs: Sequence[str],
-    identity: dict[str, Any],
-    measured: dict[str, Any],
+    identity: Identity,
+    measured: Mapping[str, Any],
     seed: int,
     generations: Sequence[Generation] | None = None,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+) -> tuple[Mapping[str, Any], list[OutputPrediction]]:
     """A method's results row and predictions from its output texts: parsed, scored per row, aggregated
-    with intervals; ``measured`` holds what the method measured itself (latency, tokens, training)."""
+    with intervals; ``measured`` holds what the method measured itself (latency, tokens, training).
+
+    The row is a :class:`~fewtune.results.record.MethodRow` plus the fields the task adds (its
+    ``row_details``; a reference's own description), so it is typed as the mapping it is."""
     parsed = [task.parse(text) for text in outputs]
     scores = task.score_rows(test, parsed, outputs)
     stats = task.primary_stats(scores)
     primary = task.primary
-    head = {k: measured.pop(k, None) for k in ("demo_selection", "demo_seed", "calibrated", "constrained")}
+    head = {k: measured.get(k) for k in HEAD_FIELDS}
+    rest = {k: v for k, v in measured.items() if k not in HEAD_FIELDS}
     row: dict[str, Any] = {
         **identity,
         **head,
@@ -196,12 +222,12 @@ def score_outputs(
             "ci95": list(bootstrap_ci(stats, primary.aggregate, seed)),
         },
         "metrics": {name: metric.to_dict() for name, metric in task.aggregate(scores, seed).items()},
-        **measured,
+        **rest,
         **task.row_details(test, parsed, scores),
         **degenerate_fields(task.degenerate(test, parsed)),
     }
     stopped = [g.stopped for g in generations] if generations is not None else [True] * len(outputs)
-    predictions = [
+    predictions: list[OutputPrediction] = [
         {
             **identity,
             "row": i,
@@ -223,14 +249,17 @@ def score_outputs(
 
 def evaluate_reference_outputs(
     model: Any,
+    embedding_model: str,
     task: Task,
     test: Sequence[TaskExample],
     train_examples: int,
     *,
     latency_requests: int,
     seed: int,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """A no-LLM reference's row (``model.predict(texts)`` gives output texts), shaped like a method's."""
+) -> tuple[Mapping[str, Any], list[OutputPrediction]]:
+    """A no-LLM reference's row (``model.predict(texts)`` gives output texts), shaped like a method's: its
+    own description (``model.describe()``) and the ``embedding_model`` it was fitted over in place of the
+    training fields."""
     texts = [ex.text for ex in test]
     began = time.perf_counter()
     outputs = model.predict(texts)
@@ -241,12 +270,12 @@ def evaluate_reference_outputs(
         latency_requests,
         warmup=LATENCY_WARMUP_REQUESTS,
     )
-    identity = {
-        "method": Method.REFERENCE.value,
-        "name": f"{Method.REFERENCE} n={train_examples}",
-        "shots": 0,
-        "train_examples": train_examples,
-    }
+    identity = Identity(
+        method=Method.REFERENCE.value,
+        name=f"{Method.REFERENCE} n={train_examples}",
+        shots=0,
+        train_examples=train_examples,
+    )
     measured: dict[str, Any] = {
         "demo_selection": None,
         "demo_seed": None,
@@ -258,6 +287,7 @@ def evaluate_reference_outputs(
         "throughput_rows_per_second": len(texts) / seconds if seconds else None,
         "scoring_seconds": seconds,
         **model.describe(),
+        "embedding_model": embedding_model,
         "demos": [],
     }
     return score_outputs(task, test, outputs, identity, measured, seed)

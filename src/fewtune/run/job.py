@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from fewtune.methods import Method
+from fewtune.results.record import RunResults
 from fewtune.run.events import RunEvents
 from fewtune.run.label_rows import LabelRows
 from fewtune.run.loaders import answerers
@@ -30,7 +31,7 @@ class Job:
         self.cfg = plan.cfg
         self.rows = rows_for(plan, task, events, embedder_factory)
 
-    def prepare(self) -> dict[str, Any]:
+    def prepare(self) -> RunResults:
         return self.rows.prepare()
 
     def execute(self, session: RunSession, backends: tuple[Any, Any]) -> None:

@@ -25,15 +25,16 @@ from fewtune.errors import ModelError
 from fewtune.methods import Method
 from fewtune.prompts.demos import NEAREST, DemoIndex, training_demos
 from fewtune.prompts.template import DEFAULT_TASK, PromptTemplate, resolve_label_names
-from fewtune.results.record import method_rows
+from fewtune.results.record import MethodRow, RunResults, method_rows
 from fewtune.results.resume import fingerprint
-from fewtune.run.evaluate import evaluate
+from fewtune.results.sections import LocalTraining
+from fewtune.run.evaluate import LabelPrediction, evaluate
 from fewtune.run.events import RunEvents
 from fewtune.run.plan import RunPlan, check_plan, load_data
 from fewtune.run.rows import TaskRows
 from fewtune.run.session import RunSession
 from fewtune.run.sweep import check_context, few_shot_draws, prompt_sets, run_prompt_set
-from fewtune.run.training_rows import PLAIN, Tuning
+from fewtune.run.training_rows import PLAIN, Tuning, prompted_training
 from fewtune.strategies.base import PLAIN_ADAPTER, Predictor
 from fewtune.tasks.base import CLASSIFICATION
 
@@ -54,7 +55,7 @@ class LabelRows(TaskRows):
         self.embedder: Embedder | None = None
         self.generate = False
 
-    def prepare(self) -> dict[str, Any]:
+    def prepare(self) -> RunResults:
         cfg = self.cfg
         data = self.data = load_data(cfg)
         check_plan(cfg, data)
@@ -235,10 +236,11 @@ class LabelTuning(Tuning):
         predictor: Predictor = events.training(title, partial(_fit, strategy, train, demos))
         if self.rows.generate:
             predictor = replace(predictor, backend=GenerateAndParse(predictor.backend))
+        training = predictor.fitted
+        assert isinstance(training, LocalTraining), "a local strategy measures its training"
         events.info(
-            f"  {title.removeprefix('Training ')}: {predictor.info['train_seconds']:.0f} s "
-            f"({predictor.info['train_tokens_per_second']:.0f} tokens/s); "
-            f"saved {predictor.info['adapter_path']}"
+            f"  {title.removeprefix('Training ')}: {training.train_seconds:.0f} s "
+            f"({training.train_tokens_per_second:.0f} tokens/s); saved {training.adapter_path}"
         )
         return predictor
 
@@ -253,12 +255,12 @@ class LabelTuning(Tuning):
                 demo_seed=demos.demo_seed,
                 recipe=PLAIN_ADAPTER if kshot_training == PLAIN else None,
             ),
-            info={**tuned.info, "kshot_training": kshot_training},
+            fitted=prompted_training(tuned.fitted, kshot_training),
         )
 
-    def evaluate(self, predictor: Predictor) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    def evaluate(self, predictor: Predictor) -> tuple[MethodRow, list[LabelPrediction]]:
         cfg = self.cfg
-        result: tuple[dict[str, Any], list[dict[str, Any]]] = self.rows._with_progress(
+        result: tuple[MethodRow, list[LabelPrediction]] = self.rows._with_progress(
             f"Scoring {predictor.name}",
             lambda progress: evaluate(
                 predictor,

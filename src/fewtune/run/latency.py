@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import numpy as np
 
+from fewtune.results.record import Latency
 
-def untimed() -> dict[str, Any]:
+
+def untimed() -> Latency:
     return {"p50": None, "p95": None, "mean": None, "requests": 0}
 
 
@@ -23,7 +24,7 @@ def time_requests(
     warmup: int,
     budget_seconds: float | None = None,
     min_requests: int = 0,
-) -> dict[str, Any]:
+) -> Latency:
     """``latency_ms`` of ``requests`` single requests over ``texts`` (cycled): ``run_one(text)`` answers one
     and returns its seconds. With ``budget_seconds``, timing stops once that much time has passed and at
     least ``min_requests`` are timed (long generated outputs); ``requests`` says how many were."""

@@ -10,7 +10,7 @@ first k-shot prompt. Results are recorded as each row finishes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -20,9 +20,13 @@ from fewtune.errors import ConfigError, ModelError
 from fewtune.methods import Method
 from fewtune.prompts.demos import NEAREST, DemoIndex, NearestDemos, select_demos, training_demos
 from fewtune.prompts.template import OutputTemplate
+from fewtune.results.record import RunResults
 from fewtune.results.resume import fingerprint
 from fewtune.results.rows import Row
+from fewtune.results.sections import LocalTraining
+from fewtune.run.evaluate import Identity
 from fewtune.run.evaluate_text import (
+    OutputPrediction,
     TextPredictor,
     evaluate_reference_outputs,
     evaluate_text,
@@ -33,7 +37,7 @@ from fewtune.run.events import RunEvents
 from fewtune.run.plan import RunPlan, check_shots_and_sizes
 from fewtune.run.rows import TaskRows
 from fewtune.run.session import RunSession
-from fewtune.run.training_rows import PLAIN, Tuning
+from fewtune.run.training_rows import PLAIN, Tuning, prompted_training
 from fewtune.strategies.base import PLAIN_ADAPTER
 from fewtune.tasks.base import Task
 from fewtune.tasks.data import TaskData, prepare_task_data, stratified
@@ -87,7 +91,7 @@ class OutputRows(TaskRows):
             self.events.warn(f"semantic similarity left out: {err}")
             return None
 
-    def prepare(self) -> dict[str, Any]:
+    def prepare(self) -> RunResults:
         cfg, task, plan = self.cfg, self.task, self.plan
         check_text_plan(cfg, task)  # before anything loads
         self.embedder = self._load_embedder()
@@ -142,12 +146,12 @@ class OutputRows(TaskRows):
         data = self.data
         assert data is not None
         common = min(Counter(ex.label for ex in data.pool).items(), key=lambda kv: (-kv[1], kv[0]))[0]
-        best: tuple[float, str, dict[str, Any], list[dict[str, Any]]] | None = None
+        best: tuple[float, str, Mapping[str, Any], list[OutputPrediction]] | None = None
         for what, outputs in (
             (f"the pool's most common output for every row ({common[:80]!r})", [common] * len(data.test)),
             ("the input copied", [ex.text for ex in data.test]),
         ):
-            identity = {"method": FLOOR, "name": FLOOR, "shots": 0, "train_examples": 0}
+            identity = Identity(method=FLOOR, name=FLOOR, shots=0, train_examples=0)
             row, predictions = score_outputs(self.task, data.test, outputs, identity, {}, self.cfg.seed)
             value = Row(row).primary_value
             assert value is not None, "a scored row has a primary value"
@@ -156,7 +160,7 @@ class OutputRows(TaskRows):
         assert best is not None
         _, what, row, predictions = best
         session.results["floor"] = {"output": what, "primary": Row(row).primary}
-        session.store.append_predictions(predictions)
+        session.store.append_predictions(dict(line) for line in predictions)
         session.write()
 
     def reference_rows(self, session: RunSession) -> None:
@@ -173,9 +177,14 @@ class OutputRows(TaskRows):
                 f"Fitting reference n={n} (sentence embeddings + logistic regression)..."
             ):
                 model = task.reference(self.embedder.embed, cfg.seed).fit(train)
-                model.info["embedding_model"] = self.embedder.name
                 row, predictions = evaluate_reference_outputs(
-                    model, task, data.test, n, latency_requests=cfg.eval.latency_requests, seed=cfg.seed
+                    model,
+                    self.embedder.name,
+                    task,
+                    data.test,
+                    n,
+                    latency_requests=cfg.eval.latency_requests,
+                    seed=cfg.seed,
                 )
             session.record(row, predictions)
 
@@ -188,17 +197,18 @@ class OutputRows(TaskRows):
         prompt_backend = backends[1]
         self.cap = max_new_tokens(prompt_backend, template, data.pool, cfg.seed)
         methods = cfg.eval.methods
-        base = TextPredictor("zero-shot", prompt_backend, template, self.cap, stop=task.stop)
+        base = TextPredictor(Method.ZERO_SHOT.value, prompt_backend, template, self.cap, stop=task.stop)
         schema = getattr(task, "schema", None)
         constraint = prompt_backend.schema_constraint(schema) if cfg.eval.constrained and schema else None
         prompts: list[TextPredictor] = []
-        if "zero-shot" in methods and 0 in cfg.prompt.shots:
+        if Method.ZERO_SHOT in methods and 0 in cfg.prompt.shots:
             prompts.append(base)
-        if "few-shot" in methods:
+        if Method.FEW_SHOT in methods:
             selections = list(
                 dict.fromkeys("random" if s == "balanced" else s for s in cfg.prompt.demo_selection)
             )
-            prompts += [self.demos_for(base, k, s, "few-shot", index) for k in self.shots for s in selections]
+            few_shot = Method.FEW_SHOT.value
+            prompts += [self.demos_for(base, k, s, few_shot, index) for k in self.shots for s in selections]
         for predictor in prompts:
             self.score(session, predictor)
             if constraint is not None:
@@ -218,10 +228,10 @@ class OutputRows(TaskRows):
         picked = select_demos(self.data.pool, k, "random", self.cfg.seed)
         return predictor.with_demos(picked, method, "random", demo_seed=self.cfg.seed)
 
-    def evaluate(self, predictor: TextPredictor) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    def evaluate(self, predictor: TextPredictor) -> tuple[Mapping[str, Any], list[OutputPrediction]]:
         cfg, data = self.cfg, self.data
         assert data is not None
-        result: tuple[dict[str, Any], list[dict[str, Any]]] = self.events.progress(
+        result: tuple[Mapping[str, Any], list[OutputPrediction]] = self.events.progress(
             f"Generating {predictor.name}",
             len(data.test),
             lambda progress: evaluate_text(
@@ -270,7 +280,7 @@ class OutputTuning(Tuning):
 
     def trained(self, strategy: Any, train: list[Any], title: str, demos: Any = None) -> TextPredictor:
         rows = self.rows
-        model, info = rows.events.training(title, partial(_train, strategy, train, demos))
+        model, fitted = rows.events.training(title, partial(_train, strategy, train, demos))
         if self.backend is not self.prompt_backend:  # the cap counts the trained model's tokens
             rows.cap = max_new_tokens(self.backend, rows.template, self.data.pool, self.cfg.seed)
         return TextPredictor(
@@ -280,22 +290,22 @@ class OutputTuning(Tuning):
             rows.cap,
             stop=self.task.stop,
             train_examples=len(train),
-            info=info,
+            fitted=fitted,
         )
 
     def prompted(self, tuned: TextPredictor, k: int, kshot_training: str) -> TextPredictor:
-        shown = self.rows.demos_for(tuned, k, self.lead, "lora+few-shot", self.index)
+        shown = self.rows.demos_for(tuned, k, self.lead, Method.LORA_FEW_SHOT.value, self.index)
         return replace(
             shown,
             recipe=PLAIN_ADAPTER if kshot_training == PLAIN else None,
-            info={**tuned.info, "kshot_training": kshot_training},
+            fitted=prompted_training(tuned.fitted, kshot_training),
         )
 
-    def evaluate(self, predictor: TextPredictor) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    def evaluate(self, predictor: TextPredictor) -> tuple[Mapping[str, Any], list[OutputPrediction]]:
         return self.rows.evaluate(predictor)
 
 
-def _train(strategy: Any, train: Any, demos: Any, on_step: Any) -> tuple[Any, dict[str, Any]]:
+def _train(strategy: Any, train: Any, demos: Any, on_step: Any) -> tuple[Any, LocalTraining]:
     """Train ``strategy`` on ``train`` (``demos`` in its prompts when given), reporting each step to
     ``on_step``."""
     return replace(strategy, progress=on_step).train(train, demos)

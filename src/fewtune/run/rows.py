@@ -6,6 +6,7 @@ import abc
 from collections.abc import Callable
 from typing import Any
 
+from fewtune.results.record import RunResults
 from fewtune.run.events import RunEvents
 from fewtune.run.session import RunSession
 from fewtune.run.training_rows import Tuning
@@ -17,7 +18,7 @@ class TaskRows(abc.ABC):
     """A task's rows: its data, its prompting and reference rows, and its side of the training loop."""
 
     @abc.abstractmethod
-    def prepare(self) -> dict[str, Any]:
+    def prepare(self) -> RunResults:
         """Read and check the data; return the record's header (``task``, ``dataset``, ...)."""
 
     @abc.abstractmethod

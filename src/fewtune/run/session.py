@@ -14,13 +14,13 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from fewtune.config import RunConfig
-from fewtune.results.record import Answerers
+from fewtune.results.record import Answerers, MethodRow
 from fewtune.results.resume import resume_results
 from fewtune.results.run_record import SCHEMA_VERSION, MethodResult, RunRecord
 from fewtune.results.store import RunStore, clear_run
@@ -29,7 +29,7 @@ from fewtune.version import __version__
 
 # Fields of an earlier run's record that a resumed run says again or that are no longer true.
 STALE_ON_RESUME = ("warnings", "error", "finished_at")
-Derive = Callable[[list[dict[str, Any]]], Mapping[str, Any]]
+Derive = Callable[[list[MethodRow]], Mapping[str, Any]]
 """Top-level fields recomputed from the method rows after each one (classification: ``curves``)."""
 
 
@@ -102,9 +102,9 @@ class RunSession:
         return self.run.header
 
     @property
-    def methods(self) -> list[dict[str, Any]]:
-        """The finished rows, as results.json holds them."""
-        return [dict(m.to_dict()) for m in self.run.methods]
+    def methods(self) -> list[MethodRow]:
+        """The finished rows, as results.json holds them (copies)."""
+        return [m.to_dict() for m in self.run.methods]
 
     @property
     def done(self) -> set[str]:
@@ -114,8 +114,10 @@ class RunSession:
     def write(self) -> None:
         self.store.write_results(self.run.to_dict())
 
-    def record(self, row: dict[str, Any], predictions: list[dict[str, Any]]) -> None:
-        """A finished method: its row (tagged with the model that answered it), its predictions."""
+    def record(self, row: Mapping[str, Any], predictions: Sequence[Mapping[str, Any]]) -> None:
+        """A finished method: its row (tagged with the model that answered it; ``row`` itself is left as
+        it was), its predictions."""
+        row = dict(row)
         if self.answerers is not None:
             self.answerers.tag(row)
         # The row comes from fewtune's own typed writers: it is checked when read back (resume, report).
@@ -123,7 +125,7 @@ class RunSession:
         self.run.methods.append(MethodResult.from_dict(row, where, self.run.task_name, check=False))
         if self.derive is not None:
             self.results.update(self.derive(self.methods))
-        self.store.append_predictions(predictions)
+        self.store.append_predictions(dict(line) for line in predictions)
         self.write()
         self.events.finished(row)
 

@@ -19,9 +19,11 @@ from fewtune.backends.base import Backend, ProgressFn
 from fewtune.config import RunConfig
 from fewtune.data.load import Example
 from fewtune.errors import ConfigError
+from fewtune.methods import Method
 from fewtune.prompts.demos import FIXED_SELECTIONS, DemoIndex
 from fewtune.prompts.template import PromptTemplate
-from fewtune.run.evaluate import LATENCY_FIELDS, combine_draws, evaluate, score_test
+from fewtune.results.record import MethodRow
+from fewtune.run.evaluate import LabelPrediction, combine_draws, evaluate, latency_fields, score_test
 from fewtune.strategies.base import Predictor
 from fewtune.strategies.fewshot import FewShot
 from fewtune.tasks.calibration import calibrated
@@ -30,7 +32,7 @@ from fewtune.tasks.calibration import calibrated
 # cores, and attention cost grows with the square of the length.
 CPU_LONG_PROMPT_TOKENS = 2048
 
-Record = Callable[[dict[str, Any], list[dict[str, Any]]], None]
+Record = Callable[[MethodRow, list[LabelPrediction]], None]
 """Stores one finished results row and its predictions (all draws)."""
 
 
@@ -72,9 +74,9 @@ def prompt_sets(
 ) -> list[PromptSet]:
     """Every prompting row the run asked for, in report order (zero-shot, then by shots, then selection)."""
     sets = []
-    if "zero-shot" in cfg.eval.methods:
+    if Method.ZERO_SHOT in cfg.eval.methods:
         sets.append(PromptSet(few_shot_draws(backend, template, pool, 0, "balanced", cfg.seed)))
-    if "few-shot" in cfg.eval.methods:
+    if Method.FEW_SHOT in cfg.eval.methods:
         for k in (k for k in cfg.prompt.shots if k > 0):
             for selection in cfg.prompt.demo_selection:
                 draws = few_shot_draws(
@@ -130,11 +132,11 @@ def run_prompt_set(
     texts = [ex.text for ex in test]
     first = pset.first
     calibrate = cfg.prompt.calibrate and first.per_row_demos is None
-    rows: list[dict[str, Any]] = []
-    cal_rows: list[dict[str, Any]] = []
-    predictions: list[dict[str, Any]] = []
-    cal_predictions: list[dict[str, Any]] = []
-    latency: dict[str, Any] | None = None
+    rows: list[MethodRow] = []
+    cal_rows: list[MethodRow] = []
+    predictions: list[LabelPrediction] = []
+    cal_predictions: list[LabelPrediction] = []
+    latency: MethodRow | None = None
     for i, predictor in enumerate(pset.draws):
         title = f"Scoring {predictor.name}"
         if len(pset.draws) > 1:
@@ -148,7 +150,7 @@ def run_prompt_set(
             scored=(raw, seconds),
             latency=latency,
         )
-        latency = latency or {k: row[k] for k in LATENCY_FIELDS if k in row}
+        latency = latency or latency_fields(row)
         rows.append(row)
         predictions += _tag_draw(preds, predictor, i)
         if calibrate:
@@ -161,7 +163,7 @@ def run_prompt_set(
         record(combine_draws(cal_rows), cal_predictions)
 
 
-def _tag_draw(predictions: list[dict[str, Any]], predictor: Predictor, draw: int) -> list[dict[str, Any]]:
+def _tag_draw(predictions: list[LabelPrediction], predictor: Predictor, draw: int) -> list[LabelPrediction]:
     """Mark each prediction with its demo seed; draws after the first get their own name."""
     name = predictor.name if draw == 0 else f"{predictor.name} seed={predictor.demo_seed}"
     for p in predictions:

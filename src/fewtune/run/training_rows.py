@@ -10,13 +10,14 @@ is the task's :class:`Tuning`."""
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fewtune.backends.base import Backend
 from fewtune.config import RunConfig
 from fewtune.errors import ConfigError
 from fewtune.methods import Method, adapter_folder, any_fine_tuned, row_name
+from fewtune.results.sections import Fitted, LocalTraining
 from fewtune.run.session import RunSession
 from fewtune.strategies.base import PLAIN_ADAPTER
 
@@ -53,8 +54,15 @@ class Tuning(abc.ABC):
         """The trained predictor asked with ``k`` demos, as a lora+few-shot row."""
 
     @abc.abstractmethod
-    def evaluate(self, predictor: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    def evaluate(self, predictor: Any) -> tuple[Mapping[str, Any], Sequence[Mapping[str, Any]]]:
         """The predictor's results row and per-row predictions on the test rows."""
+
+
+def prompted_training(fitted: Fitted | None, kshot_training: str) -> LocalTraining:
+    """What training a lora+few-shot row's adapter measured, with how it was trained (``kshot_training``:
+    :data:`PLAIN` or :data:`DEMOS`)."""
+    assert isinstance(fitted, LocalTraining), "a lora+few-shot row prompts a locally trained adapter"
+    return fitted.prompted(kshot_training)
 
 
 def train_rows(cfg: RunConfig, session: RunSession, backend: Backend, tuning: Tuning) -> None:

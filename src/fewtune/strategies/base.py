@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from dataclasses import dataclass, replace
+from typing import Protocol
 
 import numpy as np
 
@@ -13,6 +13,7 @@ from fewtune.backends.base import Backend, ProgressFn
 from fewtune.data.load import Example
 from fewtune.methods import row_name
 from fewtune.prompts.template import QUERY_LEAD, PromptTemplate
+from fewtune.results.sections import Fitted
 
 PLAIN_ADAPTER = "plain-adapter"
 """The name's mark of a lora+few-shot row whose adapter was trained without demos (the lora row's)."""
@@ -37,8 +38,8 @@ def log_softmax(scores: np.ndarray) -> np.ndarray:
 class Predictor:
     """Scores every label for each input with one backend, one template and its demos.
 
-    ``method`` is one of "zero-shot", "few-shot", "lora", "lora+few-shot"; ``info`` carries what fitting
-    measured (training seconds, adapter size, ...). Demos are either one fixed set (``demos``) or chosen per
+    ``method`` is a :class:`~fewtune.methods.Method`'s value; ``fitted`` is what fitting measured (a trained
+    adapter's seconds, size, ...; None for a prompt). Demos are either one fixed set (``demos``) or chosen per
     input (``per_row_demos``). With ``label_bias`` (contextual calibration) the scores are the label
     log-probabilities minus that bias.
     """
@@ -49,7 +50,7 @@ class Predictor:
     demos: tuple[Example, ...] = ()
     train_examples: int = 0
     demo_selection: str | None = None
-    info: dict[str, Any] = field(default_factory=dict)
+    fitted: Fitted | None = None
     per_row_demos: PerRowDemos | None = None
     """Per-input demos; ``demos`` is then empty."""
     label_bias: tuple[float, ...] | None = None

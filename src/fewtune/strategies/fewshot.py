@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from fewtune.backends.base import Backend
 from fewtune.data.load import Example
 from fewtune.embeddings import Embedder
+from fewtune.methods import Method
 from fewtune.prompts.demos import NEAREST, DemoIndex, NearestDemos, select_demos
 from fewtune.prompts.template import PromptTemplate
 from fewtune.strategies.base import Predictor, Strategy
@@ -35,7 +36,7 @@ class FewShot(Strategy):
         return DemoIndex.build(train, self.embedder)
 
     def fit(self, train: Sequence[Example]) -> Predictor:
-        method = "few-shot" if self.shots else "zero-shot"
+        method = (Method.FEW_SHOT if self.shots else Method.ZERO_SHOT).value
         if not self.shots:
             return Predictor(method, self.backend, self.template)
         if self.selection == NEAREST:

@@ -4,14 +4,15 @@ A team whose labels a 22M-parameter sentence encoder and a linear classifier alr
 LLM at all, so this row sits next to the prompting and fine-tuning rows, on the same test rows and the same
 training examples. It has no prompt and no demos, so it is not a :class:`Predictor`;
 :func:`fewtune.run.evaluate.evaluate_reference` scores it into a results row with the same fields (``method``
-is "reference"; the LLM-only fields are None).
+is "reference"; the LLM-only fields are None, and :class:`~fewtune.results.sections.ReferenceFit` says how it
+was fitted).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ from fewtune.data.checks import REFERENCE_C, REFERENCE_MAX_ITER
 from fewtune.data.load import Example
 from fewtune.embeddings import Embedder
 from fewtune.methods import Method
+from fewtune.results.sections import ReferenceFit
 
 # Log-probability given to labels absent from the training sample (the classifier cannot predict them).
 UNSEEN_LABEL_LOG_PROB = float(np.log(1e-12))
@@ -33,7 +35,7 @@ class ReferenceModel:
     classifier: Any
     labels: tuple[str, ...]
     train_examples: int
-    info: dict[str, Any] = field(default_factory=dict)
+    fitted: ReferenceFit
 
     @property
     def name(self) -> str:
@@ -66,9 +68,9 @@ class EmbeddingReference:
         vectors = self.embedder.embed([ex.text for ex in train])
         classifier = LogisticRegression(C=REFERENCE_C, max_iter=REFERENCE_MAX_ITER, random_state=self.seed)
         classifier.fit(vectors, [ex.label for ex in train])
-        info = {
-            "train_seconds": time.perf_counter() - start,
-            "embedding_model": self.embedder.name,
-            "classifier": f"LogisticRegression(C={REFERENCE_C:g})",
-        }
-        return ReferenceModel(self.embedder, classifier, self.labels, len(train), info)
+        fitted = ReferenceFit(
+            train_seconds=time.perf_counter() - start,
+            embedding_model=self.embedder.name,
+            classifier=f"LogisticRegression(C={REFERENCE_C:g})",
+        )
+        return ReferenceModel(self.embedder, classifier, self.labels, len(train), fitted)

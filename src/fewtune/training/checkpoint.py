@@ -13,13 +13,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+StateDict = dict[str, torch.Tensor]
+"""A model's (or an adapter's) weights by parameter name, as ``state_dict()`` gives them."""
 CHECKPOINT_FILE = "checkpoint.pt"
 # Seconds of training between checkpoints: a kill loses at most this much work, and writing one (the
 # adapter and two Adam moments, a few tens of MB for a 270M model) costs well under a second.
@@ -36,7 +38,7 @@ class Progress:
     seconds: float = 0.0
 
 
-def checkpoint_key(settings: dict[str, Any], features: list[tuple[list[int], list[int]]]) -> str:
+def checkpoint_key(settings: Mapping[str, Any], features: list[tuple[list[int], list[int]]]) -> str:
     """What a checkpoint must match to be continued: the training settings and the tokenised rows."""
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     digest.update(json.dumps(features).encode())
@@ -44,7 +46,7 @@ def checkpoint_key(settings: dict[str, Any], features: list[tuple[list[int], lis
 
 
 def save_checkpoint(
-    folder: Path, key: str, weights: dict[str, Any], optimizer: Any, scheduler: Any, done: Progress
+    folder: Path, key: str, weights: StateDict, optimizer: Any, scheduler: Any, done: Progress
 ) -> None:
     """Write the trained ``weights`` (a state dict), the optimizer and scheduler states, the RNG state and
     the progress to ``folder``, atomically."""
@@ -66,7 +68,7 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    folder: Path, key: str, restore: Callable[[dict[str, Any]], None], optimizer: Any, scheduler: Any
+    folder: Path, key: str, restore: Callable[[StateDict], None], optimizer: Any, scheduler: Any
 ) -> Progress:
     """Restore the checkpoint in ``folder``: its weights through ``restore``, then ``optimizer`` and
     ``scheduler``; return how far it got (step 0 when there is none, or it belongs to other settings)."""

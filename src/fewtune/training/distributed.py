@@ -14,7 +14,7 @@ No process-group code of fewtune's own: accelerate sets the group up, wraps the 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import cache
@@ -40,7 +40,7 @@ class TrainingOrder:
 
     kind: str
     """"lora" or "full"."""
-    settings: dict[str, Any]
+    settings: Mapping[str, Any]
     """The strategy's fields other than the backend and the progress callback."""
     train: Sequence[Any]
     demos: Sequence[Sequence[Any]] | None
@@ -111,7 +111,7 @@ class Distributed:
         elif not self.deepspeed:  # DeepSpeed clips by its config's gradient_clipping
             self.accelerator.clip_grad_norm_(params, max_norm)
 
-    def gathered_state(self, prepared: Any) -> dict[str, Any] | None:
+    def gathered_state(self, prepared: Any) -> dict[str, torch.Tensor] | None:
         """Under DeepSpeed, the whole state dict of the prepared module, gathered from every process (in
         16-bit, as ZeRO-3's ``stage3_gather_16bit_weights_on_model_save`` asks), on the main process (None
         elsewhere). Every process must call it. ZeRO-3 once saved empty adapters without this gather."""

@@ -22,7 +22,7 @@ import torch
 
 from fewtune.data.load import Example
 from fewtune.sysinfo import PeakMemory
-from fewtune.training.checkpoint import Progress, load_checkpoint, save_checkpoint
+from fewtune.training.checkpoint import Progress, StateDict, load_checkpoint, save_checkpoint
 from fewtune.training.distributed import Distributed
 
 # Length grouping: shuffle, cut into windows of this many batches, sort each window by length.
@@ -152,8 +152,8 @@ class TrainingLoop:
     seed: int
     folder: Path
     key: str
-    state: Callable[[], dict[str, Any]]
-    restore: Callable[[dict[str, Any]], None]
+    state: Callable[[], StateDict]
+    restore: Callable[[StateDict], None]
     progress: Callable[[int, int, float], None] | None = None
     checkpoint_seconds: float = 60.0
 

@@ -20,10 +20,12 @@ from fewtune.backends.hf import HFBackend
 from fewtune.config import LoraArgs, default_target_modules
 from fewtune.data.load import Example
 from fewtune.errors import ConfigError
+from fewtune.methods import Method
 from fewtune.prompts.template import PromptTemplate
+from fewtune.results.sections import LocalTraining
 from fewtune.strategies.base import Predictor, Strategy
 from fewtune.sysinfo import lora_train_flops_per_token, matmul_peak_flops
-from fewtune.training.checkpoint import CHECKPOINT_SECONDS, checkpoint_key, remove_checkpoint
+from fewtune.training.checkpoint import CHECKPOINT_SECONDS, StateDict, checkpoint_key, remove_checkpoint
 from fewtune.training.distributed import Distributed, TrainingOrder
 from fewtune.training.loop import (
     AnswerLogProbs,
@@ -70,14 +72,18 @@ class LocalTuning(Strategy):
     def fit(self, train: Sequence[Example], demos: DemoSets | None = None) -> Predictor:
         if not isinstance(self.template, PromptTemplate):
             raise TypeError("fit makes a label predictor; use train for other templates")
-        backend, info = self.train(train, demos)
+        backend, fitted = self.train(train, demos)
         return Predictor(
-            method=self.method, backend=backend, template=self.template, train_examples=len(train), info=info
+            method=self.method,
+            backend=backend,
+            template=self.template,
+            train_examples=len(train),
+            fitted=fitted,
         )
 
     def train(
         self, train: Sequence[Example], demos: DemoSets | None = None
-    ) -> tuple[HFBackend, dict[str, Any]]:
+    ) -> tuple[HFBackend, LocalTraining]:
         """Train on ``train`` (answer-only loss on each example's continuation, after its prompt with
         ``demos[i]`` when given); return the trained model's backend and what training measured."""
         import torch
@@ -130,7 +136,7 @@ class LocalTuning(Strategy):
         result = self._result(model, base)
         return result, self._info(trained, result, base, trainable)
 
-    def _info(self, trained: Trained, result: HFBackend, base: HFBackend, trainable: int) -> dict[str, Any]:
+    def _info(self, trained: Trained, result: HFBackend, base: HFBackend, trainable: int) -> LocalTraining:
         done = trained.done
         tokens_per_second = done.tokens / trained.seconds
         flops_per_token = lora_train_flops_per_token(
@@ -140,23 +146,23 @@ class LocalTuning(Strategy):
             every_weight=self.kind == "full",
         )
         dtype = next(result.model.parameters()).dtype
-        return {
-            "train_seconds": trained.seconds,
-            "train_tokens_per_second": tokens_per_second,
-            "train_flops_per_token": flops_per_token,
+        return LocalTraining(
+            train_seconds=trained.seconds,
+            train_tokens_per_second=tokens_per_second,
+            train_flops_per_token=flops_per_token,
             # Model FLOPs utilisation against this machine's measured matmul peak (see sysinfo).
-            "train_mfu": tokens_per_second * flops_per_token / matmul_peak_flops(base.device, dtype),
-            "train_steps": trained.total_steps,
-            "resumed_at_step": trained.resumed_at,
-            "class_balance": self.args.class_balance,
-            "adapter_path": str(self.save_dir),
-            "adapter_bytes": sum(f.stat().st_size for f in self.save_dir.glob(self._saved_glob)),
-            "peak_memory_bytes": trained.peak_bytes,
-            "trained_parameters": trainable,
-            "train_processes": Distributed.current().processes,
-            "precision": str(dtype).removeprefix("torch."),
-            **({"quantization": "nf4"} if self.args.quantize == "nf4" else {}),
-        }
+            train_mfu=tokens_per_second * flops_per_token / matmul_peak_flops(base.device, dtype),
+            train_steps=trained.total_steps,
+            resumed_at_step=trained.resumed_at,
+            class_balance=self.args.class_balance,
+            adapter_path=str(self.save_dir),
+            adapter_bytes=sum(f.stat().st_size for f in self.save_dir.glob(self._saved_glob)),
+            peak_memory_bytes=trained.peak_bytes,
+            trained_parameters=trainable,
+            train_processes=Distributed.current().processes,
+            precision=str(dtype).removeprefix("torch."),
+            quantization="nf4" if self.args.quantize == "nf4" else None,
+        )
 
     _saved_glob: ClassVar[str]
 
@@ -171,14 +177,14 @@ class LocalTuning(Strategy):
     def _lr(self) -> float: ...
 
     @abc.abstractmethod
-    def _state(self, model: Any) -> dict[str, Any]:
+    def _state(self, model: Any) -> StateDict:
         """The trained weights' state dict (what a checkpoint keeps)."""
 
     @abc.abstractmethod
-    def _restore(self, model: Any, state: dict[str, Any]) -> None: ...
+    def _restore(self, model: Any, state: StateDict) -> None: ...
 
     @abc.abstractmethod
-    def _save(self, model: Any, base: HFBackend, gathered: dict[str, Any] | None) -> None: ...
+    def _save(self, model: Any, base: HFBackend, gathered: StateDict | None) -> None: ...
 
     @abc.abstractmethod
     def _result(self, model: Any, base: HFBackend) -> HFBackend: ...
@@ -188,8 +194,8 @@ class LocalTuning(Strategy):
 class Lora(LocalTuning):
     """Trains one LoRA adapter on ``train`` and returns a zero-shot predictor over the merged model."""
 
-    kind: ClassVar[str] = "lora"
-    method: ClassVar[str] = "lora"
+    kind: ClassVar[str] = Method.LORA.value
+    method: ClassVar[str] = Method.LORA.value
     _saved_glob: ClassVar[str] = "adapter_model.*"
 
     def _model(self, base: HFBackend) -> Any:
@@ -216,17 +222,17 @@ class Lora(LocalTuning):
     def _lr(self) -> float:
         return self.args.lr
 
-    def _state(self, model: Any) -> dict[str, Any]:
+    def _state(self, model: Any) -> StateDict:
         from peft import get_peft_model_state_dict
 
         return dict(get_peft_model_state_dict(model))
 
-    def _restore(self, model: Any, state: dict[str, Any]) -> None:
+    def _restore(self, model: Any, state: StateDict) -> None:
         from peft import set_peft_model_state_dict
 
         set_peft_model_state_dict(model, state)
 
-    def _save(self, model: Any, base: HFBackend, gathered: dict[str, Any] | None) -> None:
+    def _save(self, model: Any, base: HFBackend, gathered: StateDict | None) -> None:
         model.peft_config["default"].base_model_name_or_path = base.source
         if gathered is not None:  # DeepSpeed: the adapter's weights gathered from every process
             from peft import get_peft_model_state_dict
@@ -249,7 +255,7 @@ class FullFineTune(LocalTuning):
     """Trains every weight (the output layer and embeddings too) at ``--full-lr``; saves the whole model."""
 
     kind: ClassVar[str] = "full"
-    method: ClassVar[str] = "full-ft"
+    method: ClassVar[str] = Method.FULL_FT.value
     _saved_glob: ClassVar[str] = "*.safetensors"
 
     def _model(self, base: HFBackend) -> Any:
@@ -264,13 +270,13 @@ class FullFineTune(LocalTuning):
     def _lr(self) -> float:
         return self.args.full_lr
 
-    def _state(self, model: Any) -> dict[str, Any]:
+    def _state(self, model: Any) -> StateDict:
         return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-    def _restore(self, model: Any, state: dict[str, Any]) -> None:
+    def _restore(self, model: Any, state: StateDict) -> None:
         model.load_state_dict(state)
 
-    def _save(self, model: Any, base: HFBackend, gathered: dict[str, Any] | None) -> None:
+    def _save(self, model: Any, base: HFBackend, gathered: StateDict | None) -> None:
         model.save_pretrained(str(self.save_dir), state_dict=gathered)
         base.tokenizer.save_pretrained(str(self.save_dir))
 
@@ -298,7 +304,7 @@ def quantized_base(base: HFBackend) -> Any:
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
-STRATEGIES: dict[str, type[LocalTuning]] = {"lora": Lora, "full": FullFineTune}
+STRATEGIES: dict[str, type[LocalTuning]] = {cls.kind: cls for cls in (Lora, FullFineTune)}
 
 
 def follow_orders(backend: Backend) -> None:

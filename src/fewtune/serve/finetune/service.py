@@ -40,6 +40,7 @@ from fewtune.serve.finetune.state import FINISHED, FineTuneStore, new_checkpoint
 
 if TYPE_CHECKING:
     from fewtune.backends.hf import HFBackend
+    from fewtune.results.sections import LocalTraining
     from fewtune.serve.engine import Engine
     from fewtune.serve.finetune.compare import LossStep, ResultFile
     from fewtune.serve.finetune.state import EventData, FileObject, JobError, JobObject
@@ -301,7 +302,7 @@ class FineTuning:
             render=render,
             chat_template=chat_template,
             seed=job["seed"],
-            training=Training(len(train), info["train_seconds"], info["train_tokens_per_second"]),
+            training=Training(len(train), info.train_seconds, info.train_tokens_per_second),
             prices=self.prices,
             tuned_name=name,
             say=lambda message: self.store.add_event(job_id, message),
@@ -317,8 +318,8 @@ class FineTuning:
             "training": {
                 "examples": len(train),
                 "trained_tokens": trained_tokens,
-                "train_seconds": info["train_seconds"],
-                "steps": info["train_steps"],
+                "train_seconds": info.train_seconds,
+                "steps": info.train_steps,
                 "hyperparameters": hyper,
                 "learning_rate": args.lr,
                 Method.LORA.value: {"r": args.r, "alpha": args.alpha, "dropout": args.dropout},
@@ -345,7 +346,7 @@ class FineTuning:
 
     def _fit(
         self, job_id: str, base: HFBackend, examples: list[Example], args: LoraArgs, folder: Path, seed: int
-    ) -> tuple[HFBackend, dict[str, Any], list[LossStep]]:
+    ) -> tuple[HFBackend, LocalTraining, list[LossStep]]:
         """Train the job's adapter (from its checkpoint if any); returns each step's loss as well."""
         from fewtune.training.lora import Lora
 
@@ -362,9 +363,8 @@ class FineTuning:
 
         lora = Lora(base, RenderedTemplate(), args, folder, seed=seed, progress=on_step)
         tuned, info = lora.train(examples)
-        if info.get("resumed_at_step"):
-            step = info["resumed_at_step"]
-            self.store.add_event(job_id, f"Training continued from the checkpoint at step {step}")
+        if resumed := info.resumed_at_step:
+            self.store.add_event(job_id, f"Training continued from the checkpoint at step {resumed}")
         return tuned, info, steps
 
     def _succeed(self, job_id: str, name: str, document: ResultFile) -> None:
