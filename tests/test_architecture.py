@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from fewtune.methods import Method
+
 SRC = Path(__file__).resolve().parents[1] / "src" / "fewtune"
 MAX_LINES = 400
 MAX_FUNCTION_LINES = 100
@@ -295,3 +297,52 @@ def test_one_module_writes_results_json() -> None:
             if called and node.func.attr == "write_results":  # type: ignore[attr-defined]
                 writers.add(path.relative_to(SRC).as_posix())
     assert writers == {"run/session.py"}
+
+
+# -- method names -----------------------------------------------------------------------------------------
+
+# Strings that equal a method's name but mean something else: config.yaml's section of training settings, and
+# the report's word for a row's expected output beside each method's.
+NOT_METHOD_NAMES = {("config.py", "TRAINING_SECTION"), ("report/outputs_render.py", "reference")}
+
+
+def method_name_literals(source: str) -> list[tuple[int, str]]:
+    """(line, text) of every string literal in ``source`` that is a method's name (docstrings aside); the text
+    is the name a constant is assigned to, else the literal."""
+    names = {m.value for m in Method}
+    tree = ast.parse(source)
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    constants = {
+        id(node.value): node.targets[0].id
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+    }
+    return [
+        (node.lineno, constants.get(id(node), node.value))
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and node.value in names and id(node) not in docstrings
+    ]
+
+
+def test_method_name_literals_are_found() -> None:
+    source = '"""lora"""\nA = "lora"\nif m == "few-shot":\n    pass\nb = Method.LORA\nc = "lora n=8"\n'
+    assert sorted(method_name_literals(source)) == [(2, "A"), (3, "few-shot")]
+
+
+def test_no_method_name_literal_outside_methods_py() -> None:
+    """A method is named by ``fewtune.methods.Method``, so a new one is one edit there."""
+    found = [
+        f"{where}:{line} ({text})"
+        for path in sorted(SRC.rglob("*.py"))
+        if (where := path.relative_to(SRC).as_posix()) != "methods.py"
+        for line, text in method_name_literals(path.read_text(encoding="utf-8"))
+        if (where, text) not in NOT_METHOD_NAMES
+    ]
+    assert not found, f"name methods through fewtune.methods.Method, not as strings: {found}"

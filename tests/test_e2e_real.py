@@ -19,7 +19,7 @@ def test_fewtune_run_on_the_default_model(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "fewtune.cli.commands",
+            "fewtune",
             "run",
             "--max-test",
             "40",

@@ -332,10 +332,12 @@ def _config_path(folder_or_file: str | Path) -> Path:
     return path / CONFIG_FILE if path.is_dir() else path
 
 
+TRAINING_SECTION = "lora"
+"""The settings section of the trained rows (LoRA, lora+few-shot, full-ft): config.yaml's ``lora:`` block."""
 _SECTIONS = {
     "data": DataArgs,
     "prompt": PromptArgs,
-    "lora": LoraArgs,
+    TRAINING_SECTION: LoraArgs,
     "eval": EvalArgs,
     "cost": CostArgs,
     "hosted": HostedArgs,

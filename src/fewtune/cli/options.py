@@ -20,16 +20,16 @@ from typing import Annotated, Any
 
 import typer
 
-from fewtune.config import _SECTIONS, RunConfig
+from fewtune.config import _SECTIONS, TRAINING_SECTION, RunConfig
 from fewtune.errors import ConfigError
 
 # (section, field) -> flag, where the field's own name would clash or mislead.
 FLAG_NAMES = {
-    ("lora", "r"): "lora-r",
-    ("lora", "alpha"): "lora-alpha",
-    ("lora", "dropout"): "lora-dropout",
+    (TRAINING_SECTION, "r"): "lora-r",
+    (TRAINING_SECTION, "alpha"): "lora-alpha",
+    (TRAINING_SECTION, "dropout"): "lora-dropout",
     ("eval", "batch_size"): "eval-batch-size",
-    ("lora", "target_modules"): "lora-target-modules",
+    (TRAINING_SECTION, "target_modules"): "lora-target-modules",
     ("hosted", "endpoint"): "hosted-endpoint",
     ("hosted", "n_epochs"): "hosted-epochs",
     ("hosted", "batch_size"): "hosted-batch-size",

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from fewtune.config import CostArgs
+from fewtune.config import TRAINING_SECTION, CostArgs
 from fewtune.decide.cost import (
     DEFAULT_VOLUME_PER_DAY,
     BreakEven,
@@ -160,7 +160,7 @@ def analyse(folder: str | Path, args: CostArgs) -> Report:
         volume_given=args.volume_per_day is not None,
         gap=args.gap,
         value_per_correct=args.value_per_correct,
-        class_balance=saved_setting(folder, "lora", "class_balance"),
+        class_balance=saved_setting(folder, TRAINING_SECTION, "class_balance"),
         extra_caveats=tuple(caveats),
         seed=int(results.get("seed") or 0),
     )
