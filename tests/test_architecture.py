@@ -111,13 +111,13 @@ LAYERS = (
     ("cli",),
     ("api",),
     ("release", "serve", "report"),
-    ("run", "hosted"),
+    ("run",),
     ("tasks", "strategies", "training"),
     ("decide",),
     ("results", "config", "config_yaml"),
     ("prompts",),
     ("data",),
-    ("backends", "embeddings"),
+    ("backends", "embeddings", "hosted"),
 )
 """Everything else (errors, methods, metrics, files, sysinfo, ...) is a utility under them all; the package
 itself exports the library face (``api``, which the CLI is a thin layer over) and ``__main__`` runs the CLI:

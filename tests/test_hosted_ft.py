@@ -23,9 +23,9 @@ from fewtune.decide.cost import load_price_table, method_cost
 from fewtune.embeddings import FakeEmbedder
 from fewtune.errors import ConfigError, ModelError
 from fewtune.hosted.api import HostedAPI, JobFailed, NoFineTuningAPI
-from fewtune.hosted.run import chat_jsonl
 from fewtune.prompts.template import PromptTemplate
 from fewtune.run.events import QuietEvents, TrainStep
+from fewtune.run.hosted_rows import chat_jsonl
 from fewtune.run.loaders import load_backend
 from fewtune.run.pipeline import run_pipeline
 from fewtune.run.plan import load_data

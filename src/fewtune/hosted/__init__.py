@@ -1,2 +1,2 @@
-"""hosted-ft: fine-tuning through an OpenAI-compatible fine-tuning API (a provider, or ``fewtune serve``) and
-scoring the fine-tuned model on the run's test rows there (:mod:`.run`, over the client in :mod:`.api`)."""
+"""A client of OpenAI-compatible fine-tuning APIs (a provider, or ``fewtune serve``): upload, create and
+follow a job (:mod:`.api`). The hosted-ft rows that use it are :mod:`fewtune.run.hosted_rows`."""

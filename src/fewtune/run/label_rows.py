@@ -1,7 +1,7 @@
 """Classification's rows: every method scores a closed label set on the same test rows.
 
 Rows: zero-shot and k-shot prompts (each demo selection, several demo draws, a calibrated twin with
-``--calibrate``), the no-LLM reference per training size, a fine-tuning API's job (:mod:`fewtune.hosted`),
+``--calibrate``), the no-LLM reference per training size, a fine-tuning API's job (:mod:`.hosted_rows`),
 then the trained rows (:func:`fewtune.run.training_rows.train_rows`), alone and with the first selection's
 k-shot demos. How a row is scored is chosen here, once: by the labels' log-likelihoods, or by generating an
 answer and parsing it where ``--label-scoring generate`` asks for it or the prompt model gives no prompt
@@ -200,8 +200,8 @@ class LabelRows(TaskRows):
             session.record(row, predictions)
 
     def hosted_rows(self, session: RunSession) -> None:
-        """A fine-tuning API's job per training size, scored there (:mod:`fewtune.hosted`)."""
-        from fewtune.hosted.run import hosted_rows
+        """A fine-tuning API's job per training size, scored there (:mod:`fewtune.run.hosted_rows`)."""
+        from fewtune.run.hosted_rows import hosted_rows
 
         assert self.data is not None
         hosted_rows(session, self.cfg, self.data, self.template, self.events)
