@@ -22,7 +22,8 @@ from fewtune.data.load import Example
 from fewtune.embeddings import FakeEmbedder
 from fewtune.errors import ConfigError, ModelError
 from fewtune.prompts.template import PromptTemplate
-from fewtune.run.evaluate import NO_ANSWER, evaluate
+from fewtune.run.evaluate import evaluate
+from fewtune.run.label_answers import NO_ANSWER, PromptedLabels
 from fewtune.strategies.base import Predictor
 
 
@@ -182,7 +183,7 @@ def predictor(backend: Backend) -> Predictor:
 
 def test_a_loglik_row_says_so_and_has_no_unparsed_rate() -> None:
     test = [Example("good stuff", "good"), Example("bad stuff", "bad")]
-    row, predictions = evaluate(predictor(FakeBackend()), test, latency_requests=0)
+    row, predictions = evaluate(PromptedLabels(predictor(FakeBackend())), test, latency_requests=0)
     assert row["label_scoring"] == "loglik" and "unparsed_rate" not in row
     assert row["accuracy"] == 1.0
     assert [p["predicted"] for p in predictions] == ["good", "bad"]
@@ -190,7 +191,9 @@ def test_a_loglik_row_says_so_and_has_no_unparsed_rate() -> None:
 
 def test_a_generated_row_says_so_with_its_unparsed_rate() -> None:
     test = [Example("good stuff", "good"), Example("bad stuff", "bad"), Example("Good.", "bad")]
-    row, predictions = evaluate(predictor(GenerateAndParse(FakeBackend())), test, latency_requests=1)
+    row, predictions = evaluate(
+        PromptedLabels(predictor(GenerateAndParse(FakeBackend()))), test, latency_requests=1
+    )
     assert row["label_scoring"] == "generate" and row["unparsed_rate"] == 0.0
     assert row["accuracy"] == pytest.approx(2 / 3)
     assert [p["predicted"] for p in predictions] == ["good", "bad", "good"]
@@ -206,7 +209,9 @@ def test_rows_that_name_no_label_are_no_answer_and_wrong() -> None:
         Example("bad stuff", "bad"),
         Example("unclear", "bad"),
     ]
-    row, predictions = evaluate(predictor(GenerateAndParse(FakeBackend())), test, latency_requests=0)
+    row, predictions = evaluate(
+        PromptedLabels(predictor(GenerateAndParse(FakeBackend()))), test, latency_requests=0
+    )
     assert NO_ANSWER == "(no answer)"
     assert row["label_scoring"] == "generate" and row["unparsed_rate"] == 0.5
     assert row["accuracy"] == 0.5

@@ -17,7 +17,8 @@ from fewtune.data.load import Example
 from fewtune.embeddings import FakeEmbedder
 from fewtune.report.build import write_reports
 from fewtune.results.run_folder import read_analysed
-from fewtune.run.evaluate import evaluate_reference
+from fewtune.run.evaluate import evaluate
+from fewtune.run.label_answers import ReferenceLabels
 from fewtune.strategies.reference import UNSEEN_LABEL_LOG_PROB, EmbeddingReference
 
 TRAIN = [Example(f"{word} thing {i}", word) for i in range(5) for word in ("good", "bad")]
@@ -26,7 +27,7 @@ TEST = [Example(f"so {word} {i}", word) for i in range(3) for word in ("good", "
 
 def test_reference_scores_every_label_and_cannot_predict_unseen_ones() -> None:
     model = EmbeddingReference(FakeEmbedder(dim=4096), ("bad", "good", "meh")).fit(TRAIN)
-    row, predictions = evaluate_reference(model, TEST, latency_requests=2)
+    row, predictions = evaluate(ReferenceLabels(model), TEST, latency_requests=2)
     assert row["method"] == "reference" and row["name"] == "reference n=10"
     assert row["train_examples"] == 10 and row["train_seconds"] > 0 and row["latency_ms"]["requests"] == 2
     assert row["prompt_tokens_mean"] is None and row["throughput_rows_per_second"] > 0

@@ -1,4 +1,4 @@
-"""Batched generation on the tiny model, and evaluate_text."""
+"""Batched generation on the tiny model, and the evaluator on generated outputs."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ from fewtune.backends.fake import FakeBackend
 from fewtune.backends.generation import Generation, generate_batch, stop_at
 from fewtune.backends.hf import HFBackend
 from fewtune.prompts.template import OutputTemplate
-from fewtune.run.evaluate_text import TextPredictor, evaluate_text
+from fewtune.run.evaluate import evaluate
+from fewtune.run.output_answers import GeneratedOutputs, TextPredictor
 from fewtune.tasks.base import TaskExample
 from fewtune.tasks.extraction import (
     ExtractionTask,
@@ -130,7 +131,7 @@ def test_a_stop_string_cuts_the_output(wide: HFBackend) -> None:
     assert generate_batch(wide, prompts[:1], max_new_tokens=12, stop=stop, batch_size=1)[0] == cut
 
 
-# -- evaluate_text -------------------------------------------------------------------------------------------
+# -- evaluate (generated outputs) ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -143,13 +144,13 @@ class CannedPredictor(TextPredictor):
         return [Generation(out, 10, len(out.split()), True) for out in self.outputs[: len(texts)]]
 
 
-def test_evaluate_text_scores_outputs_into_a_row_and_predictions() -> None:
+def test_evaluate_generated_scores_outputs_into_a_row_and_predictions() -> None:
     task = ExtractionTask()
     test = [extraction_example({"a": "x"}, "one"), extraction_example({"a": "y", "b": "z"}, "two")]
     task.fit(test)
     outputs = ('{"a":"x"}', 'garbage {"a":"y"}')
     predictor = CannedPredictor("zero-shot", FakeBackend(), TEMPLATE, 20, outputs=outputs)
-    row, predictions = evaluate_text(predictor, task, test, latency_requests=0, seed=0)
+    row, predictions = evaluate(GeneratedOutputs(predictor, task), test, latency_requests=0, seed=0)
     assert row["primary"]["name"] == "field-f1" and row["primary"]["label"] == "field F1"
     assert row["primary"]["value"] == pytest.approx(2 * 1 / (2 * 1 + 0 + 2))
     low, high = row["primary"]["ci95"]
@@ -167,11 +168,11 @@ def test_evaluate_text_scores_outputs_into_a_row_and_predictions() -> None:
     assert predictions[0]["gold"] == '{"a":"x"}' and predictions[0]["text"] == "one"
 
 
-def test_evaluate_text_for_generation_records_references_of_multi_reference_rows() -> None:
+def test_evaluate_generated_for_generation_records_references_of_multi_reference_rows() -> None:
     task = GenerationTask()
     test = [generation_example("the cat sat", "a cat sat"), generation_example("a dog ran")]
     predictor = CannedPredictor("few-shot", FakeBackend(), TEMPLATE, 20, outputs=("the cat sat", "a dog ran"))
-    row, predictions = evaluate_text(predictor, task, test, latency_requests=0, seed=0)
+    row, predictions = evaluate(GeneratedOutputs(predictor, task), test, latency_requests=0, seed=0)
     assert row["primary"]["name"] == "chrf" and row["primary"]["value"] == pytest.approx(1.0)
     assert "per_field" not in row
     assert predictions[0]["references"] == ["the cat sat", "a cat sat"]
@@ -179,12 +180,14 @@ def test_evaluate_text_for_generation_records_references_of_multi_reference_rows
     assert predictions[0]["primary_stats"] == [pytest.approx(1.0)]
 
 
-def test_evaluate_text_on_the_tiny_model_generates_times_and_scores(wide: HFBackend) -> None:
+def test_evaluate_generated_on_the_tiny_model_generates_times_and_scores(wide: HFBackend) -> None:
     task = ExtractionTask()
     test = [extraction_example({"mood": "dull"}, text) for text in INPUTS[:3]]
     task.fit(test)
     predictor = TextPredictor("few-shot", wide, TEMPLATE, 8, stop=task.stop, demos=tuple(DEMOS))
-    row, predictions = evaluate_text(predictor, task, test, batch_size=2, latency_requests=1, seed=0)
+    row, predictions = evaluate(
+        GeneratedOutputs(predictor, task), test, batch_size=2, latency_requests=1, seed=0
+    )
     assert row["name"] == "few-shot k=1" and row["shots"] == 1 and row["max_new_tokens"] == 8
     assert row["latency_ms"]["requests"] == 1 and row["latency_ms"]["p50"] > 0
     assert 0 < row["output_tokens_mean"] <= 8

@@ -1,9 +1,9 @@
 """The results record's types: what a method row of results.json holds, for every task.
 
-A row is built in one place per kind of method (:func:`fewtune.run.evaluate.evaluate` for label scoring,
-:func:`fewtune.run.evaluate_text.evaluate_text` for generated outputs, the reference's evaluator), stored as
-JSON, and read by cost, curves, the verdict and the report through these types, so a misspelt or missing
-field is a type error (mypy) rather than a ``KeyError`` in a report.
+A row is built in one place for every method of every task (:func:`fewtune.run.evaluate.evaluate`, with
+the answer kind's own fields from :mod:`fewtune.run.label_answers` or :mod:`fewtune.run.output_answers`),
+stored as JSON, and read by cost, curves, the verdict and the report through these types, so a misspelt or
+missing field is a type error (mypy) rather than a ``KeyError`` in a report.
 """
 
 from __future__ import annotations

@@ -261,6 +261,7 @@ def score_hosted(
     from fewtune.backends.generated import GenerateAndParse
     from fewtune.backends.openai_compat import OpenAICompatBackend
     from fewtune.run.evaluate import evaluate
+    from fewtune.run.label_answers import PromptedLabels
     from fewtune.strategies.base import Predictor
 
     folder = session.store.adapter_dir(adapter_folder(Method.HOSTED_FT, n))
@@ -278,7 +279,7 @@ def score_hosted(
             f"Scoring {predictor.name}",
             len(data.test),
             lambda progress: evaluate(
-                predictor,
+                PromptedLabels(predictor),
                 data.test,
                 batch_size=cfg.eval.batch_size,
                 latency_requests=cfg.eval.latency_requests,

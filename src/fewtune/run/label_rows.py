@@ -28,8 +28,9 @@ from fewtune.prompts.template import DEFAULT_TASK, PromptTemplate, resolve_label
 from fewtune.results.record import MethodRow, RunResults, method_rows
 from fewtune.results.resume import fingerprint
 from fewtune.results.sections import LocalTraining
-from fewtune.run.evaluate import LabelPrediction, evaluate
+from fewtune.run.evaluate import evaluate
 from fewtune.run.events import RunEvents
+from fewtune.run.label_answers import LabelPrediction, PromptedLabels, ReferenceLabels
 from fewtune.run.plan import RunPlan, check_plan, load_data
 from fewtune.run.rows import TaskRows
 from fewtune.run.session import RunSession
@@ -176,7 +177,6 @@ class LabelRows(TaskRows):
 
     def reference_rows(self, session: RunSession) -> None:
         """Embeddings + logistic regression on the same training examples as each LoRA adapter."""
-        from fewtune.run.evaluate import evaluate_reference
         from fewtune.strategies.reference import EmbeddingReference
 
         cfg, data, embedder = self.cfg, self.data, self.embedder
@@ -194,8 +194,11 @@ class LabelRows(TaskRows):
                 f"Fitting reference n={n} (sentence embeddings + logistic regression)..."
             ):
                 model = EmbeddingReference(embedder, tuple(data.labels), cfg.seed).fit(train)
-                row, predictions = evaluate_reference(
-                    model, data.test, latency_requests=cfg.eval.latency_requests, seed=cfg.seed
+                row, predictions = evaluate(
+                    ReferenceLabels(model),
+                    data.test,
+                    latency_requests=cfg.eval.latency_requests,
+                    seed=cfg.seed,
                 )
             session.record(row, predictions)
 
@@ -263,7 +266,7 @@ class LabelTuning(Tuning):
         result: tuple[MethodRow, list[LabelPrediction]] = self.rows._with_progress(
             f"Scoring {predictor.name}",
             lambda progress: evaluate(
-                predictor,
+                PromptedLabels(predictor),
                 self.data.test,
                 batch_size=cfg.eval.batch_size,
                 latency_requests=cfg.eval.latency_requests,

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 from fewtune.config import RunConfig
 from fewtune.errors import ConfigError, ModelError
@@ -24,16 +24,16 @@ from fewtune.results.record import RunResults
 from fewtune.results.resume import fingerprint
 from fewtune.results.rows import Row
 from fewtune.results.sections import LocalTraining
-from fewtune.run.evaluate import Identity
-from fewtune.run.evaluate_text import (
+from fewtune.run.evaluate import Identity, evaluate, prediction_lines
+from fewtune.run.events import RunEvents
+from fewtune.run.output_answers import (
+    GeneratedOutputs,
     OutputPrediction,
+    ReferenceOutputs,
     TextPredictor,
-    evaluate_reference_outputs,
-    evaluate_text,
     max_new_tokens,
     score_outputs,
 )
-from fewtune.run.events import RunEvents
 from fewtune.run.plan import RunPlan, check_shots_and_sizes
 from fewtune.run.rows import TaskRows
 from fewtune.run.session import RunSession
@@ -152,7 +152,9 @@ class OutputRows(TaskRows):
             ("the input copied", [ex.text for ex in data.test]),
         ):
             identity = Identity(method=FLOOR, name=FLOOR, shots=0, train_examples=0)
-            row, predictions = score_outputs(self.task, data.test, outputs, identity, {}, self.cfg.seed)
+            scored = score_outputs(self.task, data.test, outputs, self.cfg.seed)
+            row: Mapping[str, Any] = {**identity, **scored.quality}
+            predictions = cast(list[OutputPrediction], prediction_lines(identity, data.test, scored))
             value = Row(row).primary_value
             assert value is not None, "a scored row has a primary value"
             if best is None or value > best[0]:
@@ -177,12 +179,9 @@ class OutputRows(TaskRows):
                 f"Fitting reference n={n} (sentence embeddings + logistic regression)..."
             ):
                 model = task.reference(self.embedder.embed, cfg.seed).fit(train)
-                row, predictions = evaluate_reference_outputs(
-                    model,
-                    self.embedder.name,
-                    task,
+                row, predictions = evaluate(
+                    ReferenceOutputs(model, self.embedder.name, task, n),
                     data.test,
-                    n,
                     latency_requests=cfg.eval.latency_requests,
                     seed=cfg.seed,
                 )
@@ -234,9 +233,8 @@ class OutputRows(TaskRows):
         result: tuple[Mapping[str, Any], list[OutputPrediction]] = self.events.progress(
             f"Generating {predictor.name}",
             len(data.test),
-            lambda progress: evaluate_text(
-                predictor,
-                self.task,
+            lambda progress: evaluate(
+                GeneratedOutputs(predictor, self.task),
                 data.test,
                 batch_size=cfg.eval.batch_size,
                 latency_requests=cfg.eval.latency_requests,

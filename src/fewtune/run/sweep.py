@@ -23,7 +23,8 @@ from fewtune.methods import Method
 from fewtune.prompts.demos import FIXED_SELECTIONS, DemoIndex
 from fewtune.prompts.template import PromptTemplate
 from fewtune.results.record import MethodRow
-from fewtune.run.evaluate import LabelPrediction, combine_draws, evaluate, latency_fields, score_test
+from fewtune.run.evaluate import combine_draws, evaluate, latency_fields
+from fewtune.run.label_answers import LabelPrediction, PromptedLabels
 from fewtune.strategies.base import Predictor
 from fewtune.strategies.fewshot import FewShot
 from fewtune.tasks.calibration import calibrated
@@ -141,13 +142,14 @@ def run_prompt_set(
         title = f"Scoring {predictor.name}"
         if len(pset.draws) > 1:
             title += f" (draw {i + 1}/{len(pset.draws)}, seed {predictor.demo_seed})"
-        raw, seconds = scorer(title, partial(score_test, predictor, texts, cfg.eval.batch_size))
+        answers = PromptedLabels(predictor)
+        raw, seconds = scorer(title, partial(answers.answer, texts, cfg.eval.batch_size))
         row, preds = evaluate(
-            predictor,
+            answers,
             test,
             latency_requests=cfg.eval.latency_requests,
             seed=cfg.seed,
-            scored=(raw, seconds),
+            answered=(raw, seconds),
             latency=latency,
         )
         latency = latency or latency_fields(row)
@@ -155,7 +157,9 @@ def run_prompt_set(
         predictions += _tag_draw(preds, predictor, i)
         if calibrate:
             tuned = calibrated(predictor)
-            cal_row, cal_preds = evaluate(tuned, test, seed=cfg.seed, scored=(raw, seconds), latency=latency)
+            cal_row, cal_preds = evaluate(
+                PromptedLabels(tuned), test, seed=cfg.seed, answered=(raw, seconds), latency=latency
+            )
             cal_rows.append(cal_row)
             cal_predictions += _tag_draw(cal_preds, tuned, i)
     record(combine_draws(rows), predictions)

@@ -3,9 +3,9 @@
 A team whose labels a 22M-parameter sentence encoder and a linear classifier already separate may not need an
 LLM at all, so this row sits next to the prompting and fine-tuning rows, on the same test rows and the same
 training examples. It has no prompt and no demos, so it is not a :class:`Predictor`;
-:func:`fewtune.run.evaluate.evaluate_reference` scores it into a results row with the same fields (``method``
-is "reference"; the LLM-only fields are None, and :class:`~fewtune.results.sections.ReferenceFit` says how it
-was fitted).
+:func:`fewtune.run.evaluate.evaluate` scores it (as :class:`fewtune.run.label_answers.ReferenceLabels`) into a
+results row with the same fields (``method`` is "reference"; the LLM-only fields are None, and
+:class:`~fewtune.results.sections.ReferenceFit` says how it was fitted).
 """
 
 from __future__ import annotations
