@@ -27,7 +27,7 @@ from fewtune.backends.hf import HFBackend
 from fewtune.backends.models import load_model, resolve_model
 from fewtune.prompts.demos import select_demos
 from fewtune.prompts.template import QUERY_LEAD, OutputTemplate
-from fewtune.run.evaluate_text import max_new_tokens
+from fewtune.run.output_answers import max_new_tokens
 from fewtune.tasks.base import END_MARKER
 from fewtune.tasks.data import load_task_examples
 from fewtune.tasks.generation import GenerationTask
