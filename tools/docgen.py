@@ -225,7 +225,7 @@ def cli_reference() -> str:
     group: Any = typer.main.get_command(app)
     root = typer.Context(group, info_name="fewtune")
     lines = [
-        GENERATED.format(source="the typer app in `src/fewtune/cli.py` and the config dataclasses"),
+        GENERATED.format(source="the typer app in `src/fewtune/cli/commands.py` and the config dataclasses"),
         "",
         "# Command-line reference",
         "",
@@ -337,7 +337,7 @@ def results_format(source: str | None = None) -> str:
     order = ["RunResults", "MethodRow"]
     names = [n for n in order if n in records] + [n for n in records if n not in order]
     lines = [
-        GENERATED.format(source="the TypedDicts in `src/fewtune/record.py`"),
+        GENERATED.format(source="the TypedDicts in `src/fewtune/results/record.py`"),
         "",
         "# Results format",
         "",
