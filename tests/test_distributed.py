@@ -38,6 +38,9 @@ def _adapter(run: Path) -> dict:
 def test_two_processes_train_the_one_process_adapter(tmp_path: Path, tiny_model_dir: Path) -> None:
     common = ["run", "--model", str(tiny_model_dir), "--methods", "lora", "--train-sizes", "16"]
     common += ["--max-test", "12", "--shots", "0", "--lora-dropout", "0", "--latency-requests", "0"]
+    # float32: what is compared is DDP's order of sums; under bf16 the two shares' batch shapes round their
+    # products differently, a precision question docs/benchmarks.md answers on the real model.
+    common += ["--precision", "fp32"]
     config = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "multi_gpu.yaml"
     launch = ["-m", "accelerate.commands.launch", "--config_file", str(config), "--num_processes", "2"]
     launch += ["--main_process_port", str(free_port())]

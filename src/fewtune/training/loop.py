@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from fewtune.backends.precision import of_model
 from fewtune.data.load import Example
 from fewtune.sysinfo import PeakMemory
 from fewtune.training.checkpoint import Progress, StateDict, load_checkpoint, save_checkpoint
@@ -105,10 +106,15 @@ class AnswerLogProbs(torch.nn.Module):
         self.model = model
         self.decoder = decoder
         self.softcap = softcap
+        self.precision = of_model(model)
+        """bf16 autocast on a CPU with bf16 units: the decoder's products in bf16, the head in float32."""
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor, predict_at: torch.Tensor) -> torch.Tensor:
-        hidden = self.decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-        logits = self.model.get_output_embeddings()(hidden[predict_at]).float()
+        with self.precision.compute():
+            hidden = self.decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        head = self.model.get_output_embeddings()
+        with self.precision.exact():
+            logits = head(hidden[predict_at].to(head.weight.dtype)).float()
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return torch.log_softmax(logits, dim=-1)
