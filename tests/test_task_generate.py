@@ -147,6 +147,27 @@ def test_a_row_shorter_than_its_batch_by_more_than_the_prefix_is_fed_whole(windo
     assert ids[0, -(cut + suffixes[0]) :].tolist() == windowed.encode_prompt(prompts[0])
 
 
+def test_each_row_stops_once_its_output_is_complete(wide: HFBackend) -> None:
+    prompts = [TEMPLATE.render(text, DEMOS) for text in INPUTS[:3]]
+    prefix = TEMPLATE.prefix(DEMOS) + "Input:"
+    free = generate_batch(wide, prompts, prefix=prefix, max_new_tokens=12, batch_size=3)
+    assert all(not g.stopped and len(g.text) > 4 for g in free)
+
+    def four_characters(text: str) -> int | None:
+        return 4 if len(text) >= 4 else None
+
+    done = generate_batch(
+        wide, prompts, prefix=prefix, max_new_tokens=12, output_end=four_characters, batch_size=3
+    )
+    assert [g.text for g in done] == [g.text[:4] for g in free]
+    assert all(g.stopped and g.output_tokens < 12 for g in done)  # generation stopped, not only the text
+    alone = [
+        generate_batch(wide, [p], max_new_tokens=12, output_end=four_characters, batch_size=1)[0]
+        for p in prompts
+    ]
+    assert done == alone  # a row that stops leaves the others as they were
+
+
 def test_generation_keeps_row_order_and_counts_progress(wide: HFBackend) -> None:
     prompts = [TEMPLATE.render(text) for text in INPUTS]
     seen: list[int] = []

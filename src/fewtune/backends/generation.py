@@ -11,8 +11,9 @@ slots, so padding between prefix and input would change what a row that outgrows
 extraction prompt is longer than Gemma 3's 512-token window). Re-reading those prefix tokens costs what the
 padding would have.
 
-Each row stops at the end-of-output marker (:func:`stop_at`), at EOS, or at ``max_new_tokens``; a batch
-runs until its last row stops.
+Each row stops at the end-of-output marker (:func:`stop_at`), at EOS, at ``max_new_tokens``, or where the
+task's ``output_end`` says its output is complete (extraction: the JSON object closed); a batch runs until
+its last row stops.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any, Protocol
 
 import torch
 
-from fewtune.backends.base import Generation, ProgressFn
+from fewtune.backends.base import Generation, OutputEnd, ProgressFn
 from fewtune.backends.kvcache import filled_cache, layer_states, with_cache
 from fewtune.backends.precision import Precision
 
@@ -65,10 +66,29 @@ def stop_at(tokenizer: Any, stop: str | None) -> dict[str, Any]:
     return {"stopping_criteria": StoppingCriteriaList([_stop_criteria(tokenizer, stop)])}
 
 
-def _cut(text: str, stop: str | None) -> tuple[str, bool]:
-    if stop and stop in text:
-        return text[: text.index(stop)], True
-    return text, False
+class Complete:
+    """A ``generate`` stopping criterion: the rows whose output ``output_end`` finds complete.
+
+    It decodes each row's new tokens (after the first ``start`` columns) at every step: a few rows of a few
+    dozen tokens, microseconds against a decoding step. transformers asks only that it be callable like its
+    ``StoppingCriteria`` (subclassing would import transformers with this module).
+    """
+
+    def __init__(self, tokenizer: Any, start: int, output_end: OutputEnd) -> None:
+        self.tokenizer, self.start, self.output_end = tokenizer, start, output_end
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.start :], skip_special_tokens=True)
+        return torch.tensor([self.output_end(t) is not None for t in texts], device=input_ids.device)
+
+
+def _cut(text: str, stop: str | None, output_end: OutputEnd | None) -> tuple[str, bool]:
+    """``text`` up to the stop marker or the end of a complete output, whichever comes first."""
+    ends = [text.index(stop)] if stop and stop in text else []
+    complete = output_end(text) if output_end else None
+    if complete is not None:
+        ends.append(complete)
+    return (text[: min(ends)], True) if ends else (text, False)
 
 
 def _batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -127,14 +147,18 @@ def generate_batch(
     prefix: str = "",
     max_new_tokens: int = 64,
     stop: str | None = None,
+    output_end: OutputEnd | None = None,
     batch_size: int = 8,
     progress: ProgressFn | None = None,
     constraint: Callable[[], Any] | None = None,
 ) -> list[Generation]:
-    """Greedy continuations of ``prompts``; ``constraint()`` makes a fresh logits processor per batch
-    (constrained decoding). The model runs in its backend's precision."""
+    """Greedy continuations of ``prompts``, each cut at ``stop`` or where ``output_end`` finds it complete;
+    ``constraint()`` makes a fresh logits processor per batch (constrained decoding). The model runs in its
+    backend's precision."""
     with backend.precision.compute():
-        return _generate(backend, prompts, prefix, max_new_tokens, stop, batch_size, progress, constraint)
+        return _generate(
+            backend, prompts, prefix, max_new_tokens, stop, output_end, batch_size, progress, constraint
+        )
 
 
 def _generate(
@@ -143,6 +167,7 @@ def _generate(
     prefix: str,
     max_new_tokens: int,
     stop: str | None,
+    output_end: OutputEnd | None,
     batch_size: int,
     progress: ProgressFn | None,
     constraint: Callable[[], Any] | None,
@@ -166,9 +191,9 @@ def _generate(
             inputs = continuation_inputs(
                 prefix_ids[:start], states, [suffixes[b] for b in batch], backend.pad_id, backend.model.config
             )
-            new = _decode(backend, *inputs, max_new_tokens, stop, constraint)
+            new = _decode(backend, *inputs, max_new_tokens, stop, output_end, constraint)
             for r, row in enumerate(rows):
-                results[row] = _generation(backend, new[r].tolist(), len(prompt_ids[row]), stop)
+                results[row] = _generation(backend, new[r].tolist(), len(prompt_ids[row]), stop, output_end)
             if progress:
                 progress(len(rows))
     return [r for r in results if r is not None]
@@ -181,11 +206,18 @@ def _decode(
     cache: Any,
     max_new_tokens: int,
     stop: str | None,
+    output_end: OutputEnd | None,
     constraint: Callable[[], Any] | None,
 ) -> torch.Tensor:
     """The new tokens ``[rows, steps]`` of one batch (a row that stopped early is padded)."""
     kwargs: dict[str, Any] = with_cache(cache) if cache is not None else {}
     kwargs.update(stop_at(backend.tokenizer, stop))
+    if output_end is not None:
+        from transformers import StoppingCriteriaList
+
+        criteria = kwargs.get("stopping_criteria") or StoppingCriteriaList()
+        complete = Complete(backend.tokenizer, ids.shape[1], output_end)
+        kwargs["stopping_criteria"] = StoppingCriteriaList([*criteria, complete])
     if constraint is not None:
         kwargs["logits_processor"] = [constraint()]
     out = backend.model.generate(
@@ -199,7 +231,9 @@ def _decode(
     return out[:, ids.shape[1] :].cpu()
 
 
-def _generation(backend: LocalModel, tokens: list[int], prompt_tokens: int, stop: str | None) -> Generation:
+def _generation(
+    backend: LocalModel, tokens: list[int], prompt_tokens: int, stop: str | None, output_end: OutputEnd | None
+) -> Generation:
     """One row's output: its tokens up to EOS (kept) or without the padding after an early stop, decoded and
     cut."""
     eos = backend.tokenizer.eos_token_id
@@ -209,8 +243,8 @@ def _generation(backend: LocalModel, tokens: list[int], prompt_tokens: int, stop
     else:
         while tokens and tokens[-1] == backend.pad_id and backend.pad_id != eos:
             tokens.pop()
-    text, stopped = _cut(backend.tokenizer.decode(tokens, skip_special_tokens=True), stop)
-    return Generation(text, prompt_tokens, len(tokens), stopped or ended)
+    text, complete = _cut(backend.tokenizer.decode(tokens, skip_special_tokens=True), stop, output_end)
+    return Generation(text, prompt_tokens, len(tokens), complete or ended)
 
 
 def json_schema_constraint(backend: LocalModel, schema: Mapping[str, Any]) -> Callable[[], Any]:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fewtune.backends.base import Backend, Capabilities, Generation, ProgressFn
+from fewtune.backends.base import Backend, Capabilities, Generation, OutputEnd, ProgressFn
 from fewtune.backends.kvcache import cache_of, unbounded_cache, with_cache
 from fewtune.backends.precision import of_model
 from fewtune.backends.scoring import LabelTree, LogProbQueue
@@ -314,6 +314,7 @@ class HFBackend(Backend):
         prefix: str = "",
         max_new_tokens: int = 64,
         stop: str | None = None,
+        output_end: OutputEnd | None = None,
         batch_size: int = 16,
         progress: ProgressFn | None = None,
         constraint: Callable[[], Any] | None = None,
@@ -326,6 +327,7 @@ class HFBackend(Backend):
             prefix=prefix,
             max_new_tokens=max_new_tokens,
             stop=stop,
+            output_end=output_end,
             batch_size=batch_size,
             progress=progress,
             constraint=constraint,
