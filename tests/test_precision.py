@@ -67,3 +67,13 @@ def test_a_bf16_adapter_runs_beside_the_base_and_records_its_precision(tmp_path:
     assert of_model(trained.model) == base.precision
     assert predictor.fitted.precision == "bfloat16"  # type: ignore[union-attr]
     assert next(p for n, p in trained.model.named_parameters() if "lora_A" in n).dtype == torch.float32
+
+
+def test_bf16_generation_casts_each_weight_once_not_at_every_step() -> None:
+    backend = _backend(Precision("cpu", torch.float32, torch.bfloat16))
+    head = list(backend.model.get_output_embeddings().weight.shape)
+    with torch.profiler.profile(record_shapes=True) as profiled:
+        outputs = backend.generate_batch(PROMPTS[:2], prefix=TEMPLATE.prefix(()), max_new_tokens=8)
+    casts = [e for e in profiled.events() if e.name == "aten::_to_copy" and e.input_shapes[:1] == [head]]
+    assert max(g.output_tokens for g in outputs) > 2  # several forward passes
+    assert len(casts) == 1
