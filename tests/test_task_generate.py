@@ -168,6 +168,34 @@ def test_each_row_stops_once_its_output_is_complete(wide: HFBackend) -> None:
     assert done == alone  # a row that stops leaves the others as they were
 
 
+def test_rows_left_running_go_on_in_a_smaller_batch_and_equal_rows_alone(wide: HFBackend) -> None:
+    prompts = [TEMPLATE.render(text, DEMOS) for text in INPUTS]
+    prefix = TEMPLATE.prefix(DEMOS) + "Input:"
+    free = [g.text for g in generate_batch(wide, prompts, prefix=prefix, max_new_tokens=12, batch_size=5)]
+    # Rows 1, 3 and 4 are complete at their own points; rows 0 and 2 never are, and run to the cap.
+    complete_rows, capped = [1, 3, 4], [0, 2]
+    ends = [free[r][: 3 + 2 * i] for i, r in enumerate(complete_rows)]
+    assert all(sum(text.startswith(end) for text in free) == 1 for end in ends)
+
+    def complete(text: str) -> int | None:
+        return next((len(end) for end in ends if text.startswith(end)), None)
+
+    done, fed = fed_widths(
+        wide,
+        lambda: generate_batch(
+            wide, prompts, prefix=prefix, max_new_tokens=12, output_end=complete, batch_size=5
+        ),
+    )
+    alone = [
+        generate_batch(wide, [p], prefix=prefix, max_new_tokens=12, output_end=complete, batch_size=1)[0]
+        for p in prompts
+    ]
+    assert done == alone
+    assert [done[r].text for r in complete_rows] == ends and all(done[r].stopped for r in complete_rows)
+    assert [done[r].output_tokens for r in capped] == [12, 12] and not any(done[r].stopped for r in capped)
+    assert (2, 1) in fed  # once three rows were done, the last two decoded on their own
+
+
 def test_generation_keeps_row_order_and_counts_progress(wide: HFBackend) -> None:
     prompts = [TEMPLATE.render(text) for text in INPUTS]
     seen: list[int] = []

@@ -12,8 +12,8 @@ extraction prompt is longer than Gemma 3's 512-token window). Re-reading those p
 padding would have.
 
 Each row stops at the end-of-output marker (:func:`stop_at`), at EOS, at ``max_new_tokens``, or where the
-task's ``output_end`` says its output is complete (extraction: the JSON object closed); a batch runs until
-its last row stops.
+task's ``output_end`` says its output is complete (extraction: the JSON object closed); once half a batch's
+rows have stopped, the others go on in a smaller batch (:func:`_decode`).
 """
 
 from __future__ import annotations
@@ -42,6 +42,12 @@ class LocalModel(Protocol):
     def encode_prompt(self, text: str) -> list[int]: ...
 
     def prefix_cache(self, prefix_ids: list[int], keep_all: bool = False) -> Any: ...
+
+
+# A batch goes on without its finished rows once no more than this share of them is left: decoding a row
+# alone costs far less than a batch's step (Gemma 3 270M, float32, 2 cores, 660 tokens of context: 104 ms
+# for one row, 204 ms for 4, 266 ms for 16), and a cut batch reuses its cache rows.
+SHED_SHARE = 0.5
 
 
 @functools.lru_cache(maxsize=16)
@@ -196,10 +202,36 @@ def _generate(
             )
             new = _decode(backend, *inputs, max_new_tokens, stop, output_end, constraint)
             for r, row in enumerate(rows):
-                results[row] = _generation(backend, new[r].tolist(), len(prompt_ids[row]), stop, output_end)
+                results[row] = _generation(backend, new[r], len(prompt_ids[row]), stop, output_end)
             if progress:
                 progress(len(rows))
     return [r for r in results if r is not None]
+
+
+class Finished:
+    """The one ``generate`` stopping criterion: each row's end (``criteria``: the stop marker, ``output_end``;
+    or an EOS token in ``eos``), remembered in ``done``, and the whole batch's once no more than ``shed_at``
+    rows are left, so that :func:`_decode` goes on with those in a smaller batch."""
+
+    def __init__(self, criteria: Sequence[Any], eos: set[int], shed_at: int) -> None:
+        self.criteria, self.eos, self.shed_at = criteria, torch.tensor(sorted(eos)), shed_at
+        self.done: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        hit = torch.isin(input_ids[:, -1], self.eos.to(input_ids.device))
+        for criterion in self.criteria:
+            hit = hit | criterion(input_ids, scores, **kwargs)
+        self.done = hit if self.done is None else self.done | hit
+        if int((~self.done).sum()) <= self.shed_at:
+            return torch.ones_like(hit)
+        return hit
+
+
+def _eos_ids(backend: LocalModel) -> set[int]:
+    """Every token ``generate`` ends a row at: the tokenizer's EOS and the generation config's."""
+    configured = getattr(backend.model.generation_config, "eos_token_id", None)
+    ids = configured if isinstance(configured, list) else [configured]
+    return {i for i in (backend.tokenizer.eos_token_id, *ids) if i is not None}
 
 
 def _decode(
@@ -211,27 +243,47 @@ def _decode(
     stop: str | None,
     output_end: OutputEnd | None,
     constraint: Callable[[], Any] | None,
-) -> torch.Tensor:
-    """The new tokens ``[rows, steps]`` of one batch (a row that stopped early is padded)."""
-    kwargs: dict[str, Any] = with_cache(cache) if cache is not None else {}
-    kwargs.update(stop_at(backend.tokenizer, stop))
-    if output_end is not None:
-        from transformers import StoppingCriteriaList
+) -> list[list[int]]:
+    """Each row's new tokens (a row that stopped early is padded after its end).
 
-        criteria = kwargs.get("stopping_criteria") or StoppingCriteriaList()
-        complete = Complete(backend.tokenizer, ids.shape[1], output_end)
-        kwargs["stopping_criteria"] = StoppingCriteriaList([*criteria, complete])
-    if constraint is not None:
-        kwargs["logits_processor"] = [constraint()]
-    out = backend.model.generate(
-        input_ids=ids.to(backend.device),
-        attention_mask=mask.to(backend.device),
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        pad_token_id=backend.pad_id,
-        **kwargs,
-    )
-    return out[:, ids.shape[1] :].cpu()
+    A batch decodes until at most half its rows are left unfinished (:data:`SHED_SHARE`); those go on in a
+    smaller batch from where they are (their cache rows, their tokens so far), and so on: a row that runs
+    to the cap no longer makes every finished row of its batch decode with it. Not with a ``constraint``:
+    its logits processor holds every row's grammar state.
+    """
+    from transformers import StoppingCriteriaList
+
+    criteria = list(stop_at(backend.tokenizer, stop).get("stopping_criteria", []))
+    if output_end is not None:
+        criteria.append(Complete(backend.tokenizer, ids.shape[1], output_end))
+    cache = cache if cache is not None else filled_cache([], backend.model.config)
+    eos, live, left = _eos_ids(backend), list(range(ids.shape[0])), max_new_tokens
+    tokens: list[list[int]] = [[] for _ in live]
+    while True:
+        shed_at = int(len(live) * SHED_SHARE) if constraint is None else 0
+        finished = Finished(criteria, eos, shed_at)
+        out = backend.model.generate(
+            input_ids=ids.to(backend.device),
+            attention_mask=mask.to(backend.device),
+            max_new_tokens=left,
+            do_sample=False,
+            pad_token_id=backend.pad_id,
+            stopping_criteria=StoppingCriteriaList([finished]),
+            **({"logits_processor": [constraint()]} if constraint is not None else {}),
+            **with_cache(cache),
+        ).cpu()
+        steps = out.shape[1] - ids.shape[1]
+        for r, row in enumerate(live):
+            tokens[row] += out[r, ids.shape[1] :].tolist()
+        left -= steps
+        going = [r for r in range(len(live)) if finished.done is not None and not finished.done[r]]
+        if not going or left <= 0:
+            return tokens
+        keep = torch.tensor(going)
+        cache.batch_select_indices(keep.to(backend.device))
+        ids = out[keep]
+        mask = torch.cat([mask[keep], torch.ones((len(going), steps), dtype=mask.dtype)], dim=1)
+        live = [live[r] for r in going]
 
 
 def _generation(
