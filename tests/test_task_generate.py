@@ -196,6 +196,27 @@ def test_rows_left_running_go_on_in_a_smaller_batch_and_equal_rows_alone(wide: H
     assert (2, 1) in fed  # once three rows were done, the last two decoded on their own
 
 
+def test_a_constrained_batch_is_never_cut(wide: HFBackend) -> None:
+    # The grammar's logits processor holds each row's state: a smaller batch would need it anew, mid-object.
+    constraint = wide.schema_constraint({"type": "object", "properties": {"mood": {"type": "string"}}})
+    prompts = [TEMPLATE.render(text, DEMOS) for text in INPUTS]
+    prefix = TEMPLATE.prefix(DEMOS) + "Input:"
+    kwargs: dict[str, Any] = {"prefix": prefix, "max_new_tokens": 16, "constraint": constraint}
+    free = [g.text for g in generate_batch(wide, prompts, batch_size=5, **kwargs)]
+    ends = [free[r][:cut] for r, cut in ((1, 14), (2, 15), (3, 12))]  # three complete early, two never
+    assert all(sum(text.startswith(end) for text in free) == 1 for end in ends)
+
+    def complete(text: str) -> int | None:
+        return next((len(end) for end in ends if text.startswith(end)), None)
+
+    done, fed = fed_widths(
+        wide, lambda: generate_batch(wide, prompts, output_end=complete, batch_size=5, **kwargs)
+    )
+    alone = [generate_batch(wide, [p], output_end=complete, batch_size=1, **kwargs)[0] for p in prompts]
+    assert done == alone and [done[r].text for r in (1, 2, 3)] == ends
+    assert {shape[0] for shape in fed if shape[1] == 1} == {5}
+
+
 def test_generation_keeps_row_order_and_counts_progress(wide: HFBackend) -> None:
     prompts = [TEMPLATE.render(text) for text in INPUTS]
     seen: list[int] = []

@@ -277,7 +277,7 @@ def _decode(
             tokens[row] += out[r, ids.shape[1] :].tolist()
         left -= steps
         going = [r for r in range(len(live)) if finished.done is not None and not finished.done[r]]
-        if not going or left <= 0:
+        if not going or left <= 0 or constraint is not None:
             return tokens
         keep = torch.tensor(going)
         cache.batch_select_indices(keep.to(backend.device))
