@@ -1,21 +1,24 @@
-"""A training batch's shared demo block (--demo-draw batch): split from the rows only where the tokens stay
-the same, run once, and the same loss and LoRA gradients as the block written before every row."""
+"""A training batch's shared demo block (--demo-draw batch): drawn per batch, never one of the batch's rows,
+run once, and the same loss and LoRA gradients as the block written before every row."""
 
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
+import pytest
 import torch
 from task_helpers import one_torch_thread  # noqa: F401 (an autouse fixture)
 from tiny import tiny_model, tiny_tokenizer
 
 from fewtune.backends.hf import HFBackend
+from fewtune.config import LoraArgs
 from fewtune.data.load import Example
-from fewtune.prompts.demos import BatchDemos
+from fewtune.prompts.demos import BatchDemos, training_demos
 from fewtune.prompts.template import PromptTemplate
 from fewtune.training.demo_block import DemoBlocks
 from fewtune.training.loop import AnswerLogProbs
-from fewtune.training.lora import _collate, answer_loss
+from fewtune.training.lora import Lora, _collate, answer_loss
 
 TEMPLATE = PromptTemplate(("negative", "positive"))
 POOL = [
@@ -127,3 +130,49 @@ def test_a_shared_block_gives_the_loss_and_gradients_of_the_block_before_every_r
     for name, grad in shared[1].items():
         assert grad.abs().sum() > 0, name
         assert torch.allclose(grad, whole[1][name], rtol=1e-4, atol=1e-6), name
+
+
+def train(folder: Path, demos: object, stop_at: int | None = None, **args: object) -> tuple:
+    def progress(step: int, total: int, loss: float) -> None:
+        if step == stop_at:
+            raise Interrupted
+
+    lora_args = LoraArgs(**{"epochs": 2, "batch_size": 4, "lr": 5e-3, **args})  # type: ignore[arg-type]
+    lora = Lora(backend(), TEMPLATE, lora_args, folder, seed=3, progress=progress, checkpoint_seconds=0.0)
+    return lora.train(TRAIN, demos)  # type: ignore[arg-type]
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_a_training_with_batch_draws_records_them_and_resumes_to_the_same_adapter(tmp_path: Path) -> None:
+    from fewtune.training.checkpoint import CHECKPOINT_FILE
+
+    draws = BatchDemos(tuple(POOL), 3, "balanced", seed=1)
+    whole, info = train(tmp_path / "whole", draws)  # 2 steps an epoch, 4 in all
+    assert info.demo_draw == "batch" and info.demo_block_steps == info.train_steps == 4
+    assert info.fields()["demo_draw"] == "batch"
+    with pytest.raises(Interrupted):
+        train(tmp_path / "cut", draws, stop_at=3)
+    assert (tmp_path / "cut" / CHECKPOINT_FILE).is_file()
+    resumed, resumed_info = train(tmp_path / "cut", draws)
+    assert resumed_info.resumed_at_step == 2 and resumed_info.demo_block_steps == 4
+    prompt = TEMPLATE.render("the film is positive number 3", draws.draw(1, []))
+    choices = [" negative", " positive"]
+    assert resumed.score_choices([prompt], choices) == pytest.approx(
+        whole.score_choices([prompt], choices), abs=1e-6
+    )
+    # Other draws (another seed) do not continue the checkpoint.
+    with pytest.raises(Interrupted):
+        train(tmp_path / "other", draws, stop_at=3)
+    _, other = train(tmp_path / "other", BatchDemos(tuple(POOL), 3, "balanced", seed=2))
+    assert other.resumed_at_step == 0
+
+
+def test_a_training_with_a_set_per_row_records_row_draws(tmp_path: Path) -> None:
+    per_row = training_demos(TRAIN, POOL, 3, "balanced", seed=1)
+    _, info = train(tmp_path / "row", per_row, epochs=1)
+    assert info.demo_draw == "row" and info.demo_block_steps is None
+    _, plain = train(tmp_path / "plain", None, epochs=1)
+    assert plain.demo_draw is None and "demo_draw" not in plain.fields()
