@@ -17,7 +17,7 @@ from fewtune.data.load import Example
 from fewtune.prompts.demos import BatchDemos, training_demos
 from fewtune.prompts.template import PromptTemplate
 from fewtune.training.demo_block import DemoBlocks
-from fewtune.training.loop import AnswerLogProbs
+from fewtune.training.loop import AnswerLogProbs, TrainingLoop
 from fewtune.training.lora import Lora, _collate, answer_loss
 
 TEMPLATE = PromptTemplate(("negative", "positive"))
@@ -130,6 +130,53 @@ def test_a_shared_block_gives_the_loss_and_gradients_of_the_block_before_every_r
     for name, grad in shared[1].items():
         assert grad.abs().sum() > 0, name
         assert torch.allclose(grad, whole[1][name], rtol=1e-4, atol=1e-6), name
+
+
+class Share:
+    """A process's place among ``processes`` (what the loop asks of :class:`Distributed`), without a group."""
+
+    def __init__(self, rank: int, processes: int) -> None:
+        self.rank, self.processes = rank, processes
+
+    def share(self, batch: list[int]) -> list[int]:
+        return list(batch[self.rank :: self.processes])
+
+
+def test_each_process_running_the_block_for_its_share_averages_to_the_one_process_gradient() -> None:
+    """Under DDP each process runs the block for its rows; the average of their gradients (what DDP's
+    all-reduce makes) is the one-process gradient, with unequal example weights (--class-balance loss)."""
+    base = backend()
+    module = lora_module(base)
+    draw = blocks(base)
+    batch = [3, 0, 6, 1, 5]
+    prompt = draw.batch(1, batch)
+    assert prompt.block
+    weights = [4.0, 2.0, 0.5, 1.0, 3.0, 1.0, 1.0, 0.25]  # the two shares weigh 6 and 3
+    loop = TrainingLoop(
+        module,
+        None,
+        draw.features,
+        [],
+        base.pad_id,
+        "cpu",
+        0,
+        Path(),
+        "",
+        dict,
+        print,  # type: ignore[arg-type]
+    )
+
+    def gradients(processes: int) -> dict[str, torch.Tensor]:
+        for rank in range(processes):
+            loop._loss(module, Share(rank, processes), batch, prompt, weights).backward()  # type: ignore[arg-type]
+        grads = {n: p.grad / processes for n, p in module.named_parameters() if p.grad is not None}
+        module.zero_grad(set_to_none=True)
+        return grads
+
+    one, two = gradients(1), gradients(2)
+    assert one.keys() == two.keys() and one
+    for name, grad in one.items():
+        assert torch.allclose(grad, two[name], rtol=1e-4, atol=1e-7), name
 
 
 def train(folder: Path, demos: object, stop_at: int | None = None, **args: object) -> tuple:
