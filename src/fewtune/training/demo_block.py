@@ -11,9 +11,10 @@ those of the same rows with the block written before each.
 That holds only where the block's tokens and a row's are the tokens of the whole prompt, so each batch is
 checked, and runs whole prompts (the same demos) where it is not:
 
-- the tokenizer could merge the block's last token with the query's first. fewtune's prompts put the
-  block's ``---`` line end before ``Input:``, which byte-level BPE (the tiny test model) and SentencePiece
-  tokenizers keep apart, but a batch whose prompts tokenize otherwise is not split;
+- the tokenizer could merge the block's last token with the query's first. fewtune's prompts end the block
+  with the ``---`` line's newline and start the query with ``Input:``, which the tiny test model's
+  byte-level BPE keeps apart (``tests/test_demo_block.py``); a tokenizer that does not is caught here, and
+  its batches are not split;
 - a sliding-window layer (Gemma 3) keeps only its window's last tokens in the cache, so a batch whose block
   and longest row do not fit in the window runs whole, as scoring does (``HFBackend.fits_window``).
 """
