@@ -49,6 +49,9 @@ def test_two_processes_train_the_one_process_adapter(tmp_path: Path) -> None:
     model = save_tiny(tmp_path / "model", sliding_window=1024)
     common = ["run", "--model", str(model), "--methods", "lora,lora+few-shot", "--train-sizes", "16"]
     common += ["--max-test", "12", "--shots", "2", "--lora-dropout", "0", "--latency-requests", "0"]
+    # float32: what is compared is DDP's order of sums; under bf16 the two shares' batch shapes round their
+    # products differently, a precision question docs/benchmarks.md answers on the real model.
+    common += ["--precision", "fp32"]
     config = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "multi_gpu.yaml"
     launch = ["-m", "accelerate.commands.launch", "--config_file", str(config), "--num_processes", "2"]
     launch += ["--main_process_port", str(free_port())]

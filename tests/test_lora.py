@@ -178,3 +178,18 @@ def test_training_killed_after_a_checkpoint_resumes_to_the_same_adapter(tmp_path
     )
     other.train(TRAIN)
     assert seen[-12:] == [-s for s in range(1, 13)]
+
+
+def test_an_adapter_shares_the_frozen_weights_and_leaves_the_base_unchanged(tmp_path: Path) -> None:
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(tokenizer)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    backend = HFBackend(model, tokenizer, source="tiny")
+    args = LoraArgs(epochs=1, batch_size=4, lr=5e-2)
+    trained = Lora(backend, TEMPLATE, args, tmp_path / "adapter").fit(TRAIN).backend.model  # type: ignore[attr-defined]
+    for name, p in model.named_parameters():  # merging wrote into the trained model's own weights only
+        assert torch.equal(p, before[name]), name
+    embedding = trained.get_input_embeddings().weight
+    assert embedding.data_ptr() == model.get_input_embeddings().weight.data_ptr()  # shared, not copied
+    q_trained = trained.model.layers[0].self_attn.q_proj.weight
+    assert not torch.equal(q_trained, model.model.layers[0].self_attn.q_proj.weight)  # the adapter merged

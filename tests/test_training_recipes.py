@@ -61,16 +61,24 @@ def test_the_draw_is_per_batch_for_fixed_selections_and_per_row_otherwise() -> N
         LoraArgs(demo_draw="column")
 
 
-def test_qlora_and_bf16_on_a_cpu_are_one_line_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_qlora_on_a_cpu_and_bf16_without_bf16_units_are_one_line_errors(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fewtune.backends import precision
+
     monkeypatch.setattr(memory, "cuda_available", lambda: False)
     cfg = RunConfig()
     cfg.lora.quantize = "nf4"
-    with pytest.raises(ConfigError, match="need a CUDA GPU") as err:
+    with pytest.raises(ConfigError, match="needs a CUDA GPU") as err:
         memory.check_hardware(cfg)
     assert "\n" not in str(err.value)
     cfg.lora.quantize, cfg.lora.precision = "none", "bf16"
-    with pytest.raises(ConfigError, match="--precision bf16"):
+    monkeypatch.setattr(precision, "cpu_bf16_units", lambda: False)
+    with pytest.raises(ConfigError, match="--precision bf16 needs native bf16") as err:
         memory.check_hardware(cfg)
+    assert "\n" not in str(err.value)
+    monkeypatch.setattr(precision, "cpu_bf16_units", lambda: True)
+    memory.check_hardware(cfg)  # a CPU with AVX-512 BF16 or AMX runs it
 
 
 def test_full_ft_past_the_free_memory_is_refused_before_loading(

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from fewtune.backends.models import DEFAULT_MODEL
+from fewtune.backends.precision import PRECISIONS
 from fewtune.config_yaml import _coerce as _coerce
 from fewtune.config_yaml import load_config_file as load_config_file
 from fewtune.config_yaml import read_yaml as read_yaml
@@ -25,7 +26,6 @@ METHODS = ALL_METHODS
 CONFIG_FILE = "config.yaml"
 """A run folder's resolved settings, as :meth:`RunConfig.save` wrote them."""
 CLASS_BALANCE = ("none", "loss", "sampling")
-PRECISIONS = ("fp32", "bf16")
 QUANTIZE = ("none", "nf4")
 KSHOT_TRAINING = ("demos", "plain", "both")
 LABEL_SCORING = ("loglik", "generate")
@@ -156,7 +156,9 @@ class LoraArgs:
     full_lr: float = 2e-5
     """Peak AdamW learning rate of full-ft (every weight; same schedule, loss and batches as LoRA)."""
     precision: str = "fp32"
-    """fp32, or bf16 (training and scoring in bfloat16; needs a CUDA GPU)."""
+    """auto (bf16 where the hardware runs it natively: a CUDA GPU that supports it, or a CPU with AVX-512
+    BF16 or AMX; fp32 elsewhere), fp32, or bf16 (training and scoring in bfloat16; on a CPU, float32
+    weights under bf16 autocast with the output layer and label scores in float32)."""
     quantize: str = "none"
     """none, or nf4: QLoRA (the base model loaded in 4-bit NF4 by bitsandbytes, LoRA trained on top; needs
     a CUDA GPU and the bitsandbytes package)."""

@@ -26,6 +26,7 @@ import torch
 
 from fewtune.backends.base import Generation, ProgressFn
 from fewtune.backends.kvcache import with_cache
+from fewtune.backends.precision import Precision
 
 
 class LocalModel(Protocol):
@@ -36,6 +37,7 @@ class LocalModel(Protocol):
     pad_id: int
     device: Any
     prefix_caching: bool
+    precision: Precision
 
     def encode_prompt(self, text: str) -> list[int]: ...
 
@@ -91,7 +93,21 @@ def generate_batch(
     constraint: Callable[[], Any] | None = None,
 ) -> list[Generation]:
     """Greedy continuations of ``prompts``; ``constraint()`` makes a fresh logits processor per batch
-    (constrained decoding)."""
+    (constrained decoding). The model runs in its backend's precision."""
+    with backend.precision.compute():
+        return _generate(backend, prompts, prefix, max_new_tokens, stop, batch_size, progress, constraint)
+
+
+def _generate(
+    backend: LocalModel,
+    prompts: Sequence[str],
+    prefix: str,
+    max_new_tokens: int,
+    stop: str | None,
+    batch_size: int,
+    progress: ProgressFn | None,
+    constraint: Callable[[], Any] | None,
+) -> list[Generation]:
     tokenizer, model = backend.tokenizer, backend.model
     prompt_ids = [backend.encode_prompt(p) for p in prompts]
     prefix_ids = backend.encode_prompt(prefix) if prefix and backend.prefix_caching else []

@@ -22,6 +22,7 @@ import torch
 
 from fewtune.backends.base import Backend, Capabilities, Generation, ProgressFn
 from fewtune.backends.kvcache import cache_of, with_cache
+from fewtune.backends.precision import of_model
 from fewtune.backends.scoring import LabelTree, LogProbQueue
 
 
@@ -40,6 +41,8 @@ class HFBackend(Backend):
         self.device = next(model.parameters()).device
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.softcap = getattr(model.config, "final_logit_softcapping", None)
+        self.precision = of_model(model)
+        """What the decoder computes in; the output layer and the scores are float32 whatever it is."""
         self.prefix_caching = True
         """Reuse the KV cache of a prefix shared by every prompt (the demo block); off = score each whole."""
         self._cached_prefix: tuple[tuple[int, ...], Any] | None = None
@@ -50,6 +53,7 @@ class HFBackend(Backend):
             "model_parameters": sum(p.numel() for p in self.model.parameters()),
             "device": str(self.device),
             "model_path": self.source,
+            "precision": self.precision.name,
         }
 
     @property
@@ -77,7 +81,8 @@ class HFBackend(Backend):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Full-vocabulary logits for hidden states ``[..., H]`` -> ``[..., V]`` (float32, soft-capped)."""
-        logits = self.model.get_output_embeddings()(hidden).float()
+        with self.precision.exact():
+            logits = self.model.get_output_embeddings()(hidden.to(self._head_dtype)).float()
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
@@ -87,10 +92,17 @@ class HFBackend(Backend):
         layer instead of all 262k."""
         head = self.model.get_output_embeddings()
         bias = None if head.bias is None else head.bias[tokens]
-        logits = torch.nn.functional.linear(hidden, head.weight[tokens], bias).float()
+        with self.precision.exact():
+            logits = torch.nn.functional.linear(
+                hidden.to(self._head_dtype), head.weight[tokens], bias
+            ).float()
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
+
+    @property
+    def _head_dtype(self) -> torch.dtype:
+        return self.model.get_output_embeddings().weight.dtype
 
     def log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
         """Full-vocabulary log-probabilities for hidden states ``[..., H]`` -> ``[..., V]`` (float32)."""
@@ -101,7 +113,8 @@ class HFBackend(Backend):
         key = tuple(prefix_ids)
         if self._cached_prefix is None or self._cached_prefix[0] != key:
             ids = torch.tensor([prefix_ids], device=self.device)
-            cache = cache_of(self._decoder()(input_ids=ids, use_cache=True))
+            with self.precision.compute():
+                cache = cache_of(self._decoder()(input_ids=ids, use_cache=True))
             self._cached_prefix = (key, cache)
         return self._cached_prefix[1]
 
@@ -277,7 +290,8 @@ class HFBackend(Backend):
             lengths = [len(s) for s in suffixes]
             for batch in self._batches(lengths, cut, batch_size, tree.steps):
                 rows = [members[b] for b in batch]
-                self._score_batch(cache, cut, [suffixes[b] for b in batch], choice_ids, tree, rows, queue)
+                with self.precision.compute():
+                    self._score_batch(cache, cut, [suffixes[b] for b in batch], choice_ids, tree, rows, queue)
                 if progress:
                     progress(len(batch))
         queue.flush()

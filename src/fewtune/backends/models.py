@@ -105,25 +105,24 @@ def resolve_model(spec: str = DEFAULT_MODEL) -> Path:
     return _convert_gguf(path, target)
 
 
-def load_model(folder: Path, device: str | None = None, precision: str = "auto") -> tuple[Any, Any]:
-    """Load model and tokenizer from a local folder: float32 on CPU; on a GPU bfloat16 where it is supported
-    (``precision`` "auto"), or as ``precision`` ("fp32", "bf16") says. Under ``accelerate launch`` each
-    process takes its own GPU (``LOCAL_RANK``)."""
+def load_model(folder: Path, device: str | None = None, precision: str = "fp32") -> tuple[Any, Any]:
+    """Load model and tokenizer from a local folder in ``precision`` (auto, fp32, bf16; see
+    :mod:`fewtune.backends.precision`: auto is bf16 where the hardware runs it natively). Under
+    ``accelerate launch`` each process takes its own GPU (``LOCAL_RANK``)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from fewtune.backends.precision import Precision, mark
+
     if device is None:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
-    on_gpu = device.startswith("cuda")
-    if precision == "auto":
-        dtype = torch.bfloat16 if on_gpu and torch.cuda.is_bf16_supported() else torch.float32
-    else:
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    chosen = Precision.of(precision, device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype).to(device)  # type: ignore[arg-type]
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=chosen.weights).to(device)  # type: ignore[arg-type]
     except Exception as err:
         raise ModelError(f"{folder}: could not load model ({type(err).__name__}: {err})") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    mark(model, chosen)
     return model.eval(), tokenizer

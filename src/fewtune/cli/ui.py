@@ -1,6 +1,7 @@
 """The terminal: what ``fewtune run`` and ``fewtune report`` show while they work (rich progress bars, one
 line per finished method, the methods table, the recommendation). The only module besides the CLI that
-prints; the pipeline reports through :class:`fewtune.run.events.RunEvents`."""
+prints; the pipeline reports through :class:`fewtune.run.events.RunEvents`. The methods table itself, fitted
+to the terminal's width, is :mod:`fewtune.cli.table`'s."""
 
 from __future__ import annotations
 
@@ -11,12 +12,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 from rich.text import Text
 
 from fewtune.backends.base import ProgressFn
 from fewtune.cli.console import plain_console, styled
-from fewtune.report.tables import draws_cell
+from fewtune.cli.table import print_method_table
 from fewtune.results.rows import Row
 from fewtune.run.events import TrainStep
 
@@ -63,48 +63,6 @@ def describe_row(data: Mapping[str, Any]) -> str:
     )
 
 
-def _num(value: float | None, fmt: str) -> str:
-    return "-" if value is None else format(value, fmt)
-
-
-def method_table(rows: Sequence[Mapping[str, Any]]) -> Table:
-    """The classification methods side by side (open outputs print a line per method instead)."""
-    table = Table(
-        title="fewtune: methods on the same test rows"
-    )  # cells are Text: names hold the user's data
-    typed = [Row(row) for row in rows]
-    with_draws = any(row.accuracy_std is not None for row in typed)
-    headers = [
-        "method",
-        "shots",
-        "train ex.",
-        "accuracy (95% CI)",
-        *(["mean ± std (draws)"] if with_draws else []),
-        "macro-F1",
-        "p50 ms",
-        "p95 ms",
-        "prompt tok",
-        "train s",
-    ]
-    for header in headers:
-        table.add_column(header, justify="left" if header == "method" else "right")
-    for row in typed:
-        low, high = row.accuracy_ci95
-        table.add_row(
-            Text(row.name),
-            str(row.shots),
-            str(row.train_examples or "-"),
-            f"{row.accuracy:.3f} ({low:.3f}-{high:.3f})",
-            *([draws_cell(row.data)] if with_draws else []),  # type: ignore[arg-type]
-            f"{row.macro_f1:.3f}",
-            _num(row.p50, ".0f"),
-            _num(row.p95, ".0f"),
-            _num(row.prompt_tokens_mean, ".0f"),
-            _num(row.train_seconds, ".0f"),
-        )
-    return table
-
-
 class RichEvents:
     """:class:`~fewtune.run.events.RunEvents` on a rich console."""
 
@@ -123,7 +81,7 @@ class RichEvents:
 
     def summary(self, rows: Sequence[Mapping[str, Any]]) -> None:
         if rows and all(Row(row).accuracy is not None for row in rows):
-            self.console.print(method_table(rows))
+            print_method_table(self.console, rows)
 
     def status(self, message: str) -> contextlib.AbstractContextManager[Any]:
         return self.console.status(Text(message))

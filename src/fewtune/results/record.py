@@ -186,7 +186,8 @@ class MethodRow(TypedDict, total=False):
     train_processes: int
     """Processes that trained it together (accelerate launch --num_processes; 1 = on its own)."""
     precision: str
-    """Dtype the model trained and scored in (float32, bfloat16)."""
+    """What a local model's matrix products ran in (float32, bfloat16; --precision): trained rows as they
+    trained and scored, prompting rows as they scored. Absent for endpoints and the reference."""
     kshot_training: str
     """lora+few-shot rows: demos (its adapter was trained with k demos in every prompt) or plain (the lora
     row's adapter, trained without demos; the row's name ends in plain-adapter)."""

@@ -132,6 +132,14 @@ def prediction_lines(identity: Identity, test: Sequence[Any], scored: Scored[Any
     ]
 
 
+def precision_fields(backend: Any, about: MethodRow) -> MethodRow:
+    """``about`` with the precision a local model computed in, where training did not record it."""
+    precision = getattr(backend, "precision", None)
+    if precision is None or "precision" in about:
+        return about
+    return cast(MethodRow, {**about, "precision": precision.name})
+
+
 def latency_fields(row: MethodRow) -> MethodRow:
     """``row``'s latency fields, for a row timed the same way (a calibrated twin, another demo draw)."""
     fields: MethodRow = {}

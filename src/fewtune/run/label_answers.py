@@ -19,7 +19,7 @@ from fewtune.methods import Method
 from fewtune.metrics import classification_metrics
 from fewtune.results.builders import training_fields
 from fewtune.results.record import Latency, MethodRow
-from fewtune.run.evaluate import Identity, Scored
+from fewtune.run.evaluate import Identity, Scored, precision_fields
 from fewtune.run.latency import time_requests, wall_seconds
 from fewtune.strategies.base import Predictor, log_softmax
 
@@ -177,7 +177,7 @@ class PromptedLabels:
         }
 
     def about(self) -> MethodRow:
-        return training_fields(self.predictor.fitted)
+        return precision_fields(self.predictor.backend, training_fields(self.predictor.fitted))
 
     def demos(self) -> list[dict[str, Any]]:
         return [{"text": d.text, "label": d.label} for d in self.predictor.demos]

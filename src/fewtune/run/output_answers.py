@@ -20,7 +20,7 @@ from fewtune.prompts.template import QUERY_LEAD, OutputTemplate
 from fewtune.results.builders import degenerate_fields, training_fields
 from fewtune.results.record import MethodRow
 from fewtune.results.sections import Fitted
-from fewtune.run.evaluate import Identity, Scored
+from fewtune.run.evaluate import Identity, Scored, precision_fields
 from fewtune.run.latency import time_requests, wall_seconds
 from fewtune.strategies.base import PerRowDemos
 from fewtune.tasks.base import END_MARKER, Task, TaskExample, bootstrap_ci
@@ -245,7 +245,11 @@ class GeneratedOutputs:
         }
 
     def about(self) -> MethodRow:
-        return {"max_new_tokens": self.predictor.max_new_tokens, **training_fields(self.predictor.fitted)}
+        about: MethodRow = {
+            "max_new_tokens": self.predictor.max_new_tokens,
+            **training_fields(self.predictor.fitted),
+        }
+        return precision_fields(self.predictor.backend, about)
 
     def demos(self) -> list[dict[str, Any]]:
         return [{"text": d.text, "output": d.label} for d in self.predictor.demos]

@@ -123,6 +123,9 @@ class ServeSettings:
     """The price table of the fine-tuning jobs' comparisons (a preset, a YAML file, or None: auto)."""
     engine: str = "fewtune"
     """Who serves: this server, or vLLM (:mod:`fewtune.serve.vllm`)."""
+    precision: str = "fp32"
+    """What the model computes in: a run folder's own ``--precision`` (so its methods answer as the run
+    measured them), else auto (:mod:`fewtune.backends.precision`)."""
 
 
 def is_loopback(host: str) -> bool:
@@ -179,6 +182,13 @@ def _run_model(run_dir: Path) -> str:
     if not isinstance(model, str) or not model:
         raise ConfigError(f"{config}: has no 'model:' setting")
     return model
+
+
+def _run_precision(run_dir: Path) -> str:
+    """The ``--precision`` a run folder ran with."""
+    from fewtune.config import RunConfig
+
+    return RunConfig.load(run_dir).lora.precision
 
 
 def parse_adapters(values: Sequence[str], max_rank: int = MAX_RANK) -> dict[str, Path]:
@@ -252,10 +262,12 @@ def settings_from_cli(
     if batch_wait_ms < 0:
         raise ConfigError(f"--batch-wait-ms must be 0 or more, got {batch_wait_ms}")
     adapters: dict[str, Path] = {}
+    precision = "fp32"
     if run_dir is not None:
         if not run_dir.is_dir():
             raise ConfigError(f"{run_dir}: no such run folder")
         model = model or _run_model(run_dir)
+        precision = _run_precision(run_dir)
         adapters = {n: check_adapter_folder(p, max_lora_rank) for n, p in find_adapters(run_dir).items()}
     if model is None:
         raise ConfigError("give a run folder (fewtune serve RUN_DIR) or a model (--model SPEC)")
@@ -297,6 +309,7 @@ def settings_from_cli(
         load_price_table(costs)  # a bad --costs file fails now, not at a job's end
     return ServeSettings(
         model=model,
+        precision=precision,
         served_name=served,
         adapters=adapters,
         host=host,
@@ -322,7 +335,7 @@ def build_engine(settings: ServeSettings) -> Engine:
     from fewtune.serve.engine import Engine
 
     folder = resolve_model(settings.model)
-    model, tokenizer = load_model(folder)
+    model, tokenizer = load_model(folder, precision=settings.precision)
     adapters = AdapterSet(
         model, tokenizer, settings.served_name, source=str(folder), policy=settings.adapter_policy
     )
@@ -343,7 +356,7 @@ def build_finetune(settings: ServeSettings, engine: Engine) -> FineTuning:
     folder = resolve_model(settings.model)
 
     def fresh_base() -> HFBackend:
-        model, tokenizer = load_model(folder)
+        model, tokenizer = load_model(folder, precision=settings.precision)
         return HFBackend(model, tokenizer, name=settings.served_name, source=str(folder))
 
     device = str(getattr(engine.adapters.model, "device", "cpu"))

@@ -78,7 +78,8 @@ class PrefixState:
 def prefix_state(backend: HFBackend, prefix_ids: Sequence[int], top: int = 0) -> PrefixState:
     """Run ``prefix_ids`` once under ``backend``'s model (with its adapter switched on)."""
     ids = torch.tensor([list(prefix_ids)], dtype=torch.long, device=backend.device)
-    out = backend.model.get_decoder()(input_ids=ids, use_cache=True)
+    with backend.precision.compute():
+        out = backend.model.get_decoder()(input_ids=ids, use_cache=True)
     hidden = out.last_hidden_state[0]
     (scores,) = _scores(backend, [hidden[:-1]], [list(prefix_ids)], top)
     return PrefixState(tuple(prefix_ids), top, scores, hidden[-1], cache_of(out))
@@ -139,7 +140,8 @@ def _score_batch(
         cache.batch_repeat_interleave(len(rows))
         positions = (skip + torch.arange(width)).expand(len(rows), width)
         kwargs = {**with_cache(cache), "position_ids": positions.to(backend.device), "use_cache": True}
-    hidden = decoder(input_ids=ids.to(backend.device), **kwargs).last_hidden_state
+    with backend.precision.compute():
+        hidden = decoder(input_ids=ids.to(backend.device), **kwargs).last_hidden_state
     if skip and prefix is not None:
         # The prefix's last hidden state predicts the first token after it.
         predictors = [torch.cat([prefix.last[None], hidden[b, : len(t) - 1]]) for b, t in enumerate(tails)]
@@ -232,15 +234,16 @@ def generate_scored(
     tokenizer = backend.tokenizer
     ids = torch.tensor([prompt_ids], dtype=torch.long, device=backend.device)
     steps = _StepScores(top)
-    out = backend.model.generate(
-        input_ids=ids,
-        attention_mask=torch.ones_like(ids),
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        pad_token_id=backend.pad_id,
-        logits_processor=LogitsProcessorList([steps]),
-        **stop_at(tokenizer, stop),
-    )
+    with backend.precision.compute():
+        out = backend.model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=backend.pad_id,
+            logits_processor=LogitsProcessorList([steps]),
+            **stop_at(tokenizer, stop),
+        )
     tokens = out[0, len(prompt_ids) :].tolist()
     if steps.chosen[: len(tokens)] != tokens:  # greedy picks the highest score; anything else is a bug
         raise RuntimeError("generate did not pick the highest-scoring tokens")

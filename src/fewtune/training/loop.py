@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from fewtune.backends.kvcache import cache_of, with_cache
+from fewtune.backends.precision import of_model
 from fewtune.data.load import Example
 from fewtune.sysinfo import PeakMemory
 from fewtune.training.checkpoint import Progress, StateDict, load_checkpoint, save_checkpoint
@@ -112,6 +113,8 @@ class AnswerLogProbs(torch.nn.Module):
         self.model = model
         self.decoder = decoder
         self.softcap = softcap
+        self.precision = of_model(model)
+        """bf16 autocast on a CPU with bf16 units: the decoder's products in bf16, the head in float32."""
 
     def forward(
         self,
@@ -122,12 +125,15 @@ class AnswerLogProbs(torch.nn.Module):
     ) -> torch.Tensor:
         if block is not None:  # rows after a shared demo block: one ``forward`` so that DDP sees the call
             return self.after_block(block, ids, mask, predict_at)
-        hidden = self.decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        with self.precision.compute():
+            hidden = self.decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
         return self.answer_log_probs(hidden[predict_at])
 
     def answer_log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
         """Log-probabilities over the vocabulary at hidden states ``[N, H]`` that predict answer tokens."""
-        logits = self.model.get_output_embeddings()(hidden).float()
+        head = self.model.get_output_embeddings()
+        with self.precision.exact():
+            logits = head(hidden.to(head.weight.dtype)).float()
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return torch.log_softmax(logits, dim=-1)
@@ -142,16 +148,17 @@ class AnswerLogProbs(torch.nn.Module):
         shifted right past it), which ``tests/test_demo_block.py`` checks for the loss and its gradients."""
         rows, width = ids.shape
         length = block.shape[1]
-        cache = cache_of(self.decoder(input_ids=block, use_cache=True))
-        cache.batch_repeat_interleave(rows)  # a differentiable copy per row: each row's gradient flows back
-        positions = (length + torch.arange(width, device=ids.device)).expand(rows, width)
-        hidden = self.decoder(
-            input_ids=ids,
-            attention_mask=torch.cat([mask.new_ones(rows, length), mask], dim=1),
-            position_ids=positions,
-            **with_cache(cache),
-            use_cache=True,
-        ).last_hidden_state
+        with self.precision.compute():
+            cache = cache_of(self.decoder(input_ids=block, use_cache=True))
+            cache.batch_repeat_interleave(rows)  # a differentiable copy per row: gradients flow back
+            positions = (length + torch.arange(width, device=ids.device)).expand(rows, width)
+            hidden = self.decoder(
+                input_ids=ids,
+                attention_mask=torch.cat([mask.new_ones(rows, length), mask], dim=1),
+                position_ids=positions,
+                **with_cache(cache),
+                use_cache=True,
+            ).last_hidden_state
         return self.answer_log_probs(hidden[predict_at])
 
 

@@ -172,7 +172,7 @@ class LocalTuning(Strategy):
             answer_share=done.answer_tokens / done.tokens,
             every_weight=self.kind == "full",
         )
-        dtype = next(result.model.parameters()).dtype
+        dtype = result.precision.autocast or next(result.model.parameters()).dtype
         return LocalTraining(
             train_seconds=trained.seconds,
             train_tokens_per_second=tokens_per_second,
@@ -187,7 +187,7 @@ class LocalTuning(Strategy):
             peak_memory_bytes=trained.peak_bytes,
             trained_parameters=trainable,
             train_processes=Distributed.current().processes,
-            precision=str(dtype).removeprefix("torch."),
+            precision=result.precision.name,
             quantization="nf4" if self.args.quantize == "nf4" else None,
         )
 
@@ -228,7 +228,7 @@ class Lora(LocalTuning):
     def _model(self, base: HFBackend) -> Any:
         from peft import LoraConfig, get_peft_model
 
-        model = quantized_base(base) if self.args.quantize == "nf4" else copy.deepcopy(base.model)
+        model = quantized_base(base) if self.args.quantize == "nf4" else shared_copy(base.model)
         with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5; not ours to fix
             warnings.simplefilter("ignore", FutureWarning)
             model = get_peft_model(
@@ -273,6 +273,9 @@ class Lora(LocalTuning):
     def _result(self, model: Any, base: HFBackend) -> HFBackend:
         if self.args.quantize == "nf4":  # a 4-bit base is served with the adapter beside it, not merged
             return HFBackend(model, base.tokenizer, name=f"{base.name}+qlora", source=base.source)
+        if base.precision.mixed:  # merged, the update would be rounded to bf16 with W (backends.precision)
+            return HFBackend(model, base.tokenizer, name=f"{base.name}+lora", source=base.source)
+        own_adapted_weights(model)
         merged = model.merge_and_unload()
         return HFBackend(merged, base.tokenizer, name=f"{base.name}+lora", source=base.source)
 
@@ -309,6 +312,26 @@ class FullFineTune(LocalTuning):
 
     def _result(self, model: Any, base: HFBackend) -> HFBackend:
         return HFBackend(model, base.tokenizer, name=f"{base.name}+full-ft", source=str(self.save_dir))
+
+
+def shared_copy(model: Any) -> Any:
+    """A copy of ``model``'s modules that shares its weights: LoRA trains only its own matrices, so the base
+    model's 270M (or 7B) frozen weights are not duplicated for every adapter; the prompting rows go on using
+    the base untouched (peft wraps the copy's layers, not the base's)."""
+    shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    return copy.deepcopy(model, memo=shared)
+
+
+def own_adapted_weights(model: Any) -> None:
+    """Give every LoRA-wrapped layer of ``model`` its own copy of its base weight, so that merging the
+    adapter (in place) changes this model only, not the base it shares its other weights with."""
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    for layer in model.modules():
+        if isinstance(layer, LoraLayer):
+            base_layer: Any = layer.get_base_layer()
+            base_layer.weight = torch.nn.Parameter(base_layer.weight.detach().clone(), requires_grad=False)
 
 
 def quantized_base(base: HFBackend) -> Any:

@@ -1,7 +1,8 @@
 """What a training recipe asks of the machine, checked before any model loads (one-line errors).
 
-- bf16 and QLoRA (``--precision bf16``, ``--quantize nf4``) need a CUDA GPU (and bitsandbytes for QLoRA):
-  on a CPU they are refused, not attempted.
+- ``--precision bf16`` needs a device with native bf16 (a CUDA GPU that supports it, or a CPU with AVX-512
+  BF16 or AMX: :mod:`fewtune.backends.precision`); QLoRA (``--quantize nf4``) needs a CUDA GPU and
+  bitsandbytes. Elsewhere they are refused, not attempted.
 - Full fine-tuning holds, besides the base model the prompting rows use, a trained copy with a gradient and
   AdamW's two moments per weight: 1 + 1 + 1 + 2 = 5 more model-sized tensors, 6 in all, at the weights'
   dtype (torch's AdamW keeps its states like the parameters; the count is ZeRO's, Rajbhandari et al. 2020,
@@ -31,20 +32,18 @@ def cuda_available() -> bool:
 def check_hardware(cfg: RunConfig) -> None:
     """Refuse recipes this machine cannot run: bf16/QLoRA without a GPU, full-ft past the free memory."""
     from fewtune.backends.endpoint import is_endpoint
+    from fewtune.backends.precision import BF16, bf16_supported
 
     args = cfg.lora
-    asked = [
-        f
-        for f, on in (
-            ("--precision bf16", args.precision == "bf16"),
-            ("--quantize nf4", args.quantize == "nf4"),
-        )
-        if on
-    ]
-    if asked and not cuda_available():
+    if args.precision == BF16 and not bf16_supported("cuda" if cuda_available() else "cpu"):
         raise ConfigError(
-            f"{' and '.join(asked)} need a CUDA GPU, and this machine has none (torch sees no CUDA device); "
-            "on a CPU fewtune trains and scores in float32: leave them out"
+            "--precision bf16 needs native bf16 (a CUDA GPU that supports it, or a CPU with AVX-512 BF16 or "
+            "AMX), and this machine has neither: leave it out (auto runs float32 here)"
+        )
+    if args.quantize == "nf4" and not cuda_available():
+        raise ConfigError(
+            "--quantize nf4 needs a CUDA GPU, and this machine has none (torch sees no CUDA device): "
+            "leave it out"
         )
     if args.quantize == "nf4":
         try:
@@ -91,8 +90,10 @@ def check_full_ft_memory(cfg: RunConfig) -> None:
     folder = resolve_model(cfg.model)
     parameters = parameter_count(folder)
     gpu = cuda_available()
-    bf16 = cfg.lora.precision == "bf16" or (cfg.lora.precision == "auto" and gpu)
-    need = full_ft_bytes(parameters, 2 if bf16 else 4)
+    from fewtune.backends.precision import Precision
+
+    weights = Precision.of(cfg.lora.precision, "cuda" if gpu else "cpu").weights
+    need = full_ft_bytes(parameters, weights.itemsize)
     free = free_bytes(gpu)
     if need > free:
         where = "GPU" if gpu else "RAM"
