@@ -191,6 +191,14 @@ class MethodRow(TypedDict, total=False):
     kshot_training: str
     """lora+few-shot rows: demos (its adapter was trained with k demos in every prompt) or plain (the lora
     row's adapter, trained without demos; the row's name ends in plain-adapter)."""
+    demo_draw: str
+    """Rows whose adapter was trained with demos (kshot_training demos): batch (the rows of a training batch
+    shared one balanced or random draw, its demo block run once per batch) or row (a draw per row; nearest
+    demos always); absent otherwise (--demo-draw)."""
+    demo_block_steps: int
+    """demo_draw batch: optimizer steps whose rows shared one run of the demo block; the other steps ran each
+    row's whole prompt with the same demos (a tokenizer merge at the block's end, or a block and rows longer
+    than a sliding-window layer's window)."""
     quantization: str
     """QLoRA rows: the base model's 4-bit quantization (nf4), absent otherwise."""
     # hosted-ft rows

@@ -12,6 +12,7 @@ from typing import Any
 
 from typing_extensions import TypedDict
 
+from fewtune.prompts.demos import BATCH_DRAW, ROW_DRAW
 from fewtune.results.record import MethodRow
 
 
@@ -37,10 +38,21 @@ class LocalTraining:
     """QLoRA: the base model's 4-bit quantization (nf4); None otherwise (not written)."""
     kshot_training: str | None = None
     """lora+few-shot rows: how the prompted adapter was trained (plain or demos); None otherwise."""
+    demo_draw: str | None = None
+    """An adapter trained with demos: batch (a draw per batch, shared by its rows) or row; None otherwise."""
+    demo_block_steps: int | None = None
+    """demo_draw batch: the steps whose rows shared one run of the demo block; None otherwise."""
 
     def prompted(self, kshot_training: str) -> LocalTraining:
         """The same training, for a lora+few-shot row whose adapter was trained ``kshot_training``."""
         return replace(self, kshot_training=kshot_training)
+
+    def with_demos(self, per_batch: bool, shared_steps: int) -> LocalTraining:
+        """The same training, of an adapter trained with demos drawn per batch (``shared_steps`` of its steps
+        sharing one run of the block) or per row."""
+        if not per_batch:
+            return replace(self, demo_draw=ROW_DRAW)
+        return replace(self, demo_draw=BATCH_DRAW, demo_block_steps=shared_steps)
 
     def fields(self) -> MethodRow:
         row: MethodRow = {
@@ -62,6 +74,10 @@ class LocalTraining:
             row["quantization"] = self.quantization
         if self.kshot_training is not None:
             row["kshot_training"] = self.kshot_training
+        if self.demo_draw is not None:
+            row["demo_draw"] = self.demo_draw
+        if self.demo_block_steps is not None:
+            row["demo_block_steps"] = self.demo_block_steps
         return row
 
 
