@@ -94,7 +94,7 @@ def generate_batch(
 ) -> list[Generation]:
     """Greedy continuations of ``prompts``; ``constraint()`` makes a fresh logits processor per batch
     (constrained decoding). The model runs in its backend's precision."""
-    with backend.precision.compute():
+    with backend.precision.scoring():
         return _generate(backend, prompts, prefix, max_new_tokens, stop, batch_size, progress, constraint)
 
 
