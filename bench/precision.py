@@ -82,7 +82,7 @@ def compare(out: Path, name: str, variant: str) -> list[dict[str, Any]]:
     (rows_a, rec_a), (rows_b, rec_b) = _rows(a), _rows(b)
     table = []
     for method, by_row in answers_a.items():
-        if method not in answers_b or rows_a[method].get("method") == "reference":
+        if method not in answers_b or method not in rows_a or rows_a[method].get("method") == "reference":
             continue
         other = answers_b[method]
         same = sum(by_row[r] == other.get(r) for r in by_row)
