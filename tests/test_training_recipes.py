@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fewtune.config import RunConfig
+from fewtune.config import LoraArgs, RunConfig
 from fewtune.data.load import Example
 from fewtune.decide.cost import MethodCost
 from fewtune.decide.evidence import FINE_TUNED, Comparison, MethodEvidence
 from fewtune.decide.full_ft import weigh_full_ft
 from fewtune.decide.verdict import Situation
 from fewtune.errors import ConfigError
-from fewtune.prompts.demos import training_demos
+from fewtune.prompts.demos import BatchDemos, training_demos, training_draw
 from fewtune.training import memory
 
 
@@ -35,6 +35,30 @@ def test_training_demos_drop_the_row_from_a_tiny_pool() -> None:
     pool = _pool(5)
     sets = training_demos(pool, pool, 4, "random", seed=0)
     assert all(ex not in demos for ex, demos in zip(pool, sets, strict=True))
+
+
+@pytest.mark.parametrize("selection", ["balanced", "random"])
+def test_a_batch_draw_is_seeded_by_step_and_never_holds_a_row_of_the_batch(selection: str) -> None:
+    pool = _pool()
+    draws = BatchDemos(tuple(pool), 4, selection, seed=3)
+    texts = [ex.text for ex in pool[:4]]
+    first = draws.draw(1, texts)
+    assert len(first) == 4 and first == draws.draw(1, texts)  # a resumed run replays the same draw
+    assert draws.draw(2, texts) != first  # a fresh draw per batch
+    if selection == "balanced":
+        assert sorted(d.label for d in first) == ["a", "a", "b", "b"]
+    # A batch holding the drawn rows gets a draw from the pool without them.
+    assert not {d.text for d in draws.draw(1, [d.text for d in first])} & {d.text for d in first}
+
+
+def test_the_draw_is_per_batch_for_fixed_selections_and_per_row_otherwise() -> None:
+    pool = _pool()
+    train = pool[:8]
+    assert training_draw(train, pool, 3, "random", 0, "batch") == BatchDemos(tuple(pool), 3, "random", 0)
+    assert training_draw(train, pool, 3, "random", 0, "row") == training_demos(train, pool, 3, "random", 0)
+    assert training_draw(train, pool, 0, "random", 0, "batch") == [()] * len(train)
+    with pytest.raises(ConfigError, match="--demo-draw takes batch, row"):
+        LoraArgs(demo_draw="column")
 
 
 def test_qlora_on_a_cpu_and_bf16_without_bf16_units_are_one_line_errors(

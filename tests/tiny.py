@@ -58,9 +58,9 @@ def tiny_model(tokenizer: Any, seed: int = 0, sliding_window: int = 16) -> Any:
     return Gemma3ForCausalLM(config).eval()
 
 
-def save_tiny(folder: Path, seed: int = 0) -> Path:
+def save_tiny(folder: Path, seed: int = 0, sliding_window: int = 16) -> Path:
     """Write a tiny model folder that ``--model`` accepts."""
     tokenizer = tiny_tokenizer()
-    tiny_model(tokenizer, seed).save_pretrained(folder)
+    tiny_model(tokenizer, seed, sliding_window).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

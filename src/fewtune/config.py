@@ -19,7 +19,7 @@ from fewtune.config_yaml import load_config_file as load_config_file
 from fewtune.config_yaml import read_yaml as read_yaml
 from fewtune.errors import ConfigError
 from fewtune.methods import ALL_METHODS, DEFAULT_METHODS
-from fewtune.prompts.demos import DEMO_SELECTIONS
+from fewtune.prompts.demos import DEMO_DRAWS, DEMO_SELECTIONS
 from fewtune.prompts.template import AUTO_LABEL_NAMES
 
 METHODS = ALL_METHODS
@@ -150,12 +150,16 @@ class LoraArgs:
     """How the lora+few-shot row's adapter is trained: demos (k demos from the pool in every training
     prompt, as it is prompted at test time, never the row itself), plain (the lora row's adapter, trained
     without demos, then prompted with them), or both (a row each)."""
+    demo_draw: str = "batch"
+    """How the demos of --kshot-training demos are drawn: batch (one balanced or random draw per training
+    batch, shared by its rows and run once per batch) or row (a draw per row). Nearest demos: per row."""
     full_lr: float = 2e-5
     """Peak AdamW learning rate of full-ft (every weight; same schedule, loss and batches as LoRA)."""
-    precision: str = "fp32"
-    """auto (bf16 where the hardware runs it natively: a CUDA GPU that supports it, or a CPU with AVX-512
-    BF16 or AMX; fp32 elsewhere), fp32, or bf16 (training and scoring in bfloat16; on a CPU, float32
-    weights under bf16 autocast with the output layer and label scores in float32)."""
+    precision: str = "auto"
+    """auto: bf16 where the hardware runs it natively (a CUDA GPU that supports it; on a CPU with AVX-512
+    BF16 or AMX, training in bf16 and scoring in float32), float32 elsewhere; fp32; or bf16 (training and
+    scoring in bfloat16; on a CPU, float32 weights under bf16 autocast with the output layer and label
+    scores in float32). docs/benchmarks.md has the agreement with float32."""
     quantize: str = "none"
     """none, or nf4: QLoRA (the base model loaded in 4-bit NF4 by bitsandbytes, LoRA trained on top; needs
     a CUDA GPU and the bitsandbytes package)."""
@@ -163,6 +167,7 @@ class LoraArgs:
     def __post_init__(self) -> None:
         for option, value, choices in (
             ("--kshot-training", self.kshot_training, KSHOT_TRAINING),
+            ("--demo-draw", self.demo_draw, DEMO_DRAWS),
             ("--precision", self.precision, PRECISIONS),
             ("--quantize", self.quantize, QUANTIZE),
         ):

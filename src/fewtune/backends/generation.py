@@ -164,7 +164,7 @@ def generate_batch(
     """Greedy continuations of ``prompts``, each cut at ``stop`` or where ``output_end`` finds it complete;
     ``constraint()`` makes a fresh logits processor per batch (constrained decoding). The model runs in its
     backend's precision."""
-    with backend.precision.compute():
+    with backend.precision.scoring():
         return _generate(
             backend, prompts, prefix, max_new_tokens, stop, output_end, batch_size, progress, constraint
         )

@@ -118,7 +118,7 @@ class HFBackend(Backend):
         if self._cached_prefix is None or self._cached_prefix[0] != key:
             ids = torch.tensor([prefix_ids], device=self.device)
             own = unbounded_cache() if keep_all else None
-            with self.precision.compute():
+            with self.precision.scoring():
                 cache = cache_of(self._decoder()(input_ids=ids, use_cache=True, **with_cache(own)))
             self._cached_prefix = (key, cache)
         return self._cached_prefix[1]
@@ -295,7 +295,7 @@ class HFBackend(Backend):
             lengths = [len(s) for s in suffixes]
             for batch in self._batches(lengths, cut, batch_size, tree.steps):
                 rows = [members[b] for b in batch]
-                with self.precision.compute():
+                with self.precision.scoring():
                     self._score_batch(cache, cut, [suffixes[b] for b in batch], choice_ids, tree, rows, queue)
                 if progress:
                     progress(len(batch))

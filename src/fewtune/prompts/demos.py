@@ -5,10 +5,17 @@
 - ``nearest``: for each test input, the k pool examples whose sentence embeddings are most similar to it
   (Liu et al. 2022, "What Makes Good In-Context Examples for GPT-3?"), the most similar last, next to the
   input. The demos differ per input, so no demo block is shared between rows.
+
+An adapter trained to be prompted with demos is shown them in training too (:func:`training_draw`): with
+a fixed selection, the rows of a training batch share one demo block drawn per batch (:class:`BatchDemos`),
+as the test rows share one, so training can run the block once per batch; nearest demos, and
+``--demo-draw row``, give each training row its own set (:func:`training_demos`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 from collections import defaultdict
 from collections.abc import Sequence
@@ -24,6 +31,9 @@ DEMO_SELECTIONS = ("balanced", "random", "nearest")
 # Selections that draw one demo set for all rows (and so can be redrawn with other seeds).
 FIXED_SELECTIONS = ("balanced", "random")
 NEAREST = "nearest"
+BATCH_DRAW, ROW_DRAW = "batch", "row"
+DEMO_DRAWS = (BATCH_DRAW, ROW_DRAW)
+"""``--demo-draw``: one demo set per training batch, shared by its rows, or one per training row."""
 
 
 def select_demos(
@@ -130,3 +140,51 @@ def training_demos(
             demos = select_demos([p for p in pool if p.text != ex.text], shots, selection, row_seed)
         sets.append(tuple(demos))
     return sets
+
+
+@dataclass(frozen=True)
+class BatchDemos:
+    """One demo set per training batch, drawn as the test rows' set is (``selection`` from ``pool``) and
+    shared by the batch's rows; never one of the batch's rows (nor a pool row with its text).
+
+    A draw depends only on the seed, the step and the batch's rows, so a resumed run replays the same draws.
+    """
+
+    pool: tuple[Example, ...] = field(repr=False)
+    shots: int
+    selection: str
+    seed: int
+
+    def draw(self, step: int, texts: Sequence[str]) -> tuple[Example, ...]:
+        """The demos of optimizer step ``step``, whose rows have the input ``texts``."""
+        step_seed = random.Random(f"{self.seed}:{step}").randrange(2**31)
+        demos = select_demos(self.pool, self.shots, self.selection, step_seed)
+        shown = set(texts)
+        if any(d.text in shown for d in demos):  # drawn again from the pool without the batch's rows
+            demos = select_demos(
+                [p for p in self.pool if p.text not in shown], self.shots, self.selection, step_seed
+            )
+        return tuple(demos)
+
+    def settings(self) -> dict[str, object]:
+        """What the draws depend on (a checkpoint of other draws must not be continued): the settings and
+        a digest of the pool."""
+        pool = hashlib.sha256(json.dumps([[p.text, p.label] for p in self.pool]).encode()).hexdigest()
+        return {"shots": self.shots, "selection": self.selection, "seed": self.seed, "pool": pool}
+
+
+def training_draw(
+    train: Sequence[Example],
+    pool: Sequence[Example],
+    shots: int,
+    selection: str,
+    seed: int,
+    draw: str,
+    index: DemoIndex | None = None,
+) -> BatchDemos | list[tuple[Example, ...]]:
+    """The demos an adapter trained to be prompted with ``shots`` demos is shown in training: one draw per
+    batch (``draw`` = batch, a fixed selection), or a set per row (``draw`` = row, or nearest demos, which
+    are per input at test time too)."""
+    if draw == BATCH_DRAW and selection in FIXED_SELECTIONS and shots > 0:
+        return BatchDemos(tuple(pool), shots, selection, seed)
+    return training_demos(train, pool, shots, selection, seed, index)

@@ -186,11 +186,22 @@ class MethodRow(TypedDict, total=False):
     train_processes: int
     """Processes that trained it together (accelerate launch --num_processes; 1 = on its own)."""
     precision: str
-    """What a local model's matrix products ran in (float32, bfloat16; --precision): trained rows as they
-    trained and scored, prompting rows as they scored. Absent for endpoints and the reference."""
+    """What a local model's matrix products ran in when it scored (float32, bfloat16; --precision), every
+    row of a local model. Absent for endpoints and the reference."""
+    train_precision: str
+    """Trained rows whose training ran in another dtype than their scoring (--precision auto on a CPU with
+    bf16 units: bfloat16); absent otherwise."""
     kshot_training: str
     """lora+few-shot rows: demos (its adapter was trained with k demos in every prompt) or plain (the lora
     row's adapter, trained without demos; the row's name ends in plain-adapter)."""
+    demo_draw: str
+    """Rows whose adapter was trained with demos (kshot_training demos): batch (the rows of a training batch
+    shared one balanced or random draw, its demo block run once per batch) or row (a draw per row; nearest
+    demos always); absent otherwise (--demo-draw)."""
+    demo_block_steps: int
+    """demo_draw batch: optimizer steps whose rows shared one run of the demo block; the other steps ran each
+    row's whole prompt with the same demos (a tokenizer merge at the block's end, or a block and rows longer
+    than a sliding-window layer's window)."""
     quantization: str
     """QLoRA rows: the base model's 4-bit quantization (nf4), absent otherwise."""
     # hosted-ft rows

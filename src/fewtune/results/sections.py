@@ -12,6 +12,7 @@ from typing import Any
 
 from typing_extensions import TypedDict
 
+from fewtune.prompts.demos import BATCH_DRAW, ROW_DRAW
 from fewtune.results.record import MethodRow
 
 
@@ -33,14 +34,28 @@ class LocalTraining:
     trained_parameters: int
     train_processes: int
     precision: str
+    train_precision: str | None = None
+    """What training's matrix products ran in, where it differs from scoring's ``precision`` (on a CPU with
+    bf16 units, ``--precision auto`` trains in bfloat16 and scores in float32); None otherwise."""
     quantization: str | None = None
     """QLoRA: the base model's 4-bit quantization (nf4); None otherwise (not written)."""
     kshot_training: str | None = None
     """lora+few-shot rows: how the prompted adapter was trained (plain or demos); None otherwise."""
+    demo_draw: str | None = None
+    """An adapter trained with demos: batch (a draw per batch, shared by its rows) or row; None otherwise."""
+    demo_block_steps: int | None = None
+    """demo_draw batch: the steps whose rows shared one run of the demo block; None otherwise."""
 
     def prompted(self, kshot_training: str) -> LocalTraining:
         """The same training, for a lora+few-shot row whose adapter was trained ``kshot_training``."""
         return replace(self, kshot_training=kshot_training)
+
+    def with_demos(self, per_batch: bool, shared_steps: int) -> LocalTraining:
+        """The same training, of an adapter trained with demos drawn per batch (``shared_steps`` of its steps
+        sharing one run of the block) or per row."""
+        if not per_batch:
+            return replace(self, demo_draw=ROW_DRAW)
+        return replace(self, demo_draw=BATCH_DRAW, demo_block_steps=shared_steps)
 
     def fields(self) -> MethodRow:
         row: MethodRow = {
@@ -58,10 +73,16 @@ class LocalTraining:
             "train_processes": self.train_processes,
             "precision": self.precision,
         }
+        if self.train_precision is not None:
+            row["train_precision"] = self.train_precision
         if self.quantization is not None:
             row["quantization"] = self.quantization
         if self.kshot_training is not None:
             row["kshot_training"] = self.kshot_training
+        if self.demo_draw is not None:
+            row["demo_draw"] = self.demo_draw
+        if self.demo_block_steps is not None:
+            row["demo_block_steps"] = self.demo_block_steps
         return row
 
 

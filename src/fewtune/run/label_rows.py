@@ -23,7 +23,7 @@ from fewtune.decide.curves import build_curves
 from fewtune.embeddings import Embedder
 from fewtune.errors import ModelError
 from fewtune.methods import Method
-from fewtune.prompts.demos import NEAREST, DemoIndex, training_demos
+from fewtune.prompts.demos import NEAREST, DemoIndex, training_draw
 from fewtune.prompts.template import DEFAULT_TASK, PromptTemplate, resolve_label_names
 from fewtune.results.record import MethodRow, RunResults, method_rows
 from fewtune.results.resume import fingerprint
@@ -230,9 +230,8 @@ class LabelTuning(Tuning):
         return str(self.rows.lead[k].demo_selection)
 
     def training_demos(self, train: list[Any], k: int) -> Any:
-        return training_demos(
-            train, self.data.pool, k, self.cfg.prompt.demo_selection[0], self.cfg.seed, self.index
-        )
+        selection, draw = self.cfg.prompt.demo_selection[0], self.cfg.lora.demo_draw
+        return training_draw(train, self.data.pool, k, selection, self.cfg.seed, draw, self.index)
 
     def trained(self, strategy: Any, train: list[Any], title: str, demos: Any = None) -> Predictor:
         events = self.rows.events

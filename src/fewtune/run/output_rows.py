@@ -18,7 +18,7 @@ from typing import Any, cast
 from fewtune.config import RunConfig
 from fewtune.errors import ConfigError, ModelError
 from fewtune.methods import Method
-from fewtune.prompts.demos import NEAREST, DemoIndex, NearestDemos, select_demos, training_demos
+from fewtune.prompts.demos import NEAREST, DemoIndex, NearestDemos, select_demos, training_draw
 from fewtune.prompts.template import OutputTemplate
 from fewtune.results.record import RunResults
 from fewtune.results.resume import fingerprint
@@ -281,7 +281,8 @@ class OutputTuning(Tuning):
         return self.lead
 
     def training_demos(self, train: list[Any], k: int) -> Any:
-        return training_demos(train, self.data.pool, k, self.lead, self.cfg.seed, self.index)
+        cfg = self.cfg
+        return training_draw(train, self.data.pool, k, self.lead, cfg.seed, cfg.lora.demo_draw, self.index)
 
     def trained(self, strategy: Any, train: list[Any], title: str, demos: Any = None) -> TextPredictor:
         rows = self.rows

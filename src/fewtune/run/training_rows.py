@@ -43,7 +43,8 @@ class Tuning(abc.ABC):
 
     @abc.abstractmethod
     def training_demos(self, train: list[Any], k: int) -> Any:
-        """The ``k`` demos each training example is shown with (never itself)."""
+        """The ``k`` demos each training example is shown with (never itself): a set per row, or a draw per
+        batch (:func:`fewtune.prompts.demos.training_draw`)."""
 
     @abc.abstractmethod
     def trained(self, strategy: Any, train: list[Any], title: str, demos: Any = None) -> Any:

@@ -78,7 +78,7 @@ class PrefixState:
 def prefix_state(backend: HFBackend, prefix_ids: Sequence[int], top: int = 0) -> PrefixState:
     """Run ``prefix_ids`` once under ``backend``'s model (with its adapter switched on)."""
     ids = torch.tensor([list(prefix_ids)], dtype=torch.long, device=backend.device)
-    with backend.precision.compute():
+    with backend.precision.scoring():
         out = backend.model.get_decoder()(input_ids=ids, use_cache=True)
     hidden = out.last_hidden_state[0]
     (scores,) = _scores(backend, [hidden[:-1]], [list(prefix_ids)], top)
@@ -140,7 +140,7 @@ def _score_batch(
         cache.batch_repeat_interleave(len(rows))
         positions = (skip + torch.arange(width)).expand(len(rows), width)
         kwargs = {**with_cache(cache), "position_ids": positions.to(backend.device), "use_cache": True}
-    with backend.precision.compute():
+    with backend.precision.scoring():
         hidden = decoder(input_ids=ids.to(backend.device), **kwargs).last_hidden_state
     if skip and prefix is not None:
         # The prefix's last hidden state predicts the first token after it.
@@ -234,7 +234,7 @@ def generate_scored(
     tokenizer = backend.tokenizer
     ids = torch.tensor([prompt_ids], dtype=torch.long, device=backend.device)
     steps = _StepScores(top)
-    with backend.precision.compute():
+    with backend.precision.scoring():
         out = backend.model.generate(
             input_ids=ids,
             attention_mask=torch.ones_like(ids),

@@ -36,6 +36,10 @@ class Progress:
     tokens: int = 0
     answer_tokens: int = 0
     seconds: float = 0.0
+    block_tokens: int = 0
+    """Demos drawn per batch: the demo blocks' tokens, summed over steps (shared or not)."""
+    shared_steps: int = 0
+    """Demos drawn per batch: steps whose rows shared one run of the block."""
 
 
 def checkpoint_key(settings: Mapping[str, Any], features: list[tuple[list[int], list[int]]]) -> str:

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from fewtune.errors import ConfigError
+from fewtune.prompts.demos import BatchDemos
 
 # A worker waits for the main process's next order while it scores the test rows; gloo's default 30-minute
 # timeout would end a long scoring step's workers.
@@ -43,7 +44,8 @@ class TrainingOrder:
     settings: Mapping[str, Any]
     """The strategy's fields other than the backend and the progress callback."""
     train: Sequence[Any]
-    demos: Sequence[Sequence[Any]] | None
+    demos: Sequence[Sequence[Any]] | BatchDemos | None
+    """Each row's demos, or one draw per batch (each process draws the same block for the same batch)."""
 
 
 class Distributed:

@@ -20,10 +20,12 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from fewtune.backends.kvcache import cache_of, with_cache
 from fewtune.backends.precision import of_model
 from fewtune.data.load import Example
 from fewtune.sysinfo import PeakMemory
 from fewtune.training.checkpoint import Progress, StateDict, load_checkpoint, save_checkpoint
+from fewtune.training.demo_block import BatchPrompt, DemoBlocks
 from fewtune.training.distributed import Distributed
 
 # Length grouping: shuffle, cut into windows of this many batches, sort each window by length.
@@ -88,9 +90,14 @@ def answer_loss(log_probs: torch.Tensor, targets: torch.Tensor, weights: torch.T
 
 
 class TrainingTemplate(Protocol):
-    """What training needs of a template: the prompt for an input and the answer text after it."""
+    """What training needs of a template: the prompt for an input and the answer text after it; the prompt
+    is ``prefix(demos) + query(text)``, so a batch can share its demo block (:mod:`.demo_block`)."""
 
     def render(self, text: str, demos: Sequence[Example] = ()) -> str: ...
+
+    def prefix(self, demos: Sequence[Example]) -> str: ...
+
+    def query(self, text: str) -> str: ...
 
     def continuation(self, label: str) -> str: ...
 
@@ -109,15 +116,50 @@ class AnswerLogProbs(torch.nn.Module):
         self.precision = of_model(model)
         """bf16 autocast on a CPU with bf16 units: the decoder's products in bf16, the head in float32."""
 
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor, predict_at: torch.Tensor) -> torch.Tensor:
-        with self.precision.compute():
+    def forward(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        predict_at: torch.Tensor,
+        block: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if block is not None:  # rows after a shared demo block: one ``forward`` so that DDP sees the call
+            return self.after_block(block, ids, mask, predict_at)
+        with self.precision.training():
             hidden = self.decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        return self.answer_log_probs(hidden[predict_at])
+
+    def answer_log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities over the vocabulary at hidden states ``[N, H]`` that predict answer tokens."""
         head = self.model.get_output_embeddings()
         with self.precision.exact():
-            logits = head(hidden[predict_at].to(head.weight.dtype)).float()
+            logits = head(hidden.to(head.weight.dtype)).float()
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return torch.log_softmax(logits, dim=-1)
+
+    def after_block(
+        self, block: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, predict_at: torch.Tensor
+    ) -> torch.Tensor:
+        """:meth:`forward` for rows ``ids [B, W]`` (right-padded, ``mask``) that follow the demo block
+        ``block [1, P]``: the block runs once, with gradients, and its keys and values are repeated for
+        every row (as the prefix cache does when scoring), the rows sitting at positions ``P ..``. The
+        result is that of writing the block before each row and calling :meth:`forward` (the rows' padding
+        shifted right past it), which ``tests/test_demo_block.py`` checks for the loss and its gradients."""
+        rows, width = ids.shape
+        length = block.shape[1]
+        with self.precision.training():
+            cache = cache_of(self.decoder(input_ids=block, use_cache=True))
+            cache.batch_repeat_interleave(rows)  # a differentiable copy per row: gradients flow back
+            positions = (length + torch.arange(width, device=ids.device)).expand(rows, width)
+            hidden = self.decoder(
+                input_ids=ids,
+                attention_mask=torch.cat([mask.new_ones(rows, length), mask], dim=1),
+                position_ids=positions,
+                **with_cache(cache),
+                use_cache=True,
+            ).last_hidden_state
+        return self.answer_log_probs(hidden[predict_at])
 
 
 @dataclass
@@ -162,6 +204,8 @@ class TrainingLoop:
     restore: Callable[[StateDict], None]
     progress: Callable[[int, int, float], None] | None = None
     checkpoint_seconds: float = 60.0
+    blocks: DemoBlocks | None = None
+    """Demos drawn per batch: each batch's demo block (``features`` then hold what follows it)."""
 
     def run(self) -> Trained:
         s = self.schedule
@@ -193,31 +237,18 @@ class TrainingLoop:
                     step += 1
                     if step <= done.step:
                         continue  # trained before the run was interrupted: replay the seeded order only
-                    batch_tokens = sum(len(features[i][1]) for i in batch)
-                    total_weight = sum(weights[i] * len(features[i][1]) for i in batch)
-                    mine = dist.share(batch)
-                    rows = mine or batch[:1]  # a process with no rows still joins the gradient reduction
-                    ids, mask, predict_at, targets = _collate([features[i] for i in rows], self.pad_id)
-                    ids, mask = ids.to(self.device), mask.to(self.device)
-                    log_probs = module(ids, mask, predict_at.to(self.device))
-                    token_weights = torch.tensor(
-                        [weights[i] * bool(mine) for i in rows for _ in features[i][1]], device=self.device
-                    )
-                    if dist.processes == 1:
-                        loss = answer_loss(log_probs, targets.to(self.device), token_weights)
-                    else:  # this share's part of the batch's weighted mean; DDP averages over processes
-                        losses = torch.nn.functional.nll_loss(
-                            log_probs, targets.to(self.device), reduction="none"
-                        )
-                        loss = (losses * token_weights).sum() / total_weight * dist.processes
+                    prompt = self._prompt(step, batch)
+                    loss = self._loss(module, dist, batch, prompt, weights)
                     dist.backward(loss)
                     dist.clip(params, 1.0)
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
                     done.step = step
-                    done.tokens += sum(lengths[i] for i in batch)
-                    done.answer_tokens += batch_tokens
+                    done.tokens += prompt.tokens
+                    done.answer_tokens += sum(len(features[i][1]) for i in batch)
+                    done.block_tokens += prompt.block_tokens
+                    done.shared_steps += bool(prompt.block)
                     if self.progress and dist.main:  # this process's share of the batch's loss
                         self.progress(step, total_steps, loss.item() / dist.processes)
                     if (
@@ -231,6 +262,35 @@ class TrainingLoop:
                             save_checkpoint(self.folder, self.key, self.state(), optimizer, scheduler, done)
             seconds = done.seconds + time.perf_counter() - start
         self.module.eval()
-        return Trained(
-            done, seconds, total_steps, resumed_at, peak.bytes, sum(lengths) / len(lengths), module
+        # A row's prompt and answer, with the demo block when one is drawn per batch (the features hold
+        # only what follows it).
+        mean_length = sum(lengths) / len(lengths) + done.block_tokens / max(done.step, 1)
+        return Trained(done, seconds, total_steps, resumed_at, peak.bytes, mean_length, module)
+
+    def _prompt(self, step: int, batch: list[int]) -> BatchPrompt:
+        """The tokens of optimizer step ``step``'s rows ``batch``: their features, or with demos drawn per
+        batch, the batch's demo block and what follows it (:mod:`fewtune.training.demo_block`)."""
+        if self.blocks is None:
+            return BatchPrompt([], [self.features[i] for i in batch], 0)
+        return self.blocks.batch(step, batch)
+
+    def _loss(
+        self, module: Any, dist: Distributed, batch: list[int], prompt: BatchPrompt, weights: list[float]
+    ) -> torch.Tensor:
+        """This process's part of ``batch``'s weighted answer loss, from its share of the rows."""
+        # Shared by position: a row drawn twice (class-balanced sampling) is trained twice.
+        mine = dist.share(range(len(batch)))
+        at = mine or [0]  # a process with no rows still joins the gradient reduction
+        ids, mask, predict_at, targets = _collate([prompt.features[j] for j in at], self.pad_id)
+        block = torch.tensor([prompt.block], device=self.device) if prompt.block else None
+        log_probs = module(ids.to(self.device), mask.to(self.device), predict_at.to(self.device), block)
+        token_weights = torch.tensor(
+            [weights[batch[j]] * bool(mine) for j in at for _ in prompt.features[j][1]], device=self.device
         )
+        targets = targets.to(self.device)
+        if dist.processes == 1:
+            return answer_loss(log_probs, targets, token_weights)
+        # This share's part of the batch's weighted mean; DDP averages over processes.
+        total_weight = sum(weights[i] * len(self.features[i][1]) for i in batch)
+        losses = torch.nn.functional.nll_loss(log_probs, targets, reduction="none")
+        return (losses * token_weights).sum() / total_weight * dist.processes

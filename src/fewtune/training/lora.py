@@ -21,11 +21,13 @@ from fewtune.config import LoraArgs, default_target_modules
 from fewtune.data.load import Example
 from fewtune.errors import ConfigError
 from fewtune.methods import Method
+from fewtune.prompts.demos import BatchDemos
 from fewtune.prompts.template import PromptTemplate
 from fewtune.results.sections import LocalTraining
 from fewtune.strategies.base import Predictor, Strategy
 from fewtune.sysinfo import lora_train_flops_per_token, matmul_peak_flops
 from fewtune.training.checkpoint import CHECKPOINT_SECONDS, StateDict, checkpoint_key, remove_checkpoint
+from fewtune.training.demo_block import DemoBlocks, Feature
 from fewtune.training.distributed import Distributed, TrainingOrder
 from fewtune.training.loop import (
     AnswerLogProbs,
@@ -42,6 +44,8 @@ from fewtune.training.loop import (
 __all__ = ["FullFineTune", "Lora", "_batches", "_collate", "answer_loss", "example_weights"]
 
 DemoSets = Sequence[Sequence[Example]]
+Demos = DemoSets | BatchDemos
+"""The demos of a training: a set per row, or one draw per batch shared by its rows."""
 
 
 @dataclass
@@ -69,7 +73,7 @@ class LocalTuning(Strategy):
                 "trained"
             )
 
-    def fit(self, train: Sequence[Example], demos: DemoSets | None = None) -> Predictor:
+    def fit(self, train: Sequence[Example], demos: Demos | None = None) -> Predictor:
         if not isinstance(self.template, PromptTemplate):
             raise TypeError("fit makes a label predictor; use train for other templates")
         backend, fitted = self.train(train, demos)
@@ -81,30 +85,23 @@ class LocalTuning(Strategy):
             fitted=fitted,
         )
 
-    def train(
-        self, train: Sequence[Example], demos: DemoSets | None = None
-    ) -> tuple[HFBackend, LocalTraining]:
+    def train(self, train: Sequence[Example], demos: Demos | None = None) -> tuple[HFBackend, LocalTraining]:
         """Train on ``train`` (answer-only loss on each example's continuation, after its prompt with
-        ``demos[i]`` when given); return the trained model's backend and what training measured."""
+        ``demos[i]`` when given, or each batch's draw of a :class:`BatchDemos`); return the trained model's
+        backend and what training measured."""
         import torch
 
         dist = Distributed.current()
         settings = {
             f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("backend", "progress")
         }
-        dist.order(TrainingOrder(self.kind, settings, list(train), None if demos is None else list(demos)))
+        shown = demos if demos is None or isinstance(demos, BatchDemos) else list(demos)
+        dist.order(TrainingOrder(self.kind, settings, list(train), shown))
         torch.manual_seed(self.seed)
         base = cast(HFBackend, self.backend)  # trainable: checked in __post_init__
         model = self._model(base)
-        features = [
-            (
-                base.encode_prompt(self.template.render(ex.text, demos[i] if demos is not None else ())),
-                base.encode_continuation(self.template.continuation(ex.label)),
-            )
-            for i, ex in enumerate(train)
-        ]
+        features, blocks = self._rows(base, train, demos)
         schedule = Schedule(self.args.epochs, self.args.batch_size, self._lr(), self.args.class_balance)
-        settings_key = {"args": asdict(self.args), "seed": self.seed, "kind": self.kind}
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         decoder = self._decoder(model)
         module = AnswerLogProbs(model, decoder, base.softcap)
@@ -117,11 +114,12 @@ class LocalTuning(Strategy):
             base.device,
             self.seed,
             self.save_dir,
-            checkpoint_key(settings_key, features),
+            self._checkpoint_key(features, blocks),
             lambda: self._state(model),
             lambda state: self._restore(model, state),
             self.progress,
             self.checkpoint_seconds,
+            blocks,
         )
         trained = loop.run()
         gathered = None
@@ -134,7 +132,36 @@ class LocalTuning(Strategy):
             remove_checkpoint(self.save_dir)
         dist.wait()
         result = self._result(model, base)
-        return result, self._info(trained, result, base, trainable)
+        info = self._info(trained, result, base, trainable)
+        if demos is not None:
+            info = info.with_demos(blocks is not None, trained.done.shared_steps)
+        return result, info
+
+    def _rows(
+        self, base: HFBackend, train: Sequence[Example], demos: Demos | None
+    ) -> tuple[list[Feature], DemoBlocks | None]:
+        """Each row's (prompt, answer) tokens, the prompt with the row's demos when given; with demos drawn
+        per batch, the row's query after the block, and each batch's block (:mod:`.demo_block`)."""
+        answers = [self.template.continuation(ex.label) for ex in train]
+        if isinstance(demos, BatchDemos):
+            blocks = DemoBlocks.build(demos, self.template, base, [ex.text for ex in train], answers)
+            return blocks.features, blocks
+        prompts = [
+            self.template.render(ex.text, demos[i] if demos is not None else ()) for i, ex in enumerate(train)
+        ]
+        return [
+            (base.encode_prompt(prompt), base.encode_continuation(answer))
+            for prompt, answer in zip(prompts, answers, strict=True)
+        ], None
+
+    def _checkpoint_key(self, features: list[Feature], blocks: DemoBlocks | None) -> str:
+        """What a checkpoint must match to be continued: the settings and the tokenised rows."""
+        # --demo-draw changes nothing of a training without a BatchDemos: the key leaves it out.
+        args = {k: v for k, v in asdict(self.args).items() if k != "demo_draw"}
+        settings: dict[str, Any] = {"args": args, "seed": self.seed, "kind": self.kind}
+        if blocks is not None:  # the features hold no demos: the draws' settings and the header say them
+            settings["demo_block"] = {**blocks.draws.settings(), "header": self.template.prefix(())}
+        return checkpoint_key(settings, features)
 
     def _info(self, trained: Trained, result: HFBackend, base: HFBackend, trainable: int) -> LocalTraining:
         done = trained.done
@@ -145,7 +172,8 @@ class LocalTuning(Strategy):
             answer_share=done.answer_tokens / done.tokens,
             every_weight=self.kind == "full",
         )
-        dtype = result.precision.autocast or next(result.model.parameters()).dtype
+        precision = result.precision
+        dtype = precision.train or next(result.model.parameters()).dtype
         return LocalTraining(
             train_seconds=trained.seconds,
             train_tokens_per_second=tokens_per_second,
@@ -160,7 +188,8 @@ class LocalTuning(Strategy):
             peak_memory_bytes=trained.peak_bytes,
             trained_parameters=trainable,
             train_processes=Distributed.current().processes,
-            precision=result.precision.name,
+            precision=precision.name,
+            train_precision=None if precision.train_name == precision.name else precision.train_name,
             quantization="nf4" if self.args.quantize == "nf4" else None,
         )
 

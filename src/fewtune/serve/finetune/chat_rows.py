@@ -94,6 +94,12 @@ class RenderedTemplate:
     def render(self, text: str, demos: Sequence[Example] = ()) -> str:
         return text
 
+    def prefix(self, demos: Sequence[Example]) -> str:
+        return ""  # no demos: the prompt is the row's own text (``query``)
+
+    def query(self, text: str) -> str:
+        return text
+
     def continuation(self, label: str) -> str:
         return label
 
