@@ -87,3 +87,13 @@ def test_an_adapter_trains_in_bf16_and_runs_unmerged_only_when_scored_in_bf16(
     assert fields.get("train_precision") == (None if score_bf16 else "bfloat16")
     lora_weights = [p for n, p in trained.model.named_parameters() if "lora_A" in n]
     assert all(p.dtype == torch.float32 for p in lora_weights)
+
+
+def test_bf16_generation_casts_each_weight_once_not_at_every_step() -> None:
+    backend = _backend(Precision("cpu", torch.float32, torch.bfloat16, torch.bfloat16))
+    head = list(backend.model.get_output_embeddings().weight.shape)
+    with torch.profiler.profile(record_shapes=True) as profiled:
+        outputs = backend.generate_batch(PROMPTS[:2], prefix=TEMPLATE.prefix(()), max_new_tokens=8)
+    casts = [e for e in profiled.events() if e.name == "aten::_to_copy" and e.input_shapes[:1] == [head]]
+    assert max(g.output_tokens for g in outputs) > 2  # several forward passes
+    assert len(casts) == 1
