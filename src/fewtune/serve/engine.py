@@ -49,16 +49,8 @@ from fewtune.serve.jobs import (
     UnknownModel,
     stop_when_abandoned,
 )
-from fewtune.serve.tokens import (
-    PrefixState,
-    TokenScores,
-    generate_scored,
-    join,
-    legacy_logprobs,
-    prefix_state,
-    score_tokens,
-    shared_prefix,
-)
+from fewtune.serve.prompt_scores import PrefixState, prefix_state, score_tokens
+from fewtune.serve.tokens import TokenScores, generate_scored, join, legacy_logprobs, shared_prefix
 
 if TYPE_CHECKING:
     from fewtune.backends.hf import HFBackend
