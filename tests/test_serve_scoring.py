@@ -66,17 +66,19 @@ def test_concurrent_score_requests_answer_as_each_prompt_alone(top: int) -> None
     tokenizer = tiny_tokenizer()
     adapters = AdapterSet(tiny_model(tokenizer, sliding_window=512), tokenizer, BASE)
     reference = HFBackend(tiny_model(tokenizer, sliding_window=512), tokenizer)
-    engine = _started(adapters, max_batch=8, batch_wait_ms=200)
+    engine = Engine(adapters, max_batch=8)
     batches: list[int] = []
     engine.on_batch = batches.append
+    jobs = [_request(text, top) for text in INPUTS * 2]
+    together = [engine.submit(job) for job in jobs]  # all waiting when the worker starts
+    engine.start()
     try:
-        jobs = [_request(text, top) for text in INPUTS * 2]
-        together = [engine.submit(job) for job in jobs]  # all queued at once: they run in few batches
         answers: list[list[Output]] = [future.result(timeout=60) for future in together]
         one_by_one = [engine.submit(_request(text, top)).result(timeout=60) for text in INPUTS]
     finally:
         engine.close()
-    assert len(batches) < len(jobs) + len(INPUTS) and max(batches) > len(LABELS)
+    # Scoring requests waiting together run as one batch, past max_batch (which bounds generation).
+    assert batches == [len(jobs) * len(LABELS)] + [len(LABELS)] * len(INPUTS)
     for job, outputs in zip(jobs + [_request(t, top) for t in INPUTS], answers + one_by_one, strict=True):
         assert len(outputs) == len(job.prompts)
         for prompt, output in zip(job.prompts, outputs, strict=True):
