@@ -20,7 +20,8 @@ def _prompts() -> list[str]:
     """Label prompts as a client sends them (one per label, each with the demos and the input), plus a prompt
     that is another's start, a duplicate, and one that does not start with the demo block."""
     prompts = [f"{DEMOS}---\nInput: {t}\nOutput: {y}" for t in TEXTS for y in LABELS]
-    prompts += [f"{DEMOS}---\nInput: {TEXTS[0]}\nOutput:", prompts[0], "Another task altogether\nOutput: x"]
+    prompts += [f"{DEMOS}---\nInput: {TEXTS[0]}\nOutput:", prompts[0], f"{DEMOS}---\nInput:a"]
+    prompts.append("Another task altogether\nOutput: x")
     return prompts
 
 
@@ -74,9 +75,24 @@ def test_scores_equal_a_plain_forward_pass(
             score_tokens(backend, sequences, top=top + 1, prefix=state)
 
 
+def test_prompts_one_token_past_the_prefix_need_no_forward_pass() -> None:
+    tokenizer = tiny_tokenizer()
+    backend = HFBackend(tiny_model(tokenizer, sliding_window=512), tokenizer)
+    state = prefix_state(backend, backend.encode_prompt(f"{DEMOS}---\nInput:"), top=2)
+    sequences = [[*state.ids, token] for token in (5, 9, 5)]
+    calls: list[int] = []
+    hook = backend.model.get_decoder().register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        got = score_tokens(backend, sequences, top=2, prefix=state)
+    finally:
+        hook.remove()
+    assert not calls  # the prefix's last hidden state predicts them all
+    _assert_same(got, [_plain(backend, ids, 2) for ids in sequences])
+
+
 def test_the_prefix_runs_once_and_tokens_prompts_share_run_once() -> None:
     """After the demo block, each distinct run of leading tokens is fed to the model once: a request's label
-    prompts share their input, so it runs once, not once per label."""
+    prompts share their input, so it runs once, not once per label, and the labels' last tokens not at all."""
     tokenizer = tiny_tokenizer()
     backend = HFBackend(tiny_model(tokenizer, sliding_window=512), tokenizer)
     prompts = [f"{DEMOS}---\nInput: {t}\nOutput: {y}" for t in TEXTS for y in LABELS]
@@ -91,9 +107,11 @@ def test_the_prefix_runs_once_and_tokens_prompts_share_run_once() -> None:
         score_tokens(backend, sequences, batch_size=2, prefix=state)
     finally:
         hook.remove()
-    tails = {tuple(s[: n + 1]) for s in sequences for n in range(len(state.ids), len(s))}
-    assert sum(seen) == len(tails)  # every distinct (prefix + tokens) once, the prefix itself never
-    assert len(tails) < 0.6 * sum(len(s) - len(state.ids) for s in sequences)
+    # Every distinct run of tokens after the prefix once; the prefix never, nor a prompt's last token, whose
+    # hidden state predicts nothing (no prompt here is the start of another).
+    fed = {tuple(s[: n + 1]) for s in sequences for n in range(len(state.ids), len(s) - 1)}
+    assert sum(seen) == len(fed)
+    assert len(fed) < 0.6 * sum(len(s) - len(state.ids) for s in sequences)
 
 
 def test_generated_logprobs_keep_only_the_chosen_token_and_its_top_alternatives() -> None:

@@ -129,21 +129,24 @@ class TokenTree:
             paths.append(path)
         return cls(tokens, parent, depth, paths)
 
-    def rows(self, width: int) -> list[list[int]]:
-        """The nodes packed into rows of about ``width``: each root's whole subtree in one row (first fit,
-        largest first; a subtree wider than ``width`` gets a row of its own), parents before children."""
-        root: list[int] = []
-        subtrees: dict[int, list[int]] = {}
+    def rows(self, nodes: Sequence[int], width: int) -> list[list[int]]:
+        """``nodes`` (with every ancestor of each) packed into rows of about ``width``: the nodes under one
+        root in one row (first fit, largest first; more than ``width`` of them get a row of their own),
+        parents before children."""
+        root = list(range(len(self.parent)))
         for n, p in enumerate(self.parent):
-            root.append(n if p < 0 else root[p])
+            if p >= 0:
+                root[n] = root[p]
+        subtrees: dict[int, list[int]] = {}
+        for n in sorted(nodes):
             subtrees.setdefault(root[n], []).append(n)
         rows: list[list[int]] = []
-        for nodes in sorted(subtrees.values(), key=len, reverse=True):
-            row = next((r for r in rows if len(r) + len(nodes) <= width), None)
+        for members in sorted(subtrees.values(), key=len, reverse=True):
+            row = next((r for r in rows if len(r) + len(members) <= width), None)
             if row is None:
-                rows.append(list(nodes))
+                rows.append(list(members))
             else:
-                row.extend(nodes)
+                row.extend(members)
         return rows
 
     def children(self) -> list[list[int]]:
@@ -208,15 +211,14 @@ def _score_tree(
     """Score ``members`` as one token trie of their tokens after ``prefix`` (all of them without one)."""
     cut = len(prefix.ids) if prefix is not None else 0
     tree = TokenTree.build([sequences[i][cut:] for i in members])
-    hidden = _run_tree(backend, tree, prefix, batch_size)
     children = tree.children()
+    # Only nodes with children run: a prompt's last token predicts nothing, so its hidden state is not needed.
     inner = [n for n, c in enumerate(children) if c]
-    # Who predicts each node: its parent's hidden state; a root, the prefix's last one (or nothing).
-    groups = [children[n] for n in inner]
-    predictors = hidden[inner]
-    if prefix is not None:
+    groups = [children[n] for n in inner]  # the tokens each inner node's hidden state predicts
+    predictors = _run_tree(backend, tree, inner, prefix, batch_size)
+    if prefix is not None:  # the roots' predictor: the prefix's last hidden state
         groups.insert(0, [n for n, p in enumerate(tree.parent) if p < 0])
-        predictors = torch.cat([prefix.last[None].to(hidden.dtype), predictors])
+        predictors = torch.cat([prefix.last[None].to(predictors.dtype), predictors])
     targets = [[tree.tokens[c] for c in group] for group in groups]
     logprobs, tops = predictions(backend, predictors, targets, top)
     node_logprob: list[float | None] = [None] * len(tree.tokens)
@@ -234,20 +236,24 @@ def _score_tree(
 
 
 def _run_tree(
-    backend: HFBackend, tree: TokenTree, prefix: PrefixState | None, batch_size: int
+    backend: HFBackend, tree: TokenTree, nodes: list[int], prefix: PrefixState | None, batch_size: int
 ) -> torch.Tensor:
-    """The hidden state of every node of ``tree`` (``[nodes, hidden]``), rows of nodes in batches."""
+    """The hidden states of ``nodes`` of ``tree`` (``[len(nodes), hidden]``, in that order), run as rows of
+    nodes, ``batch_size`` rows a forward pass."""
     decoder = backend.model.get_decoder()
-    rows = sorted(tree.rows(ROW_TOKENS), key=len)
+    rows = sorted(tree.rows(nodes, ROW_TOKENS), key=len)
     parts: list[torch.Tensor] = []
     order: list[int] = []
     for start in range(0, len(rows), batch_size):
         batch = rows[start : start + batch_size]
         hidden = _tree_pass(backend, decoder, tree, batch, prefix)
-        parts.extend(hidden[b, : len(nodes)] for b, nodes in enumerate(batch))
-        order.extend(n for nodes in batch for n in nodes)
-    out = torch.cat(parts)
-    return out[torch.tensor(order).argsort()]
+        parts.extend(hidden[b, : len(members)] for b, members in enumerate(batch))
+        order.extend(n for members in batch for n in members)
+    if not parts:
+        size = backend.model.get_input_embeddings().weight.shape[1]
+        return torch.empty((0, size), device=backend.device)
+    where = {n: i for i, n in enumerate(order)}
+    return torch.cat(parts)[torch.tensor([where[n] for n in nodes], dtype=torch.long)]
 
 
 def _tree_pass(
