@@ -86,6 +86,29 @@ def test_concurrent_score_requests_answer_as_each_prompt_alone(top: int) -> None
             _assert_same(output.logprobs, _alone(reference, prompt, top))
 
 
+def test_a_batch_takes_scoring_beyond_max_batch_but_generation_up_to_it() -> None:
+    """Prompts to generate still close a batch at max_batch, with scoring requests in it or not, and an
+    adapter change still closes it, so that it runs after the jobs queued before it."""
+    tokenizer = tiny_tokenizer()
+    engine = Engine(AdapterSet(tiny_model(tokenizer, sliding_window=512), tokenizer, BASE), max_batch=4)
+    batches: list[int] = []
+    engine.on_batch = batches.append
+    prompt = f"{DEMOS}---\nInput: {INPUTS[0]}\nOutput:"
+    futures = [engine.submit(_request(text, 0)) for text in INPUTS[:5]]  # 15 prompts to score
+    futures += [engine.submit(Job(None, [prompt], 2)) for _ in range(6)]  # 6 to generate
+    unload = engine.unload_adapter("not-loaded")  # a control item: it fails, in its turn
+    futures += [engine.submit(_request(text, 0)) for text in INPUTS[:2]]
+    engine.start()
+    try:
+        for future in futures:
+            future.result(timeout=60)
+        with pytest.raises(Exception, match="not-loaded"):
+            unload.result(timeout=60)
+    finally:
+        engine.close()
+    assert batches == [15, 4, 2, 6]
+
+
 def _adapted(tokenizer: Any, folder: Path) -> HFBackend:
     from peft import PeftModel
 
