@@ -1,13 +1,15 @@
 """bf16 against fp32 on the same runs: per-row agreement of every method row, each row's score inside the
 other's interval, and the verdict.
 
-Runs ``fewtune run`` twice per data set (``--precision fp32`` and ``bf16``, everything else the same and
-seeded), then compares the two runs' predictions.jsonl line by line: a label row agrees on a test row when
-it picked the same label, an open-output row when it wrote the same output. The reference (no LLM) is left
-out: precision does not touch it.
+Runs ``fewtune run`` per data set with ``--precision fp32`` and with each variant (``bf16``: training and
+scoring in bf16; ``auto``: on a CPU with bf16 units, training in bf16 and scoring in float32), everything
+else the same and seeded, then compares each variant's predictions.jsonl with fp32's line by line: a label
+row agrees on a test row when it picked the same label, an open-output row when it wrote the same output.
+The reference (no LLM) is left out: precision does not touch it.
 
     .venv/bin/python bench/precision.py --out /tmp/precision            # all four sets (about 40 min)
     .venv/bin/python bench/precision.py --out /tmp/precision --sets sst2 --report-only
+    .venv/bin/python bench/precision.py --out /tmp/precision --skip-existing   # only the runs not yet made
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ SETS: dict[str, list[str]] = {
         *("--methods", "zero-shot,few-shot,lora,lora+few-shot", "--epochs", "2"),
     ],
 }
-PRECISIONS = ("fp32", "bf16")
+BASELINE = "fp32"
 
 
 def run(name: str, precision: str, out: Path) -> float:
@@ -47,6 +49,11 @@ def run(name: str, precision: str, out: Path) -> float:
     start = time.perf_counter()
     subprocess.run([*cmd, "--out", str(folder), "--overwrite"], check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - start
+
+
+def _complete(folder: Path) -> bool:
+    done = folder / "results.json"
+    return done.exists() and json.loads(done.read_text(encoding="utf-8")).get("status") == "complete"
 
 
 def _answers(folder: Path) -> dict[str, dict[int, Any]]:
@@ -69,13 +76,13 @@ def _rows(folder: Path) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     return rows, analysis["recommendation"]
 
 
-def compare(out: Path, name: str) -> list[dict[str, Any]]:
-    a, b = (out / name / p for p in PRECISIONS)
+def compare(out: Path, name: str, variant: str) -> list[dict[str, Any]]:
+    a, b = out / name / BASELINE, out / name / variant
     answers_a, answers_b = _answers(a), _answers(b)
     (rows_a, rec_a), (rows_b, rec_b) = _rows(a), _rows(b)
     table = []
     for method, by_row in answers_a.items():
-        if method not in answers_b or rows_a[method].get("method") == "reference":
+        if method not in answers_b or method not in rows_a or rows_a[method].get("method") == "reference":
             continue
         other = answers_b[method]
         same = sum(by_row[r] == other.get(r) for r in by_row)
@@ -84,22 +91,24 @@ def compare(out: Path, name: str) -> list[dict[str, Any]]:
         table.append(
             {
                 "set": name,
+                "variant": variant,
                 "method": method,
                 "rows": len(by_row),
                 "agreement": same / len(by_row),
                 "fp32": pa["primary"]["value"],
                 "fp32_ci95": [low, high],
-                "bf16": pb["primary"]["value"],
-                "bf16_inside_fp32_ci": low <= pb["primary"]["value"] <= high,
+                "variant_score": pb["primary"]["value"],
+                "inside_fp32_ci": low <= pb["primary"]["value"] <= high,
                 "precision": [pa.get("precision"), pb.get("precision")],
+                "train_precision": pb.get("train_precision", pb.get("precision")),
                 "train_s_fp32": pa.get("train_seconds"),
-                "train_s_bf16": pb.get("train_seconds"),
+                "train_s_variant": pb.get("train_seconds"),
                 "scoring_s_fp32": pa.get("scoring_seconds"),
-                "scoring_s_bf16": pb.get("scoring_seconds"),
+                "scoring_s_variant": pb.get("scoring_seconds"),
             }
         )
-    verdict = {"set": name, "verdict_fp32": rec_a.get("method") or rec_a["choice"]}
-    verdict["verdict_bf16"] = rec_b.get("method") or rec_b["choice"]
+    verdict = {"set": name, "variant": variant, "verdict_fp32": rec_a.get("method") or rec_a["choice"]}
+    verdict["verdict_variant"] = rec_b.get("method") or rec_b["choice"]
     return [*table, verdict]
 
 
@@ -107,26 +116,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--sets", default=",".join(SETS))
+    parser.add_argument("--variants", default="bf16,auto", help="--precision values compared with fp32")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--skip-existing", action="store_true", help="keep runs whose folder is complete")
     args = parser.parse_args()
-    names = args.sets.split(",")
+    names, variants = args.sets.split(","), args.variants.split(",")
     seconds: dict[str, float] = {}
     if not args.report_only:
         for name in names:
-            for precision in PRECISIONS:
+            for precision in (BASELINE, *variants):
+                if args.skip_existing and _complete(args.out / name / precision):
+                    continue
                 seconds[f"{name} {precision}"] = run(name, precision, args.out)
                 print(f"{name} {precision}: {seconds[f'{name} {precision}']:.0f} s", flush=True)
-    results = [line for name in names for line in compare(args.out, name)]
-    print(f"{'set':9} {'method':42} {'rows':>4} {'agree':>6} {'fp32':>6} {'fp32 95% CI':>15} {'bf16':>6} in")
+    results = [line for v in variants for name in names for line in compare(args.out, name, v)]
+    head = f"{'set':9} {'vs fp32':7} {'method':40} {'rows':>4} {'agree':>6} {'fp32':>6} {'fp32 95% CI':>13}"
+    print(f"{head} {'it':>6}")
     for r in results:
         if "method" in r:
             ci = "{:.3f}-{:.3f}".format(*r["fp32_ci95"])
             print(
-                f"{r['set']:9} {r['method']:42} {r['rows']:>4} {r['agreement']:>6.1%} {r['fp32']:>6.3f} "
-                f"{ci:>15} {r['bf16']:>6.3f} {'yes' if r['bf16_inside_fp32_ci'] else 'NO'}"
+                f"{r['set']:9} {r['variant']:7} {r['method']:40} {r['rows']:>4} {r['agreement']:>6.1%} "
+                f"{r['fp32']:>6.3f} {ci:>13} {r['variant_score']:>6.3f} "
+                f"{'' if r['inside_fp32_ci'] else 'OUT'}"
             )
         else:
-            print(f"{r['set']:9} verdict fp32: {r['verdict_fp32']} | bf16: {r['verdict_bf16']}")
+            print(f"{r['set']:9} {r['variant']:7} verdict fp32: {r['verdict_fp32']} | {r['verdict_variant']}")
     print(json.dumps({"rows": results, "seconds": seconds}))
 
 

@@ -284,6 +284,11 @@ def test_a_chat_only_server_is_probed_as_generate_and_parses_labels(
     (generation,) = backend.generate_batch(PROMPTS[:1], max_new_tokens=5, stop="\n")
     assert generation.text == "great" and generation.stopped and generation.output_tokens == 2
     assert generation.prompt_tokens == len(PROMPTS[0].split())
+    # A task's output_end cuts the text where the output is complete; the request is the same (cached here).
+    (complete,) = backend.generate_batch(
+        PROMPTS[:1], max_new_tokens=5, stop="\n", output_end=lambda text: 3 if len(text) >= 3 else None
+    )
+    assert complete.text == "gre" and complete.stopped and complete.output_tokens == 2
     body = chat_only.bodies[-1]
     assert body["messages"] == [{"role": "user", "content": PROMPTS[0]}]
     assert body["stop"] == ["\n"] and body["max_completion_tokens"] == 5 and body["temperature"] == 0

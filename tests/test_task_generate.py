@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,8 +19,9 @@ from task_helpers import (  # noqa: F401 (one_torch_thread is an autouse fixture
 from tiny import tiny_model, tiny_tokenizer
 
 from fewtune.backends.fake import FakeBackend
-from fewtune.backends.generation import Generation, generate_batch, stop_at
+from fewtune.backends.generation import Generation, continuation_inputs, generate_batch, stop_at
 from fewtune.backends.hf import HFBackend
+from fewtune.backends.kvcache import layer_states
 from fewtune.prompts.template import OutputTemplate
 from fewtune.run.evaluate import evaluate
 from fewtune.run.output_answers import GeneratedOutputs, TextPredictor
@@ -85,18 +86,135 @@ def test_prompts_without_the_shared_prefix_are_generated_whole_and_in_place(wide
     assert batched == alone
 
 
-def test_batched_generation_is_exact_past_the_sliding_window(windowed: HFBackend) -> None:
+def fed_widths(backend: HFBackend, call: Callable[[], Any]) -> tuple[Any, list[tuple[int, int]]]:
+    """``call()``'s result, and the shape of the input ids of every forward pass of the decoder it made."""
+    shapes: list[tuple[int, int]] = []
+
+    def record(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
+        shapes.append(tuple(kwargs["input_ids"].shape))
+
+    hook = backend.model.get_decoder().register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        return call(), shapes
+    finally:
+        hook.remove()
+
+
+def test_rows_past_the_sliding_window_share_the_cached_prefix_and_equal_whole_prompts_alone(
+    windowed: HFBackend,
+) -> None:
     prompts = [TEMPLATE.render(text, DEMOS) for text in INPUTS]
-    assert min(len(windowed.encode_prompt(p)) for p in prompts) > 16
-    assert len({len(windowed.encode_prompt(p)) for p in prompts}) >= 4
     prefix = TEMPLATE.prefix(DEMOS) + "Input:"
+    cut = len(windowed.encode_prompt(prefix))
+    suffixes = [len(windowed.encode_prompt(p)) - cut for p in prompts]
+    assert cut > 16  # the demo block alone outgrows the window (16 tokens)
+    assert len(set(suffixes)) >= 4  # rows of different lengths share a batch
     seen: list[int] = []
-    batched = generate_batch(
-        windowed, prompts, prefix=prefix, max_new_tokens=10, batch_size=4, progress=seen.append
+    batched, fed = fed_widths(
+        windowed,
+        lambda: generate_batch(
+            windowed, prompts, prefix=prefix, max_new_tokens=10, batch_size=4, progress=seen.append
+        ),
     )
-    alone = generate_batch(windowed, prompts, prefix="", max_new_tokens=10, batch_size=1)
+    alone = [generate_batch(windowed, [p], prefix="", max_new_tokens=10, batch_size=1)[0] for p in prompts]
     assert batched == alone
-    assert seen == [4, 1]  # rows of different lengths share a batch: padded in front, not after the prefix
+    assert seen == [4, 1]
+    # Each batch's first pass reads its rows' own tokens (as wide as the longest), not the demo block again.
+    firsts = [shape for shape in fed if shape[1] > 1 and shape != (1, cut)]  # not decoding, not the prefix
+    longest = sorted(suffixes)
+    assert firsts == [(4, longest[3]), (1, longest[4])]
+
+
+def test_a_row_shorter_than_its_batch_by_more_than_the_prefix_is_fed_whole(windowed: HFBackend) -> None:
+    inputs = ["x", " ".join([INPUTS[3]] * 6)]
+    prompts = [TEMPLATE.render(text) for text in inputs]
+    prefix = TEMPLATE.prefix(()) + "Input:"
+    cut = len(windowed.encode_prompt(prefix))
+    suffixes = [len(windowed.encode_prompt(p)) - cut for p in prompts]
+    assert suffixes[1] - suffixes[0] > cut and suffixes[1] + cut > 16
+    batched = generate_batch(windowed, prompts, prefix=prefix, max_new_tokens=10, batch_size=2)
+    alone = [generate_batch(windowed, [p], prefix="", max_new_tokens=10, batch_size=1)[0] for p in prompts]
+    assert batched == alone
+    ids, mask, _ = continuation_inputs(
+        windowed.encode_prompt(prefix),
+        layer_states(windowed.prefix_cache(windowed.encode_prompt(prefix), keep_all=True)),
+        [windowed.encode_prompt(p)[cut:] for p in prompts],
+        windowed.pad_id,
+        windowed.model.config,
+    )
+    # The short row is its whole prompt, left-padded: nothing of the cache is unmasked for it.
+    assert mask[0].tolist() == [0] * (suffixes[1] - suffixes[0]) + [1] * (cut + suffixes[0])
+    assert ids[0, -(cut + suffixes[0]) :].tolist() == windowed.encode_prompt(prompts[0])
+
+
+def test_each_row_stops_once_its_output_is_complete(wide: HFBackend) -> None:
+    prompts = [TEMPLATE.render(text, DEMOS) for text in INPUTS[:3]]
+    prefix = TEMPLATE.prefix(DEMOS) + "Input:"
+    free = generate_batch(wide, prompts, prefix=prefix, max_new_tokens=12, batch_size=3)
+    assert all(not g.stopped and len(g.text) > 4 for g in free)
+
+    def four_characters(text: str) -> int | None:
+        return 4 if len(text) >= 4 else None
+
+    done = generate_batch(
+        wide, prompts, prefix=prefix, max_new_tokens=12, output_end=four_characters, batch_size=3
+    )
+    assert [g.text for g in done] == [g.text[:4] for g in free]
+    assert all(g.stopped and g.output_tokens < 12 for g in done)  # generation stopped, not only the text
+    alone = [
+        generate_batch(wide, [p], max_new_tokens=12, output_end=four_characters, batch_size=1)[0]
+        for p in prompts
+    ]
+    assert done == alone  # a row that stops leaves the others as they were
+
+
+def test_rows_left_running_go_on_in_a_smaller_batch_and_equal_rows_alone(wide: HFBackend) -> None:
+    prompts = [TEMPLATE.render(text, DEMOS) for text in INPUTS]
+    prefix = TEMPLATE.prefix(DEMOS) + "Input:"
+    free = [g.text for g in generate_batch(wide, prompts, prefix=prefix, max_new_tokens=12, batch_size=5)]
+    # Rows 1, 3 and 4 are complete at their own points; rows 0 and 2 never are, and run to the cap.
+    complete_rows, capped = [1, 3, 4], [0, 2]
+    ends = [free[r][: 3 + 2 * i] for i, r in enumerate(complete_rows)]
+    assert all(sum(text.startswith(end) for text in free) == 1 for end in ends)
+
+    def complete(text: str) -> int | None:
+        return next((len(end) for end in ends if text.startswith(end)), None)
+
+    done, fed = fed_widths(
+        wide,
+        lambda: generate_batch(
+            wide, prompts, prefix=prefix, max_new_tokens=12, output_end=complete, batch_size=5
+        ),
+    )
+    alone = [
+        generate_batch(wide, [p], prefix=prefix, max_new_tokens=12, output_end=complete, batch_size=1)[0]
+        for p in prompts
+    ]
+    assert done == alone
+    assert [done[r].text for r in complete_rows] == ends and all(done[r].stopped for r in complete_rows)
+    assert [done[r].output_tokens for r in capped] == [12, 12] and not any(done[r].stopped for r in capped)
+    assert (2, 1) in fed  # once three rows were done, the last two decoded on their own
+
+
+def test_a_constrained_batch_is_never_cut(wide: HFBackend) -> None:
+    # The grammar's logits processor holds each row's state: a smaller batch would need it anew, mid-object.
+    constraint = wide.schema_constraint({"type": "object", "properties": {"mood": {"type": "string"}}})
+    prompts = [TEMPLATE.render(text, DEMOS) for text in INPUTS]
+    prefix = TEMPLATE.prefix(DEMOS) + "Input:"
+    kwargs: dict[str, Any] = {"prefix": prefix, "max_new_tokens": 16, "constraint": constraint}
+    free = [g.text for g in generate_batch(wide, prompts, batch_size=5, **kwargs)]
+    ends = [free[r][:cut] for r, cut in ((1, 14), (2, 15), (3, 12))]  # three complete early, two never
+    assert all(sum(text.startswith(end) for text in free) == 1 for end in ends)
+
+    def complete(text: str) -> int | None:
+        return next((len(end) for end in ends if text.startswith(end)), None)
+
+    done, fed = fed_widths(
+        wide, lambda: generate_batch(wide, prompts, output_end=complete, batch_size=5, **kwargs)
+    )
+    alone = [generate_batch(wide, [p], output_end=complete, batch_size=1, **kwargs)[0] for p in prompts]
+    assert done == alone and [done[r].text for r in (1, 2, 3)] == ends
+    assert {shape[0] for shape in fed if shape[1] == 1} == {5}
 
 
 def test_generation_keeps_row_order_and_counts_progress(wide: HFBackend) -> None:

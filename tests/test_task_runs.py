@@ -32,6 +32,7 @@ from fewtune.tasks.extraction import (
     ExtractionTask,
 )
 from fewtune.tasks.generation import GenerationTask
+from fewtune.tasks.json_text import object_end
 
 # -- fewtune run end to end ---------------------------------------------------------------------------------
 
@@ -85,10 +86,22 @@ def check_run_folder(folder: Path, task: str, primary: str) -> dict[str, Any]:
 def test_run_extraction_end_to_end(
     tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import fewtune.backends.generation as generation
+
     pool = write_jsonl(tmp_path / "pool.jsonl", extraction_rows(8))
     test = write_jsonl(tmp_path / "test.jsonl", extraction_rows(3, start=50))
+    ends: list[Any] = []
+
+    def generate_batch(*args: Any, **kwargs: Any) -> Any:
+        ends.append(kwargs.get("output_end"))
+        return real(*args, **kwargs)
+
+    real = generation.generate_batch
+    monkeypatch.setattr(generation, "generate_batch", generate_batch)
     folder = run_tiny(tmp_path, tiny_model_dir, monkeypatch, run_config(tmp_path, pool, test))
     results = check_run_folder(folder, "extraction", "field-f1")
+    # Every row, prompted or trained (and its latency requests), stops once its JSON object closes.
+    assert len(ends) >= 6 and set(ends) == {object_end}
     assert results["task"]["schema"]["properties"].keys() == {"artist", "song"}
     assert (results["dataset"]["pool_size"], results["dataset"]["test_size"]) == (8, 3)
     assert all("per_field" in row for row in results["methods"])

@@ -155,10 +155,11 @@ class LoraArgs:
     batch, shared by its rows and run once per batch) or row (a draw per row). Nearest demos: per row."""
     full_lr: float = 2e-5
     """Peak AdamW learning rate of full-ft (every weight; same schedule, loss and batches as LoRA)."""
-    precision: str = "fp32"
-    """auto (bf16 where the hardware runs it natively: a CUDA GPU that supports it, or a CPU with AVX-512
-    BF16 or AMX; fp32 elsewhere), fp32, or bf16 (training and scoring in bfloat16; on a CPU, float32
-    weights under bf16 autocast with the output layer and label scores in float32)."""
+    precision: str = "auto"
+    """auto: bf16 where the hardware runs it natively (a CUDA GPU that supports it; on a CPU with AVX-512
+    BF16 or AMX, training in bf16 and scoring in float32), float32 elsewhere; fp32; or bf16 (training and
+    scoring in bfloat16; on a CPU, float32 weights under bf16 autocast with the output layer and label
+    scores in float32). docs/benchmarks.md has the agreement with float32."""
     quantize: str = "none"
     """none, or nf4: QLoRA (the base model loaded in 4-bit NF4 by bitsandbytes, LoRA trained on top; needs
     a CUDA GPU and the bitsandbytes package)."""

@@ -11,6 +11,8 @@ from typing import Any, TypeVar
 import numpy as np
 
 ProgressFn = Callable[[int], None]
+OutputEnd = Callable[[str], int | None]
+"""Where an output is complete in the text generated so far (the length to keep), None while it is not."""
 T = TypeVar("T")
 
 
@@ -82,15 +84,18 @@ class Backend(abc.ABC):
         prefix: str = "",
         max_new_tokens: int = 64,
         stop: str | None = None,
+        output_end: OutputEnd | None = None,
         batch_size: int = 16,
         progress: ProgressFn | None = None,
         constraint: Callable[[], Any] | None = None,
     ) -> list[Generation]:
         """Greedy continuation of each prompt (without the prompt), cut at ``stop``.
 
-        ``prefix``: text every prompt starts with, which the backend may compute once; ``progress`` is
-        called with the prompts finished after each batch; ``constraint`` (with
-        ``capabilities.constrained_decoding``) makes a fresh logits processor per batch.
+        ``prefix``: text every prompt starts with, which the backend may compute once; ``output_end``: where
+        an output is complete before ``stop`` (the task's, e.g. a closed JSON object): the text is cut there
+        too, and a backend that can stops generating it there; ``progress`` is called with the prompts
+        finished after each batch; ``constraint`` (with ``capabilities.constrained_decoding``) makes a fresh
+        logits processor per batch.
         """
 
     def describe(self) -> dict[str, Any]:

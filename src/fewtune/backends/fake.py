@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from fewtune.backends.base import Backend, Generation, ProgressFn
+from fewtune.backends.base import Backend, Generation, OutputEnd, ProgressFn
 
 
 class FakeBackend(Backend):
@@ -49,14 +49,17 @@ class FakeBackend(Backend):
         prefix: str = "",
         max_new_tokens: int = 64,
         stop: str | None = None,
+        output_end: OutputEnd | None = None,
         batch_size: int = 16,
         progress: ProgressFn | None = None,
         constraint: Callable[[], Any] | None = None,
     ) -> list[Generation]:
-        """The first word of the last ``Input:`` line."""
+        """The first word of the last ``Input:`` line (cut where ``output_end`` says)."""
         outputs = []
         for p in prompts:
             text = " " + (p.rpartition("Input:")[2].split() or ["?"])[0]
+            end = output_end(text) if output_end else None
+            text = text if end is None else text[:end]
             outputs.append(Generation(text, self.count_tokens(p), self.count_tokens(text) - 1, True))
             if progress:
                 progress(1)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from fewtune.backends.base import Backend, Generation, ProgressFn, T
+from fewtune.backends.base import Backend, Generation, OutputEnd, ProgressFn, T
 
 # The score of every label that was not the parsed answer (and of every label on an unparsed row).
 NOT_ANSWERED = -1e9
@@ -79,6 +79,7 @@ class GenerateAndParse(Backend):
         prefix: str = "",
         max_new_tokens: int = 64,
         stop: str | None = None,
+        output_end: OutputEnd | None = None,
         batch_size: int = 16,
         progress: ProgressFn | None = None,
         constraint: Callable[[], Any] | None = None,
@@ -88,6 +89,7 @@ class GenerateAndParse(Backend):
             prefix=prefix,
             max_new_tokens=max_new_tokens,
             stop=stop,
+            output_end=output_end,
             batch_size=batch_size,
             progress=progress,
             constraint=constraint,

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from fewtune.backends.base import Backend, Capabilities, Generation, ProgressFn
-from fewtune.backends.kvcache import cache_of, with_cache
+from fewtune.backends.base import Backend, Capabilities, Generation, OutputEnd, ProgressFn
+from fewtune.backends.kvcache import cache_of, unbounded_cache, with_cache
 from fewtune.backends.precision import of_model
 from fewtune.backends.scoring import LabelTree, LogProbQueue
 
@@ -45,7 +45,7 @@ class HFBackend(Backend):
         """What the decoder computes in; the output layer and the scores are float32 whatever it is."""
         self.prefix_caching = True
         """Reuse the KV cache of a prefix shared by every prompt (the demo block); off = score each whole."""
-        self._cached_prefix: tuple[tuple[int, ...], Any] | None = None
+        self._cached_prefix: tuple[tuple[tuple[int, ...], bool], Any] | None = None
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -108,13 +108,18 @@ class HFBackend(Backend):
         """Full-vocabulary log-probabilities for hidden states ``[..., H]`` -> ``[..., V]`` (float32)."""
         return torch.log_softmax(self.logits(hidden), dim=-1)
 
-    def prefix_cache(self, prefix_ids: list[int]) -> Any:
-        """KV cache of the shared prefix, computed once per distinct prefix (kept for the last one)."""
-        key = tuple(prefix_ids)
+    def prefix_cache(self, prefix_ids: list[int], keep_all: bool = False) -> Any:
+        """KV cache of the shared prefix, computed once per distinct prefix (kept for the last one).
+
+        ``keep_all``: every layer keeps every prefix slot, where the model's own cache (the default) keeps
+        only the last ``window - 1`` in a sliding-window layer; generation lays rows out from earlier ones.
+        """
+        key = (tuple(prefix_ids), keep_all)
         if self._cached_prefix is None or self._cached_prefix[0] != key:
             ids = torch.tensor([prefix_ids], device=self.device)
-            with self.precision.compute():
-                cache = cache_of(self._decoder()(input_ids=ids, use_cache=True))
+            own = unbounded_cache() if keep_all else None
+            with self.precision.scoring():
+                cache = cache_of(self._decoder()(input_ids=ids, use_cache=True, **with_cache(own)))
             self._cached_prefix = (key, cache)
         return self._cached_prefix[1]
 
@@ -290,7 +295,7 @@ class HFBackend(Backend):
             lengths = [len(s) for s in suffixes]
             for batch in self._batches(lengths, cut, batch_size, tree.steps):
                 rows = [members[b] for b in batch]
-                with self.precision.compute():
+                with self.precision.scoring():
                     self._score_batch(cache, cut, [suffixes[b] for b in batch], choice_ids, tree, rows, queue)
                 if progress:
                     progress(len(batch))
@@ -309,6 +314,7 @@ class HFBackend(Backend):
         prefix: str = "",
         max_new_tokens: int = 64,
         stop: str | None = None,
+        output_end: OutputEnd | None = None,
         batch_size: int = 16,
         progress: ProgressFn | None = None,
         constraint: Callable[[], Any] | None = None,
@@ -321,6 +327,7 @@ class HFBackend(Backend):
             prefix=prefix,
             max_new_tokens=max_new_tokens,
             stop=stop,
+            output_end=output_end,
             batch_size=batch_size,
             progress=progress,
             constraint=constraint,

@@ -105,7 +105,7 @@ def resolve_model(spec: str = DEFAULT_MODEL) -> Path:
     return _convert_gguf(path, target)
 
 
-def load_model(folder: Path, device: str | None = None, precision: str = "fp32") -> tuple[Any, Any]:
+def load_model(folder: Path, device: str | None = None, precision: str = "auto") -> tuple[Any, Any]:
     """Load model and tokenizer from a local folder in ``precision`` (auto, fp32, bf16; see
     :mod:`fewtune.backends.precision`: auto is bf16 where the hardware runs it natively). Under
     ``accelerate launch`` each process takes its own GPU (``LOCAL_RANK``)."""

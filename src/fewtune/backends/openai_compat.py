@@ -37,7 +37,7 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 
-from fewtune.backends.base import Backend, Capabilities, Generation, ProgressFn
+from fewtune.backends.base import Backend, Capabilities, Generation, OutputEnd, ProgressFn
 from fewtune.backends.endpoint import Endpoint, EndpointSpec, Refused, Route, ServerFailed
 from fewtune.backends.openai_answers import (
     JsonSchemaConstraint,
@@ -287,6 +287,7 @@ class OpenAICompatBackend(Backend):
         prefix: str = "",
         max_new_tokens: int = 64,
         stop: str | None = None,
+        output_end: OutputEnd | None = None,
         batch_size: int = 16,
         progress: ProgressFn | None = None,
         constraint: Callable[[], Any] | None = None,
@@ -294,7 +295,8 @@ class OpenAICompatBackend(Backend):
         """Greedy (``temperature`` 0) continuations: ``/completions`` when the server has it and there is no
         ``constraint``, else ``/chat/completions`` with the prompt as one user message. Token counts come
         from each answer's ``usage``; ``stopped`` from ``finish_reason == "stop"`` (the stop string or the
-        end of the answer). The text is cut at ``stop`` here too, for servers that return it."""
+        end of the answer). The text is cut at ``stop`` here too, for servers that return it, and where
+        ``output_end`` finds it complete (a server has no such stop: it writes on, and is paid for it)."""
         if constraint is not None and not isinstance(constraint, JsonSchemaConstraint):
             raise ConfigError("an HTTP backend takes only constraints from its own schema_constraint()")
         chat = constraint is not None or not self.probe.completions
@@ -315,13 +317,18 @@ class OpenAICompatBackend(Backend):
 
         def generate(prompt: str) -> Generation:
             response = self.endpoint.request(route, body(prompt))
-            return self._generation(response, prompt, chat, stop)
+            return self._generation(response, prompt, chat, stop, output_end)
 
         done = (lambda i: progress(1)) if progress is not None else None
         return self._run([partial(generate, p) for p in prompts], done)
 
     def _generation(
-        self, response: Mapping[str, Any], prompt: str, chat: bool, stop: str | None
+        self,
+        response: Mapping[str, Any],
+        prompt: str,
+        chat: bool,
+        stop: str | None,
+        output_end: OutputEnd | None,
     ) -> Generation:
         choice = (response.get("choices") or [{}])[0]
         raw = (choice.get("message") or {}).get("content") if chat else choice.get("text")
@@ -329,6 +336,9 @@ class OpenAICompatBackend(Backend):
         cut = bool(stop) and stop is not None and stop in text
         if stop and cut:
             text = text[: text.index(stop)]
+        complete = output_end(text) if output_end else None
+        if complete is not None:
+            text, cut = text[:complete], True
         usage = response.get("usage") or {}
         prompt_tokens = usage.get("prompt_tokens")
         output_tokens = usage.get("completion_tokens")

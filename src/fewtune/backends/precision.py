@@ -48,45 +48,52 @@ def bf16_supported(device: str) -> bool:
 
 @dataclass(frozen=True)
 class Precision:
-    """How a model on one device computes: the weights' dtype, and the autocast dtype (None: none)."""
+    """How a model on one device computes: the weights' dtype, and the autocast dtype of training and of
+    scoring (None: none)."""
 
     device_type: str
     weights: torch.dtype
-    autocast: torch.dtype | None = None
+    train: torch.dtype | None = None
+    """Autocast while training (the decoder's forward and backward)."""
+    score: torch.dtype | None = None
+    """Autocast while scoring and generating."""
 
     @classmethod
     def of(cls, precision: str, device: str) -> Precision:
-        """``precision`` (auto, fp32, bf16) on ``device``; auto resolves to what the hardware runs fast."""
+        """``precision`` (auto, fp32, bf16) on ``device``; auto resolves to what the hardware runs fast
+        (on a CPU: training in bf16, scoring in float32; see the module docstring)."""
         import torch
 
         device_type = device.split(":")[0]
-        bf16 = precision == BF16 or (precision == AUTO and bf16_supported(device))
-        if not bf16:
+        if precision == FP32 or (precision == AUTO and not bf16_supported(device)):
             return cls(device_type, torch.float32)
         if device_type == "cuda":
             return cls(device_type, torch.bfloat16)
-        return cls(device_type, torch.float32, torch.bfloat16)
+        score = torch.bfloat16 if precision == BF16 else None
+        return cls(device_type, torch.float32, torch.bfloat16, score)
 
     @property
     def name(self) -> str:
-        """What a results row records: the dtype the model's matrix products run in."""
-        return str(self.autocast or self.weights).removeprefix("torch.")
+        """What a results row records: the dtype scoring's matrix products run in."""
+        return str(self.score or self.weights).removeprefix("torch.")
+
+    @property
+    def train_name(self) -> str:
+        """The dtype training's matrix products run in."""
+        return str(self.train or self.weights).removeprefix("torch.")
 
     @property
     def mixed(self) -> bool:
-        """float32 weights computed in a lower precision (a CPU in bf16)."""
-        return self.autocast is not None
+        """float32 weights scored in a lower precision (a CPU in bf16): an adapter is not merged."""
+        return self.score is not None
 
-    @contextlib.contextmanager
-    def compute(self) -> Iterator[None]:
-        """The context a forward pass runs in (autocast, or nothing)."""
-        import torch
+    def training(self) -> contextlib.AbstractContextManager[None]:
+        """The context a training forward pass runs in (autocast, or nothing)."""
+        return _autocast(self.device_type, self.train)
 
-        if self.autocast is None:
-            yield
-        else:
-            with torch.autocast(self.device_type, dtype=self.autocast):
-                yield
+    def scoring(self) -> contextlib.AbstractContextManager[None]:
+        """The context a scoring or generating forward pass runs in (autocast, or nothing)."""
+        return _autocast(self.device_type, self.score)
 
     @contextlib.contextmanager
     def exact(self) -> Iterator[None]:
@@ -97,20 +104,31 @@ class Precision:
             yield
 
 
+def _autocast(device_type: str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[None]:
+    import torch
+
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=dtype)
+
+
 AUTOCAST_ATTRIBUTE = "fewtune_autocast"
 
 
 def mark(model: Any, precision: Precision) -> None:
-    """Record on ``model`` the autocast it runs under (read back by :func:`of_model`)."""
-    setattr(model, AUTOCAST_ATTRIBUTE, None if precision.autocast is None else precision.name)
+    """Record on ``model`` the autocast it trains and scores under (read back by :func:`of_model`)."""
+    names = tuple(
+        None if t is None else str(t).removeprefix("torch.") for t in (precision.train, precision.score)
+    )
+    setattr(model, AUTOCAST_ATTRIBUTE, names)
 
 
 def of_model(model: Any) -> Precision:
-    """The precision a loaded model runs in: its weights' dtype, plus the autocast :func:`mark` set (an
+    """The precision a loaded model runs in: its weights' dtype, plus the autocasts :func:`mark` set (an
     attribute of the model object: copies, peft's wrappers and merged models carry it; no saved file does)."""
     import torch
 
     first = next(model.parameters())
-    device_type = first.device.type
-    autocast = getattr(model, AUTOCAST_ATTRIBUTE, None)
-    return Precision(device_type, first.dtype, getattr(torch, autocast) if autocast else None)
+    train, score = getattr(model, AUTOCAST_ATTRIBUTE, None) or (None, None)
+    dtypes = [None if name is None else getattr(torch, name) for name in (train, score)]
+    return Precision(first.device.type, first.dtype, *dtypes)

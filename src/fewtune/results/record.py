@@ -186,8 +186,11 @@ class MethodRow(TypedDict, total=False):
     train_processes: int
     """Processes that trained it together (accelerate launch --num_processes; 1 = on its own)."""
     precision: str
-    """What a local model's matrix products ran in (float32, bfloat16; --precision): trained rows as they
-    trained and scored, prompting rows as they scored. Absent for endpoints and the reference."""
+    """What a local model's matrix products ran in when it scored (float32, bfloat16; --precision), every
+    row of a local model. Absent for endpoints and the reference."""
+    train_precision: str
+    """Trained rows whose training ran in another dtype than their scoring (--precision auto on a CPU with
+    bf16 units: bfloat16); absent otherwise."""
     kshot_training: str
     """lora+few-shot rows: demos (its adapter was trained with k demos in every prompt) or plain (the lora
     row's adapter, trained without demos; the row's name ends in plain-adapter)."""

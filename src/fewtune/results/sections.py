@@ -34,6 +34,9 @@ class LocalTraining:
     trained_parameters: int
     train_processes: int
     precision: str
+    train_precision: str | None = None
+    """What training's matrix products ran in, where it differs from scoring's ``precision`` (on a CPU with
+    bf16 units, ``--precision auto`` trains in bfloat16 and scores in float32); None otherwise."""
     quantization: str | None = None
     """QLoRA: the base model's 4-bit quantization (nf4); None otherwise (not written)."""
     kshot_training: str | None = None
@@ -70,6 +73,8 @@ class LocalTraining:
             "train_processes": self.train_processes,
             "precision": self.precision,
         }
+        if self.train_precision is not None:
+            row["train_precision"] = self.train_precision
         if self.quantization is not None:
             row["quantization"] = self.quantization
         if self.kshot_training is not None:

@@ -13,7 +13,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from fewtune.backends.base import Backend, Generation, ProgressFn
+from fewtune.backends.base import Backend, Generation, OutputEnd, ProgressFn
 from fewtune.data.load import Example
 from fewtune.methods import Method, row_name
 from fewtune.prompts.template import QUERY_LEAD, OutputTemplate
@@ -64,6 +64,8 @@ class TextPredictor:
     template: OutputTemplate
     max_new_tokens: int
     stop: str = END_MARKER
+    output_end: OutputEnd | None = field(default=None, compare=False)
+    """Where an output is complete before ``stop``: the task's :attr:`~fewtune.tasks.base.Task.output_end`."""
     demos: tuple[Example, ...] = ()
     per_row_demos: PerRowDemos | None = None
     train_examples: int = 0
@@ -104,6 +106,7 @@ class TextPredictor:
             prefix=self.shared_prefix(),
             max_new_tokens=self.max_new_tokens,
             stop=self.stop,
+            output_end=self.output_end,
             batch_size=batch_size,
             progress=progress,
             constraint=self.constraint,
@@ -209,6 +212,7 @@ class GeneratedOutputs:
                     prefix=predictor.shared_prefix(),
                     max_new_tokens=predictor.max_new_tokens,
                     stop=predictor.stop,
+                    output_end=predictor.output_end,
                     batch_size=1,
                     constraint=predictor.constraint,
                 )

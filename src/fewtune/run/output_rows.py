@@ -196,7 +196,14 @@ class OutputRows(TaskRows):
         prompt_backend = backends[1]
         self.cap = max_new_tokens(prompt_backend, template, data.pool, cfg.seed)
         methods = cfg.eval.methods
-        base = TextPredictor(Method.ZERO_SHOT.value, prompt_backend, template, self.cap, stop=task.stop)
+        base = TextPredictor(
+            Method.ZERO_SHOT.value,
+            prompt_backend,
+            template,
+            self.cap,
+            stop=task.stop,
+            output_end=task.output_end,
+        )
         schema = getattr(task, "schema", None)
         constraint = prompt_backend.schema_constraint(schema) if cfg.eval.constrained and schema else None
         prompts: list[TextPredictor] = []
@@ -288,6 +295,7 @@ class OutputTuning(Tuning):
             self.template,
             rows.cap,
             stop=self.task.stop,
+            output_end=self.task.output_end,
             train_examples=len(train),
             fitted=fitted,
         )

@@ -123,7 +123,7 @@ class ServeSettings:
     """The price table of the fine-tuning jobs' comparisons (a preset, a YAML file, or None: auto)."""
     engine: str = "fewtune"
     """Who serves: this server, or vLLM (:mod:`fewtune.serve.vllm`)."""
-    precision: str = "fp32"
+    precision: str = "auto"
     """What the model computes in: a run folder's own ``--precision`` (so its methods answer as the run
     measured them), else auto (:mod:`fewtune.backends.precision`)."""
 
@@ -262,7 +262,7 @@ def settings_from_cli(
     if batch_wait_ms < 0:
         raise ConfigError(f"--batch-wait-ms must be 0 or more, got {batch_wait_ms}")
     adapters: dict[str, Path] = {}
-    precision = "fp32"
+    precision = "auto"
     if run_dir is not None:
         if not run_dir.is_dir():
             raise ConfigError(f"{run_dir}: no such run folder")

@@ -53,7 +53,7 @@ class PrefixState:
 def prefix_state(backend: HFBackend, prefix_ids: Sequence[int], top: int = 0) -> PrefixState:
     """Run ``prefix_ids`` once under ``backend``'s model (with its adapter switched on)."""
     ids = torch.tensor([list(prefix_ids)], dtype=torch.long, device=backend.device)
-    with backend.precision.compute():
+    with backend.precision.scoring():
         out = backend.model.get_decoder()(input_ids=ids, use_cache=True)
     hidden = out.last_hidden_state[0]
     logprobs, tops = predictions(backend, hidden[:-1], [[t] for t in prefix_ids[1:]], top)
@@ -290,7 +290,7 @@ def _tree_pass(
         cache = copy.deepcopy(prefix.cache)
         cache.batch_repeat_interleave(count)
         kwargs.update(with_cache(cache), use_cache=True)
-    with backend.precision.compute():
+    with backend.precision.scoring():
         return decoder(input_ids=ids.to(backend.device), **kwargs).last_hidden_state
 
 
@@ -310,7 +310,7 @@ def _score_whole(
     ids = torch.full((len(rows), width), backend.pad_id, dtype=torch.long)
     for b, r in enumerate(rows):
         ids[b, : len(sequences[r])] = torch.tensor(sequences[r], dtype=torch.long)
-    with backend.precision.compute():
+    with backend.precision.scoring():
         hidden = backend.model.get_decoder()(
             input_ids=ids.to(backend.device), use_cache=False
         ).last_hidden_state

@@ -100,7 +100,7 @@ def generate_scored(
     tokenizer = backend.tokenizer
     ids = torch.tensor([prompt_ids], dtype=torch.long, device=backend.device)
     steps = _StepScores(top)
-    with backend.precision.compute():
+    with backend.precision.scoring():
         out = backend.model.generate(
             input_ids=ids,
             attention_mask=torch.ones_like(ids),

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fewtune.backends.base import OutputEnd
 from fewtune.data.load import Example
 from fewtune.decide.metric import PrimaryMetric
 from fewtune.prompts.template import END_MARKER
@@ -166,6 +167,10 @@ class Task(TaskType, abc.ABC):
     open_output = True
     stop: str = END_MARKER
     """Where generation stops: the end of the output block (one-line outputs stop at the line's end)."""
+    output_end: OutputEnd | None = None
+    """Where an output is complete before ``stop`` (extraction: its JSON object closed), as
+    :data:`~fewtune.backends.base.OutputEnd`; generation stops there too. Cutting an output there must not
+    change what :meth:`parse` reads from it. None: at ``stop`` only."""
     metrics_note: str = ""
     """The report's note under the methods table: how the metrics are computed."""
     scores_with_embedder: bool = False

@@ -27,6 +27,7 @@ import numpy as np
 from fewtune.decide.metric import PrimaryMetric
 from fewtune.errors import ConfigError, DataError
 from fewtune.tasks.base import EXTRACTION, ClassHits, Metric, Parsed, Task, TaskExample, add_hit, bootstrap_ci
+from fewtune.tasks.json_text import first_object, json_object, object_end
 
 if TYPE_CHECKING:
     from fewtune.config import RunConfig
@@ -175,6 +176,7 @@ class ExtractionTask(Task):
     metric_choices = (FIELD_F1_METRIC.name,)
     class_word = "field"
     stop = "\n"  # the JSON is rendered on one line
+    output_end = staticmethod(object_end)  # and is complete at its closing brace: nothing after it is read
     metrics_note = (
         "Field precision, recall and F1 are micro-averaged over (field, value) pairs after normalisation "
         "(Unicode NFC, case folding, collapsed whitespace); an output that is not a JSON object has "
@@ -240,16 +242,8 @@ class ExtractionTask(Task):
         )
 
     def parse(self, text: str) -> Parsed:
-        candidate = text.strip()
-        try:
-            value = json.loads(candidate)
-        except json.JSONDecodeError:
-            # A model may run on after a complete object; the first object on the first line counts.
-            try:
-                value, _ = json.JSONDecoder().raw_decode(candidate.split("\n", 1)[0])
-            except json.JSONDecodeError:
-                return Parsed(None, ok=False, valid=False)
-        if not isinstance(value, dict):
+        value = first_object(text)
+        if value is None:
             return Parsed(None, ok=False, valid=False)
         return Parsed(value, ok=True, valid=self._valid(value))
 
@@ -324,7 +318,7 @@ class ExtractionTask(Task):
         """Per field: its gold values, and how many of them each row's parsed output holds."""
         groups: ClassHits = {}
         for i, p in enumerate(lines):
-            gold = pairs(_json_object(p.get("gold")))
+            gold = pairs(json_object(p.get("gold")))
             found = pairs(p.get("parsed") if isinstance(p.get("parsed"), dict) else None)
             for (key, value), count in gold.items():
                 add_hit(groups, len(lines), key, i, float(min(count, found[(key, value)])), float(count))
@@ -345,17 +339,6 @@ class ExtractionTask(Task):
                 f"Likely cause: the output follows the format but not the input; try {more}",
             )
         return None
-
-
-def _json_object(text: Any) -> dict[str, Any] | None:
-    """A prediction line's gold (the rendered JSON text) read back as an object, or None."""
-    if isinstance(text, dict):
-        return text
-    try:
-        value = json.loads(text) if isinstance(text, str) else None
-    except json.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def field_table(examples: Sequence[TaskExample], parsed: Sequence[Parsed]) -> dict[str, dict[str, float]]:

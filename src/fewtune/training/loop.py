@@ -125,7 +125,7 @@ class AnswerLogProbs(torch.nn.Module):
     ) -> torch.Tensor:
         if block is not None:  # rows after a shared demo block: one ``forward`` so that DDP sees the call
             return self.after_block(block, ids, mask, predict_at)
-        with self.precision.compute():
+        with self.precision.training():
             hidden = self.decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
         return self.answer_log_probs(hidden[predict_at])
 
@@ -148,7 +148,7 @@ class AnswerLogProbs(torch.nn.Module):
         shifted right past it), which ``tests/test_demo_block.py`` checks for the loss and its gradients."""
         rows, width = ids.shape
         length = block.shape[1]
-        with self.precision.compute():
+        with self.precision.training():
             cache = cache_of(self.decoder(input_ids=block, use_cache=True))
             cache.batch_repeat_interleave(rows)  # a differentiable copy per row: gradients flow back
             positions = (length + torch.arange(width, device=ids.device)).expand(rows, width)

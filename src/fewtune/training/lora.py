@@ -172,7 +172,8 @@ class LocalTuning(Strategy):
             answer_share=done.answer_tokens / done.tokens,
             every_weight=self.kind == "full",
         )
-        dtype = result.precision.autocast or next(result.model.parameters()).dtype
+        precision = result.precision
+        dtype = precision.train or next(result.model.parameters()).dtype
         return LocalTraining(
             train_seconds=trained.seconds,
             train_tokens_per_second=tokens_per_second,
@@ -187,7 +188,8 @@ class LocalTuning(Strategy):
             peak_memory_bytes=trained.peak_bytes,
             trained_parameters=trainable,
             train_processes=Distributed.current().processes,
-            precision=result.precision.name,
+            precision=precision.name,
+            train_precision=None if precision.train_name == precision.name else precision.train_name,
             quantization="nf4" if self.args.quantize == "nf4" else None,
         )
 
