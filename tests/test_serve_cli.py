@@ -120,5 +120,8 @@ def test_serve_flags_come_from_the_settings_dataclass() -> None:
     options = {opt: param for param in command.params for opt in param.opts if opt.startswith("--")}
     expected = {"--" + f.name.replace("_", "-") for f in fields(ServeArgs)}
     assert set(options) - {"--help"} == expected
-    assert options["--max-batch"].help == "Most prompts run together in one batch."
+    assert (
+        options["--max-batch"].help
+        == "Most prompts generated together in one batch (scoring, max_tokens 0, takes up to 256)."
+    )
     assert options["--adapter"].multiple and options["--no-auth"].is_flag

@@ -51,7 +51,7 @@ class ServeArgs:
     served_model_name: str | None = None
     """The base model's name in requests (default: the model folder's name)."""
     max_batch: int = 16
-    """Most prompts run together in one batch."""
+    """Most prompts generated together in one batch (scoring, max_tokens 0, takes up to 256)."""
     batch_wait_ms: float = 5.0
     """How long a batch waits for more requests to join it."""
     max_tokens_limit: int = 1024
