@@ -142,8 +142,11 @@ def fewtune_scoring(predictor: Predictor, data: PreparedData, batch_size: int) -
     return {"accuracy": correct / len(data.test), "wall_s": wall, "peak_memory_bytes": peak}
 
 
-def trainer_lora(backend: HFBackend, template: PromptTemplate, train: Any, args: LoraArgs, seed: int) -> Any:
-    """The plain recipe: Trainer + peft, prompt tokens masked with -100, full-vocabulary logits."""
+def trainer_lora(
+    backend: HFBackend, template: PromptTemplate, train: Any, args: LoraArgs, seed: int, bf16: bool = False
+) -> Any:
+    """The plain recipe: Trainer + peft, prompt tokens masked with -100, full-vocabulary logits; in float32
+    (Trainer's default) or, with ``bf16``, under its bf16 autocast (``TrainingArguments(bf16=True)``)."""
     import copy
 
     from peft import LoraConfig, get_peft_model
@@ -190,6 +193,7 @@ def trainer_lora(backend: HFBackend, template: PromptTemplate, train: Any, args:
                 save_strategy="no",
                 logging_steps=10_000,
                 use_cpu=not torch.cuda.is_available(),
+                bf16=bf16,
                 disable_tqdm=True,
                 dataloader_num_workers=0,
             ),
@@ -222,6 +226,11 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip", default="", help="comma list of guide,lm-eval,lora to skip")
+    parser.add_argument(
+        "--trainer-bf16",
+        action="store_true",
+        help="the Trainer + peft peer under bf16 autocast, as fewtune trains on a CPU with bf16 units",
+    )
     opts = parser.parse_args()
     skip = set(opts.skip.split(","))
 
@@ -257,7 +266,7 @@ def main() -> None:
             target_modules=default_target_modules("classification"),
         )
         train, _ = stratified_sample(data.pool, opts.train_size, opts.seed)
-        plain, lora["trainer"] = trainer_lora(backend, template, train, args, opts.seed)
+        plain, lora["trainer"] = trainer_lora(backend, template, train, args, opts.seed, opts.trainer_bf16)
         lora["trainer"]["accuracy"] = fewtune_scoring(plain, data, opts.eval_batch_size)["accuracy"]
         console.print(f"Trainer+peft: {lora['trainer']}")
         with tempfile.TemporaryDirectory() as tmp:
@@ -310,6 +319,7 @@ def main() -> None:
         "lora_accuracy": {k: v["accuracy"] for k, v in lora.items()},
         "examples_per_s": eps,
         "lora_tokens_per_s": {k: v["tokens_per_s"] for k, v in lora.items()},
+        "trainer_bf16": opts.trainer_bf16,
     }
     print(json.dumps(summary))
 
