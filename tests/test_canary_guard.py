@@ -327,3 +327,18 @@ def test_a_refusing_candidate_is_answered_by_the_baseline_and_rolled_back(
     assert rolled and watch.decision == "fail"
     routes = httpx.get(f"{served.url}/v1/routes", headers=headers(), trust_env=False).json()["routes"]
     assert {r["name"]: r["weight"] for r in routes}["refused"] == 0.0
+
+
+def test_the_operator_key_comes_from_its_flag_or_variable_and_is_not_the_api_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fewtune.serve.access import arm_keys, check_admin_key
+
+    monkeypatch.setenv("FEWTUNE_ADMIN_KEY", ADMIN)
+    assert check_admin_key(None, KEY) == ADMIN
+    with pytest.raises(ConfigError, match="must differ from the API key"):
+        check_admin_key(KEY, KEY)
+    monkeypatch.setenv("EXAMPLE_KEY", "sk-arm")
+    assert arm_keys(["API.example.com=EXAMPLE_KEY"]) == {"api.example.com": "sk-arm"}
+    with pytest.raises(ConfigError, match="MISSING_KEY is not set"):
+        arm_keys(["api.example.com=MISSING_KEY"])
