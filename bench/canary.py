@@ -14,7 +14,9 @@ proxy's ``ok`` / ``slow`` / ``fail`` hop):
 - ``equal-0`` .. ``equal-N``: the same method, candidate through the fault-free hop; must not be rolled back
   (``--seeds`` runs, each with its own caller ids and inputs);
 - ``slower``: +``--delay-s`` on each candidate request; ``failing``: ``--error-share`` of candidate requests
-  fail; ``costlier``: the candidate is ``--costlier-method`` (the same model with demos in every prompt).
+  fail; ``costlier``: the candidate is ``--costlier-method`` (the same model with demos in every prompt);
+- ``refused``: the candidate's URL is a loopback port nothing listens on (every connection refused): the
+  baseline must answer every request (no 5xx, nothing lost) and the monitor roll the candidate back.
 
 Reported per scenario: requests sent and answered per arm, lost (no HTTP answer), 5xx per arm, whether and
 at which check it was rolled back, candidate answers to requests sent after the rollback, and the monitor's
@@ -47,6 +49,7 @@ from fewtune.results.run_folder import read_run
 
 console = Console(stderr=True)
 KEY = "canary-bench-key"
+ADMIN = "canary-bench-operator-key"
 PY = sys.executable
 
 
@@ -56,6 +59,7 @@ def scenarios(args: argparse.Namespace, proxy: str, base: str) -> dict[str, tupl
     found["slower"] = (args.method, hop.format("slow"))
     found["failing"] = (args.method, hop.format("fail"))
     found["costlier"] = (args.costly_baseline, args.costlier_method)
+    found["refused"] = (args.method, f"{args.method}@http://127.0.0.1:{free_port()}/v1#{base}")
     return found
 
 
@@ -102,7 +106,7 @@ async def scenario(
     command = [PY, "-m", "fewtune", "monitor", "--server", url, "--route", route, "--log",
                str(work / "requests.jsonl"), "--window", args.window, "--interval", args.interval,
                "--checks", str(args.checks), "--json", "--runbook", str(work / "runbook"), "--owner", "bench",
-               "--api-key", KEY]  # fmt: skip
+               "--api-key", KEY, "--admin-key", ADMIN]  # fmt: skip
     proc = await asyncio.create_subprocess_exec(*command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = await proc.communicate()
     rolled_at = time.time()
@@ -160,8 +164,9 @@ def main() -> None:
     if args.only:
         plan = {k: v for k, v in plan.items() if k in args.only.split(",")}
     command = [PY, "-m", "fewtune", "serve", str(args.run), "--port", str(port), "--api-key", KEY,
-               "--request-log", str(work / "requests.jsonl"), "--routes-file", str(work / "routes.json"),
-               "--costs", "hosted-api"]  # fmt: skip
+               "--admin-key", ADMIN, "--request-log", str(work / "requests.jsonl"), "--routes-file",
+               str(work / "routes.json"), "--costs", "hosted-api",
+               "--arm-key-env", f"127.0.0.1:{proxy_port}=FEWTUNE_BENCH_ARM_KEY"]  # fmt: skip
     for name, (baseline, candidate) in plan.items():
         command += ["--route", f"{name}={baseline},{candidate}:{args.weight}"]
     log = (work / "serve.log").open("w")
@@ -169,7 +174,7 @@ def main() -> None:
         command,
         stdout=log,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "CI": "true", "FEWTUNE_ARM_API_KEY": KEY},
+        env={**os.environ, "CI": "true", "FEWTUNE_BENCH_ARM_KEY": KEY},
     )
     proxy_server = None
     try:
@@ -201,6 +206,8 @@ def main() -> None:
             failed.append(f"{route}: rolled back {f['rolled_back_at_check']} (expected {expect_rollback})")
         if f["lost"]:
             failed.append(f"{route}: {f['lost']} requests lost")
+        if route == "refused" and f["5xx"]:
+            failed.append(f"{route}: {f['5xx']} client-visible errors (the baseline should answer them)")
     table = Table(title=f"canary bench ({args.run}, weight {args.weight}, window {args.window})")
     for column in ("scenario", "sent", "baseline", "candidate", "lost", "5xx", "rolled back at check",
                    "candidate after rollback", "last verdicts"):  # fmt: skip

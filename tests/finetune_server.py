@@ -90,7 +90,8 @@ def running(folder: Path, base_factory: Callable[[Any], HFBackend] | None = None
     service = FineTuning(
         FineTuneStore(folder), engine, lambda: factory(tiny_tokenizer()), load_price_table(None)
     )
-    with serving(create_app(engine, api_key=KEY, finetune=service)) as url:
+    # one key for both roles here: these tests are about the fine-tuning API, not who may call it
+    with serving(create_app(engine, api_key=KEY, admin_key=KEY, finetune=service)) as url:
         yield Server(url, service, tokenizer, folder)
 
 

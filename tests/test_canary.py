@@ -17,6 +17,8 @@ from fewtune.release.watch import MonitorSettings, check_once
 
 KEY = "canary-test-key"
 HEADERS = {"Authorization": f"Bearer {KEY}"}
+ADMIN = "canary-test-operator-key"
+OPERATOR = {"Authorization": f"Bearer {ADMIN}"}
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,7 @@ def tiny_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return folder
 
 
-def app_for(run_dir: Path, work: Path, routes: list[str]) -> Any:
+def app_for(run_dir: Path, work: Path, routes: list[str], arm_key_env: list[str] | None = None) -> Any:
     from fewtune.serve.app import create_app
     from fewtune.serve.launch import build_engine, settings_from_cli
 
@@ -48,12 +50,13 @@ def app_for(run_dir: Path, work: Path, routes: list[str]) -> Any:
         run_dir, model=None, adapter=[], host="127.0.0.1", port=8000, api_key=KEY, no_auth=False,
         request_log=work / "requests.jsonl", served_model_name=None, max_batch=16, batch_wait_ms=2.0,
         route=routes, routes_file=work / "routes.json", feedback_log=work / "feedback.jsonl",
-        costs="hosted-api",
+        costs="hosted-api", admin_key=ADMIN, arm_key_env=arm_key_env,
     )  # fmt: skip
     engine = build_engine(settings)
     return create_app(
-        engine, api_key=KEY, request_log=settings.request_log, limits=settings.limits, canary=settings.canary
-    )
+        engine, api_key=KEY, admin_key=ADMIN, request_log=settings.request_log, limits=settings.limits,
+        canary=settings.canary,
+    )  # fmt: skip
 
 
 def ask(url: str, model: str, text: str, user: str | None = None) -> httpx.Response:
@@ -99,7 +102,7 @@ def test_a_route_is_sticky_logged_persisted_and_rolled_back_by_the_monitor(
         assert set(arms.values()) == {"baseline", "candidate"}
         request_id = reply.json()["id"]
         feedback = httpx.post(f"{url}/v1/feedback", json={"request_id": request_id, "answer": "positive"},
-                              headers=HEADERS, trust_env=False)  # fmt: skip
+                              headers=OPERATOR, trust_env=False)  # fmt: skip
         assert feedback.status_code == 200
         schema = json.loads(Path("docs/request-log.schema.json").read_text())
         logged = [json.loads(x) for x in (tmp_path / "requests.jsonl").read_text().splitlines()]
@@ -110,7 +113,7 @@ def test_a_route_is_sticky_logged_persisted_and_rolled_back_by_the_monitor(
         settings = MonitorSettings(
             server=url, route="support", log=tmp_path / "requests.jsonl",
             feedback=tmp_path / "feedback.jsonl", window_s=3600, interval_s=1,
-            policy=Policy(cost_ratio=0.5), owner="tester", runbook=tmp_path / "runbook", api_key=KEY,
+            policy=Policy(cost_ratio=0.5), owner="tester", runbook=tmp_path / "runbook", api_key=ADMIN,
         )  # fmt: skip
         # lora n=20 has no demos: its prompts are far shorter, so under a 0.5x cost ceiling (a policy that
         # demands a much cheaper candidate) it passes, and the cost check cannot fail; a 0.01x ceiling on
@@ -135,12 +138,13 @@ def test_a_route_is_sticky_logged_persisted_and_rolled_back_by_the_monitor(
 def test_a_remote_arm_sends_the_methods_prompt_to_another_server(
     tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("FEWTUNE_ARM_API_KEY", KEY)  # the remote server's key
+    monkeypatch.setenv("REMOTE_KEY", KEY)  # the remote server's key, sent to its host only
     line = json.loads((tiny_run / "predictions.jsonl").read_text().splitlines()[0])
     with serving(app_for(tiny_run, tmp_path / "a", [])) as remote:
         base = httpx.get(f"{remote}/v1/models", headers=HEADERS, trust_env=False).json()["data"][0]["id"]
         route = f"big={line['name']},{line['name']}@{remote}/v1#{base}:1.0"
-        with serving(app_for(tiny_run, tmp_path / "b", [route])) as url:
+        keys = [f"{remote.removeprefix('http://')}=REMOTE_KEY"]
+        with serving(app_for(tiny_run, tmp_path / "b", [route], keys)) as url:
             reply = ask(url, "big", line["text"], user="anyone")
     assert reply.status_code == 200, reply.text
     assert reply.json()["fewtune"]["arm"] == "candidate"
@@ -158,10 +162,12 @@ def test_routes_need_servable_methods_and_bad_calls_are_4xx(
         cli.main()
     assert info.value.code == 2 and "no servable method 'nope'" in capsys.readouterr().err
     with serving(app_for(tiny_run, tmp_path, ["r=zero-shot,few-shot k=5 balanced:0.1"])) as url:
-        put = httpx.put(f"{url}/v1/routes/r", json={"weight": 2}, headers=HEADERS, trust_env=False)
+        put = httpx.put(f"{url}/v1/routes/r", json={"weight": 2}, headers=OPERATOR, trust_env=False)
         assert put.status_code == 400
-        put = httpx.put(f"{url}/v1/routes/none", json={"weight": 0.5}, headers=HEADERS, trust_env=False)
+        put = httpx.put(f"{url}/v1/routes/none", json={"weight": 0.5}, headers=OPERATOR, trust_env=False)
         assert put.status_code == 404
+        put = httpx.put(f"{url}/v1/routes/r", json={"weight": 0.5}, headers=HEADERS, trust_env=False)
+        assert put.status_code == 403  # the inference key may not move a route
         unauthorized = httpx.put(f"{url}/v1/routes/r", json={"weight": 0.5}, trust_env=False)
         assert unauthorized.status_code == 401
         empty = httpx.post(f"{url}/v1/chat/completions", json={"model": "r", "messages": [{"role": "system",

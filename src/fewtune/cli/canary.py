@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -25,6 +26,18 @@ Owner = Annotated[
     str | None, typer.Option(help="Who owns this decision (default: git user.name, else the login).")
 ]
 ApiKey = Annotated[str | None, typer.Option(help="The server's API key (default: FEWTUNE_API_KEY).")]
+AdminKey = Annotated[
+    str | None,
+    typer.Option(help="The server's operator key, which route changes need (default: FEWTUNE_ADMIN_KEY)."),
+]
+
+
+def operator_key(admin_key: str | None, api_key: str | None) -> str | None:
+    """The key the route calls send: the operator key (which the server also takes for reading routes),
+    else the API key (a server without an operator key, serving without an API key)."""
+    from fewtune.serve.operator import ADMIN_KEY_ENV
+
+    return admin_key or os.environ.get(ADMIN_KEY_ENV) or api_key
 
 
 def show_watch(watch: Watch, written: Path | None, rolled_back: bool) -> None:
@@ -67,6 +80,7 @@ def monitor(
     no_runbook: Annotated[bool, typer.Option("--no-runbook", help="Do not write runbook entries.")] = False,
     owner: Owner = None,
     api_key: ApiKey = None,
+    admin_key: AdminKey = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print each check as one JSON line.")] = False,
 ) -> None:
     """Compare the route's candidate with its baseline on the request log; roll back on a fail.
@@ -87,7 +101,7 @@ def monitor(
         policy=load_policy(policy),
         owner=owner or default_owner(),
         runbook=None if no_runbook else runbook,
-        api_key=api_key,
+        api_key=operator_key(admin_key, api_key),
     )
 
     def report(watch: Watch, written: Path | None, rolled_back: bool) -> None:
@@ -113,14 +127,16 @@ def rollback(
         Path, typer.Option(help="Runbook folder the decision is appended to.")
     ] = DEFAULT_RUNBOOK,
     api_key: ApiKey = None,
+    admin_key: AdminKey = None,
 ) -> None:
     """Send all of a route's traffic back to its baseline now (candidate weight 0), and record why."""
     from fewtune.release.runbook import Entry, append, default_owner
     from fewtune.release.watch import get_route, set_weight
 
     who = owner or default_owner()
-    before = get_route(server, route, api_key)
-    after = set_weight(server, route, 0.0, who, reason, api_key)
+    key = operator_key(admin_key, api_key)
+    before = get_route(server, route, key)
+    after = set_weight(server, route, 0.0, who, reason, key)
     entry = Entry(
         kind="rollback",
         decision="rolled back",

@@ -144,6 +144,9 @@ def _ratio_interval(
 def _ratio_verdict(
     metric: str, cand: np.ndarray, base: np.ndarray, stat: Any, limit: float, alpha: float, unit: str
 ) -> Verdict:
+    if not cand.size or not base.size:  # an arm with no answer at all (its errors are the error check's)
+        why = f"{cand.size} candidate and {base.size} baseline requests answered"
+        return Verdict(metric, "-", "-", "-", f"lower bound <= {limit:g}x", NOT_JUDGED, why)
     point, low, high = _ratio_interval(cand, base, stat, alpha, seed=0)
     shown = f"{point:.2f}x ({low:.2f}-{high:.2f})"
     threshold = f"lower bound <= {limit:g}x"

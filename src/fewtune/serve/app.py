@@ -3,6 +3,7 @@
 ``/v1/*`` needs ``Authorization: Bearer <api key>`` when the app has a key; ``/health`` and ``/metrics``
 are open, as in vLLM (a load balancer and a Prometheus scraper hold no key). Without a key, only the
 allowed Host names are answered (:mod:`fewtune.serve.guard`, which also times and logs every request).
+Route changes, feedback and the fine-tuning API need the operator key (:mod:`fewtune.serve.operator`).
 
 A request waits for its answer at most the server's request timeout (504 past it) and no longer than its
 client stays connected; either way its work is cancelled (:meth:`~fewtune.serve.jobs.Job.cancel`). A full
@@ -33,6 +34,7 @@ from fewtune.serve.guard import RECORD_KEY, Guard, allowed_hosts
 from fewtune.serve.jobs import Abandoned, BadRequest, Job, Output, QueueFull, TimedOut, UnknownModel
 from fewtune.serve.limits import Limits
 from fewtune.serve.observe import Metrics, RequestLog, RequestRecord
+from fewtune.serve.operator import OperatorKey
 from fewtune.serve.protocol import (
     APIError,
     ChatRequest,
@@ -141,6 +143,7 @@ def create_app(
     engine: Engine,
     *,
     api_key: str | None = None,
+    admin_key: str | None = None,
     request_log: Path | None = None,
     limits: Limits | None = None,
     hosts: Sequence[str] = (),
@@ -150,6 +153,8 @@ def create_app(
     """The server's ASGI app over ``engine``; starts the engine's worker with the app, closes it after.
 
     ``api_key`` None serves ``/v1`` without authentication (the CLI allows that only on loopback).
+    ``admin_key``: the operator key route changes, feedback and fine-tuning need; None refuses them when
+    there is an ``api_key`` (:mod:`fewtune.serve.operator`).
     ``request_log`` None writes no request log. ``hosts``: Host names answered besides the loopback ones
     when there is no key. ``canary``: the run's methods served by name and the routes over them
     (:mod:`fewtune.serve.canary`). ``finetune``: the Files and Fine-tuning APIs
@@ -178,6 +183,7 @@ def create_app(
     app.add_middleware(
         Guard,
         api_key=api_key,
+        admin_key=admin_key,
         hosts=allowed_hosts(hosts),
         metrics=metrics,
         log=log,
@@ -313,10 +319,13 @@ def create_app(
         await _wait(asyncio.wrap_future(engine.unload_adapter(body.lora_name)), limits)
         return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")
 
+    operator = OperatorKey(admin_key, api_key)
     if canary is not None:
-        add_canary_routes(app, canary)
+        add_canary_routes(app, canary, operator)
     if finetune is not None:
+        from fastapi import Depends
+
         from fewtune.serve.finetune.routes import finetune_router
 
-        app.include_router(finetune_router(finetune))
+        app.include_router(finetune_router(finetune), dependencies=[Depends(operator)])
     return app

@@ -11,24 +11,32 @@ Where the model runs: a :class:`LocalArm` submits the scoring job to this server
 one of its adapters); a :class:`RemoteArm` sends the same prompts to an OpenAI-compatible endpoint
 (``METHOD@URL#MODEL``: the method's prompt on another server's model, e.g. a large hosted model), so a
 canary can put "a large model with a prompt" against "a small model with an adapter".
+
+A remote arm is an outside server, so what it sends back is checked like client input: its reply is read
+to at most :data:`MAX_REPLY_BYTES`, must parse as a completion (token counts whole and not negative,
+log-probabilities finite), and every failure is an :class:`ArmError` whose message names no URL (the URL
+goes only to the server's log). It gets a key only when one is configured for its host (``--arm-key-env``),
+never the general ``OPENAI_API_KEY``, and plain ``http://`` only to a loopback host unless allowed.
 """
 
 from __future__ import annotations
 
 import abc
 import json
-import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
+from pydantic import BaseModel, Field, FiniteFloat, NonNegativeInt, ValidationError
 
 from fewtune.backends.openai_answers import continuation_logprob
 from fewtune.data.load import Example
 from fewtune.decide.cost import PriceTable, token_prices
 from fewtune.errors import ConfigError, FewtuneError
 from fewtune.prompts.template import OutputTemplate, PromptTemplate
+from fewtune.serve.access import is_loopback
 from fewtune.strategies.base import log_softmax
 
 RunJob = Callable[[Any], Awaitable[list[Any]]]
@@ -36,10 +44,24 @@ RunJob = Callable[[Any], Awaitable[list[Any]]]
 deadline and disconnect handling) and returns its outputs."""
 PROMPTS_PER_CALL = 32
 """Label continuations sent in one scoring request (a server's per-request prompt limit is larger)."""
+MAX_REPLY_BYTES = 32 * 1024 * 1024
+"""Most bytes read of one remote reply. An echo reply for :data:`PROMPTS_PER_CALL` prompts of a few
+thousand tokens each is a few MiB (about 60 bytes of JSON per token); without a cap a 400 MB reply from a
+broken or hostile endpoint cost the server 1.2 GB while it was parsed."""
+CONNECT_TIMEOUT_S = 5.0
+"""Seconds to open a connection to a remote arm: a candidate that does not accept connections is given up
+on quickly, so its callers are answered by the baseline (:mod:`fewtune.serve.canary`)."""
 
 
 class ArmError(FewtuneError):
-    """The arm's model failed to answer (a remote error, a timeout): HTTP 502 to the caller."""
+    """The arm's model failed to answer (unreachable, an HTTP error, a broken answer): HTTP 502 to the caller.
+
+    ``str(err)`` is what a caller may see (it never names the endpoint's URL); ``detail`` adds the URL and
+    the cause, for the server's log."""
+
+    def __init__(self, reason: str, detail: str | None = None) -> None:
+        super().__init__(reason)
+        self.detail = detail or reason
 
 
 @dataclass(frozen=True)
@@ -175,65 +197,144 @@ class LocalArm(Arm):
         return output.text, output.prompt_tokens, output.completion_tokens
 
 
+class _Logprobs(BaseModel):
+    text_offset: list[NonNegativeInt] = []
+    token_logprobs: list[FiniteFloat | None] = []
+
+
+class _Choice(BaseModel):
+    index: NonNegativeInt = 0
+    text: str
+    logprobs: _Logprobs | None = None
+
+
+class _Usage(BaseModel):
+    prompt_tokens: NonNegativeInt | None = None
+    completion_tokens: NonNegativeInt | None = None
+
+
+class _Reply(BaseModel):
+    """A ``/v1/completions`` reply as a remote arm reads it (anything else in it is ignored)."""
+
+    choices: list[_Choice] = Field(min_length=1)
+    usage: _Usage | None = None
+
+    def tokens(self) -> tuple[int, int]:
+        usage = self.usage or _Usage()
+        return usage.prompt_tokens or 0, usage.completion_tokens or 0
+
+
+def public_spec(spec: str) -> str:
+    """An arm spec as a caller may see it: ``METHOD@URL#MODEL`` -> ``METHOD@remote`` (the URL and the
+    remote model are the operator's business)."""
+    name, at, _ = spec.partition("@")
+    return f"{name.strip()}@remote" if at else spec
+
+
 class RemoteArm(Arm):
     """The method's prompt on an OpenAI-compatible endpoint's model (``URL#MODEL``)."""
 
     def __init__(
-        self, name: str, method: MethodPrompt | OutputMethod, base_url: str, model: str, timeout_s: float = 60
+        self,
+        name: str,
+        method: MethodPrompt | OutputMethod,
+        base_url: str,
+        model: str,
+        timeout_s: float = 60,
+        api_key: str | None = None,
     ) -> None:
         super().__init__(name, method)
         from fewtune.http_client import httpx
 
         self.url = base_url.rstrip("/") + "/completions"
         self.model = model
-        key = os.environ.get("FEWTUNE_ARM_API_KEY") or os.environ.get("OPENAI_API_KEY") or "none"
-        self.client = httpx.AsyncClient(timeout=timeout_s, headers={"Authorization": f"Bearer {key}"})
+        self.public = public_spec(name)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        timeout = httpx.Timeout(timeout_s, connect=min(CONNECT_TIMEOUT_S, timeout_s))
+        self.client = httpx.AsyncClient(timeout=timeout, headers=headers, follow_redirects=False)
 
-    async def _post(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _error(self, reason: str, cause: str = "") -> ArmError:
+        return ArmError(f"{self.public}: {reason}", f"{self.name} ({self.url}): {cause or reason}")
+
+    async def _read(self, body: dict[str, Any]) -> bytes:
+        """The reply's bytes, at most :data:`MAX_REPLY_BYTES` of them."""
         from fewtune.http_client import httpx
 
         try:
-            reply = await self.client.post(self.url, json=body)
+            async with self.client.stream("POST", self.url, json=body) as reply:
+                if reply.status_code != 200:
+                    raise self._error(f"its endpoint answered HTTP {reply.status_code}")
+                declared = reply.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > MAX_REPLY_BYTES:
+                    raise self._error(f"its endpoint's reply is over {MAX_REPLY_BYTES:,} bytes")
+                content = bytearray()
+                async for chunk in reply.aiter_bytes():
+                    content += chunk
+                    if len(content) > MAX_REPLY_BYTES:
+                        raise self._error(f"its endpoint's reply is over {MAX_REPLY_BYTES:,} bytes")
+                return bytes(content)
         except httpx.HTTPError as err:
-            raise ArmError(f"{self.name}: {type(err).__name__} from {self.url}") from None
-        if reply.status_code != 200:
-            raise ArmError(f"{self.name}: {self.url} answered HTTP {reply.status_code}")
+            raise self._error(
+                f"its endpoint could not be reached ({type(err).__name__})", repr(err)
+            ) from None
+
+    async def _post(self, body: dict[str, Any]) -> _Reply:
+        content = await self._read(body)
         try:
-            data = reply.json()
-        except json.JSONDecodeError:
-            data = None
-        if not isinstance(data, dict):
-            raise ArmError(f"{self.name}: {self.url} sent an answer that is not a completion")
-        return data
+            return _Reply.model_validate_json(content)
+        except ValidationError as err:
+            first = err.errors()[0] if err.errors() else {"loc": (), "msg": "invalid"}
+            where = ".".join(str(part) for part in first["loc"])
+            cause = f"not a completion ({where}: {first['msg']})"
+            raise self._error("its endpoint sent an answer that is not a completion", cause) from None
+
+    async def answer(self, text: str, run_job: RunJob) -> Answer:
+        """As :meth:`Arm.answer`; an answer the method cannot read (no echoed log-probabilities, a token
+        across the prompt's end) is an :class:`ArmError` too."""
+        try:
+            return await super().answer(text, run_job)
+        except ArmError:
+            raise
+        except (FewtuneError, ValueError, TypeError, IndexError, KeyError) as err:
+            raise self._error("its endpoint's answer cannot be scored", str(err)) from None
 
     async def echo(self, texts: list[str], run_job: RunJob) -> tuple[list[dict[str, Any]], int]:
-        data = await self._post(
+        reply = await self._post(
             {"model": self.model, "prompt": texts, "echo": True, "logprobs": 0, "max_tokens": 0}
         )
-        try:
-            choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
-        except (KeyError, TypeError, AttributeError):
-            raise ArmError(f"{self.name}: {self.url} sent an answer that is not a completion") from None
-        return [{"choices": [c]} for c in choices], int((data.get("usage") or {}).get("prompt_tokens") or 0)
+        choices = sorted(reply.choices, key=lambda c: c.index)
+        if len(choices) != len(texts):
+            raise self._error(f"its endpoint answered {len(choices)} of {len(texts)} prompts")
+        return [{"choices": [c.model_dump()]} for c in choices], reply.tokens()[0]
 
     async def generate(self, method: OutputMethod, prompt: str, run_job: RunJob) -> tuple[str, int, int]:
         body = {"model": self.model, "prompt": prompt, "max_tokens": method.max_tokens, "temperature": 0,
                 "stop": [method.task.stop]}  # fmt: skip
-        data = await self._post(body)
-        try:
-            text = str(data["choices"][0]["text"])
-        except (KeyError, IndexError, TypeError):
-            raise ArmError(f"{self.name}: {self.url} sent an answer that is not a completion") from None
-        usage = data.get("usage") or {}
-        return text, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        reply = await self._post(body)
+        return reply.choices[0].text, *reply.tokens()
 
     async def close(self) -> None:
         await self.client.aclose()
 
 
-def build_arm(spec: str, methods: dict[str, MethodPrompt | OutputMethod]) -> Arm:
+def arm_key(url: str, keys: Mapping[str, str]) -> str | None:
+    """The key configured for ``url``'s host (``--arm-key-env HOST=VAR``: its ``host:port`` or its host
+    name), else None: a remote arm gets no key of the server's own."""
+    parts = urlsplit(url)
+    return keys.get(parts.netloc.lower()) or keys.get((parts.hostname or "").lower())
+
+
+def build_arm(
+    spec: str,
+    methods: dict[str, MethodPrompt | OutputMethod],
+    keys: Mapping[str, str] | None = None,
+    allow_http: bool = False,
+    timeout_s: float = 60,
+) -> Arm:
     """``METHOD`` (a method of the served run, on this server) or ``METHOD@URL#MODEL`` (its prompt on a
-    remote OpenAI-compatible model)."""
+    remote OpenAI-compatible model, with the key ``keys`` holds for its host). Plain ``http://`` to a
+    host other than this machine is refused unless ``allow_http``: the prompts, and any key, would cross
+    the network in clear."""
     name, at, remote = spec.partition("@")
     name = name.strip()
     if name not in methods:
@@ -242,11 +343,17 @@ def build_arm(spec: str, methods: dict[str, MethodPrompt | OutputMethod]) -> Arm
     if not at:
         return LocalArm(spec, methods[name])
     url, hash_, model = remote.rpartition("#")
-    if not hash_ or not url.startswith(("http://", "https://")) or not model:
+    if not hash_ or not url.startswith(("http://", "https://")) or not model or not urlsplit(url).hostname:
         raise ConfigError(
             f"arm {spec!r}: a remote arm is METHOD@URL#MODEL, e.g. 'few-shot k=8 balanced@http://host:8000/v1#gemma'"
+        )
+    host = urlsplit(url).hostname or ""
+    if url.startswith("http://") and not is_loopback(host) and not allow_http:
+        raise ConfigError(
+            f"arm {spec!r}: plain http:// to {host}, another machine, would send the prompts (and a key) "
+            "in clear; use https://, or pass --allow-http-arm for a trusted network"
         )
     method = methods[name]
     if isinstance(method, OutputMethod) and method.schema is not None:
         raise ConfigError(f"arm {spec!r}: a constrained method's schema is enforced here: serve it locally")
-    return RemoteArm(spec, method, url, model)
+    return RemoteArm(spec, method, url, model, timeout_s, arm_key(url, keys or {}))

@@ -3,18 +3,20 @@
 In order: the ``Host`` header (served without an API key, only the loopback names and those allowed by
 ``--allowed-host``: a web page whose own domain a DNS rebinding points at 127.0.0.1 sends its domain as the
 Host, so it cannot read the server's answers), the API key (``Authorization: Bearer KEY``), and the body's
-size (read no further than ``--max-body-bytes``: a 413). Each refusal is an OpenAI-style error. Every
+size (read no further than ``--max-body-bytes``: a 413). The operator key (``--admin-key``,
+:mod:`fewtune.serve.operator`) passes the key check too; which endpoints need it is the app's business. Each
+refusal is an OpenAI-style error. Every
 request, refused ones included, is timed into the metrics and written as one line to the request log.
 """
 
 from __future__ import annotations
 
-import hmac
 import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 from fewtune.serve.observe import Metrics, RequestLog, RequestRecord
+from fewtune.serve.operator import is_key, presented_key
 from fewtune.serve.protocol import APIError
 
 Scope = MutableMapping[str, Any]
@@ -29,8 +31,12 @@ ENDPOINTS = frozenset(
         "/v1/models",
         "/v1/load_lora_adapter",
         "/v1/unload_lora_adapter",
+        "/v1/routes",
+        "/v1/feedback",
     }
 )
+ROUTE_CHANGE = "/v1/routes/{name}"
+"""The label of a route change (``PUT /v1/routes/NAME``): one label for every route, and not ``other``."""
 # Routes with an id in the path (/v1/files/{id}, /v1/fine_tuning/jobs/{id}/events, ...) are counted under
 # their collection, so /metrics keeps one label per route rather than one per job.
 COLLECTIONS = ("/v1/fine_tuning/jobs", "/v1/files")
@@ -40,6 +46,8 @@ def endpoint_label(path: str) -> str:
     """The /metrics label of a request path: a known endpoint, its collection, or "other"."""
     if path in ENDPOINTS:
         return path
+    if path.startswith("/v1/routes/"):
+        return ROUTE_CHANGE
     for prefix in COLLECTIONS:
         if path == prefix or path.startswith(prefix + "/"):
             return prefix
@@ -80,12 +88,14 @@ class Guard:
         *,
         api_key: str | None,
         hosts: frozenset[str],
+        admin_key: str | None = None,
         metrics: Metrics,
         log: RequestLog,
         max_body_bytes: int,
     ) -> None:
         self.app = app
         self.api_key = api_key
+        self.admin_key = admin_key
         self.hosts = hosts
         self.metrics = metrics
         self.log = log
@@ -117,11 +127,8 @@ class Guard:
             return None
         if not key:
             return None
-        given = headers.get(b"authorization", b"").decode("latin-1")
-        scheme, _, token = given.partition(" ")
-        # Compared as bytes: compare_digest refuses non-ASCII text, which would make a 500 of a bad key.
-        presented = token.strip().encode("latin-1", "replace")
-        if scheme.lower() == "bearer" and hmac.compare_digest(presented, self.api_key.encode("utf-8")):
+        presented = presented_key(headers.get(b"authorization", b"").decode("latin-1"))
+        if is_key(presented, self.api_key) or is_key(presented, self.admin_key):
             return None
         return APIError(401, "invalid or missing API key (send Authorization: Bearer KEY)")
 
@@ -167,5 +174,6 @@ class Guard:
             await self.app(scope, replay, send_and_note)
         finally:
             seconds = time.perf_counter() - start
-            self.metrics.observe(record, endpoint, seconds, status)
+            # The log first: it is what the monitor reads, so nothing the metrics refuse may cost its line.
             self.log.write(record, endpoint, seconds, status)
+            self.metrics.observe(record, endpoint, seconds, status)

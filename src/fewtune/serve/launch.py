@@ -7,14 +7,13 @@ error in a second, not after the model has loaded.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fewtune.errors import ConfigError
+from fewtune.serve.access import arm_keys, check_admin_key, check_auth, is_loopback
 from fewtune.serve.adapters import MAX_ADAPTERS, MAX_RANK, AdapterPolicy, check_adapter_folder, find_adapters
 from fewtune.serve.limits import Limits
 
@@ -23,7 +22,6 @@ if TYPE_CHECKING:
     from fewtune.serve.engine import Engine
     from fewtune.serve.finetune.service import FineTuning
 
-API_KEY_ENV = "FEWTUNE_API_KEY"
 REQUEST_LOG_NAME = "requests.jsonl"
 FINETUNE_DIR_NAME = "finetune"
 """The fine-tuning API's state folder in a run folder (``./fewtune-finetune`` without one)."""
@@ -46,6 +44,9 @@ class ServeArgs:
     """Key clients send as 'Authorization: Bearer KEY'; FEWTUNE_API_KEY also sets it."""
     no_auth: bool = False
     """Serve without an API key (loopback hosts only)."""
+    admin_key: str | None = None
+    """Operator key that route changes, feedback and the fine-tuning API need (sent as 'Authorization: Bearer
+    KEY'); FEWTUNE_ADMIN_KEY also sets it. Without one, they are refused when the server has an API key."""
     request_log: Path | None = None
     """JSON-lines request log (default: RUN_DIR/requests.jsonl, else ./requests.jsonl)."""
     served_model_name: str | None = None
@@ -80,6 +81,11 @@ class ServeArgs:
     """Where route weights are kept across restarts (default: RUN_DIR/routes.json)."""
     feedback_log: Path | None = None
     """JSON-lines log of /v1/feedback answers (default: RUN_DIR/feedback.jsonl)."""
+    arm_key_env: list[str] | None = None
+    """HOST=VAR: send the key in environment variable VAR to the remote arms on HOST (a host name, or
+    host:port); repeatable. A remote arm gets no other key."""
+    allow_http_arm: bool = False
+    """Allow remote arms on plain http:// to another machine (prompts and keys in clear)."""
     costs: str | None = None
     """Price table for each routed request's cost (a preset or YAML file; default: the run's) and for the
     fine-tuning jobs' comparisons (default: auto)."""
@@ -107,6 +113,8 @@ class ServeSettings:
     port: int = 8000
     api_key: str | None = None
     """None only with ``--no-auth`` on a loopback host."""
+    admin_key: str | None = None
+    """The operator key (:mod:`fewtune.serve.operator`)."""
     request_log: Path | None = None
     max_batch: int = 16
     batch_wait_ms: float = 5.0
@@ -126,36 +134,6 @@ class ServeSettings:
     precision: str = "auto"
     """What the model computes in: a run folder's own ``--precision`` (so its methods answer as the run
     measured them), else auto (:mod:`fewtune.backends.precision`)."""
-
-
-def is_loopback(host: str) -> bool:
-    """``host`` is only reachable from this machine (``localhost``, 127.0.0.0/8, ``::1``)."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def check_auth(host: str, api_key: str | None, no_auth: bool) -> str | None:
-    """The API key to require (None: no authentication), or a :class:`ConfigError` saying what is missing."""
-    if no_auth:
-        if api_key:
-            raise ConfigError("--no-auth and --api-key contradict each other; give one")
-        if not is_loopback(host):
-            raise ConfigError(
-                f"--no-auth serves without an API key, so it only binds a loopback host "
-                f"(127.0.0.1, localhost, ::1), not {host}; set --api-key or {API_KEY_ENV} instead"
-            )
-        return None
-    key = api_key or os.environ.get(API_KEY_ENV) or None
-    if not key:
-        raise ConfigError(
-            f"an API key is required: pass --api-key or set {API_KEY_ENV} "
-            "(or --no-auth to serve on a loopback host without one)"
-        )
-    return key
 
 
 def served_name_of(spec: str) -> str:
@@ -232,6 +210,9 @@ def settings_from_cli(
     costs: str | None = None,
     finetune_dir: Path | None = None,
     engine: str = "fewtune",
+    admin_key: str | None = None,
+    arm_key_env: Sequence[str] | None = None,
+    allow_http_arm: bool = False,
 ) -> ServeSettings:
     """Check every ``fewtune serve`` option (before any model loads) and resolve the defaults."""
     if engine not in ENGINES:
@@ -239,6 +220,7 @@ def settings_from_cli(
     if engine == "vllm" and route:
         raise ConfigError("--route: canary routes are fewtune's; serve them with --engine fewtune")
     key = check_auth(host, api_key, no_auth)
+    operator_key = check_admin_key(admin_key, key)
     if not 0 < port < 65536:
         raise ConfigError(f"--port must be between 1 and 65535, got {port}")
     if max_batch < 1:
@@ -298,7 +280,10 @@ def settings_from_cli(
     taken = {served, *adapters} & {r.name for r in routes}
     if taken:
         raise ConfigError(f"--route {sorted(taken)[0]}: the name is already a model or adapter name")
-    canary = build_canary(run_dir, adapters, routes, routes_file, feedback_log, costs, request_timeout_s)
+    canary = build_canary(
+        run_dir, adapters, routes, routes_file, feedback_log, costs, request_timeout_s,
+        arm_keys(arm_key_env or []), allow_http_arm,
+    )  # fmt: skip
     if finetune_dir is None:
         finetune_dir = run_dir / FINETUNE_DIR_NAME if run_dir is not None else Path.cwd() / "fewtune-finetune"
     if finetune_dir.exists() and not finetune_dir.is_dir():
@@ -315,6 +300,7 @@ def settings_from_cli(
         host=host,
         port=port,
         api_key=key,
+        admin_key=operator_key,
         request_log=request_log or default_log,
         max_batch=max_batch,
         batch_wait_ms=batch_wait_ms,
@@ -376,6 +362,7 @@ def serve(settings: ServeSettings, say: Callable[[str], None] = print) -> None:
     app = create_app(
         engine,
         api_key=settings.api_key,
+        admin_key=settings.admin_key,
         request_log=settings.request_log,
         limits=settings.limits,
         hosts=settings.allowed_hosts,
@@ -386,6 +373,8 @@ def serve(settings: ServeSettings, say: Callable[[str], None] = print) -> None:
     names = ", ".join([settings.served_name, *settings.adapters, *methods])
     auth = "API key required" if settings.api_key else "no authentication (loopback only)"
     say(f"serving {names} at http://{settings.host}:{settings.port}/v1 ({auth}; log: {settings.request_log})")
+    if settings.admin_key is None and settings.api_key is not None:
+        say("route changes, feedback and fine-tuning are off: no operator key (--admin-key)")
     say(f"fine-tuning API at /v1/fine_tuning/jobs (jobs, files and adapters in {settings.finetune_dir})")
     # uvicorn re-raises the signal it shut down on (Ctrl-C, SIGTERM); stopping is the normal end here.
     with contextlib.suppress(KeyboardInterrupt):
