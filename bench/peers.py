@@ -36,6 +36,7 @@ from fewtune.config import LoraArgs, default_target_modules
 from fewtune.data.split import PreparedData, prepare_data, stratified_sample
 from fewtune.prompts.demos import select_demos
 from fewtune.prompts.template import SEPARATOR, PromptTemplate
+from fewtune.results.sections import LocalTraining
 from fewtune.strategies.base import Predictor
 from fewtune.sysinfo import PeakMemory
 from fewtune.training.lora import Lora
@@ -263,7 +264,7 @@ def main() -> None:
             train_sizes=[opts.train_size],
             epochs=opts.epochs,
             batch_size=opts.batch_size,
-            target_modules=default_target_modules("classification"),
+            target_modules=default_target_modules(open_output=False),
         )
         train, _ = stratified_sample(data.pool, opts.train_size, opts.seed)
         plain, lora["trainer"] = trainer_lora(backend, template, train, args, opts.seed, opts.trainer_bf16)
@@ -271,10 +272,13 @@ def main() -> None:
         console.print(f"Trainer+peft: {lora['trainer']}")
         with tempfile.TemporaryDirectory() as tmp:
             ours = Lora(backend, template, args, Path(tmp) / "adapter", seed=opts.seed).fit(train)
+        fitted = ours.fitted
+        assert isinstance(fitted, LocalTraining)
         lora["fewtune"] = {
-            "train_s": ours.info["train_seconds"],
-            "tokens_per_s": ours.info["train_tokens_per_second"],
-            "peak_memory_bytes": ours.info["peak_memory_bytes"],
+            "train_s": fitted.train_seconds,
+            "tokens_per_s": fitted.train_tokens_per_second,
+            "peak_memory_bytes": fitted.peak_memory_bytes,
+            "train_precision": fitted.train_precision,
             "accuracy": fewtune_scoring(ours, data, opts.eval_batch_size)["accuracy"],
         }
         console.print(f"fewtune LoRA: {lora['fewtune']}")
