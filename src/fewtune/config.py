@@ -253,6 +253,10 @@ class CostArgs:
             raise ConfigError(f"--gap must be knowledge or behaviour, got {self.gap!r}")
 
 
+MAX_WAIT_HOURS = 24 * 30
+"""The longest --hosted-max-wait-hours: a month, past any provider's queue."""
+
+
 @dataclass
 class HostedArgs:
     """hosted-ft: a fine-tuning job on an OpenAI-compatible API (a provider, or ``fewtune serve``)."""
@@ -271,6 +275,9 @@ class HostedArgs:
     """Text put in the fine-tuned model's name (ft:BASE:ORG:SUFFIX:ID)."""
     poll_seconds: float = 5.0
     """Seconds between polls of the job's state and events."""
+    max_wait_hours: float = 24.0
+    """Most hours a run follows a job (queueing included) before it stops with an error; the job keeps
+    running at the provider and --resume follows it again."""
 
     def __post_init__(self) -> None:
         if self.endpoint is not None and "#" not in self.endpoint:
@@ -280,8 +287,15 @@ class HostedArgs:
                 raise ConfigError(f"{option} must be at least 1, got {value}")
         if self.learning_rate_multiplier is not None and not self.learning_rate_multiplier > 0:
             raise ConfigError(f"--hosted-lr-multiplier must be above 0, got {self.learning_rate_multiplier}")
-        if not self.poll_seconds > 0:
-            raise ConfigError(f"--hosted-poll-seconds must be above 0, got {self.poll_seconds}")
+        if not 0 < self.poll_seconds <= 3600:
+            raise ConfigError(
+                f"--hosted-poll-seconds must be above 0 and at most 3600, got {self.poll_seconds}"
+            )
+        if not 0 < self.max_wait_hours <= MAX_WAIT_HOURS:
+            raise ConfigError(
+                f"--hosted-max-wait-hours must be above 0 and at most {MAX_WAIT_HOURS}, "
+                f"got {self.max_wait_hours}"
+            )
 
 
 @dataclass
