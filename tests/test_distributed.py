@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from servers import free_port
@@ -77,6 +78,46 @@ def test_two_processes_train_the_one_process_adapter(tmp_path: Path) -> None:
                 assert (tensor - two[key]).norm() <= NORM_TOLERANCE * tensor.norm(), key
         # LoRA's B matrices start at zero: both runs trained them away from it.
         assert all(two[key].abs().max() > 0 for key in two if "lora_B" in key)
+
+
+# How long the full-disk run may take in all: loading the tiny model and training 16 rows takes ~20 s
+# a process on 2 cores; without the fix it waits for the 24-hour process-group timeout.
+FAILURE_BOUND_S = 240
+
+
+def test_a_failed_save_on_the_main_process_ends_every_process_with_its_error(tmp_path: Path) -> None:
+    """The main process's adapter save fails (a full disk): every process ends, soon, and the error shows."""
+    from tiny import save_tiny
+
+    model = save_tiny(tmp_path / "model", sliding_window=1024)
+    config = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "multi_gpu.yaml"
+    script = Path(__file__).with_name("ddp_fault.py")
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
+    command += ["--num_processes", "2", "--main_process_port", str(free_port()), str(script), "run"]
+    command += ["--model", str(model), "--methods", "lora", "--train-sizes", "16", "--max-test", "12"]
+    command += ["--latency-requests", "0", "--precision", "fp32", "--out", str(tmp_path / "run")]
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
+    started = time.monotonic()
+    launched = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        output, _ = launched.communicate(timeout=FAILURE_BOUND_S)
+    except subprocess.TimeoutExpired:
+        import psutil
+
+        # torchrun's agent starts each process in a session of its own, and a process blocked in a
+        # collective never runs a SIGTERM handler: kill the whole tree.
+        for process in psutil.Process(launched.pid).children(recursive=True):
+            process.kill()
+        launched.kill()
+        launched.communicate(timeout=30)
+        raise AssertionError(f"the processes were still running after {FAILURE_BOUND_S} s") from None
+    took = time.monotonic() - started
+    assert launched.returncode != 0, output[-3000:]
+    assert "No space left on device" in output, output[-3000:]
+    print(f"full-disk run ended in {took:.0f} s")  # the figure docs/training.md quotes
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["status"] == "failed" and "No space left on device" in results["error"]
 
 
 def test_the_shipped_deepspeed_configs_load_and_zero3_gathers_before_saving() -> None:

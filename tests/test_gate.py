@@ -145,8 +145,39 @@ def test_runs_on_different_test_rows_cannot_be_judged(
     code, payload = gate_cli(
         monkeypatch, capsys, "--baseline", f"{a}:zero-shot", "--candidate", f"{b}:zero-shot", "--no-runbook"
     )
-    assert code == 2 and payload["decision"] == UNKNOWN
+    assert code == 3 and payload["decision"] == UNKNOWN  # 2 is a usage error's
     assert [c["name"] for c in payload["checks"]] == ["same test rows"]  # nothing else is comparable
+
+
+@pytest.mark.parametrize("as_json", [True, False])
+def test_the_decision_is_printed_before_a_runbook_that_cannot_be_written(
+    tmp_path: Path, rows, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], as_json: bool
+) -> None:
+    _, gold = rows
+    run = two_arms(
+        tmp_path / "run", rows, Arm("lora n=200", "lora", with_accuracy(gold, LABELS, 0.9, seed=2))
+    )
+    book = tmp_path / "runbook"
+    book.write_text("a file where the runbook folder should be")
+    argv = [
+        "fewtune",
+        "gate",
+        "--baseline",
+        f"{run}:few-shot k=8 balanced",
+        "--candidate",
+        f"{run}:lora n=200",
+    ]
+    monkeypatch.setattr("sys.argv", [*argv, "--runbook", str(book), *(["--json"] if as_json else [])])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 2  # the decision is not recorded: not a pass a script may act on
+    assert "the gate decided pass, but" in err and "runbook" in err and len(err.strip().splitlines()) == 1
+    if as_json:
+        payload = json.loads(out)
+        assert payload["decision"] == PASS and payload["runbook_entry"] is None and payload["runbook_error"]
+    else:
+        assert "gate: pass" in out
 
 
 def test_an_interval_straddling_the_margin_cannot_be_judged(tmp_path: Path) -> None:

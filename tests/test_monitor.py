@@ -8,10 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from route_server import RouteState, route_server
+from servers import free_port
 
+from fewtune.cli import commands as cli
 from fewtune.errors import ConfigError
 from fewtune.release.monitor import FAIL, MARGINAL, MIN_REQUESTS, NOT_ENOUGH, PASS, judge, newcombe, read_log
 from fewtune.release.policy import Policy
+from fewtune.release.runbook import entries
+from fewtune.release.watch import MonitorSettings, ServerUnavailable, check_once, loop, seconds_of
 from fewtune.serve.routes import BASELINE, CANDIDATE, Route, RouteTable, parse_route
 
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
@@ -90,8 +95,8 @@ def test_the_log_reader_keeps_the_window_and_the_route_and_skips_a_torn_line(tmp
     lines[1]["route"] = "other"
     path = tmp_path / "requests.jsonl"
     path.write_text("\n".join(json.dumps(x) for x in lines) + '\n{"time": "2026-12-02T11:', encoding="utf-8")
-    kept = read_log(path, "support", NOW - timedelta(hours=1), NOW + timedelta(seconds=1))
-    assert len(kept) == len(lines) - 2
+    kept, skipped = read_log(path, "support", NOW - timedelta(hours=1), NOW + timedelta(seconds=1))
+    assert len(kept) == len(lines) - 2 and skipped == 1
 
 
 def test_routes_are_sticky_and_a_lower_weight_only_moves_callers_back() -> None:
@@ -130,3 +135,102 @@ def test_a_slowdown_past_the_factor_on_few_requests_is_marginal_not_a_rollback()
     """1.7x on 60 requests an arm: past the 1.5x factor, but the interval still reaches below it."""
     result = decide(log_lines(MIN_REQUESTS, seed=2, slower=1.7))
     assert result["p95 latency"] == MARGINAL and result["overall"] == MARGINAL
+
+
+ODD_LINES = [
+    '{"time": "2026-12-02T11:59:00", "route": "support", "arm": "candidate", "status": 200}',  # no zone
+    '{"time": "2026-12-02T11:59:00+00:00", "route": "support", "arm": "candidate", "status": "abc"}',
+    '{"time": "2026-12-02T11:59:00+00:00", "route": "support", "arm": "baseline", "status": 200, '
+    '"latency_ms": "fast"}',
+    '{"time": "2026-12-02T11:59:00+00:00", "route": "support", "arm": "baseline", "status": 200, '
+    '"latency_ms": NaN}',
+    '{"time": 5, "route": "support", "arm": "baseline", "status": 200}',
+    '{"time": "2026-12-02T11:59:00+00:00", "route": "support", "arm": ["candidate"], "status": 200}',
+    "[1, 2]",
+    '"just a string"',
+    "{" * 5000,
+]
+
+
+def monitor_settings(url: str, tmp_path: Path, lines: list, **changes: object) -> MonitorSettings:
+    log = tmp_path / "requests.jsonl"
+    log.write_text("\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines) + "\n")
+    settings = MonitorSettings(
+        server=url, route="support", log=log, feedback=None, window_s=3600, interval_s=0.01,
+        policy=Policy(), owner="tester", runbook=tmp_path / "runbook", retry_delays_s=(0.01, 0.01, 0.01),
+    )  # fmt: skip
+    return MonitorSettings(**{**settings.__dict__, **changes})
+
+
+def test_odd_log_lines_are_skipped_and_counted(tmp_path: Path) -> None:
+    with route_server(RouteState(weight=0.5)) as url:
+        settings = monitor_settings(url, tmp_path, log_lines(200, seed=0) + ODD_LINES)
+        watch, written, rolled = check_once(settings, now=NOW)
+    assert watch.decision == PASS and not rolled and watch.skipped_lines == len(ODD_LINES)
+    assert watch.requests == {"baseline": 200, "candidate": 200}
+    assert (
+        written is not None and f"{len(ODD_LINES)} malformed request-log lines skipped" in written.read_text()
+    )
+
+
+def test_the_monitor_retries_a_restarting_server(tmp_path: Path) -> None:
+    """Two 503s (a server restarting) and then an answer: the check goes on, the waits are told."""
+    told: list[str] = []
+    state = RouteState(weight=0.5, failures_left=2)
+    with route_server(state) as url:
+        settings = monitor_settings(url, tmp_path, log_lines(80, seed=0, slower=3.0), warn=told.append)
+        watch, _, rolled = check_once(settings, now=NOW)
+    assert watch.decision == FAIL and rolled and state.weight == 0.0
+    assert len(told) == 2 and "HTTP 503; trying again in 0.01 s (try 2 of 4)" in told[0]
+
+
+def test_the_monitor_gives_up_after_repeated_failures_in_one_line(tmp_path: Path) -> None:
+    settings = monitor_settings(f"http://127.0.0.1:{free_port()}", tmp_path, log_lines(80, seed=0))
+    with pytest.raises(ServerUnavailable, match=r"cannot reach the server .*\(gave up after 4 tries\)$"):
+        check_once(settings, now=NOW)
+
+
+def test_a_rolled_back_route_is_left_alone_and_writes_no_entries(tmp_path: Path) -> None:
+    """The candidate at weight 0 (rolled back by hand or by an earlier check): its old failures in the window
+    are no new decision; the loop stops instead of writing a fail entry on every check."""
+    state = RouteState(weight=0.0)
+    reports: list = []
+    with route_server(state) as url:
+        settings = monitor_settings(url, tmp_path, log_lines(80, seed=0, slower=3.0))
+        watch, written, rolled = check_once(settings, now=NOW)
+        assert watch.decision == FAIL and watch.rolled_back_already and written is None and not rolled
+        last = loop(settings, lambda *report: reports.append(report), checks=5)
+    assert last.rolled_back_already and len(reports) == 1
+    assert state.calls.count("put") == 0 and not (tmp_path / "runbook").exists()
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--window", "99999999999d"), ("--interval", "1" + "0" * 400),
+                                             ("--window", "91d"), ("--interval", "8d")])  # fmt: skip
+def test_monitor_durations_are_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], flag: str, value: str
+) -> None:
+    (tmp_path / "requests.jsonl").write_text("")
+    argv = ["fewtune", "monitor", "--server", f"http://127.0.0.1:{free_port()}", "--route", "support"]
+    monkeypatch.setattr("sys.argv", [*argv, "--log", str(tmp_path / "requests.jsonl"), flag, value])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    err = capsys.readouterr().err
+    assert (
+        exit_info.value.code == 2 and f"{flag} must be at most" in err and len(err.strip().splitlines()) == 1
+    )
+    assert seconds_of("90d", "--window", 90 * 86400) == 90 * 86400
+
+
+def test_the_monitor_rolls_back_once_and_records_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fewtune.release import monitor, watch
+
+    monkeypatch.setattr(watch, "window_of", lambda seconds, now=None: monitor.window_of(seconds, NOW))
+    state = RouteState(weight=0.5)
+    with route_server(state) as url:
+        settings = monitor_settings(url, tmp_path, log_lines(80, seed=0, slower=3.0))
+        last = loop(settings, lambda *report: None, checks=3)
+    found = entries(tmp_path / "runbook")
+    assert len(found) == 1, found
+    (entry,) = found
+    assert last.decision == FAIL and state.reasons == ["monitor: p95 latency (ms)"]
+    assert entry["decision"] == "rolled back" and entry["reason"] == "monitor: p95 latency (ms)"

@@ -271,6 +271,8 @@ class HostedArgs:
     """Text put in the fine-tuned model's name (ft:BASE:ORG:SUFFIX:ID)."""
     poll_seconds: float = 5.0
     """Seconds between polls of the job's state and events."""
+    max_wait_hours: float = 24.0
+    """Hours a run follows a job at most, queueing included (it keeps running; --resume follows it again)."""
 
     def __post_init__(self) -> None:
         if self.endpoint is not None and "#" not in self.endpoint:
@@ -278,10 +280,10 @@ class HostedArgs:
         for option, value in (("--hosted-epochs", self.n_epochs), ("--hosted-batch-size", self.batch_size)):
             if value is not None and value < 1:
                 raise ConfigError(f"{option} must be at least 1, got {value}")
-        if self.learning_rate_multiplier is not None and not self.learning_rate_multiplier > 0:
-            raise ConfigError(f"--hosted-lr-multiplier must be above 0, got {self.learning_rate_multiplier}")
-        if not self.poll_seconds > 0:
-            raise ConfigError(f"--hosted-poll-seconds must be above 0, got {self.poll_seconds}")
+        positive = (("lr-multiplier", self.learning_rate_multiplier), ("max-wait-hours", self.max_wait_hours))
+        for name, v in (*positive, ("poll-seconds", self.poll_seconds)):
+            if v is not None and not v > 0:
+                raise ConfigError(f"--hosted-{name} must be above 0, got {v}")
 
 
 @dataclass

@@ -11,7 +11,20 @@ import yaml
 
 from fewtune.errors import ConfigError
 
-__all__ = ["_coerce", "load_config_file", "read_yaml"]
+__all__ = ["NoAliasLoader", "_coerce", "key_lines", "load_config_file", "read_yaml"]
+
+
+class NoAliasLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing aliases (``*name``): a few hundred bytes of nested aliases expand to
+    gigabytes (a "billion laughs"), and files others write (runbook entries, policies) need none."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, "YAML aliases (*name) are not allowed here", event.start_mark
+            )
+        return super().compose_node(parent, index)
 
 
 def _coerce(section: str, cls: type, values: dict[str, Any]) -> dict[str, Any]:
@@ -62,11 +75,15 @@ def _as_type(where: str, hint: Any, value: Any) -> Any:
     return value
 
 
-def read_yaml(path: Path, what: str) -> Any:
+def read_yaml(path: Path, what: str, aliases: bool = True) -> Any:
     """A YAML file's value; a missing, unreadable or invalid file is a one-line error naming it (and the
-    line). ``what`` names the file for people ("config file", "policy file")."""
+    line). ``what`` names the file for people ("config file", "policy file"); ``aliases=False`` refuses
+    YAML aliases (:class:`NoAliasLoader`)."""
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        if not aliases:
+            return yaml.load(text, Loader=NoAliasLoader)
+        return yaml.safe_load(text)
     except FileNotFoundError:
         raise ConfigError(f"{path}: {what} not found") from None
     except (UnicodeDecodeError, IsADirectoryError):
@@ -75,6 +92,18 @@ def read_yaml(path: Path, what: str) -> Any:
         mark = getattr(err, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}{line}: invalid YAML ({getattr(err, 'problem', err)})") from None
+
+
+def key_lines(path: Path) -> dict[str, int]:
+    """The 1-based line of each top-level key of a YAML mapping file (empty when it is not one), for errors
+    about a key's value."""
+    try:
+        node = yaml.compose(path.read_text(encoding="utf-8"), Loader=NoAliasLoader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return {}
+    if not isinstance(node, yaml.MappingNode):
+        return {}
+    return {str(key.value): key.start_mark.line + 1 for key, _ in node.value}
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from fewtune.release.monitor import Watch
 
 console = plain_console()
+err_console = plain_console(stderr=True)
 STYLE = {"pass": "green", "fail": "red", "marginal": "yellow", "not enough": "yellow", "not judged": "dim"}
 Server = Annotated[str, typer.Option(help="The fewtune serve root, e.g. http://127.0.0.1:8000.")]
 Route = Annotated[str, typer.Option(help="The route's name (fewtune serve --route NAME=...).")]
@@ -41,6 +42,16 @@ def operator_key(admin_key: str | None, api_key: str | None) -> str | None:
 
 
 def show_watch(watch: Watch, written: Path | None, rolled_back: bool) -> None:
+    if watch.skipped_lines:
+        console.print(
+            styled("note:", "yellow", f" {watch.skipped_lines} malformed request-log lines skipped")
+        )
+    if watch.rolled_back_already:
+        console.print(
+            f"route {watch.route}: the candidate's weight is already 0 (rolled back): nothing to watch, "
+            "no runbook entry"
+        )
+        return
     table = Table(
         title=f"route {watch.route}, {watch.window_start} to {watch.window_end}: "
         f"{watch.requests['candidate']} candidate / {watch.requests['baseline']} baseline requests",
@@ -85,23 +96,25 @@ def monitor(
 ) -> None:
     """Compare the route's candidate with its baseline on the request log; roll back on a fail.
 
-    Exit 0 when no check failed, 1 after a rollback.
+    Exit 0 when no check failed (or the candidate's weight was 0 already), 1 after a rollback, 2 on an error:
+    a bad option, or a server still unreachable (or answering 5xx) after 7 tries over about 4 minutes.
     """
     from fewtune.release.policy import load_policy
     from fewtune.release.runbook import default_owner
-    from fewtune.release.watch import MonitorSettings, loop, seconds_of
+    from fewtune.release.watch import MAX_INTERVAL_S, MAX_WINDOW_S, MonitorSettings, loop, seconds_of
 
     settings = MonitorSettings(
         server=server,
         route=route,
         log=log,
         feedback=feedback,
-        window_s=seconds_of(window, "--window"),
-        interval_s=seconds_of(interval, "--interval"),
+        window_s=seconds_of(window, "--window", MAX_WINDOW_S),
+        interval_s=seconds_of(interval, "--interval", MAX_INTERVAL_S),
         policy=load_policy(policy),
         owner=owner or default_owner(),
         runbook=None if no_runbook else runbook,
         api_key=operator_key(admin_key, api_key),
+        warn=lambda message: err_console.print(styled("retry:", "yellow", f" {message}"), highlight=False),
     )
 
     def report(watch: Watch, written: Path | None, rolled_back: bool) -> None:
@@ -115,7 +128,7 @@ def monitor(
             show_watch(watch, written, rolled_back)
 
     last = loop(settings, report, checks=1 if once else checks)
-    raise typer.Exit(1 if last.decision == "fail" else 0)
+    raise typer.Exit(1 if last.decision == "fail" and not last.rolled_back_already else 0)
 
 
 def rollback(
@@ -153,6 +166,7 @@ def rollback(
         triggers=["manual rollback: re-gate the candidate before raising its weight again"],
         next_review=None,
         notes=[reason],
+        reason=reason,
     )
     written = append(runbook, entry)
     console.print(f"route {route}: candidate weight {before['weight']} -> 0; runbook: {written}")

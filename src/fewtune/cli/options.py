@@ -36,6 +36,7 @@ FLAG_NAMES = {
     ("hosted", "learning_rate_multiplier"): "hosted-lr-multiplier",
     ("hosted", "suffix"): "hosted-suffix",
     ("hosted", "poll_seconds"): "hosted-poll-seconds",
+    ("hosted", "max_wait_hours"): "hosted-max-wait-hours",
 }
 # Fields with no flag: set them in a --config file.
 NO_FLAG: set[tuple[str, str]] = set()

@@ -49,7 +49,8 @@ def gate(
         str | None, typer.Option(help="Who owns this change (default: git user.name, else the login).")
     ] = None,
 ) -> None:
-    """Pre-deploy check: may CANDIDATE replace BASELINE? Exit 0 pass, 1 fail, 2 cannot judge."""
+    """Pre-deploy check: may CANDIDATE replace BASELINE? Exit 0 pass, 1 fail, 3 cannot judge; 2 a usage
+    error (a bad flag, run, method or policy file, or a runbook entry that could not be written)."""
     from fewtune.release import runbook as book
     from fewtune.release.gate import run_gate
     from fewtune.release.policy import load_policy
@@ -63,16 +64,24 @@ def gate(
             "a gate compares a change with what it replaces"
         )
     result = run_gate(old, new, rules)
-    written = None
-    if not no_runbook:
-        written = book.append(runbook, gate_entry(result, owner or book.default_owner()))
-    if as_json:
-        payload = result.to_dict() | {"runbook_entry": str(written) if written else None}
-        typer.echo(json.dumps(payload, indent=2))
-    else:
+    if not as_json:  # the decision first: a runbook that cannot be written must not hide it
         show_gate(result)
-        if written:
-            console.print(f"runbook: {written}")
+    written, failed = None, None
+    if not no_runbook:
+        try:
+            written = book.append(runbook, gate_entry(result, owner or book.default_owner()))
+        except FewtuneError as err:
+            failed = err
+    if as_json:
+        payload = result.to_dict() | {
+            "runbook_entry": str(written) if written else None,
+            "runbook_error": str(failed) if failed else None,
+        }
+        typer.echo(json.dumps(payload, indent=2))
+    elif written:
+        console.print(f"runbook: {written}")
+    if failed:
+        raise FewtuneError(f"the gate decided {result.decision}, but {failed}")
     raise typer.Exit(result.exit_code)
 
 

@@ -58,7 +58,10 @@ def run(
             resume=resume,
         )
     finally:
-        if launched_processes() > 1:  # the other processes stop waiting for orders
+        # The other processes stop waiting for orders, when they are waiting (in step): after a failure
+        # in the middle of training they are in a collective no order matches, and this process ends
+        # instead, so that the launcher stops them.
+        if launched_processes() > 1 and dist.in_step:
             dist.order(None)
     print_summary(console, built)
     register_run(console, folder, cfg.mlflow)

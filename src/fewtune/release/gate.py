@@ -37,7 +37,9 @@ from fewtune.release.sides import Side
 from fewtune.tasks.registry import task_of_record
 
 PASS, FAIL, UNKNOWN, SKIPPED = "pass", "fail", "cannot judge", "not checked"
-EXIT_CODES = {PASS: 0, FAIL: 1, UNKNOWN: 2}
+# 2 is left to usage errors (a bad flag, run, method or file: click's and fewtune's own), so a script can
+# tell "cannot judge" from a typo.
+EXIT_CODES = {PASS: 0, FAIL: 1, UNKNOWN: 3}
 # Hardware fields that must match for two runs' latencies to be compared.
 HARDWARE_KEYS = ("platform", "cpu_count", "device")
 

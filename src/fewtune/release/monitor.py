@@ -28,9 +28,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Required
 
 import numpy as np
+from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
 from scipy.stats import norm
 from typing_extensions import TypedDict
 
@@ -62,6 +63,15 @@ class Watch:
     window_end: str
     requests: dict[str, int]
     verdicts: list[Verdict]
+    skipped_lines: int = 0
+    """Lines of the request log in no shape to judge (torn, not JSON, a field of the wrong type)."""
+    candidate_weight: float | None = None
+    """The route's candidate weight when the window was checked (None: not asked)."""
+
+    @property
+    def rolled_back_already(self) -> bool:
+        """The candidate gets no traffic: nothing left to roll back."""
+        return self.candidate_weight == 0
 
     @property
     def decision(self) -> str:
@@ -75,18 +85,20 @@ class Watch:
         return {**asdict(self), "decision": self.decision}
 
 
+@with_config(ConfigDict(allow_inf_nan=False))
 class LogLine(TypedDict, total=False):
     """A line of the request log that ``fewtune serve`` writes (docs/request-log.schema.json); a route
-    request's line has the last five fields."""
+    request's line has the last five fields. What the monitor reads is checked (:data:`_LINE`): a number
+    that is none, NaN or infinite, or a time without its zone, makes the line one to skip."""
 
-    time: str
+    time: Required[str]
     model: str
     adapter: str | None
     endpoint: str
     latency_ms: float
     prompt_tokens: int | None
     completion_tokens: int | None
-    status: int
+    status: Required[int]
     request_id: str
     route: str
     arm: str
@@ -94,22 +106,37 @@ class LogLine(TypedDict, total=False):
     answer: str | None
 
 
-def read_log(path: Path, route: str, start: datetime, end: datetime) -> list[LogLine]:
-    """The route's request-log lines timed within [start, end); a malformed line (a write cut short) is
-    skipped."""
+_LINE = TypeAdapter(LogLine)
+
+
+def _when(entry: LogLine) -> datetime | None:
+    """The line's time, or None when it is no ISO time with a zone."""
+    try:
+        when = datetime.fromisoformat(entry["time"])
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else None
+
+
+def read_log(path: Path, route: str, start: datetime, end: datetime) -> tuple[list[LogLine], int]:
+    """The route's request-log lines timed within [start, end), and how many lines were skipped as
+    malformed (a write cut short, not JSON, a field the monitor reads of the wrong type)."""
     if not path.is_file():
         raise FewtuneError(f"{path}: no request log here (fewtune serve writes it)")
-    found = []
+    found, skipped = [], 0
     with path.open(encoding="utf-8", errors="replace") as handle:
         for line in handle:
             try:
-                entry: LogLine = json.loads(line)
-                when = datetime.fromisoformat(entry["time"])
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                entry = _LINE.validate_json(line)
+            except ValidationError:
+                skipped += 1
                 continue
-            if entry.get("route") == route and start <= when < end and entry.get("arm"):
+            when = _when(entry)
+            if when is None:
+                skipped += 1
+            elif entry.get("route") == route and start <= when < end and entry.get("arm"):
                 found.append(entry)
-    return found
+    return found, skipped
 
 
 def newcombe(x1: int, n1: int, x2: int, n2: int, z: float) -> tuple[float, float]:
@@ -285,9 +312,9 @@ def read_feedback(path: Path | None) -> dict[str, str]:
     with path.open(encoding="utf-8", errors="replace") as handle:
         for line in handle:
             try:
-                entry: LogLine = json.loads(line)
+                entry = json.loads(line)
                 found[str(entry["request_id"])] = str(entry["answer"])
-            except (json.JSONDecodeError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, IndexError, RecursionError):
                 continue
     return found
 

@@ -12,11 +12,14 @@ ones); a YAML policy file overrides any of them, e.g.::
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from fewtune.config import _coerce, read_yaml
+from fewtune.config_yaml import key_lines
 from fewtune.decide.thresholds import (
     CLASS_DROP_POINTS,
     MARGIN_POINTS,
@@ -52,6 +55,13 @@ class Policy:
     """Classification only: decide on 'accuracy' or 'macro-f1' instead of the run's automatic choice."""
 
     def __post_init__(self) -> None:
+        for name in NUMBERS:
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ConfigError(f"policy {name} must be a finite number, got {value}")
+        for label, floor in self.class_floors.items():
+            if not math.isfinite(floor):
+                raise ConfigError(f"policy class_floors.{label} must be a finite number, got {floor}")
         for name in ("margin_points", "class_drop_points", "unparsed_points"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"policy {name} must be >= 0, got {getattr(self, name)}")
@@ -69,12 +79,15 @@ class Policy:
         return asdict(self)
 
 
+NUMBERS = ("margin_points", "class_drop_points", "unparsed_points", "p95_ratio", "cost_ratio", "alpha")
+
+
 def load_policy(path: str | Path | None) -> Policy:
     """The policy file's values over the defaults; one-line errors name the file (and line)."""
     if path is None:
         return Policy()
     path = Path(path)
-    values = read_yaml(path, "policy file")
+    values = read_yaml(path, "policy file", aliases=False)
     if values is None:
         return Policy()
     if not isinstance(values, dict):
@@ -95,4 +108,6 @@ def load_policy(path: str | Path | None) -> Policy:
     try:
         return Policy(**_coerce("policy", Policy, values), class_floors=parsed)
     except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from None
+        named = [k for k in known if re.search(rf"\bpolicy[ .]{k}\b", str(err))]
+        line = key_lines(path).get(named[0]) if named else None
+        raise ConfigError(f"{path}{f':{line}' if line else ''}: {err}") from None

@@ -12,6 +12,7 @@ import getpass
 import os
 import re
 import subprocess
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -20,8 +21,8 @@ from typing import Any
 
 import yaml
 
+from fewtune.config_yaml import NoAliasLoader
 from fewtune.errors import FewtuneError
-from fewtune.results.store import write_text_atomic
 
 DEFAULT_RUNBOOK = Path("runbook")
 FRONT_MATTER = re.compile(r"\A---\n(.*?)\n---\n", re.DOTALL)
@@ -47,6 +48,8 @@ class Entry:
     next_review: datetime | None
     notes: Sequence[str] = field(default_factory=tuple)
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    reason: str | None = None
+    """Why, in the words of whoever decided (``fewtune rollback --reason``); kept in the front matter."""
 
 
 def default_owner() -> str:
@@ -81,6 +84,8 @@ def render(entry: Entry) -> str:
         "rollback_target": entry.rollback_target,
         "next_review": review,
     }
+    if entry.reason is not None:
+        front["reason"] = entry.reason
     lines = [
         "---",
         yaml.safe_dump(front, sort_keys=False, allow_unicode=True).strip(),
@@ -91,6 +96,7 @@ def render(entry: Entry) -> str:
         f"- **Decided:** {stamp}",
         f"- **Rollback target:** {entry.rollback_target}",
         f"- **Next review:** {review or 'none set'}",
+        *([f"- **Reason:** {_cell(entry.reason)}"] if entry.reason is not None else []),
         "",
         "## Evidence",
         "",
@@ -111,7 +117,11 @@ def _slug(text: str) -> str:
 
 
 def append(folder: str | Path, entry: Entry) -> Path:
-    """Write ``entry`` as a new file in ``folder`` (created if needed); an existing file is never replaced."""
+    """Write ``entry`` as a new file in ``folder`` (created if needed); an existing file is never replaced.
+
+    The name is claimed exclusively (a hard link of the finished file, which fails when the name exists), so
+    gates writing in the same second, in parallel, each get their own file, and a reader never sees half an
+    entry."""
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -120,13 +130,32 @@ def append(folder: str | Path, entry: Entry) -> Path:
     if not folder.is_dir():
         raise FewtuneError(f"{folder}: the runbook must be a folder")
     base = f"{entry.at.strftime('%Y%m%dT%H%M%SZ')}-{entry.kind}-{_slug(entry.decision)}"
-    path = folder / f"{base}.md"
-    number = 2
-    while path.exists():
-        path = folder / f"{base}-{number}.md"
-        number += 1
-    write_text_atomic(path, render(entry))
-    return path
+    text = render(entry)
+    try:
+        return _claim(folder, base, text)
+    except OSError as err:
+        raise FewtuneError(f"{folder}: cannot write the runbook entry ({err.strerror or err})") from None
+
+
+def _claim(folder: Path, base: str, text: str) -> Path:
+    """``folder/base.md``, else ``base-2.md``, ``base-3.md``...: the first name no one holds, holding
+    ``text``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".fewtune-{base}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        number = 1
+        while True:
+            path = folder / (f"{base}.md" if number == 1 else f"{base}-{number}.md")
+            try:
+                os.link(tmp, path)  # atomic, and never over an existing name (unlike a rename)
+                return path
+            except FileExistsError:
+                number += 1
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def next_review(hours: float) -> datetime:
@@ -143,10 +172,19 @@ def entries(folder: str | Path) -> list[dict[str, Any]]:
     for path in sorted(folder.glob("*.md")):
         try:
             match = FRONT_MATTER.match(path.read_text(encoding="utf-8"))
-            meta = yaml.safe_load(match.group(1)) if match else None
-        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            # No aliases: a few hundred bytes of nested aliases expand to gigabytes (a "billion laughs").
+            meta = yaml.load(match.group(1), Loader=NoAliasLoader) if match else None
+        except yaml.YAMLError as err:
+            meta = {"decision": "unreadable", "subject": f"front matter: {_yaml_problem(err)}"}
+        except (OSError, UnicodeDecodeError):
             meta = None
         if not isinstance(meta, dict):
             meta = {"decision": "unreadable", "subject": "not a fewtune runbook entry"}
         found.append({**{k: str(v) if v is not None else "" for k, v in meta.items()}, "file": path.name})
     return sorted(found, key=lambda e: (e.get("at", ""), e["file"]))
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    mark = getattr(err, "problem_mark", None)
+    where = f"line {mark.line + 2}: " if mark else ""  # + 1 for 1-based, + 1 for the opening ---
+    return where + str(getattr(err, "problem", None) or err)

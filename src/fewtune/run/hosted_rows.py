@@ -29,7 +29,17 @@ from typing_extensions import TypedDict
 from fewtune.config import RunConfig
 from fewtune.data.load import Example
 from fewtune.data.split import PreparedData, stratified_sample
-from fewtune.hosted.api import FINISHED, HostedAPI, Hyperparameters, JobFailed, job_error
+from fewtune.hosted.api import (
+    FINISHED,
+    UNFINISHED,
+    HostedAPI,
+    Hyperparameters,
+    Job,
+    JobFailed,
+    JobTimedOut,
+    clean_text,
+    job_error,
+)
 from fewtune.methods import Method, adapter_folder
 from fewtune.prompts.template import PromptTemplate
 from fewtune.results.record import MethodRow
@@ -139,27 +149,43 @@ def _job_id(
     return str(job.id)
 
 
-def follow(api: HostedAPI, job_id: str, events: RunEvents, name: str, poll_seconds: float) -> Any:
+def follow(
+    api: HostedAPI, job_id: str, events: RunEvents, name: str, poll_seconds: float, max_wait_hours: float
+) -> Job:
     """Poll the job and its events until it ends (a progress bar from its metrics events); the job.
-    ``name`` is the row's (``hosted-ft n=200``)."""
+    ``name`` is the row's (``hosted-ft n=200``). A state that is neither finished nor under way (e.g.
+    ``paused``), or a job still under way after ``max_wait_hours``, stops the run in one line; the job is
+    left as it is at the provider."""
+    deadline = time.monotonic() + max_wait_hours * 3600
 
-    def watch(on_step: TrainStep) -> Any:
+    def watch(on_step: TrainStep) -> Job:
         seen: set[str] = set()
         status = None
         while True:
             job = api.job(job_id)
             for event in api.new_events(job_id, seen):
-                data = event.data if isinstance(event.data, dict) else {}
-                if event.type == "metrics" and {"step", "total_steps"} <= set(data):
-                    loss = data.get("train_loss")
-                    on_step(int(data["step"]), int(data["total_steps"]), float(loss or 0.0))
+                metrics = event.metrics()
+                if metrics is not None:
+                    on_step(metrics.step, metrics.total_steps, metrics.train_loss or 0.0)
                 else:
-                    events.info(f"  {job_id}: {event.message}")
+                    events.info(f"  {job_id}: {clean_text(event.message)}")
             if job.status != status:
                 status = job.status
-                events.info(f"  {job_id}: {status}")
+                events.info(f"  {job_id}: {clean_text(status)}")
             if status in FINISHED:
                 return job
+            where = f"{name}: job {job_id} at {api.spec.url}"
+            if status not in UNFINISHED:
+                raise JobFailed(
+                    f"{where} is {clean_text(status)!r}, a state fewtune does not follow (known: "
+                    f"{', '.join(UNFINISHED + FINISHED)}); settle it at the provider, then "
+                    "`fewtune run --resume`"
+                )
+            if time.monotonic() + poll_seconds > deadline:
+                raise JobTimedOut(
+                    f"{where} is still {status} after {max_wait_hours:g} h (--hosted-max-wait-hours); "
+                    "it keeps running there, and `fewtune run --resume` follows it again"
+                )
             time.sleep(poll_seconds)
 
     try:
@@ -173,7 +199,7 @@ def follow(api: HostedAPI, job_id: str, events: RunEvents, name: str, poll_secon
 
 
 def _result_files(
-    api: HostedAPI, job: Any, folder: Path, events: RunEvents
+    api: HostedAPI, job: Job, folder: Path, events: RunEvents
 ) -> tuple[tuple[str, ...], HostedComparison | None]:
     """Save the job's result files beside job.json; their names, and what a ``fewtune serve`` comparison
     in them says."""
@@ -181,7 +207,8 @@ def _result_files(
     comparison: HostedComparison | None = None
     for file_id in job.result_files or []:
         content = api.content(file_id)
-        name = Path(api.file_name(file_id)).name or file_id  # no folder of the provider's choosing
+        # no folder of the provider's choosing, and nothing a terminal would act on
+        name = Path(clean_text(api.file_name(file_id)).replace("\\", "/")).name or file_id
         target = folder / f"result-{name}"
         target.write_bytes(content)
         saved.append(target.name)
@@ -198,7 +225,7 @@ def _result_files(
                 fine_tuned=(document.get("fine_tuned") or {}).get("score"),
                 file=target.name,
             )
-            events.info(f"  held-out comparison by the endpoint: {comparison['verdict']}")
+            events.info(f"  held-out comparison by the endpoint: {clean_text(comparison['verdict'])}")
     return tuple(saved), comparison
 
 
@@ -225,7 +252,7 @@ def hosted_rows(
                 files["validation"] = chat_jsonl(validation, template)
             folder = session.store.adapter_dir(adapter_folder(Method.HOSTED_FT, n))
             job_id = _job_id(api, folder, files, cfg, events, title)
-            job = follow(api, job_id, events, title, cfg.hosted.poll_seconds)
+            job = follow(api, job_id, events, title, cfg.hosted.poll_seconds, cfg.hosted.max_wait_hours)
             if job.status != "succeeded" or not job.fine_tuned_model:
                 raise JobFailed(f"{title}: fine-tuning job {job.id} at {spec.url} {job_error(job)}")
             saved, comparison = _result_files(api, job, folder, events)
@@ -236,7 +263,7 @@ def hosted_rows(
                 trained_tokens=job.trained_tokens,
                 # The job's wall time at the provider, queueing included: all a provider reports.
                 train_seconds=float(job.finished_at - job.created_at) if job.finished_at else None,
-                hosted_hyperparameters=job.hyperparameters.model_dump(),
+                hosted_hyperparameters=job.hyperparameters or {},
                 validation_examples=len(validation),
                 hosted_result_files=saved,
                 hosted_comparison=comparison,

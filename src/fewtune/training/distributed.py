@@ -8,7 +8,12 @@ settings), all N train it together, each on its share of every batch, and accele
 Only the main process writes to the run folder. Without ``accelerate launch`` (one process) nothing here
 changes a number: :class:`Distributed` is then plain ``loss.backward()`` and ``clip_grad_norm_``.
 
-No process-group code of fewtune's own: accelerate sets the group up, wraps the model and reduces.
+accelerate sets the group up, wraps the model and reduces. fewtune's own process-group code is the one
+thing a failure needs: after a step only the main process does (saving the adapter), every process learns
+whether it failed (:meth:`Distributed.settle`, on a gloo group with a short timeout), so a full disk ends the
+run with its error instead of leaving the others in a barrier for the group's 24-hour timeout. A failure
+anywhere else ends the failing process, and the launcher (torchrun's agent, under ``accelerate launch``)
+then stops the others.
 """
 
 from __future__ import annotations
@@ -22,12 +27,19 @@ from typing import Any
 
 import torch
 
-from fewtune.errors import ConfigError
+from fewtune.errors import ConfigError, FewtuneError
 from fewtune.prompts.demos import BatchDemos
 
 # A worker waits for the main process's next order while it scores the test rows; gloo's default 30-minute
 # timeout would end a long scoring step's workers.
 ORDER_TIMEOUT = timedelta(hours=24)
+# How long the processes wait for each other to finish the main process's save: saving an adapter takes
+# seconds, a full model's weights minutes; past this a process that vanished without a word ends the others.
+SETTLE_TIMEOUT = timedelta(minutes=30)
+
+
+class OtherProcessFailed(FewtuneError):
+    """Another process failed the step all were finishing (the main process's save): this one stops it."""
 
 
 def launched_processes() -> int:
@@ -60,6 +72,11 @@ class Distributed:
         # A ZeRO-3 state dict must be gathered from every process, which a checkpoint taken by the main
         # process's clock alone cannot do: DeepSpeed runs are not checkpointed mid-training.
         self.checkpoints = not self.deepspeed
+        self.settle_group: Any = None
+        """A gloo group with :data:`SETTLE_TIMEOUT`, for :meth:`settle` (set up by :meth:`current`)."""
+        self.in_step = True
+        """Main process: every other process waits for its next order (none is training), so an order
+        (None: stop) reaches them; False from an order until the training it started is settled."""
 
     @staticmethod
     @cache
@@ -80,7 +97,9 @@ class Distributed:
                 f"{launched_processes()} processes were launched (WORLD_SIZE) but accelerate set up "
                 f"{accelerator.num_processes}; launch with a config whose distributed_type fits this machine"
             )
-        return Distributed(accelerator)
+        dist = Distributed(accelerator)
+        dist.settle_group = torch.distributed.new_group(backend="gloo", timeout=SETTLE_TIMEOUT)
+        return dist
 
     def prepare(self, module: torch.nn.Module, optimizer: Any, batch_size: int) -> tuple[Any, Any]:
         """The module and optimizer as accelerate wraps them (DDP, or a DeepSpeed engine).
@@ -127,6 +146,7 @@ class Distributed:
             from accelerate.utils import broadcast_object_list
 
             broadcast_object_list([order], from_process=0)
+            self.in_step = order is None
 
     def next_order(self) -> TrainingOrder | None:
         """Other processes: wait for the main process's next order."""
@@ -136,6 +156,21 @@ class Distributed:
         broadcast_object_list(received, from_process=0)
         return received[0]
 
-    def wait(self) -> None:
-        if self.accelerator is not None:
-            self.accelerator.wait_for_everyone()
+    def settle(self, failure: BaseException | None) -> None:
+        """Every process, after a step some of them did alone (the main process's save): tell the others
+        how this process's part ended (``failure``, None when it went well) and learn theirs. This process's
+        own failure is raised; another's raises :class:`OtherProcessFailed` here, so every process leaves
+        the step and none waits in a barrier for a process that is gone."""
+        if self.processes <= 1 or self.settle_group is None:
+            if failure is not None:
+                raise failure
+            return
+        told: list[Any] = [None] * self.processes
+        mine = None if failure is None else f"{type(failure).__name__}: {failure}"
+        torch.distributed.all_gather_object(told, mine, group=self.settle_group)
+        self.in_step = True
+        if failure is not None:
+            raise failure
+        failed = [f"process {rank}: {text}" for rank, text in enumerate(told) if text]
+        if failed:
+            raise OtherProcessFailed("; ".join(failed))

@@ -28,7 +28,7 @@ from fewtune.strategies.base import Predictor, Strategy
 from fewtune.sysinfo import lora_train_flops_per_token, matmul_peak_flops
 from fewtune.training.checkpoint import CHECKPOINT_SECONDS, StateDict, checkpoint_key, remove_checkpoint
 from fewtune.training.demo_block import DemoBlocks, Feature
-from fewtune.training.distributed import Distributed, TrainingOrder
+from fewtune.training.distributed import Distributed, OtherProcessFailed, TrainingOrder
 from fewtune.training.loop import (
     AnswerLogProbs,
     Schedule,
@@ -126,11 +126,15 @@ class LocalTuning(Strategy):
         if dist.deepspeed:  # every process takes part in gathering the sharded weights
             state = dist.gathered_state(trained.prepared) or {}
             gathered = {k.removeprefix("model."): v for k, v in state.items()}
+        failure = None
         if dist.main:
-            self.save_dir.mkdir(parents=True, exist_ok=True)
-            self._save(model, base, gathered)
-            remove_checkpoint(self.save_dir)
-        dist.wait()
+            try:
+                self.save_dir.mkdir(parents=True, exist_ok=True)
+                self._save(model, base, gathered)
+                remove_checkpoint(self.save_dir)
+            except Exception as err:  # every process must hear of it (a full disk), or they wait a day
+                failure = err
+        dist.settle(failure)
         result = self._result(model, base)
         info = self._info(trained, result, base, trainable)
         if demos is not None:
@@ -365,4 +369,7 @@ def follow_orders(backend: Backend) -> None:
     dist = Distributed.current()
     while (order := dist.next_order()) is not None:
         strategy = STRATEGIES[order.kind](backend=backend, **order.settings)
-        strategy.train(order.train, order.demos)
+        try:
+            strategy.train(order.train, order.demos)
+        except OtherProcessFailed:
+            continue  # the main process failed saving: it reports it, and its next order is to stop
