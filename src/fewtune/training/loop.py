@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from fewtune.backends.kvcache import cache_of, with_cache
+from fewtune.backends.kvcache import cache_of, filled_cache, layer_states, with_cache
 from fewtune.backends.precision import of_model
 from fewtune.data.load import Example
 from fewtune.sysinfo import PeakMemory
@@ -31,6 +31,14 @@ from fewtune.training.distributed import Distributed
 # Length grouping: shuffle, cut into windows of this many batches, sort each window by length.
 LENGTH_GROUP_BATCHES = 32
 WARMUP_RATIO = 0.1
+PIECE_TOKENS = 1024
+"""On a CPU, one process runs a training batch forward and backward in pieces of at most this many row
+tokens (rows x their padded width) and sums the pieces' gradients. Backward keeps about 1.1 MB of
+activations per token for Gemma 3 270M: a step on 8 whole prompts of 320 tokens (8-shot sst2) peaked at
+3.8 GB run whole, 2.9 GB in pieces of 1024 tokens (5.7 s a step instead of 5.0: more, smaller passes
+through every layer) and 2.2 GB in pieces of 512 (7.7 s; bench/training_pieces.py). Short rows (a plain
+adapter's, or rows after a shared demo block) fit one piece and run as before. The update is the whole
+batch's, up to the order of floating-point sums (as under DDP, which splits a batch the same way)."""
 
 
 def _batches(
@@ -146,11 +154,27 @@ class AnswerLogProbs(torch.nn.Module):
         every row (as the prefix cache does when scoring), the rows sitting at positions ``P ..``. The
         result is that of writing the block before each row and calling :meth:`forward` (the rows' padding
         shifted right past it), which ``tests/test_demo_block.py`` checks for the loss and its gradients."""
-        rows, width = ids.shape
-        length = block.shape[1]
+        return self.after_states(self.block_states(block), block.shape[1], ids, mask, predict_at)
+
+    def block_states(self, block: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The demo block ``[1, P]`` run once, with gradients: each layer's keys and values."""
         with self.precision.training():
-            cache = cache_of(self.decoder(input_ids=block, use_cache=True))
-            cache.batch_repeat_interleave(rows)  # a differentiable copy per row: gradients flow back
+            return layer_states(cache_of(self.decoder(input_ids=block, use_cache=True)))
+
+    def after_states(
+        self,
+        states: list[tuple[torch.Tensor, torch.Tensor]],
+        length: int,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        predict_at: torch.Tensor,
+    ) -> torch.Tensor:
+        """The rows after a block of ``length`` tokens whose keys and values are ``states``
+        (:meth:`block_states`): a differentiable copy per row, so gradients flow back into the block."""
+        rows, width = ids.shape
+        repeated = [(k.repeat_interleave(rows, dim=0), v.repeat_interleave(rows, dim=0)) for k, v in states]
+        cache = filled_cache(repeated, self.decoder.config)
+        with self.precision.training():
             positions = (length + torch.arange(width, device=ids.device)).expand(rows, width)
             hidden = self.decoder(
                 input_ids=ids,
@@ -160,6 +184,21 @@ class AnswerLogProbs(torch.nn.Module):
                 use_cache=True,
             ).last_hidden_state
         return self.answer_log_probs(hidden[predict_at])
+
+
+def pieces(widths: Sequence[int], budget: int) -> list[list[int]]:
+    """Consecutive runs of rows (by index) whose count times their widest row stays within ``budget``
+    tokens; a row wider than the budget runs alone."""
+    runs: list[list[int]] = []
+    widest = 0
+    for i, width in enumerate(widths):
+        if runs and (len(runs[-1]) + 1) * max(widest, width) <= budget:
+            runs[-1].append(i)
+            widest = max(widest, width)
+        else:
+            runs.append([i])
+            widest = width
+    return runs
 
 
 @dataclass
@@ -238,8 +277,7 @@ class TrainingLoop:
                     if step <= done.step:
                         continue  # trained before the run was interrupted: replay the seeded order only
                     prompt = self._prompt(step, batch)
-                    loss = self._loss(module, dist, batch, prompt, weights)
-                    dist.backward(loss)
+                    loss = self._backward(module, dist, batch, prompt, weights)
                     dist.clip(params, 1.0)
                     optimizer.step()
                     scheduler.step()
@@ -273,6 +311,38 @@ class TrainingLoop:
         if self.blocks is None:
             return BatchPrompt([], [self.features[i] for i in batch], 0)
         return self.blocks.batch(step, batch)
+
+    def _backward(
+        self, module: Any, dist: Distributed, batch: list[int], prompt: BatchPrompt, weights: list[float]
+    ) -> torch.Tensor:
+        """``batch``'s weighted answer loss with its gradients in the trained weights; on a CPU with one
+        process, in pieces of at most :data:`PIECE_TOKENS` row tokens (their gradients summed)."""
+        runs = pieces([len(p) + len(a) for p, a in prompt.features], PIECE_TOKENS)
+        if dist.processes > 1 or len(runs) == 1 or torch.device(self.device).type != "cpu":
+            loss = self._loss(module, dist, batch, prompt, weights)
+            dist.backward(loss)
+            return loss.detach()
+        total_weight = sum(weights[i] * len(a) for i, (_, a) in zip(batch, prompt.features, strict=True))
+        states = (
+            module.block_states(torch.tensor([prompt.block], device=self.device)) if prompt.block else None
+        )
+        loss = torch.zeros((), device=self.device)
+        for n, run in enumerate(runs):
+            ids, mask, predict_at, targets = (
+                t.to(self.device) for t in _collate([prompt.features[j] for j in run], self.pad_id)
+            )
+            if states is None:
+                log_probs = module(ids, mask, predict_at)
+            else:
+                log_probs = module.after_states(states, len(prompt.block), ids, mask, predict_at)
+            token_weights = torch.tensor(
+                [weights[batch[j]] for j in run for _ in prompt.features[j][1]], device=self.device
+            )
+            losses = torch.nn.functional.nll_loss(log_probs, targets, reduction="none")
+            part = (losses * token_weights).sum() / total_weight
+            part.backward(retain_graph=states is not None and n < len(runs) - 1)  # the block's graph
+            loss += part.detach()
+        return loss
 
     def _loss(
         self, module: Any, dist: Distributed, batch: list[int], prompt: BatchPrompt, weights: list[float]
