@@ -13,7 +13,6 @@ is parsed with the standard library's MIME parser, so the server needs no multip
 from __future__ import annotations
 
 import asyncio
-import json
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import HTTP
@@ -25,6 +24,7 @@ from fastapi.responses import Response
 from fewtune.serve.finetune.create import JobRefused
 from fewtune.serve.finetune.service import FineTuning
 from fewtune.serve.finetune.state import FileObject, Item, UnknownCursor, page
+from fewtune.serve.inputs import BadInput, parse_json
 from fewtune.serve.protocol import APIError, ErrorBody
 
 MAX_PAGE = 100
@@ -124,9 +124,9 @@ def finetune_router(service: FineTuning) -> APIRouter:
     @router.post("/v1/fine_tuning/jobs")
     async def create_job(request: Request) -> dict[str, Any]:
         try:
-            body = json.loads(await request.body())
-        except ValueError:
-            raise FineTuneAPIError(400, "the request body is not valid JSON") from None
+            body = parse_json(await request.body())
+        except BadInput as err:
+            raise FineTuneAPIError(400, str(err)) from None
         if not isinstance(body, dict):
             raise FineTuneAPIError(400, "the request body must be a JSON object")
         return dict(await _call(service.create, body))
