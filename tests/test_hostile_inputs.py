@@ -88,7 +88,7 @@ def test_hostile_job_bodies_are_a_400(server: Server, field: str, fragment: str)
 
 
 UPLOADS = [
-    (b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n", "up.jsonl:1: the line is nested too"),
+    (b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n", "up.jsonl:1: nested too deeply"),
     (
         b'{"messages": [{"role": "user", "content": "x\\ud800"}, {"role": "assistant", "content": "y"}]}',
         "up.jsonl:1: messages.0.content: a lone surrogate",

@@ -56,13 +56,15 @@ def check_json(value: Any, where: str = "") -> None:
             stack += [(inner, f"{at}.{i}" if at else str(i), depth + 1) for i, inner in enumerate(item)]
 
 
-def parse_json(raw: bytes | str, what: str = "the request body") -> Any:
-    """``raw`` read as JSON and checked (:func:`check_json`), or a one-line :class:`BadInput`."""
+def parse_json(raw: bytes | str, what: str | None = "the request body") -> Any:
+    """``raw`` read as JSON and checked (:func:`check_json`), or a one-line :class:`BadInput` (``what``
+    is the subject of its sentence; None where the caller says where, as a file's line)."""
+    subject = f"{what} is " if what else ""
     try:
         value = json.loads(raw)
     except RecursionError:
-        raise BadInput(f"{what} is nested too deeply (at most {MAX_DEPTH} levels)") from None
+        raise BadInput(f"{subject}nested too deeply (at most {MAX_DEPTH} levels)") from None
     except ValueError as err:  # UnicodeDecodeError included
-        raise BadInput(f"{what} is not valid JSON ({str(err).split(':')[0]})") from None
+        raise BadInput(f"{subject}not valid JSON ({str(err).split(':')[0]})") from None
     check_json(value)
     return value

@@ -49,7 +49,7 @@ def _message(value: Any, where: str) -> dict[str, str]:
 
 
 def _row(text: str, line: int) -> ChatRow:
-    value = parse_json(text, "the line")
+    value = parse_json(text, None)
     if not isinstance(value, dict) or not isinstance(value.get("messages"), list):
         raise ValueError('expected an object with a "messages" list')
     messages = [_message(m, f"message {i + 1}") for i, m in enumerate(value["messages"])]

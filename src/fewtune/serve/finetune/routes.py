@@ -1,9 +1,10 @@
 """The routes of OpenAI's Files and Fine-tuning APIs, as the unmodified ``openai`` client calls them.
 
 ``POST /v1/files`` (multipart: ``file`` and ``purpose``), ``GET /v1/files``, ``/v1/files/{id}``,
-``/v1/files/{id}/content``; ``POST /v1/fine_tuning/jobs``, ``GET /v1/fine_tuning/jobs``,
-``/v1/fine_tuning/jobs/{id}``, ``POST /v1/fine_tuning/jobs/{id}/cancel``, ``GET .../events`` and
-``.../checkpoints``. Lists are cursor pages (``after``, ``limit``, ``has_more``), newest first.
+``/v1/files/{id}/content``, ``DELETE /v1/files/{id}``; ``POST /v1/fine_tuning/jobs``,
+``GET /v1/fine_tuning/jobs``, ``/v1/fine_tuning/jobs/{id}``, ``POST /v1/fine_tuning/jobs/{id}/cancel``,
+``GET .../events`` and ``.../checkpoints``. Lists are cursor pages (``after``, ``limit``, ``has_more``),
+newest first.
 
 They sit behind the same guard as every ``/v1`` route (the API key, or without one the loopback Host
 names; the ``--max-body-bytes`` limit, which is also the largest file one can upload). The multipart body
@@ -13,17 +14,18 @@ is parsed with the standard library's MIME parser, so the server needs no multip
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping, Sequence
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import HTTP
-from typing import Any
+from typing import Any, Generic, Literal, TypedDict, TypeVar
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from fewtune.serve.finetune.create import JobRefused
 from fewtune.serve.finetune.service import FineTuning
-from fewtune.serve.finetune.state import FileObject, Item, UnknownCursor, page
+from fewtune.serve.finetune.state import FileObject
 from fewtune.serve.inputs import BadInput, parse_json
 from fewtune.serve.protocol import APIError, ErrorBody
 
@@ -57,9 +59,38 @@ async def _call(work: Any, *args: Any) -> Any:
         raise _refused(err) from None
 
 
+Item = TypeVar("Item", bound=Mapping[str, Any])
+"""A listed object (it has an ``id``)."""
+
+
+class Page(TypedDict, Generic[Item]):
+    """A cursor page of a list, as the ``openai`` client reads it."""
+
+    object: Literal["list"]
+    data: list[Item]
+    has_more: bool
+
+
+class UnknownCursor(ValueError):
+    """``after`` names no item of the list."""
+
+
+def page(items: Sequence[Item], after: str | None, limit: int) -> Page[Item]:
+    """One page of a list (newest first): the items after the one whose id is ``after``, at most
+    ``limit``, and whether more follow (the ``openai`` client's cursor page)."""
+    start = 0
+    if after:
+        ids = [item["id"] for item in items]
+        if after not in ids:
+            raise UnknownCursor(after)
+        start = ids.index(after) + 1
+    chosen = list(items[start : start + limit])
+    return {"object": "list", "data": chosen, "has_more": start + limit < len(items)}
+
+
 def _paged(items: list[Item], after: str | None, limit: int) -> dict[str, Any]:
     """A page of ``items`` as the routes answer it: a free-form object to FastAPI, which would otherwise
-    validate it against :class:`~.state.Page`, turning whole numbers in float fields into floats."""
+    validate it against :class:`Page`, turning whole numbers in float fields into floats."""
     try:
         return dict(page(items, after, limit))
     except UnknownCursor:
@@ -114,6 +145,10 @@ def finetune_router(service: FineTuning) -> APIRouter:
     @router.get("/v1/files/{file_id}")
     async def retrieve_file(file_id: str) -> dict[str, Any]:
         return dict(known_file(file_id))
+
+    @router.delete("/v1/files/{file_id}")
+    async def delete_file(file_id: str) -> dict[str, Any]:
+        return dict(await _call(service.delete_file, file_id))
 
     @router.get("/v1/files/{file_id}/content")
     async def file_content(file_id: str) -> Response:
