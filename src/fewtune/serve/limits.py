@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fewtune.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -36,3 +38,9 @@ class FineTuneLimits:
     """Most optimizer steps one job may take: epochs x training rows / batch size, rounded up."""
     max_validation_rows: int = 500
     """Most rows a job's held-out comparison scores (each on both models)."""
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if not isinstance(value, int) or value < 1:
+                flag = "--" + name.replace("_", "-").replace("max-steps", "max-train-steps")
+                raise ConfigError(f"{flag} must be a whole number of at least 1, got {value!r}")
