@@ -252,7 +252,7 @@ def generate_scored(
     if ended:
         tokens = tokens[: tokens.index(eos) + 1]
     text = decode_answer(tokenizer, tokens)
-    stopped = bool(stop) and stop in text
+    stopped = bool(stop and stop in text)
     if stop and stopped:
         text = text[: text.index(stop)]
     special = special_ids(tokenizer)

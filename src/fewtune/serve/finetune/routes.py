@@ -31,6 +31,31 @@ from fewtune.serve.protocol import APIError, ErrorBody
 
 MAX_PAGE = 100
 """Most items a list page returns (OpenAI's limit for events and jobs)."""
+_TEXT, _WHOLE = {"type": "string"}, {"anyOf": [{"type": "integer"}, {"const": "auto"}]}
+JOB_BODY: dict[str, Any] = {
+    "type": "object",
+    "required": ["model", "training_file"],
+    "properties": {
+        **{name: _TEXT for name in ("model", "training_file", "validation_file", "suffix")},
+        "seed": {"type": "integer"},
+        "hyperparameters": {
+            "type": "object",
+            "properties": {
+                "n_epochs": _WHOLE,
+                "batch_size": _WHOLE,
+                "learning_rate_multiplier": {"anyOf": [{"type": "number"}, {"const": "auto"}]},
+            },
+        },
+        "method": {"type": "object", "properties": {"type": {"const": "supervised"}}},
+        "metadata": {"type": "object", "additionalProperties": _TEXT},
+    },
+}
+"""The job body's schema, for the OpenAPI document (the route reads the body itself: :mod:`.create`)."""
+UPLOAD_BODY: dict[str, Any] = {
+    "type": "object",
+    "required": ["file", "purpose"],
+    "properties": {"file": {"type": "string", "format": "binary"}, "purpose": _TEXT},
+}
 
 
 class FineTuneAPIError(APIError):
@@ -119,7 +144,10 @@ def finetune_router(service: FineTuning) -> APIRouter:
     """The routes over ``service``."""
     router = APIRouter()
 
-    @router.post("/v1/files")
+    @router.post(
+        "/v1/files",
+        openapi_extra={"requestBody": {"content": {"multipart/form-data": {"schema": UPLOAD_BODY}}}},
+    )
     async def upload(request: Request) -> dict[str, Any]:
         fields = form_fields(request.headers.get("content-type", ""), await request.body())
         if "file" not in fields:
@@ -156,7 +184,10 @@ def finetune_router(service: FineTuning) -> APIRouter:
         kind = "application/json" if file["filename"].endswith(".json") else "application/jsonl"
         return Response(await asyncio.to_thread(service.store.file_content, file_id), media_type=kind)
 
-    @router.post("/v1/fine_tuning/jobs")
+    @router.post(
+        "/v1/fine_tuning/jobs",
+        openapi_extra={"requestBody": {"content": {"application/json": {"schema": JOB_BODY}}}},
+    )
     async def create_job(request: Request) -> dict[str, Any]:
         try:
             body = parse_json(await request.body())
