@@ -19,11 +19,12 @@ from tiny import tiny_model, tiny_tokenizer
 
 from fewtune.backends.hf import HFBackend
 from fewtune.decide.cost import load_price_table
-from fewtune.serve.adapters import AdapterSet
+from fewtune.serve.adapters import MAX_ADAPTERS, AdapterPolicy, AdapterSet
 from fewtune.serve.app import create_app
 from fewtune.serve.engine import Engine
 from fewtune.serve.finetune.service import FineTuning, adapter_folder
 from fewtune.serve.finetune.state import FineTuneStore
+from fewtune.serve.limits import FineTuneLimits
 
 KEY = "ft-test-key"
 BASE = "tiny-base"
@@ -81,14 +82,25 @@ class Server:
 
 
 @contextmanager
-def running(folder: Path, base_factory: Callable[[Any], HFBackend] | None = None) -> Iterator[Server]:
+def running(
+    folder: Path,
+    base_factory: Callable[[Any], HFBackend] | None = None,
+    limits: FineTuneLimits | None = None,
+    max_adapters: int = MAX_ADAPTERS,
+) -> Iterator[Server]:
     """A fewtune serve app over a tiny model, its fine-tuning state in ``folder``, on a free port."""
     tokenizer = tiny_tokenizer()
-    engine = Engine(AdapterSet(tiny_model(tokenizer, sliding_window=512), tokenizer, BASE), batch_wait_ms=5)
+    policy = AdapterPolicy(max_adapters=max_adapters)
+    model = tiny_model(tokenizer, sliding_window=512)
+    engine = Engine(AdapterSet(model, tokenizer, BASE, policy=policy), batch_wait_ms=5)
     factory = base_factory or fresh_base
     # a tokenizer of its own for the training copy, as the server's factory loads one
     service = FineTuning(
-        FineTuneStore(folder), engine, lambda: factory(tiny_tokenizer()), load_price_table(None)
+        FineTuneStore(folder),
+        engine,
+        lambda: factory(tiny_tokenizer()),
+        load_price_table(None),
+        limits=limits,
     )
     # one key for both roles here: these tests are about the fine-tuning API, not who may call it
     with serving(create_app(engine, api_key=KEY, admin_key=KEY, finetune=service)) as url:

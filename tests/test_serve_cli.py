@@ -78,8 +78,13 @@ def test_the_serve_command_serves_until_sigterm(tmp_path: Path, tiny_model_dir: 
         "--no-auth",
     ]
     command += ["--adapter", f"support={adapter}", "--port", str(port), "--request-log", str(log)]
-    env = {**os.environ, "FEWTUNE_API_KEY": ""}
-    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    env = {**os.environ, "FEWTUNE_API_KEY": "", "XDG_DATA_HOME": str(tmp_path / "data")}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path("src").resolve()), env.get("PYTHONPATH", "")])
+    started_in = tmp_path / "started-in"  # the server writes nothing in the folder it starts from
+    started_in.mkdir()
+    server = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=started_in
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 180  # importing torch on a busy 2-core machine
@@ -100,7 +105,8 @@ def test_the_serve_command_serves_until_sigterm(tmp_path: Path, tiny_model_dir: 
         server.send_signal(signal.SIGTERM)
         output = server.communicate(timeout=30)[0]
     assert server.returncode == 0, output
-    assert "Traceback" not in output
+    assert "Traceback" not in output and list(started_in.iterdir()) == []
+    assert (tmp_path / "data" / "fewtune" / "serve" / tiny_model_dir.name / "finetune" / "jobs").is_dir()
     assert [json.loads(line)["endpoint"] for line in log.read_text().splitlines()] == [
         "/v1/models",
         "/v1/completions",

@@ -72,6 +72,32 @@ def stop_at(tokenizer: Any, stop: str | None) -> dict[str, Any]:
     return {"stopping_criteria": StoppingCriteriaList([_stop_criteria(tokenizer, stop)])}
 
 
+UNFLAGGED_CONTROL_TOKENS = frozenset(
+    {"<start_of_image>", "<end_of_image>", "<image_soft_token>", "[multimodal]"}
+)
+"""Gemma 3's image markers: control tokens its tokenizer.json does not flag special (unlike ``<end_of_turn>``;
+the HTML tags added beside them are text), so ``decode(skip_special_tokens=True)`` writes them out: a
+fine-tuned model's chat answer carried ``<start_of_image>``."""
+
+
+@functools.lru_cache(maxsize=16)
+def special_ids(tokenizer: Any) -> frozenset[int]:
+    """Ids an answer never shows as text: the tokenizer's special tokens, every added token its vocabulary
+    flags special, and the control tokens it does not flag (:data:`UNFLAGGED_CONTROL_TOKENS`)."""
+    ids = set(getattr(tokenizer, "all_special_ids", None) or [])
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        added = backend.get_added_tokens_decoder().items()
+        ids |= {i for i, token in added if token.special or token.content in UNFLAGGED_CONTROL_TOKENS}
+    return frozenset(ids)
+
+
+def decode_answer(tokenizer: Any, tokens: Sequence[int]) -> str:
+    """The text of generated ``tokens`` without special tokens (:func:`special_ids`)."""
+    skip = special_ids(tokenizer)
+    return str(tokenizer.decode([t for t in tokens if t not in skip], skip_special_tokens=True))
+
+
 class Complete:
     """A ``generate`` stopping criterion: the rows whose output ``output_end`` finds complete.
 
@@ -298,7 +324,7 @@ def _generation(
     else:
         while tokens and tokens[-1] == backend.pad_id and backend.pad_id != eos:
             tokens.pop()
-    text, complete = _cut(backend.tokenizer.decode(tokens, skip_special_tokens=True), stop, output_end)
+    text, complete = _cut(decode_answer(backend.tokenizer, tokens), stop, output_end)
     return Generation(text, prompt_tokens, len(tokens), complete or ended)
 
 

@@ -201,7 +201,8 @@ def create_app(
         if first.get("type") == "json_invalid":
             return APIError(400, "the request body is not valid JSON").response()
         where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
-        message = f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
+        said = str(first.get("msg")).removeprefix("Value error, ")  # a model validator's own sentence
+        message = f"{where}: {said}" if where else said
         return APIError(400, message, param=where or None).response()
 
     @app.exception_handler(StarletteHTTPException)

@@ -15,16 +15,20 @@ from typing import TYPE_CHECKING
 from fewtune.errors import ConfigError
 from fewtune.serve.access import arm_keys, check_admin_key, check_auth, is_loopback
 from fewtune.serve.adapters import MAX_ADAPTERS, MAX_RANK, AdapterPolicy, check_adapter_folder, find_adapters
-from fewtune.serve.limits import Limits
+from fewtune.serve.limits import FineTuneLimits, Limits
+from fewtune.serve.places import (
+    FINETUNE_DIR_NAME,
+    REQUEST_LOG_NAME,
+    home,
+    run_model,
+    run_precision,
+    served_name_of,
+)
 
 if TYPE_CHECKING:
     from fewtune.serve.canary import Canary
     from fewtune.serve.engine import Engine
     from fewtune.serve.finetune.service import FineTuning
-
-REQUEST_LOG_NAME = "requests.jsonl"
-FINETUNE_DIR_NAME = "finetune"
-"""The fine-tuning API's state folder in a run folder (``./fewtune-finetune`` without one)."""
 
 
 @dataclass
@@ -47,8 +51,11 @@ class ServeArgs:
     admin_key: str | None = None
     """Operator key that route changes, feedback and the fine-tuning API need (sent as 'Authorization: Bearer
     KEY'); FEWTUNE_ADMIN_KEY also sets it. Without one, they are refused when the server has an API key."""
+    state_dir: Path | None = None
+    """Where the server keeps its state: the request log and the fine-tuning API's folder (default: RUN_DIR,
+    else a folder per model in the user's data folder; never the current folder)."""
     request_log: Path | None = None
-    """JSON-lines request log (default: RUN_DIR/requests.jsonl, else ./requests.jsonl)."""
+    """JSON-lines request log (default: STATE_DIR/requests.jsonl)."""
     served_model_name: str | None = None
     """The base model's name in requests (default: the model folder's name)."""
     max_batch: int = 16
@@ -91,7 +98,21 @@ class ServeArgs:
     fine-tuning jobs' comparisons (default: auto)."""
     finetune_dir: Path | None = None
     """Where /v1/files and /v1/fine_tuning keep uploaded files, jobs, their events and adapters across
-    restarts (default: RUN_DIR/finetune, else ./fewtune-finetune)."""
+    restarts (default: STATE_DIR/finetune)."""
+    no_finetune_api: bool = False
+    """Serve without the Files and Fine-tuning APIs (/v1/files, /v1/fine_tuning: 404)."""
+    max_train_tokens: int = FineTuneLimits.max_train_tokens
+    """Most tokens of one training or validation row (never more than the model's context)."""
+    max_files: int = FineTuneLimits.max_files
+    """Most fine-tuning files kept at once (DELETE /v1/files/ID frees one)."""
+    max_upload_bytes: int = FineTuneLimits.max_upload_bytes
+    """Most bytes of fine-tuning files kept at once."""
+    max_jobs: int = FineTuneLimits.max_jobs
+    """Most fine-tuning jobs waiting or training at once."""
+    max_train_steps: int = FineTuneLimits.max_steps
+    """Most optimizer steps of one fine-tuning job (epochs x rows / batch size)."""
+    max_validation_rows: int = FineTuneLimits.max_validation_rows
+    """Most rows of a fine-tuning job's held-out comparison."""
     engine: str = "fewtune"
     """fewtune (this server), or vllm: hand the same model and adapters to `vllm serve` (installed
     separately; each adapter named NAME-SHA8 of its weights, one name per version)."""
@@ -125,8 +146,9 @@ class ServeSettings:
     """Where ``/v1/load_lora_adapter`` loads from, and the rank and count limits."""
     canary: Canary | None = None
     """The run's methods served by name, and the canary routes over them."""
-    finetune_dir: Path = field(default_factory=lambda: Path("fewtune-finetune"))
-    """The fine-tuning API's state folder (files, jobs, events, adapters)."""
+    finetune_dir: Path | None = None
+    """The fine-tuning API's state folder (files, jobs, events, adapters); None: no fine-tuning API."""
+    finetune_limits: FineTuneLimits = field(default_factory=FineTuneLimits)
     costs: str | None = None
     """The price table of the fine-tuning jobs' comparisons (a preset, a YAML file, or None: auto)."""
     engine: str = "fewtune"
@@ -134,39 +156,6 @@ class ServeSettings:
     precision: str = "auto"
     """What the model computes in: a run folder's own ``--precision`` (so its methods answer as the run
     measured them), else auto (:mod:`fewtune.backends.precision`)."""
-
-
-def served_name_of(spec: str) -> str:
-    """The base model's name in requests: the built-in name, else the model folder's (or file's) name."""
-    from fewtune.backends.models import DEFAULT_MODEL
-
-    if spec == DEFAULT_MODEL:
-        return spec
-    path = Path(spec).expanduser()
-    return path.stem if path.suffix.lower() == ".gguf" else path.resolve().name
-
-
-def _run_model(run_dir: Path) -> str:
-    import yaml
-
-    config = run_dir / "config.yaml"
-    if not config.is_file():
-        raise ConfigError(f"{run_dir}: not a run folder (no config.yaml); or serve a model with --model")
-    try:
-        values = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{config}: not valid YAML ({err})") from None
-    model = values.get("model") if isinstance(values, dict) else None
-    if not isinstance(model, str) or not model:
-        raise ConfigError(f"{config}: has no 'model:' setting")
-    return model
-
-
-def _run_precision(run_dir: Path) -> str:
-    """The ``--precision`` a run folder ran with."""
-    from fewtune.config import RunConfig
-
-    return RunConfig.load(run_dir).lora.precision
 
 
 def parse_adapters(values: Sequence[str], max_rank: int = MAX_RANK) -> dict[str, Path]:
@@ -213,6 +202,14 @@ def settings_from_cli(
     admin_key: str | None = None,
     arm_key_env: Sequence[str] | None = None,
     allow_http_arm: bool = False,
+    state_dir: Path | None = None,
+    no_finetune_api: bool = False,
+    max_train_tokens: int = FineTuneLimits.max_train_tokens,
+    max_files: int = FineTuneLimits.max_files,
+    max_upload_bytes: int = FineTuneLimits.max_upload_bytes,
+    max_jobs: int = FineTuneLimits.max_jobs,
+    max_train_steps: int = FineTuneLimits.max_steps,
+    max_validation_rows: int = FineTuneLimits.max_validation_rows,
 ) -> ServeSettings:
     """Check every ``fewtune serve`` option (before any model loads) and resolve the defaults."""
     if engine not in ENGINES:
@@ -248,8 +245,8 @@ def settings_from_cli(
     if run_dir is not None:
         if not run_dir.is_dir():
             raise ConfigError(f"{run_dir}: no such run folder")
-        model = model or _run_model(run_dir)
-        precision = _run_precision(run_dir)
+        model = model or run_model(run_dir)
+        precision = run_precision(run_dir)
         adapters = {n: check_adapter_folder(p, max_lora_rank) for n, p in find_adapters(run_dir).items()}
     if model is None:
         raise ConfigError("give a run folder (fewtune serve RUN_DIR) or a model (--model SPEC)")
@@ -270,7 +267,7 @@ def settings_from_cli(
     served = served_model_name or served_name_of(model)
     if served in adapters:
         raise ConfigError(f"{served}: an adapter has the base model's name; set --served-model-name")
-    default_log = (run_dir if run_dir is not None else Path.cwd()) / REQUEST_LOG_NAME
+    state = home(state_dir, run_dir, served)
     from fewtune.serve.canary import build_canary
     from fewtune.serve.routes import parse_route
 
@@ -284,10 +281,12 @@ def settings_from_cli(
         run_dir, adapters, routes, routes_file, feedback_log, costs, request_timeout_s,
         arm_keys(arm_key_env or []), allow_http_arm,
     )  # fmt: skip
-    if finetune_dir is None:
-        finetune_dir = run_dir / FINETUNE_DIR_NAME if run_dir is not None else Path.cwd() / "fewtune-finetune"
+    finetune_dir = finetune_dir or state / FINETUNE_DIR_NAME
     if finetune_dir.exists() and not finetune_dir.is_dir():
         raise ConfigError(f"--finetune-dir {finetune_dir} is a file; give a folder")
+    limits = FineTuneLimits(
+        max_train_tokens, max_files, max_upload_bytes, max_jobs, max_train_steps, max_validation_rows
+    )
     if costs is not None:
         from fewtune.decide.cost import load_price_table
 
@@ -301,14 +300,15 @@ def settings_from_cli(
         port=port,
         api_key=key,
         admin_key=operator_key,
-        request_log=request_log or default_log,
+        request_log=request_log or state / REQUEST_LOG_NAME,
         max_batch=max_batch,
         batch_wait_ms=batch_wait_ms,
         limits=Limits(max_tokens_limit, max_prompts, max_body_bytes, max_queue, request_timeout_s),
         allowed_hosts=[*hosts, *([host] if is_loopback(host) else [])],
         adapter_policy=AdapterPolicy.of(roots, max_rank=max_lora_rank, max_adapters=max_adapters),
         canary=canary,
-        finetune_dir=finetune_dir,
+        finetune_dir=None if no_finetune_api else finetune_dir,
+        finetune_limits=limits,
         costs=costs,
         engine=engine,
     )
@@ -339,6 +339,8 @@ def build_finetune(settings: ServeSettings, engine: Engine) -> FineTuning:
     from fewtune.serve.finetune.service import FineTuning
     from fewtune.serve.finetune.state import FineTuneStore
 
+    if settings.finetune_dir is None:
+        raise ConfigError("the fine-tuning API is off (--no-finetune-api)")
     folder = resolve_model(settings.model)
 
     def fresh_base() -> HFBackend:
@@ -347,7 +349,8 @@ def build_finetune(settings: ServeSettings, engine: Engine) -> FineTuning:
 
     device = str(getattr(engine.adapters.model, "device", "cpu"))
     prices = load_price_table(settings.costs, device)
-    return FineTuning(FineTuneStore(settings.finetune_dir), engine, fresh_base, prices)
+    store = FineTuneStore(settings.finetune_dir)
+    return FineTuning(store, engine, fresh_base, prices, limits=settings.finetune_limits)
 
 
 def serve(settings: ServeSettings, say: Callable[[str], None] = print) -> None:
@@ -358,7 +361,7 @@ def serve(settings: ServeSettings, say: Callable[[str], None] = print) -> None:
     from fewtune.serve.app import create_app
 
     engine = build_engine(settings)
-    finetune = build_finetune(settings, engine)
+    finetune = build_finetune(settings, engine) if settings.finetune_dir is not None else None
     app = create_app(
         engine,
         api_key=settings.api_key,
@@ -375,7 +378,8 @@ def serve(settings: ServeSettings, say: Callable[[str], None] = print) -> None:
     say(f"serving {names} at http://{settings.host}:{settings.port}/v1 ({auth}; log: {settings.request_log})")
     if settings.admin_key is None and settings.api_key is not None:
         say("route changes, feedback and fine-tuning are off: no operator key (--admin-key)")
-    say(f"fine-tuning API at /v1/fine_tuning/jobs (jobs, files and adapters in {settings.finetune_dir})")
+    if finetune is not None:
+        say(f"fine-tuning API at /v1/fine_tuning/jobs (jobs, files and adapters in {settings.finetune_dir})")
     # uvicorn re-raises the signal it shut down on (Ctrl-C, SIGTERM); stopping is the normal end here.
     with contextlib.suppress(KeyboardInterrupt):
         uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")

@@ -12,8 +12,9 @@ import uuid
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from fewtune.serve.inputs import check_json
 from fewtune.serve.jobs import Output
 
 if TYPE_CHECKING:
@@ -72,7 +73,18 @@ class APIError(Exception):
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
-class _Request(BaseModel):
+class CheckedBody(BaseModel):
+    """A request body whose every value (unknown fields such as ``user`` included) passes
+    :func:`~fewtune.serve.inputs.check_json` before its fields are read: a 400, never a 500 later."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _takeable(cls, data: Any) -> Any:
+        check_json(data)
+        return data
+
+
+class _Request(CheckedBody):
     model_config = ConfigDict(extra="allow")
 
     model: str
@@ -178,13 +190,13 @@ class ChatRequest(_Request):
         return fmt.json_schema.schema_
 
 
-class LoadAdapterRequest(BaseModel):
+class LoadAdapterRequest(CheckedBody):
     lora_name: str = Field(min_length=1, max_length=128)
     lora_path: str = Field(min_length=1, max_length=4096)
     """A folder inside one of the server's adapter roots: relative to the root, or absolute."""
 
 
-class UnloadAdapterRequest(BaseModel):
+class UnloadAdapterRequest(CheckedBody):
     lora_name: str = Field(min_length=1)
     lora_int_id: int | None = None  # vLLM accepts it; names are enough here
 

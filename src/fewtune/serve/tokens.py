@@ -19,7 +19,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from fewtune.backends.base import Generation
-from fewtune.backends.generation import stop_at
+from fewtune.backends.generation import decode_answer, special_ids, stop_at
 from fewtune.backends.hf import HFBackend
 from fewtune.prompts.template import QUERY_LEAD
 
@@ -117,11 +117,11 @@ def generate_scored(
     ended = eos in tokens
     if ended:
         tokens = tokens[: tokens.index(eos) + 1]
-    text = tokenizer.decode(tokens, skip_special_tokens=True)
-    stopped = bool(stop) and stop in text
+    text = decode_answer(tokenizer, tokens)
+    stopped = bool(stop and stop in text)
     if stop and stopped:
         text = text[: text.index(stop)]
-    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    special = special_ids(tokenizer)
     kept, at = 0, 0
     for token in tokens:
         if at >= len(text):
@@ -158,7 +158,7 @@ def legacy_logprobs(tokenizer: Any, scores: TokenScores) -> LegacyLogprobs:
     token itself (vLLM does the same), so a client always finds the chosen token there.
     """
     texts = token_texts(tokenizer, scores.ids)
-    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    special = special_ids(tokenizer)
     offsets, at = [], 0
     for token, text in zip(scores.ids, texts, strict=True):
         offsets.append(at)

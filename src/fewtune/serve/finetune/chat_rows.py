@@ -7,18 +7,19 @@ template, or, for a model without one such as the built-in Gemma 3 270M base, th
 newlines), so the fine-tuned model is trained on exactly the text it is later asked with. Only the last
 assistant message is trained on; earlier assistant turns are context.
 
-A bad line is a one-line :class:`~fewtune.errors.DataError` naming the file and the line.
+A bad line is a one-line :class:`~fewtune.errors.DataError` naming the file and the line (text that is not
+valid Unicode, numbers that are not finite and deep nesting included: :mod:`fewtune.serve.inputs`).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from fewtune.data.load import Example
 from fewtune.errors import DataError
+from fewtune.serve.inputs import parse_json
 
 ROLES = ("system", "user", "assistant")
 Render = Callable[[Sequence[Mapping[str, Any]]], str]
@@ -48,10 +49,7 @@ def _message(value: Any, where: str) -> dict[str, str]:
 
 
 def _row(text: str, line: int) -> ChatRow:
-    try:
-        value = json.loads(text)
-    except ValueError as err:
-        raise ValueError(f"not valid JSON ({err.args[0].split(':')[0]})") from None
+    value = parse_json(text, None)
     if not isinstance(value, dict) or not isinstance(value.get("messages"), list):
         raise ValueError('expected an object with a "messages" list')
     messages = [_message(m, f"message {i + 1}") for i, m in enumerate(value["messages"])]

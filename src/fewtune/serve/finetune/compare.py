@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NotRequired, TypedDict
 
@@ -47,6 +47,9 @@ MAX_LABELS = 50
 MAX_NEW_TOKENS = 256
 """Cap on an open answer's generated tokens (1.25 x the longest training answer, at most this)."""
 BATCH = 8
+PART = 4 * BATCH
+"""Rows scored between two checks for a cancel (each part computes the shared prefix once)."""
+Check = Callable[[], None]
 
 
 @dataclass(frozen=True)
@@ -182,11 +185,24 @@ def _closed(train: Sequence[ChatRow], validation: Sequence[ChatRow]) -> list[str
     return None
 
 
-def _score_labels(backend: Backend, prompts: list[str], gold: list[str], labels: list[str]) -> Scored:
+def _parts(prompts: list[str], check: Check) -> Iterator[list[str]]:
+    """``prompts`` :data:`PART` at a time, ``check`` called before each (it raises to stop the comparison)."""
+    for start in range(0, len(prompts), PART):
+        check()
+        yield prompts[start : start + PART]
+
+
+def _score_labels(
+    backend: Backend, prompts: list[str], gold: list[str], labels: list[str], check: Check
+) -> Scored:
     start = time.perf_counter()
-    scores = backend.score_choices(prompts, labels, batch_size=BATCH, prefix=shared_prefix(prompts))
+    prefix = shared_prefix(prompts)
+    parts = [
+        backend.score_choices(part, labels, batch_size=BATCH, prefix=prefix)
+        for part in _parts(prompts, check)
+    ]
     seconds = time.perf_counter() - start
-    scores = np.asarray(scores)
+    scores = np.concatenate([np.asarray(p) for p in parts])
     predicted = [labels[i] for i in scores.argmax(axis=1)]
     label_tokens = {label: backend.count_tokens(label) - 1 for label in labels}
     return Scored(
@@ -200,12 +216,17 @@ def _score_labels(backend: Backend, prompts: list[str], gold: list[str], labels:
 
 
 def _generate(
-    backend: Backend, prompts: list[str], gold: list[str], max_new: int, stop: str | None
+    backend: Backend, prompts: list[str], gold: list[str], max_new: int, stop: str | None, check: Check
 ) -> Scored:
     start = time.perf_counter()
-    outputs = backend.generate_batch(
-        prompts, prefix=shared_prefix(prompts), max_new_tokens=max_new, stop=stop, batch_size=BATCH
-    )
+    prefix = shared_prefix(prompts)
+    outputs = [
+        output
+        for part in _parts(prompts, check)
+        for output in backend.generate_batch(
+            part, prefix=prefix, max_new_tokens=max_new, stop=stop, batch_size=BATCH
+        )
+    ]
     seconds = time.perf_counter() - start
     predicted = [o.text.strip() for o in outputs]
     return Scored(
@@ -286,8 +307,10 @@ def compare_on_validation(
     prices: PriceTable,
     tuned_name: str,
     say: Callable[[str], None] = lambda message: None,
+    check: Check = lambda: None,
 ) -> ComparisonResult:
-    """The comparison (module docstring) as the result file's JSON, with its verdict line."""
+    """The comparison (module docstring) as the result file's JSON, with its verdict line; ``check`` is
+    called before each batch (it raises to stop: a cancelled job)."""
     labels = _closed(train, validation)
     demos = _demos(train, labels is not None, seed)
     gold = [row.answer for row in validation]
@@ -296,15 +319,15 @@ def compare_on_validation(
     k = len(demos)
     say(f"Scoring {len(validation)} validation rows: {k}-shot prompting of the base model, then {tuned_name}")
     if labels is not None:
-        prompting = _score_labels(base, shown, gold, labels)
-        tuned_scores = _score_labels(tuned, plain, gold, labels)
+        prompting = _score_labels(base, shown, gold, labels, check)
+        tuned_scores = _score_labels(tuned, plain, gold, labels, check)
         metric = "accuracy"
     else:
         longest = max(base.count_tokens(row.answer) for row in train)
         max_new = min(MAX_NEW_TOKENS, math.ceil(1.25 * longest) + 1)
         stop = None if any("\n" in row.answer for row in train) else "\n"
-        prompting = _generate(base, shown, gold, max_new, stop)
-        tuned_scores = _generate(tuned, plain, gold, max_new, stop)
+        prompting = _generate(base, shown, gold, max_new, stop, check)
+        tuned_scores = _generate(tuned, plain, gold, max_new, stop, check)
         metric = "exact match"
     rows = len(validation)
     fs_row: MethodRow = {

@@ -8,6 +8,7 @@ naming it, never ignored in silence.
 
 from __future__ import annotations
 
+import math
 import re
 import secrets
 from collections.abc import Mapping
@@ -52,7 +53,8 @@ class Hyperparameters:
 def _number(value: Any, name: str, default: float, low: float, high: float, whole: bool) -> float:
     if value is None or value == "auto":
         return default
-    if isinstance(value, bool) or not isinstance(value, int | float) or (whole and value != int(value)):
+    number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not number or (whole and value != int(value)):
         kind = "a whole number" if whole else "a number"
         raise JobRefused(f"hyperparameters.{name} must be {kind} or 'auto', got {value!r}", name)
     if not low <= value <= high:
@@ -68,11 +70,15 @@ def hyperparameters(body: Mapping[str, Any], defaults: LoraArgs) -> Hyperparamet
     kind = method.get("type", SUPERVISED)
     if kind != SUPERVISED:
         raise JobRefused(f"method.type: this server runs supervised fine-tuning only, not {kind!r}", "method")
-    given = dict(body.get("hyperparameters") or {})
     supervised = method.get(SUPERVISED) or {}
-    if not isinstance(given, dict) or not isinstance(supervised, dict):
-        raise JobRefused("hyperparameters must be an object", "hyperparameters")
-    given.update(supervised.get("hyperparameters") or {})
+    if not isinstance(supervised, dict):
+        raise JobRefused("method.supervised must be an object with hyperparameters", "method")
+    given: dict[str, Any] = {}
+    for where in (body, supervised):  # the method's own hyperparameters win
+        values = where.get("hyperparameters") or {}
+        if not isinstance(values, dict):
+            raise JobRefused(f"hyperparameters must be an object, got {values!r}", "hyperparameters")
+        given.update(values)
     unknown = sorted(set(given) - {"n_epochs", "batch_size", "learning_rate_multiplier"})
     if unknown:
         raise JobRefused(f"hyperparameters.{unknown[0]} is not taken by this server", unknown[0])

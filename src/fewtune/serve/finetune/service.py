@@ -24,7 +24,6 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,25 +32,20 @@ from fewtune.data.load import Example
 from fewtune.data.split import stratified_sample
 from fewtune.decide.cost import PriceTable
 from fewtune.errors import DataError, FewtuneError
-from fewtune.methods import Method
-from fewtune.serve.finetune.chat_rows import ChatRow, RenderedTemplate, as_examples, read_chat_rows
+from fewtune.serve.finetune.chat_rows import ChatRow, read_chat_rows
 from fewtune.serve.finetune.create import JobRefused, model_name, new_job
+from fewtune.serve.finetune.quota import ACTIVE, FINE_TUNE, Quota, held_back_count
 from fewtune.serve.finetune.state import FINISHED, FineTuneStore, new_checkpoint, now
+from fewtune.serve.finetune.training_job import TrainingJob, train_and_compare
+from fewtune.serve.limits import FineTuneLimits
 
 if TYPE_CHECKING:
     from fewtune.backends.hf import HFBackend
-    from fewtune.results.sections import LocalTraining
     from fewtune.serve.engine import Engine
-    from fewtune.serve.finetune.compare import LossStep, ResultFile
-    from fewtune.serve.finetune.state import EventData, FileObject, JobError, JobObject
+    from fewtune.serve.finetune.compare import ResultFile
+    from fewtune.serve.finetune.state import FileDeleted, FileObject, JobError, JobObject
 
-FINE_TUNE = "fine-tune"
 RESULTS = "fine-tune-results"
-HELD_BACK_SHARE = 0.2
-"""Share of the training file held back for the comparison when no validation_file is given."""
-MAX_HELD_BACK = 200
-STEP_EVENTS = 100
-"""About this many metrics events per job (every step of a short job)."""
 IDLE_WAKE_S = 1.0
 
 
@@ -61,7 +55,7 @@ class _Stop(Exception):
 
 def held_back(rows: list[ChatRow], seed: int) -> set[int]:
     """Lines of the training file held back for the comparison: a seeded sample stratified by answer."""
-    count = min(MAX_HELD_BACK, max(1, round(HELD_BACK_SHARE * len(rows))))
+    count = held_back_count(len(rows))
     examples = [Example(str(row.line), row.answer) for row in rows]
     chosen, _ = stratified_sample(examples, count, seed)
     return {int(ex.text) for ex in chosen}
@@ -81,9 +75,13 @@ class FineTuning:
         base_factory: Callable[[], HFBackend],
         prices: PriceTable,
         defaults: LoraArgs | None = None,
+        limits: FineTuneLimits | None = None,
     ) -> None:
         self.store, self.engine, self.base_factory, self.prices = store, engine, base_factory, prices
         self.defaults = defaults or LoraArgs()
+        self.quota = Quota.of(limits or FineTuneLimits(), engine)
+        self._admit = threading.Lock()
+        """Held from a quota's check to the record it allows: two requests cannot both take the last place."""
         self._wake = threading.Condition()
         self._changes = 0
         """Counts :meth:`_notify` calls: a thread that scanned before a change does not sleep through it."""
@@ -102,21 +100,52 @@ class FineTuning:
                 f"purpose: this server keeps files for fine-tuning only ('{FINE_TUNE}')", "purpose"
             )
         try:
-            read_chat_rows(content, filename)
+            rows = read_chat_rows(content, filename)
         except DataError as err:
             raise JobRefused(str(err), "file") from None
-        return self.store.add_file(filename, purpose, content)
+        self.quota.check_rows(rows, filename)
+        with self._admit:
+            self.quota.check_upload(self.store.files(), len(content))
+            return self.store.add_file(filename, purpose, content)
 
-    def _training_file(self, file_id: str | None, param: str) -> None:
+    def delete_file(self, file_id: str) -> FileDeleted:
+        """Forget a file (OpenAI's ``DELETE /v1/files/{id}``), unless a job waiting or training reads it."""
+        with self._admit:
+            if self.store.file(file_id) is None:
+                raise JobRefused(f"no file {file_id!r} on this server", "file_id", 404)
+            for job in self.store.jobs():
+                if job["status"] in ACTIVE and file_id in (job["training_file"], job["validation_file"]):
+                    raise JobRefused(
+                        f"file {file_id} is read by job {job['id']}, which has not finished", "file_id"
+                    )
+            self.store.delete_file(file_id)
+        return {"id": file_id, "object": "file", "deleted": True}
+
+    def _file_rows(self, file_id: str | None, param: str) -> list[ChatRow]:
+        """A fine-tuning file's rows (none without a file id), each within the tokens a row may have."""
         file = self.store.file(file_id) if file_id else None
-        if file_id and (file is None or file["purpose"] != FINE_TUNE):
+        if not file_id:
+            return []
+        if file is None or file["purpose"] != FINE_TUNE:
             raise JobRefused(f"{param}: no fine-tuning file {file_id!r} on this server", param)
+        try:
+            rows = self._rows(file_id)
+        except DataError as err:  # kept by an older server that checked less
+            raise JobRefused(str(err), param) from None
+        self.quota.check_rows(rows, file["filename"], param)
+        return rows
 
     def create(self, body: Mapping[str, Any]) -> JobObject:
         job = new_job(body, self.base_name, self.defaults)
-        self._training_file(job["training_file"], "training_file")
-        self._training_file(job["validation_file"], "validation_file")
-        self.store.add_job(job, {})
+        rows = self._file_rows(job["training_file"], "training_file")
+        validation = len(self._file_rows(job["validation_file"], "validation_file"))
+        if not job["validation_file"]:
+            validation = held_back_count(len(rows)) if len(rows) > 1 else 0
+        self.quota.check_job(job["hyperparameters"], len(rows) - validation, validation)
+        adapters = self.engine.adapters
+        with self._admit:
+            self.quota.check_room(self.store, len(adapters.names()), adapters.policy.max_adapters)
+            self.store.add_job(job, {})
         self.store.add_event(job["id"], f"Created fine-tuning job: {job['id']}")
         self.store.add_event(job["id"], f"Validating training file: {job['training_file']}")
         self._notify()
@@ -197,9 +226,24 @@ class FineTuning:
             seen = self._seen()
             waiting = self.store.oldest_first("validating_files")
             for job_id in waiting:
-                self._validate(job_id)
+                self._guarded(job_id, self._validate, "invalid_training_file")
             if not waiting:
                 self._idle(seen)
+
+    def _guarded(self, job_id: str, work: Callable[[str], None], code: str) -> None:
+        """``work(job_id)``, any exception it raises the job's ``failed`` status with its message; the
+        thread goes on with the next job (if even the failure cannot be written, it waits a second)."""
+        try:
+            try:
+                work(job_id)
+            except _Stop:  # cancelled (recorded by cancel), or the server is stopping (resumed at next start)
+                if self.job(job_id)["status"] == "cancelled":
+                    shutil.rmtree(adapter_folder(self.store, job_id), ignore_errors=True)
+            except Exception as err:
+                self._fail(job_id, *failure(err, code))
+        except Exception:
+            traceback.print_exc(file=sys.stderr)
+            self._idle(self._seen())
 
     def _rows(self, file_id: str) -> list[ChatRow]:
         file = self.store.file(file_id)
@@ -248,18 +292,7 @@ class FineTuning:
             if not queued:
                 self._idle(seen)
                 continue
-            job_id = queued[0]
-            try:
-                self._train(job_id)
-            except _Stop:  # cancelled (recorded by cancel), or the server is stopping (resumed at next start)
-                if self.job(job_id)["status"] == "cancelled":
-                    shutil.rmtree(adapter_folder(self.store, job_id), ignore_errors=True)
-            except FewtuneError as err:
-                self._fail(job_id, str(err), "training_failed")
-            except Exception as err:  # its text may hold server paths: the traceback goes to the log
-                traceback.print_exc(file=sys.stderr)
-                message = f"training failed ({type(err).__name__}); see the server's log"
-                self._fail(job_id, message, "server_error")
+            self._guarded(queued[0], self._train, "training_failed")
             gc.collect()
 
     def _check(self, job_id: str) -> None:
@@ -267,71 +300,29 @@ class FineTuning:
             raise _Stop
 
     def _train(self, job_id: str) -> None:
-        from fewtune.serve.finetune.compare import Training, compare_on_validation
 
         with self._lock:
             if self.job(job_id)["status"] != "queued":
                 return
             job = self.store.update_job(job_id, status="running")
         self.store.add_event(job_id, "Fine-tuning job started")
-        train, validation = self._split(job_id, job)
-        hyper = job["hyperparameters"]
-        args = replace(
-            self.defaults,
-            epochs=hyper["n_epochs"],
-            batch_size=hyper["batch_size"],
-            lr=self.defaults.lr * hyper["learning_rate_multiplier"],
-        )
-        base = self.base_factory()
-        self._check(job_id)
-        render = self.engine.render_chat
-        examples = as_examples(train, render)
-        total_tokens = sum(
-            len(base.encode_prompt(ex.text)) + len(base.encode_continuation(ex.label)) for ex in examples
-        )
-        folder = adapter_folder(self.store, job_id)
-        tuned, info, steps = self._fit(job_id, base, examples, args, folder, job["seed"])
-        self._check(job_id)
+        adapters = self.engine.adapters
+        if len(adapters.names()) >= adapters.policy.max_adapters:  # loaded since the job was created
+            limit = adapters.policy.max_adapters
+            raise FewtuneError(f"no room for the adapter: {limit} are loaded (--max-adapters); unload one")
         name = model_name(self.base_name, job["user_provided_suffix"], job_id)
-        chat_template = bool(getattr(self.engine.adapters.tokenizer, "chat_template", None))
-        result = compare_on_validation(
-            base=base,
-            tuned=tuned,
-            train=train,
-            validation=validation,
-            render=render,
-            chat_template=chat_template,
-            seed=job["seed"],
-            training=Training(len(train), info.train_seconds, info.train_tokens_per_second),
-            prices=self.prices,
-            tuned_name=name,
-            say=lambda message: self.store.add_event(job_id, message),
+        folder = adapter_folder(self.store, job_id)
+        document = train_and_compare(
+            TrainingJob(job, name, folder, *self._split(job_id, job)),
+            self.base_factory,
+            self.engine,
+            self.prices,
+            self.defaults,
+            check=lambda: self._check(job_id),
+            say=lambda message, **event: self.store.add_event(job_id, message, **event),
         )
-        del base, tuned
         self._check(job_id)
         self.engine.load_adapter(name, folder).result()
-        trained_tokens = total_tokens * args.epochs
-        document: ResultFile = {
-            "job": job_id,
-            "fine_tuned_model": name,
-            "base_model": self.base_name,
-            "training": {
-                "examples": len(train),
-                "trained_tokens": trained_tokens,
-                "train_seconds": info.train_seconds,
-                "steps": info.train_steps,
-                "hyperparameters": hyper,
-                "learning_rate": args.lr,
-                Method.LORA.value: {"r": args.r, "alpha": args.alpha, "dropout": args.dropout},
-            },
-            "validation": {
-                "rows": len(validation),
-                "source": "validation_file" if job["validation_file"] else "held back from training_file",
-                "file": job["validation_file"],
-            },
-            **result,
-            "steps": steps,
-        }
         self._succeed(job_id, name, document)
 
     def _split(self, job_id: str, job: JobObject) -> tuple[list[ChatRow], list[ChatRow]]:
@@ -343,29 +334,6 @@ class FineTuning:
         if job["validation_file"]:
             validation = self._rows(job["validation_file"])
         return train, validation
-
-    def _fit(
-        self, job_id: str, base: HFBackend, examples: list[Example], args: LoraArgs, folder: Path, seed: int
-    ) -> tuple[HFBackend, LocalTraining, list[LossStep]]:
-        """Train the job's adapter (from its checkpoint if any); returns each step's loss as well."""
-        from fewtune.training.lora import Lora
-
-        steps: list[LossStep] = []
-
-        def on_step(step: int, total: int, loss: float) -> None:
-            self._check(job_id)
-            steps.append({"step": step, "train_loss": loss})
-            if step % max(1, total // STEP_EVENTS) == 0 or step == total:
-                data: EventData = {"step": step, "total_steps": total, "train_loss": loss}
-                self.store.add_event(
-                    job_id, f"Step {step}/{total}: training loss={loss:.4f}", data=data, kind="metrics"
-                )
-
-        lora = Lora(base, RenderedTemplate(), args, folder, seed=seed, progress=on_step)
-        tuned, info = lora.train(examples)
-        if resumed := info.resumed_at_step:
-            self.store.add_event(job_id, f"Training continued from the checkpoint at step {resumed}")
-        return tuned, info, steps
 
     def _succeed(self, job_id: str, name: str, document: ResultFile) -> None:
         """Save the comparison and checkpoint, mark the job succeeded: under one lock (unless cancelled)."""
@@ -388,6 +356,20 @@ class FineTuning:
             )
         self.store.add_event(job_id, f"New fine-tuned model created: {name}")
         self.store.add_event(job_id, "The job has successfully completed")
+
+
+def failure(err: Exception, code: str) -> tuple[str, str]:
+    """A job's error message and code for ``err``: fewtune's own sentence; an OSError's reason without its
+    path (the client is not told the server's paths); otherwise its kind, the traceback in the log."""
+    if isinstance(err, FewtuneError):
+        return str(err), code
+    if isinstance(err, OSError):
+        return (
+            f"{type(err).__name__}: {err.strerror or 'the server could not read or write a file'}",
+            "server_error",
+        )
+    traceback.print_exception(err, file=sys.stderr)
+    return f"the job failed ({type(err).__name__}); see the server's log", "server_error"
 
 
 def adapter_folder(store: FineTuneStore, job_id: str) -> Path:

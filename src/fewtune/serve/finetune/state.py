@@ -11,7 +11,8 @@ Layout of the state folder (``fewtune serve --finetune-dir``)::
 
 Every JSON file is replaced atomically (:func:`~.results.store.write_json_atomic`), so a server killed at
 any moment leaves each record whole. Objects are kept in the OpenAI API's shapes; lists come newest first,
-as the API gives them, and are paged with ``after`` (the last id of the previous page) and ``limit``.
+as the API gives them (the routes page them: :func:`~.routes.page`). A record that cannot be read back is
+skipped with a warning, never a server that does not start.
 """
 
 from __future__ import annotations
@@ -20,9 +21,13 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Generic, Literal, TypedDict, TypeVar, Unpack
+from typing import Any, Unpack
+
+from pydantic import TypeAdapter, ValidationError
+from typing_extensions import TypedDict  # pydantic reads typing's TypedDict only from Python 3.12
 
 from fewtune.results.store import write_json_atomic
 
@@ -54,6 +59,14 @@ class FileObject(TypedDict):
     status: str
     status_details: str | None
     expires_at: int | None
+
+
+class FileDeleted(TypedDict):
+    """``DELETE /v1/files/{id}``'s answer."""
+
+    id: str
+    object: str
+    deleted: bool
 
 
 class HyperparameterValues(TypedDict):
@@ -175,18 +188,6 @@ def new_checkpoint(job_id: str, model: str, step: int, train_loss: float | None)
     }
 
 
-Item = TypeVar("Item", bound=Mapping[str, Any])
-"""A listed object (it has an ``id``)."""
-
-
-class Page(TypedDict, Generic[Item]):
-    """A cursor page of a list, as the ``openai`` client reads it."""
-
-    object: Literal["list"]
-    data: list[Item]
-    has_more: bool
-
-
 class FileRecord(TypedDict):
     file: FileObject
     seq: int
@@ -197,23 +198,6 @@ class JobRecord(TypedDict):
     job: JobObject
     internal: JobInternal
     seq: int
-
-
-class UnknownCursor(ValueError):
-    """``after`` names no item of the list."""
-
-
-def page(items: Sequence[Item], after: str | None, limit: int) -> Page[Item]:
-    """One page of a list (newest first): the items after the one whose id is ``after``, at most
-    ``limit``, and whether more follow (the ``openai`` client's cursor page)."""
-    start = 0
-    if after:
-        ids = [item["id"] for item in items]
-        if after not in ids:
-            raise UnknownCursor(after)
-        start = ids.index(after) + 1
-    chosen = list(items[start : start + limit])
-    return {"object": "list", "data": chosen, "has_more": start + limit < len(items)}
 
 
 class FineTuneStore:
@@ -232,14 +216,16 @@ class FineTuneStore:
         self._load()
 
     def _load(self) -> None:
+        """Read the records back; one that is damaged (cut short, edited, of another shape) is skipped with
+        a warning, so the server starts with the others."""
         for path in sorted(self._files_dir.glob("*.json")):
-            record = _read(path)
-            if record is not None and (path.with_suffix(".data")).is_file():
-                self._files[record["file"]["id"]] = record
+            file: FileRecord | None = _record(path, FILE_RECORD)
+            if file is not None and (path.with_suffix(".data")).is_file():
+                self._files[file["file"]["id"]] = file
         for path in sorted(self._jobs_dir.glob("*/job.json")):
-            record = _read(path)
-            if record is not None:
-                self._jobs[record["job"]["id"]] = record
+            job: JobRecord | None = _record(path, JOB_RECORD)
+            if job is not None:
+                self._jobs[job["job"]["id"]] = job
         orders = [r["seq"] for r in [*self._files.values(), *self._jobs.values()]]
         self._seq = max(orders, default=0)
 
@@ -273,6 +259,12 @@ class FineTuneStore:
         with self._lock:
             record = self._files.get(file_id)
             return record["file"].copy() if record else None
+
+    def delete_file(self, file_id: str) -> None:
+        with self._lock:
+            self._files.pop(file_id, None)
+            for suffix in (".json", ".data"):  # the record first: a crash between leaves no listed file
+                (self._files_dir / f"{file_id}{suffix}").unlink(missing_ok=True)
 
     def file_content(self, file_id: str) -> bytes:
         return (self._files_dir / f"{file_id}.data").read_bytes()
@@ -368,12 +360,21 @@ class FineTuneStore:
 
     def checkpoints(self, job_id: str) -> list[Checkpoint]:
         """The job's checkpoints, newest first."""
-        record = _read(self.job_folder(job_id) / "checkpoints.json")
+        record = _record(self.job_folder(job_id) / "checkpoints.json", CHECKPOINTS)
         return list(record or [])[::-1]
 
 
-def _read(path: Path) -> Any:
+FILE_RECORD, JOB_RECORD = TypeAdapter(FileRecord), TypeAdapter(JobRecord)
+CHECKPOINTS = TypeAdapter(list[Checkpoint])
+
+
+def _record(path: Path, shape: TypeAdapter[Any]) -> Any:
+    """The record at ``path`` if it has ``shape``; None if there is none, a warning if it is damaged."""
+    if not path.is_file():
+        return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return shape.validate_json(path.read_bytes())
+    except (OSError, ValidationError) as err:
+        reason = err.strerror if isinstance(err, OSError) else err.errors()[0]["msg"]
+        warnings.warn(f"{path}: a damaged fine-tuning record, skipped ({reason})", stacklevel=2)
         return None
