@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -310,7 +311,13 @@ def test_a_refusing_candidate_is_answered_by_the_baseline_and_rolled_back(
     ]
     assert [r.status_code for r in replies] == [200] * MIN_REQUESTS  # no caller saw the failure
     assert {r.json()["fewtune"]["arm"] for r in replies} == {"baseline"}
-    logged = [x for x in log_lines(served) if x.get("route") == "refused"]
+    # The guard writes a request's lines after its response is sent: wait for the last one.
+    deadline = time.monotonic() + 10
+    while True:
+        logged = [x for x in log_lines(served) if x.get("route") == "refused"]
+        if len(logged) >= 2 * MIN_REQUESTS or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     schema = json.loads(Path("docs/request-log.schema.json").read_text())
     for line in logged:
         jsonschema.validate(line, schema)

@@ -2,7 +2,8 @@
 
 A real uvicorn server on loopback serves the tiny model with an adapter root; schemathesis generates
 request bodies from the app's schema (positive: what the schema allows, which the server may still refuse;
-negative: what it does not) for every operation, a bounded number each, and sends them with the API key.
+negative: what it does not) for every operation, a bounded number each, and sends them with the operator
+key (which the server takes wherever it takes the API key).
 The schema is fuzzed as the app states it, and once more narrowed to the served model names and greedy
 settings, so that generated requests also get past the model lookup into the engine.
 """
@@ -28,6 +29,9 @@ from fewtune.serve.engine import Engine
 from fewtune.serve.limits import Limits
 
 KEY = "fuzz-key-0123"
+ADMIN = "fuzz-operator-4567"
+"""The operator key: accepted wherever the API key is, and needed by routes, feedback and fine-tuning, so the
+fuzz sends it to reach every endpoint's handler."""
 BASE = "tiny-base"
 EXAMPLES = 50
 """Cases per operation and generation mode at most (an operation without input has one)."""
@@ -46,7 +50,12 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any]
     # Small limits keep each accepted request short; the limits themselves are what is fuzzed past.
     limits = Limits(max_tokens=8, max_prompts=4, max_body_bytes=65_536, max_queue=8, request_timeout_s=30)
     app = create_app(
-        engine, api_key=KEY, limits=limits, canary=_canary(root), finetune=_finetune(root, engine)
+        engine,
+        api_key=KEY,
+        admin_key=ADMIN,
+        limits=limits,
+        canary=_canary(root),
+        finetune=_finetune(root, engine),
     )
     with serving(app) as url:
         yield url, app.openapi()
@@ -165,7 +174,7 @@ def test_no_request_from_the_schema_gets_a_server_error(fuzzed: tuple[str, Any],
                 suppress_health_check=list(HealthCheck),
             )
             def send(case: Any) -> None:
-                response = case.call(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+                response = case.call(base_url=url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=60)
                 statuses[response.status_code] += 1
                 if response.status_code >= 500:
                     server_errors.append(f"{case.method} {case.path} {case.body!r}: {response.text[:300]}")
@@ -179,3 +188,4 @@ def test_no_request_from_the_schema_gets_a_server_error(fuzzed: tuple[str, Any],
     assert not server_errors, server_errors[:5]
     assert total >= 5 * len(operations)  # each operation was exercised
     assert statuses[200] > 0 and sum(n for s, n in statuses.items() if 400 <= s < 500) > 0
+    assert statuses[403] == 0  # the operator key reached every handler: routes, feedback, files, jobs
