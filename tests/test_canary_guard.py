@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -161,6 +161,18 @@ def log_lines(served: Served) -> list[dict[str, Any]]:
     return [json.loads(x) for x in (served.work / "requests.jsonl").read_text().splitlines()]
 
 
+def logged_line(served: Served, wanted: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """The last request-log line ``wanted`` picks, waited for: the guard writes a request's line after its
+    response is sent."""
+    deadline = time.monotonic() + 10
+    while True:
+        found = [x for x in log_lines(served) if wanted(x)]
+        if found or time.monotonic() > deadline:
+            assert found, "no such line in the request log"
+            return found[-1]
+        time.sleep(0.05)
+
+
 def test_route_changes_feedback_and_fine_tuning_need_the_operator_key(served: Served) -> None:
     url = served.url
     answered = ask(url, "good").json()["id"]
@@ -240,6 +252,7 @@ def test_a_broken_upstream_answer_is_a_502_and_logged_with_its_url(
 def test_a_negative_token_count_keeps_the_request_in_the_log(served: Served) -> None:
     reply = ask(served.url, "negative")
     assert reply.status_code == 502, reply.text
+    logged_line(served, lambda x: x.get("route") == "negative")  # written after the response
     logged = [x for x in log_lines(served) if x.get("route") == "negative"]
     assert [x["status"] for x in logged] == [502]
 
@@ -292,9 +305,9 @@ def test_a_route_change_is_logged_as_one(served: Served) -> None:
     put = httpx.put(f"{served.url}/v1/routes/change", json={"weight": 0.25, "by": "alice"},
                     headers=headers(ADMIN), trust_env=False)  # fmt: skip
     assert put.status_code == 200
-    line = log_lines(served)[-1]
+    line = logged_line(served, lambda x: x.get("changed_by") == "alice")  # written after the response
     assert line["endpoint"] == "/v1/routes/{name}" and line["route"] == "change"
-    assert line["weight"] == 0.25 and line["changed_by"] == "alice"
+    assert line["weight"] == 0.25
 
 
 def test_a_refusing_candidate_is_answered_by_the_baseline_and_rolled_back(
