@@ -4,6 +4,7 @@ training files its tests upload (tests/test_finetune_api.py, tests/test_finetune
 from __future__ import annotations
 
 import json
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -125,3 +126,16 @@ def reference_model(server: Server, job_id: str) -> Any:
         warnings.simplefilter("ignore", FutureWarning)
         folder = adapter_folder(server.service.store, job_id)
         return PeftModel.from_pretrained(tiny_model(server.tokenizer, sliding_window=512), str(folder)).eval()
+
+
+class Gate:
+    """A base factory that waits until it is let through: the trainer held on its first job (a job held in
+    ``running``)."""
+
+    def __init__(self) -> None:
+        self.entered, self.open = threading.Event(), threading.Event()
+
+    def __call__(self, tokenizer: Any) -> HFBackend:
+        self.entered.set()
+        assert self.open.wait(60)
+        return fresh_base(tokenizer)

@@ -9,6 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pytest
+
+from fewtune.cli import commands as cli
 
 HARDWARE = {"platform": "Linux-test", "cpu_count": 2, "device": "cpu", "backend": "tiny"}
 
@@ -134,3 +137,12 @@ def write_verdict(folder: Path, recommendation: dict[str, object]) -> Path:
     """An analysis.json holding only ``recommendation``, as the report writes it beside results.json."""
     (folder / "analysis.json").write_text(json.dumps({"recommendation": recommendation}), encoding="utf-8")
     return folder
+
+
+def fewtune(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
+    monkeypatch.setattr("sys.argv", ["fewtune", *args])
+    try:
+        cli.main()
+    except SystemExit as exit_info:
+        return int(exit_info.code or 0)
+    return 0

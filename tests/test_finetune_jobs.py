@@ -9,22 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from finetune_server import chat_file, fresh_base, prompt, reference_model, running, token_log_probs
+from finetune_server import Gate, chat_file, prompt, reference_model, running, token_log_probs
 
 from fewtune.backends.hf import HFBackend
 from fewtune.errors import ModelError
-
-
-class Gate:
-    """A base factory that waits until it is let through: a job held in ``running``."""
-
-    def __init__(self) -> None:
-        self.entered, self.open = threading.Event(), threading.Event()
-
-    def __call__(self, tokenizer: Any) -> HFBackend:
-        self.entered.set()
-        assert self.open.wait(60)
-        return fresh_base(tokenizer)
 
 
 def test_cancel_stops_a_running_job(tmp_path: Path) -> None:

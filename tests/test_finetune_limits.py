@@ -15,7 +15,7 @@ from typing import Any
 
 import openai
 import pytest
-from finetune_server import BASE, KEY, Server, chat_file, fresh_base, prompt, running
+from finetune_server import BASE, KEY, Gate, Server, chat_file, fresh_base, prompt, running
 from servers import make_adapter
 
 from fewtune.backends.hf import HFBackend
@@ -31,18 +31,6 @@ SMALL = FineTuneLimits(
     max_steps=40,
     max_validation_rows=5,
 )
-
-
-class Gate:
-    """A base factory that waits until it is let through: the trainer held on its first job."""
-
-    def __init__(self) -> None:
-        self.entered, self.open = threading.Event(), threading.Event()
-
-    def __call__(self, tokenizer: Any) -> HFBackend:
-        self.entered.set()
-        assert self.open.wait(60)
-        return fresh_base(tokenizer)
 
 
 def _message(caught: pytest.ExceptionInfo[openai.APIStatusError]) -> str:

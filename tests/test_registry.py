@@ -8,23 +8,13 @@ from pathlib import Path
 from unittest.mock import ANY
 
 import pytest
-from gate_helpers import VERDICTS, Arm, labelled_rows, with_accuracy, write_run, write_verdict
+from gate_helpers import VERDICTS, Arm, fewtune, labelled_rows, with_accuracy, write_run, write_verdict
 from rich.console import Console
 
-from fewtune.cli import commands as cli
 from fewtune.errors import ConfigError, FewtuneError
 from fewtune.release.policy import Policy, load_policy
 from fewtune.release.registry import find_run, list_runs, record_run, registry_path
 from fewtune.release.runbook import entries
-
-
-def fewtune(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
-    monkeypatch.setattr("sys.argv", ["fewtune", *args])
-    try:
-        cli.main()
-    except SystemExit as exit_info:
-        return int(exit_info.code or 0)
-    return 0
 
 
 def a_run(folder: Path, accuracy: float = 0.8, seed: int = 0) -> Path:

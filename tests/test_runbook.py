@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from gate_helpers import fewtune
 from route_server import RouteState, route_server
 
-from fewtune.cli import commands as cli
 from fewtune.errors import ConfigError
 from fewtune.release import runbook
 from fewtune.release.policy import load_policy
@@ -41,15 +41,6 @@ def test_six_parallel_entries_in_the_same_second_are_six_files(
         p.name for p in paths
     )
     assert sorted(e["subject"] for e in entries(tmp_path)) == [f"gate {i}" for i in range(6)]
-
-
-def fewtune(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
-    monkeypatch.setattr("sys.argv", ["fewtune", *args])
-    try:
-        cli.main()
-    except SystemExit as exit_info:
-        return int(exit_info.code or 0)
-    return 0
 
 
 def test_a_rollback_keeps_its_reason_in_the_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
