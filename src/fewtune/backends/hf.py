@@ -4,10 +4,11 @@ Scoring a row costs one pass over the part of its prompt that differs from the o
 (task line, demos, ``Input:``) is run once and its KV cache reused for every row (prefix caching, as vLLM and
 SGLang do). Rows are sorted by length and right-padded into batches; the first token of every label is read
 at the row's last real position, and the remaining label tokens of all labels are fed as one token tree
-against the row's cache (:class:`~fewtune.backends.scoring.LabelTree`). Logits are computed only at the
-positions that predict label tokens: at the row's last position only for the labels' first tokens (the
-softmax normalizer there is the same for every label, so scores are log-likelihoods up to a constant per
-row), and over the whole vocabulary, many rows at once, inside the tree. A full-vocabulary projection at
+after the row's tokens, in the same forward pass (:class:`~fewtune.backends.scoring.LabelTree`). Logits
+are computed only at the positions that predict label tokens: at the row's last position only for the
+labels' first tokens (the softmax normalizer there is the same for every label, so scores are
+log-likelihoods up to a constant per row), and over the whole vocabulary, many rows at once, inside the
+tree. A full-vocabulary projection at
 every prompt position would cost more than the rest of a 270M model.
 """
 
@@ -146,10 +147,12 @@ class HFBackend(Backend):
         queue: LogProbQueue,
     ) -> None:
         """Run a batch of rows (suffixes after a cached prefix of ``prefix_len`` tokens) and queue their label
-        positions.
+        positions, in one forward pass: each row's suffix, right-padded to the longest, then the label tree.
 
-        Suffixes are right-padded to the longest: a causal model never looks ahead, so no real token sees
-        the padding and this pass needs no mask.
+        Without a tree (every label one token) the pass needs no mask: a causal model never looks ahead, so
+        no real token sees the padding. With one, the mask (:meth:`_batch_mask`) keeps every tree node to its
+        row's real tokens and its own ancestors. One pass instead of a suffix pass and a tree pass reads the
+        weights once: a single request over a 270M model is bound by reading them.
         """
         count = len(suffixes)
         lengths = torch.tensor([len(s) for s in suffixes])
@@ -162,82 +165,77 @@ class HFBackend(Backend):
         for i, suffix in enumerate(suffixes):
             ids[i, : len(suffix)] = torch.tensor(suffix)
         positions = (prefix_len + torch.arange(width)).expand(count, width)
-        out = self._decoder()(
+        extra: dict[str, Any] = {}
+        if tree.size:
+            ids = torch.cat([ids, tree.tokens.expand(count, tree.size)], dim=1)
+            positions = torch.cat([positions, prefix_len + lengths[:, None] + tree.depth], dim=1)
+            extra["attention_mask"] = self._batch_masks(prefix_len, lengths, tree)
+        hidden = self._decoder()(
             input_ids=ids.to(self.device),
             position_ids=positions.to(self.device),
             **with_cache(cache),
             use_cache=True,
-        )
+            **extra,
+        ).last_hidden_state
         # The first token of every label is predicted at the row's last real position. Its normalizer is
         # the same for every label, so only the labels' own rows of the output layer are needed there.
         row = np.asarray(rows)
         first = torch.tensor([c[0] for c in choices], device=self.device)
-        last = out.last_hidden_state[torch.arange(count), lengths - 1]
+        last = hidden[torch.arange(count), lengths - 1]
         queue.scores[row] += self.token_logits(last, first).double().cpu().numpy()
         if tree.size:
-            self._feed_tree(cache_of(out), prefix_len, lengths, tree, row, queue)
+            entries, size = len(tree.node), tree.size
+            queue.add(
+                hidden[:, width:].reshape(count * size, -1),
+                position=(np.arange(count)[:, None] * size + tree.node).ravel(),
+                target=np.tile(tree.target, count),
+                row=np.repeat(row, entries),
+                label=np.tile(tree.label, count),
+            )
 
-    def _tree_mask(
+    def _batch_masks(self, prefix_len: int, lengths: torch.Tensor, tree: LabelTree) -> Any:
+        """The additive attention masks of :meth:`_score_batch`'s pass with a label tree, one per layer type
+        (a sliding-window layer's cache holds only the prefix's last ``window - 1`` slots)."""
+        mask: Any = self._batch_mask(prefix_len, lengths, tree, None)
+        types = getattr(self.model.config, "layer_types", None)
+        if not types:
+            return mask
+        return {
+            kind: self._batch_mask(prefix_len, lengths, tree, self._window)
+            if kind == "sliding_attention"
+            else mask
+            for kind in set(types)
+        }
+
+    def _batch_mask(
         self, prefix_len: int, lengths: torch.Tensor, tree: LabelTree, window: int | None
     ) -> torch.Tensor:
-        """Additive attention mask ``[rows, 1, nodes, held + nodes]`` for the label tree (:meth:`_feed_tree`).
+        """Additive mask ``[rows, 1, width + nodes, held + width + nodes]``: queries are each row's suffix
+        (right-padded to ``width``) then the tree's nodes; keys are the ``held`` prefix slots a layer's cache
+        holds (all, or a sliding-window layer's last ``window - 1``), then the same suffix and nodes.
 
-        ``held`` is how many of the latest prompt slots the layer's cache holds: all of them, or for a
-        sliding-window layer the last ``window - 1``. Node ``n`` of row ``r`` sees the row's real prompt
-        tokens (not its padding) within the window, and its own ancestors.
+        A suffix token sees the prefix and the suffix up to itself; node ``n`` of row ``r``, at position
+        ``prefix + length[r] + depth[n]``, sees the prefix, the row's real suffix tokens (not its padding)
+        and its own ancestors. A sliding-window layer also hides what lies ``window`` or more positions back.
         """
         count, width, size = len(lengths), int(lengths.max()), tree.size
-        held = prefix_len + width if window is None else min(prefix_len + width, window - 1)
-        slot = torch.arange(prefix_len + width - held, prefix_len + width)
-        seen = slot[None, None, :] < (prefix_len + lengths)[:, None, None]  # [rows, 1, held]
+        held = prefix_len if window is None else min(prefix_len, window - 1)
+        key_pos = torch.cat([torch.arange(prefix_len - held, prefix_len), prefix_len + torch.arange(width)])
+        query_suffix = (prefix_len + torch.arange(width)).expand(count, width)
+        node_pos = prefix_len + lengths[:, None] + tree.depth  # [rows, nodes]
+        query_pos = torch.cat([query_suffix, node_pos], dim=1)  # [rows, width + nodes]
+        before = key_pos[None, None, :] <= query_pos[:, :, None]  # [rows, queries, held + width]
+        real = (key_pos[None, :] < prefix_len + lengths[:, None])[:, None, :]  # the row's real slots
+        is_node = torch.arange(width + size) >= width
+        seen = before & (real | ~is_node[None, :, None])  # padding is seen only by padding and suffix
         if window is not None:
-            node_pos = prefix_len + lengths[:, None] + tree.depth  # [rows, nodes]
-            seen = seen & (node_pos[:, :, None] - slot[None, None, :] < window)
-        visible = torch.cat([seen.expand(count, size, held), tree.visible.expand(count, size, size)], dim=-1)
+            seen &= query_pos[:, :, None] - key_pos[None, None, :] < window
+        nodes = torch.zeros(count, width + size, size, dtype=torch.bool)
+        nodes[:, width:] = tree.visible
+        visible = torch.cat([seen, nodes], dim=-1)
         dtype = self.model.get_input_embeddings().weight.dtype
         mask = torch.zeros(visible.shape, dtype=dtype).masked_fill_(~visible, torch.finfo(dtype).min)
         return mask[:, None].to(self.device)
-
-    def _feed_tree(
-        self,
-        cache: Any,
-        prefix_len: int,
-        lengths: torch.Tensor,
-        tree: LabelTree,
-        row: np.ndarray,
-        queue: LogProbQueue,
-    ) -> None:
-        """Feed the label tree after each row's prompt: one sequence per row, whatever the number of labels.
-
-        Node ``n`` of row ``r`` sits at position ``prefix + length[r] + depth[n]``. The masks are additive,
-        which eager attention and SDPA both take as given, one per layer type (a sliding-window layer holds
-        only its window's last slots; :meth:`_batches` keeps padded rows within the window).
-        """
-        count, size = len(lengths), tree.size
-        types = getattr(self.model.config, "layer_types", None)
-        mask: Any = self._tree_mask(prefix_len, lengths, tree, None)
-        if types:
-            mask = {
-                kind: self._tree_mask(prefix_len, lengths, tree, self._window)
-                if kind == "sliding_attention"
-                else mask
-                for kind in set(types)
-            }
-        hidden = self._decoder()(
-            input_ids=tree.tokens.expand(count, size).to(self.device),
-            position_ids=(prefix_len + lengths[:, None] + tree.depth).to(self.device),
-            attention_mask=mask,
-            **with_cache(cache),
-            use_cache=True,
-        ).last_hidden_state
-        entries = len(tree.node)
-        queue.add(
-            hidden.reshape(count * size, -1),
-            position=(np.arange(count)[:, None] * size + tree.node).ravel(),
-            target=np.tile(tree.target, count),
-            row=np.repeat(row, entries),
-            label=np.tile(tree.label, count),
-        )
 
     def _batches(
         self, lengths: Sequence[int], prefix_len: int, batch_size: int, steps: int
