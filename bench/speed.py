@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -109,15 +110,24 @@ def bench_script(script: str, *args: str) -> Callable[[Path], dict[str, Any]]:
     """A part that runs ``bench/<script>`` and keeps the JSON object it prints last."""
 
     def part(out: Path) -> dict[str, Any]:
-        log = out / f"{Path(script).stem}{'-'.join(('', *args)).replace('--', '')}.log"
+        # Arguments may be paths: the log's name keeps only their word characters.
+        name = re.sub(r"[^\w.]+", "-", "-".join((Path(script).stem, *args))).strip("-")
+        log = out / f"{name}.log"
         seconds, _, code = timed_child([sys.executable, str(BENCH / script), *args], log)
         if code:
             raise SystemExit(f"bench/{script} {' '.join(args)} exited {code}: see {log}")
-        last = log.read_text(encoding="utf-8").strip().splitlines()[-1]
-        print(f"bench/{script} {' '.join(args)} ({seconds:.0f} s): {last}")
-        return {"wall_s": seconds, **json.loads(last)}
+        figures = json.loads(log.read_text(encoding="utf-8").strip().splitlines()[-1])
+        print(f"bench/{script} {' '.join(args)} ({seconds:.0f} s): {json.dumps(brief(figures))}")
+        return {"wall_s": seconds, **figures}
 
     return part
+
+
+def brief(figures: Any) -> Any:
+    """``figures`` without its long lists (a bench's generated outputs): what the printed line shows."""
+    if isinstance(figures, dict):
+        return {k: brief(v) for k, v in figures.items() if not (isinstance(v, list) and len(v) > 4)}
+    return figures
 
 
 def serve(out: Path) -> dict[str, Any]:
