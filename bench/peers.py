@@ -18,6 +18,7 @@ Prints a table and, as its last line, one JSON object with the ratios and accura
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import re
 import tempfile
@@ -252,7 +253,9 @@ def main() -> None:
     if "guide" not in skip:
         rows["guide"] = guide_method(folder, predictor, data)
         console.print(f"guide: {rows['guide']}")
-    if "lm-eval" not in skip:
+    if "lm-eval" not in skip and importlib.util.find_spec("lm_eval") is None:
+        console.print("lm-eval: not installed (pip install lm-eval), skipped")
+    elif "lm-eval" not in skip:
         rows["lm-eval"] = lm_eval_method(folder, predictor, data, opts.lm_eval_batch_size)
         console.print(f"lm-eval: {rows['lm-eval']}")
     for row in rows.values():
