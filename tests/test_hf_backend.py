@@ -72,13 +72,28 @@ def test_padded_batches_equal_full_forward(wide: HFBackend, batch_size: int, cho
         assert_same_up_to_row_constant(scores, naive_scores(wide, prompts, choices))
 
 
-def test_batches_mix_lengths_only_within_the_sliding_window(backend: HFBackend, wide: HFBackend) -> None:
-    lengths = [3, 9, 3, 5, 9, 12]
-    # One-token labels: nothing is fed after the padding, so any lengths share a batch.
-    assert backend._batches(lengths, 4, 4, steps=0) == [[0, 2, 3, 1], [4, 5]]
-    assert wide._batches(lengths, 4, 4, steps=2) == [[0, 2, 3, 1], [4, 5]]
-    # Label tokens after a prompt that no longer fits the 16-token window: one length per batch.
-    assert backend._batches(lengths, 8, 4, steps=2) == [[0, 2, 3], [1, 4], [5]]
+def test_rows_beyond_the_sliding_window_share_padded_batches(backend: HFBackend) -> None:
+    """Multi-token labels after prompts of different lengths, past the 16-token window: one batch for all
+    rows (the pass's mask keeps each label token to its row), and the scores of a full forward pass."""
+    prompts = [PREFIX + p for p in PROMPTS] + PROMPTS
+    lengths = [len(backend.encode_prompt(p)) for p in prompts]
+    assert len(set(lengths)) == len(prompts) and max(lengths) > 16
+    calls = 0
+    decoder = backend._decoder()
+    original = decoder.forward
+
+    def counted(*args: object, **kwargs: object) -> object:
+        nonlocal calls
+        calls += 1
+        return original(*args, **kwargs)
+
+    decoder.forward = counted
+    try:
+        scores = backend.score_choices(prompts, SHARED_CHOICES, batch_size=len(prompts))
+    finally:
+        del decoder.forward
+    assert calls == 1
+    assert_same_up_to_row_constant(scores, naive_scores(backend, prompts, SHARED_CHOICES))
 
 
 SHARED_CHOICES = [" card arrival", " card linking", " card", " cash withdrawal", " top up failed"]

@@ -123,7 +123,7 @@ def _cut(text: str, stop: str | None, output_end: OutputEnd | None) -> tuple[str
     return (text[: min(ends)], True) if ends else (text, False)
 
 
-def _batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Row indices in batches of similar length (sorted), so that few prefix tokens are re-read."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
@@ -221,7 +221,7 @@ def _generate(
             continue
         states = layer_states(backend.prefix_cache(prefix_ids, keep_all=True)) if start else []
         suffixes = [prompt_ids[i][start:] for i in members]
-        for batch in _batches([len(s) for s in suffixes], batch_size):
+        for batch in length_batches([len(s) for s in suffixes], batch_size):
             rows = [members[b] for b in batch]
             inputs = continuation_inputs(
                 prefix_ids[:start], states, [suffixes[b] for b in batch], backend.pad_id, backend.model.config

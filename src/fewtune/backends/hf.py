@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from fewtune.backends.base import Backend, Capabilities, Generation, OutputEnd, ProgressFn
+from fewtune.backends.generation import length_batches
 from fewtune.backends.kvcache import cache_of, unbounded_cache, with_cache
 from fewtune.backends.precision import of_model
 from fewtune.backends.scoring import LabelTree, LogProbQueue
@@ -237,30 +238,6 @@ class HFBackend(Backend):
         mask = torch.zeros(visible.shape, dtype=dtype).masked_fill_(~visible, torch.finfo(dtype).min)
         return mask[:, None].to(self.device)
 
-    def _batches(
-        self, lengths: Sequence[int], prefix_len: int, batch_size: int, steps: int
-    ) -> list[list[int]]:
-        """Length-bucketed batches: rows sorted by suffix length, cut into runs of ``batch_size``.
-
-        Rows of different lengths share a batch (right-padded) while their label tokens follow a prompt that
-        a sliding-window layer still holds whole; beyond that, its cache keeps only the last ``window - 1``
-        slots, which for a shorter row would be padding, so a batch holds rows of one length.
-        """
-        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-        batches: list[list[int]] = []
-        for i in order:
-            padded_ok = steps == 0 or self.fits_window(prefix_len + lengths[i])
-            current = batches[-1] if batches else None
-            if (
-                current is None
-                or len(current) >= batch_size
-                or (not padded_ok and lengths[current[0]] != lengths[i])
-            ):
-                batches.append([i])
-            else:
-                current.append(i)
-        return batches
-
     @torch.inference_mode()
     def score_choices(
         self,
@@ -291,7 +268,9 @@ class HFBackend(Backend):
             cache = self.prefix_cache(prefix_ids) if cut else None
             suffixes = [prompt_ids[i][cut:] for i in members]
             lengths = [len(s) for s in suffixes]
-            for batch in self._batches(lengths, cut, batch_size, tree.steps):
+            # Rows of any lengths share a right-padded batch, within a sliding window or beyond it: the
+            # pass's mask keeps every label token to its own row's real tokens (:meth:`_batch_mask`).
+            for batch in length_batches(lengths, batch_size):
                 rows = [members[b] for b in batch]
                 with self.precision.scoring():
                     self._score_batch(cache, cut, [suffixes[b] for b in batch], choice_ids, tree, rows, queue)
