@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 import yaml
 from conftest import write_jsonl
+from gate_helpers import fewtune
 from rich.console import Console
 
 from fewtune.backends.fake import FakeBackend
-from fewtune.cli import commands as cli
 from fewtune.cli.runner import run
 from fewtune.config import CostArgs, build_config
 from fewtune.metrics import classification_metrics
@@ -119,15 +119,6 @@ def legacy_run(tmp_path: Path) -> Path:
     return write_legacy_run(tmp_path / "run")
 
 
-def run_cli(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
-    monkeypatch.setattr("sys.argv", ["fewtune", *args])
-    try:
-        cli.main()
-    except SystemExit as exit_info:
-        return int(exit_info.code or 0)
-    return 0
-
-
 def test_report_writes_costs_and_recommendation_beside_an_old_results_json(legacy_run: Path) -> None:
     recorded = (legacy_run / "results.json").read_bytes()
     report, written = write_reports(legacy_run, CostArgs(volume_per_day=50_000))
@@ -223,7 +214,7 @@ def test_cli_report_uses_saved_settings_and_flags(
     legacy_run: Path, monkeypatch: pytest.MonkeyPatch, saved: dict, flags: list[str], choice: str
 ) -> None:
     (legacy_run / "config.yaml").write_text(yaml.safe_dump({"model": "gemma-3-270m", "cost": saved}))
-    assert run_cli(monkeypatch, "report", str(legacy_run), *flags) == 0
+    assert fewtune(monkeypatch, "report", str(legacy_run), *flags) == 0
     assert read_analysed(legacy_run)["recommendation"]["choice"] == choice
 
 
@@ -247,7 +238,7 @@ def test_cli_report_errors_are_one_line(
 ) -> None:
     folder = write_legacy_run(tmp_path / "run") if kind == "run" else tmp_path
     monkeypatch.chdir(tmp_path)
-    assert run_cli(monkeypatch, "report", str(folder), *flags) == 2
+    assert fewtune(monkeypatch, "report", str(folder), *flags) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
 
