@@ -134,11 +134,11 @@ def test_an_extraction_run_has_a_full_ft_row(
 def test_hosted_ft_on_an_open_output_task_is_refused_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from test_report import run_cli
+    from gate_helpers import fewtune
 
     pool = write_jsonl(tmp_path / "pool.jsonl", extraction_rows(8))
     test = write_jsonl(tmp_path / "test.jsonl", extraction_rows(3, start=50))
-    code = run_cli(
+    code = fewtune(
         monkeypatch,
         "run",
         "--data",
